@@ -1,0 +1,300 @@
+use super::table::Table;
+use super::{DataError, infer_step, open};
+use crate::{Series, SeriesStats};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+/// The machine-usage formats greenfill reads. `Auto` decides from the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageFormat {
+    #[default]
+    Auto,
+    /// Alibaba 2018 `machine_usage`: no header,
+    /// `machine_id,time_stamp,cpu_util_percent,mem_util_percent,…`, irregular samples.
+    Alibaba2018Machines,
+    /// Bitbrains GWA-T-12 per-VM file (`;`-separated, `CPU usage [%]`).
+    BitbrainsVm,
+    /// One aggregated cluster series with a header: a time column (`timestamp`,
+    /// `timestamp_s`) or none (row i is at i × step), and a value column chosen by
+    /// metric (Google 2019, Azure v2, Alibaba grouped, Bitbrains derived, hourly loads).
+    Aggregate,
+}
+
+/// Which quantity to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageMetric {
+    #[default]
+    Cpu,
+    Mem,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UsageOptions {
+    pub format: UsageFormat,
+    pub metric: UsageMetric,
+    /// Output step in seconds. Defaults: the file's own step when it has timestamps;
+    /// 300 s for Alibaba 2018 machines; taken from a `_<N>_seconds` or `Hourly` file
+    /// name when there is no time column.
+    pub step: Option<i64>,
+    /// Name of the value column, overriding the metric's default.
+    pub value_column: Option<String>,
+}
+
+/// Usage series read from one file, one per machine (or one for an aggregate).
+#[derive(Debug, Clone)]
+pub struct UsageTrace {
+    pub format: UsageFormat,
+    pub series: Vec<Series>,
+    pub rows: usize,
+    /// Statistics of the observed values over all series.
+    pub stats: SeriesStats,
+    /// Unit of the values as the file gives them (`percent`, `fraction`, or the
+    /// column's name when the unit is the trace's own).
+    pub unit: String,
+}
+
+pub fn load_usage(path: &Path, opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let name = path.display().to_string();
+    let stem = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    read_usage_named(&name, &stem, open(path)?, opts)
+}
+
+/// Read usage from bytes; `path` names the input in errors (and its file name gives
+/// the step hint and the series id where the format has no ids).
+pub fn read_usage(path: &str, input: impl Read, opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let stem = Path::new(path).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    read_usage_named(path, &stem, input, opts)
+}
+
+fn read_usage_named(
+    path: &str,
+    file_name: &str,
+    input: impl Read,
+    opts: &UsageOptions,
+) -> Result<UsageTrace, DataError> {
+    let mut bytes = Vec::new();
+    let mut input = input;
+    input.read_to_end(&mut bytes).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
+    let format = match opts.format {
+        UsageFormat::Auto => detect(&bytes),
+        f => f,
+    };
+    match format {
+        UsageFormat::Alibaba2018Machines => alibaba_machines(path, &bytes, opts),
+        UsageFormat::BitbrainsVm => bitbrains_vm(path, file_name, &bytes, opts),
+        UsageFormat::Aggregate | UsageFormat::Auto => aggregate(path, file_name, &bytes, opts),
+    }
+}
+
+fn detect(bytes: &[u8]) -> UsageFormat {
+    let first = String::from_utf8_lossy(bytes.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    if first.starts_with("m_") {
+        UsageFormat::Alibaba2018Machines
+    } else if first.contains("CPU usage [%]") {
+        UsageFormat::BitbrainsVm
+    } else {
+        UsageFormat::Aggregate
+    }
+}
+
+fn stem(file_name: &str) -> String {
+    file_name.rsplit_once('.').map_or(file_name, |(s, _)| s).to_owned()
+}
+
+fn finish(
+    path: &str,
+    format: UsageFormat,
+    rows: usize,
+    unit: String,
+    per_id: BTreeMap<String, Vec<(i64, f64)>>,
+    step: i64,
+) -> Result<UsageTrace, DataError> {
+    let stats = SeriesStats::of(per_id.values().flatten().map(|(_, v)| *v))
+        .ok_or_else(|| DataError::File { path: path.to_owned(), problem: "no usage value in any row".into() })?;
+    let series = per_id.into_iter().filter_map(|(id, samples)| Series::from_samples(id, step, &samples)).collect();
+    Ok(UsageTrace { format, series, rows, stats, unit })
+}
+
+fn alibaba_machines(path: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let table = Table::read(path, bytes, false)?;
+    let col = match opts.metric {
+        UsageMetric::Cpu => 2,
+        UsageMetric::Mem => 3,
+    };
+    let mut per_id: BTreeMap<String, Vec<(u64, i64, f64)>> = BTreeMap::new();
+    for (line, rec) in &table.rows {
+        let id = Table::cell(rec, 0);
+        if id.is_empty() {
+            return Err(table.field_error(*line, 0, "empty machine id"));
+        }
+        let t = table.required_number(*line, rec, 1)?;
+        #[allow(clippy::cast_possible_truncation, reason = "trace seconds are small whole numbers")]
+        let t = t as i64;
+        let v = table.number(*line, rec, col)?;
+        if let Some(v) = v
+            && !(0.0..=100.0).contains(&v)
+        {
+            return Err(table.field_error(*line, col, format!("utilisation {v} % is outside 0..=100")));
+        }
+        per_id.entry(id.to_owned()).or_default().push((*line, t, v.unwrap_or(f64::NAN)));
+    }
+    // The trace is not sorted by time within a machine; samples at the same second
+    // are duplicates that the resampling averages.
+    let mut out = BTreeMap::new();
+    for (id, mut rows) in per_id {
+        rows.sort_by_key(|r| r.1);
+        out.insert(id, rows.into_iter().map(|(_, t, v)| (t, v)).collect());
+    }
+    finish(path, UsageFormat::Alibaba2018Machines, table.rows.len(), "percent".into(), out, opts.step.unwrap_or(300))
+}
+
+fn bitbrains_vm(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let table = Table::read(path, bytes, true)?;
+    let tcol = table.require("Timestamp [ms]")?;
+    let vcol = match (&opts.value_column, opts.metric) {
+        (Some(c), _) => table.require(c)?,
+        (None, UsageMetric::Cpu) => table.require("CPU usage [%]")?,
+        (None, UsageMetric::Mem) => table.require("Memory usage [KB]")?,
+    };
+    let mut times = Vec::with_capacity(table.rows.len());
+    let mut samples = Vec::with_capacity(table.rows.len());
+    for (line, rec) in &table.rows {
+        let t = table.timestamp(*line, rec, tcol)?;
+        let v = table.number(*line, rec, vcol)?;
+        times.push((*line, t));
+        samples.push((t, v.unwrap_or(f64::NAN)));
+    }
+    table.check_increasing(&times, tcol)?;
+    let step = opts.step.unwrap_or(300);
+    let unit = match opts.metric {
+        UsageMetric::Cpu if opts.value_column.is_none() => "percent".into(),
+        _ => table.column_name(vcol),
+    };
+    let per_id = BTreeMap::from([(stem(file_name), samples)]);
+    finish(path, UsageFormat::BitbrainsVm, table.rows.len(), unit, per_id, step)
+}
+
+const TIME_NAMES: &[&str] = &["timestamp", "timestamp_s", "time", "time_stamp"];
+const CPU_NAMES: &[&str] = &["cpu_usage_frac", "avg_cpu", "cpu_util_percent", "cpu_load", "cpu_usage", "cpu"];
+const MEM_NAMES: &[&str] = &["avg_mem", "mem_util_percent", "assigned_mem", "mem"];
+
+fn step_from_name(file_name: &str) -> Option<i64> {
+    if file_name.contains("Hourly") || file_name.contains("hourly") {
+        return Some(3600);
+    }
+    let parts: Vec<&str> = file_name.split(['_', '.']).collect();
+    parts.windows(2).find(|w| w[1] == "seconds").and_then(|w| w[0].parse().ok())
+}
+
+fn aggregate(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let table = Table::read(path, bytes, true)?;
+    let vcol = match &opts.value_column {
+        Some(c) => table.require(c)?,
+        None => {
+            let names = match opts.metric {
+                UsageMetric::Cpu => CPU_NAMES,
+                UsageMetric::Mem => MEM_NAMES,
+            };
+            table.find(names).ok_or_else(|| DataError::MissingColumn {
+                path: path.to_owned(),
+                column: format!("{} (or name one with --value-column)", names.join(" | ")),
+                found: table.header.join(", "),
+            })?
+        }
+    };
+    let tcol = table.find(TIME_NAMES);
+    let mut samples = Vec::with_capacity(table.rows.len());
+    let step = if let Some(tcol) = tcol {
+        let mut times = Vec::with_capacity(table.rows.len());
+        for (line, rec) in &table.rows {
+            let t = table.timestamp(*line, rec, tcol)?;
+            times.push((*line, t));
+            samples.push((t, table.number(*line, rec, vcol)?.unwrap_or(f64::NAN)));
+        }
+        table.check_increasing(&times, tcol)?;
+        let bare: Vec<i64> = times.iter().map(|(_, t)| *t).collect();
+        opts.step.or_else(|| infer_step(&bare)).unwrap_or(300)
+    } else {
+        let step = opts.step.or_else(|| step_from_name(file_name)).ok_or_else(|| DataError::File {
+            path: path.to_owned(),
+            problem: "no time column and no step in the file name: give the step (e.g. --step 5m)".into(),
+        })?;
+        for (i, (line, rec)) in table.rows.iter().enumerate() {
+            let t = i64::try_from(i).unwrap_or(i64::MAX).saturating_mul(step);
+            samples.push((t, table.number(*line, rec, vcol)?.unwrap_or(f64::NAN)));
+        }
+        step
+    };
+    let name = table.column_name(vcol);
+    let unit = if name.contains("percent") {
+        "percent".to_owned()
+    } else if name.contains("frac") || name.starts_with("avg_") || name == "cpu_load" {
+        "fraction".to_owned()
+    } else {
+        name.clone()
+    };
+    let per_id = BTreeMap::from([(format!("{}:{name}", stem(file_name)), samples)]);
+    finish(path, UsageFormat::Aggregate, table.rows.len(), unit, per_id, step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(name: &str, s: &str) -> Result<UsageTrace, DataError> {
+        read_usage(name, s.as_bytes(), &UsageOptions::default())
+    }
+
+    #[test]
+    fn alibaba_machines_are_split_and_resampled() {
+        let t = read(
+            "machine_usage.csv",
+            "m_1,10,40,90,,,1,1,5\nm_1,100,60,90,,,1,1,5\nm_2,20,10,50,,,1,1,5\nm_1,700,,91,,,1,1,5\nm_1,905,20,91,,,1,1,5\n",
+        )
+        .unwrap();
+        assert_eq!(t.format, UsageFormat::Alibaba2018Machines);
+        assert_eq!(t.series.len(), 2);
+        let m1 = &t.series[0];
+        assert_eq!((m1.id.as_str(), m1.start, m1.step), ("m_1", 0, 300));
+        // bins: [0,300) mean 50; [300,600) empty; [600,900) only an empty cell; [900,1200) 20
+        assert_eq!(m1.values, vec![50.0, 40.0, 30.0, 20.0]);
+        assert_eq!(m1.filled, 2);
+    }
+
+    #[test]
+    fn aggregate_without_time_takes_step_from_name() {
+        let t = read("x_grouped_300_seconds.csv", "cpu_util_percent,mem_util_percent\n10,1\n20,2\n").unwrap();
+        assert_eq!(t.series[0].step, 300);
+        assert_eq!(t.series[0].values, vec![10.0, 20.0]);
+        assert_eq!(t.unit, "percent");
+        let e = read("x.csv", "avg_cpu\n1\n").unwrap_err().to_string();
+        assert!(e.contains("give the step"), "{e}");
+    }
+
+    #[test]
+    fn bitbrains_vm_semicolons_and_tabs() {
+        let t =
+            read("vm1.csv", "Timestamp [ms];\tCPU cores;\tCPU usage [%]\n1372629804;\t1;\t2.0\n1372630104;\t1;\t4.0\n")
+                .unwrap();
+        assert_eq!(t.format, UsageFormat::BitbrainsVm);
+        assert_eq!(t.series[0].id, "vm1");
+        assert_eq!(t.series[0].values, vec![2.0, 4.0]);
+    }
+
+    #[test]
+    fn broken_inputs_name_line_and_column() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("m.csv", "m_1,10,400,1\n", "m.csv:1: column `#3`: utilisation 400 % is outside 0..=100"),
+            ("m.csv", "m_1,ten,4,1\n", "m.csv:1: column `#2`: `ten` is not a number"),
+            ("a.csv", "timestamp,cpu_usage\n0,1\n300,x\n", "a.csv:3: column `cpu_usage`: `x` is not a number"),
+            ("a.csv", "timestamp,cpu_usage\n300,1\n0,1\n", "a.csv:3: column `timestamp`"),
+            ("a.csv", "timestamp,disk\n0,1\n", "no column `cpu_usage_frac | avg_cpu"),
+            ("a.csv", "timestamp,cpu_usage\n0,\n", "no usage value"),
+        ];
+        for (name, input, want) in cases {
+            let err = read(name, input).unwrap_err().to_string();
+            assert!(err.contains(want), "input {input:?}: got `{err}`, want `{want}`");
+        }
+    }
+}
