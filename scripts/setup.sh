@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the build needs from the system, once: cmake, a C++ compiler and
+# libclang (HiGHS is built from source by good_lp's `highs` feature and bound with
+# bindgen). Idempotent and quiet when everything is there already.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]} (needed to build HiGHS)" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
