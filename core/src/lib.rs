@@ -6,6 +6,7 @@
 //! It reads files only in [`data`], and every reader also takes any `io::Read` so
 //! tests and fuzzers feed it bytes.
 
+pub mod cluster;
 pub mod data;
 mod series;
 pub mod time;

@@ -1,0 +1,13 @@
+//! greenfill's scheduler: the planner, used unchanged by the scheduler service and
+//! by the simulator.
+//!
+//! Architecture invariant: the planner is a pure function of its [`Problem`]: no IO,
+//! no clock, no async. Same problem, same plan.
+
+pub mod planner;
+pub mod synthetic;
+
+pub use planner::{
+    Energy, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason,
+    Violations, exact_lp, verify,
+};

@@ -1,0 +1,68 @@
+//! Energy and carbon of a plan, from its placements alone.
+
+use super::place::Context;
+use super::problem::{Placement, Problem};
+use serde::Serialize;
+
+/// Energy of a plan over the slots it covers (the horizon plus the tail of runs
+/// that go past it). Facility figures: IT power × PUE.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Energy {
+    pub energy_kwh: f64,
+    /// Drawn by powered nodes at zero load.
+    pub idle_kwh: f64,
+    /// Drawn above idle by online and batch load.
+    pub dynamic_kwh: f64,
+    pub carbon_kg: f64,
+    /// Slots accounted.
+    pub slots: usize,
+}
+
+/// Batch CPU and memory per node and slot (`node × len`), from placements.
+pub(crate) fn batch_use(p: &Problem, node_base: &[usize], len: usize, placements: &[Placement]) -> (Vec<f64>, Vec<f64>) {
+    let total = node_base.last().map_or(0, |b| b + p.pools.last().map_or(0, |x| x.pool.nodes as usize));
+    let (mut cpu, mut mem) = (vec![0.0; total * len], vec![0.0; total * len]);
+    for (j, pl) in p.jobs.iter().zip(placements) {
+        if let Placement::Run { pool, node, slots, .. } = pl {
+            let row = (node_base[*pool] + *node as usize) * len;
+            for &t in slots {
+                cpu[row + t as usize] += j.cores;
+                mem[row + t as usize] += j.mem_gib;
+            }
+        }
+    }
+    (cpu, mem)
+}
+
+pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (Energy, Vec<Vec<u32>>) {
+    let len = ctx.len;
+    let (batch, _) = batch_use(p, &ctx.node_base, len, placements);
+    let sh = p.slot_hours();
+    let mut e = Energy { slots: len, ..Energy::default() };
+    let mut powered = Vec::with_capacity(p.pools.len());
+    for (pool, pi) in p.pools.iter().enumerate() {
+        let mut on = vec![0u32; len];
+        let model = &pi.pool.power;
+        let idle_w = model.idle_w();
+        for n in 0..pi.pool.nodes as usize {
+            let row = (ctx.node_base[pool] + n) * len;
+            for (t, count) in on.iter_mut().enumerate() {
+                let b = batch[row + t];
+                if !pi.pool.always_on && b <= 0.0 {
+                    continue;
+                }
+                *count += 1;
+                let load = pi.online_cpu_at(p.slots, n, t % p.slots) + b;
+                let u = if pi.pool.cores > 0.0 { load / pi.pool.cores } else { 0.0 };
+                let w = model.watts(u);
+                let kwh = w * pi.pool.pue * sh / 1000.0;
+                e.energy_kwh += kwh;
+                e.idle_kwh += idle_w * pi.pool.pue * sh / 1000.0;
+                e.dynamic_kwh += (w - idle_w) * pi.pool.pue * sh / 1000.0;
+                e.carbon_kg += kwh * p.carbon_at(t) / 1000.0;
+            }
+        }
+        powered.push(on);
+    }
+    (e, powered)
+}

@@ -1,0 +1,388 @@
+//! Binding jobs to nodes and slots, exactly, per node and per slot.
+
+use super::lp::Quotas;
+use super::problem::{Placement, PlanJob, Problem, Strategy, WaitReason};
+
+/// Per-node capacity left for batch, and the facts about pools the passes share.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// Slots looked at: the horizon plus room for runs past its end.
+    pub(crate) len: usize,
+    /// Index of each pool's first node in the flat per-node arrays.
+    pub(crate) node_base: Vec<usize>,
+    /// Batch CPU each node may use per slot (`node × len`, node-major):
+    /// `cores × (1 − cpu_margin) − online`, never below 0.
+    pub(crate) free_cpu: Vec<f64>,
+    pub(crate) free_mem: Vec<f64>,
+    /// Per pool: the most a single node can give a batch job (an empty node).
+    pub(crate) node_cpu: Vec<f64>,
+    pub(crate) node_mem: Vec<f64>,
+    /// Per pool: watts per core of batch, PUE included; for pools that may sleep,
+    /// the idle watts of a woken node are spread over its cores.
+    pub(crate) watts_per_core: Vec<f64>,
+    /// Pools, cheapest watts per core first.
+    pub(crate) pool_order: Vec<usize>,
+    /// Per pool: kWh per slot of a node's idle power, and of one core's dynamic
+    /// power (PUE included); times gCO2/kWh they give grams.
+    pub(crate) idle_g_per_slot: Vec<f64>,
+    pub(crate) dyn_g_per_core_slot: Vec<f64>,
+}
+
+impl Context {
+    pub(crate) fn new(p: &Problem) -> Context {
+        let len = p.extended_slots();
+        let mut node_base = Vec::with_capacity(p.pools.len());
+        let total: usize = p.pools.iter().map(|x| x.pool.nodes as usize).sum();
+        let mut free_cpu = Vec::with_capacity(total * len);
+        let mut free_mem = Vec::with_capacity(total * len);
+        let (mut node_cpu, mut node_mem, mut wpc) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut idle_g, mut dyn_g) = (Vec::new(), Vec::new());
+        let sh = p.slot_hours();
+        for pi in &p.pools {
+            node_base.push(free_cpu.len() / len.max(1));
+            let cpu = pi.pool.cores * (1.0 - p.options.cpu_margin);
+            let mem = pi.pool.memory_gib * (1.0 - p.options.mem_margin);
+            node_cpu.push(cpu);
+            node_mem.push(mem);
+            for n in 0..pi.pool.nodes as usize {
+                for t in 0..len {
+                    free_cpu.push((cpu - pi.online_cpu_at(p.slots, n, t % p.slots)).max(0.0));
+                }
+                for t in 0..len {
+                    free_mem.push((mem - pi.online_mem_at(p.slots, n, t % p.slots)).max(0.0));
+                }
+            }
+            let pm = &pi.pool.power;
+            let per_core = |x: f64| if pi.pool.cores > 0.0 { x / pi.pool.cores } else { f64::INFINITY };
+            let dynamic = per_core(pm.max_w() - pm.idle_w());
+            let wake = if pi.pool.always_on { 0.0 } else { per_core(pm.idle_w()) };
+            wpc.push(pi.pool.pue * (dynamic + wake));
+            idle_g.push(pm.idle_w() * pi.pool.pue * sh / 1000.0);
+            dyn_g.push(if dynamic.is_finite() { dynamic * pi.pool.pue * sh / 1000.0 } else { 0.0 });
+        }
+        let mut pool_order: Vec<usize> = (0..p.pools.len()).collect();
+        pool_order.sort_by(|a, b| wpc[*a].total_cmp(&wpc[*b]));
+        Context {
+            len,
+            node_base,
+            free_cpu,
+            free_mem,
+            node_cpu,
+            node_mem,
+            watts_per_core: wpc,
+            pool_order,
+            idle_g_per_slot: idle_g,
+            dyn_g_per_core_slot: dyn_g,
+        }
+    }
+}
+
+/// A job's window of start slots, or why it has none.
+pub(crate) fn window(p: &Problem, ctx: &Context, j: &PlanJob) -> Result<(usize, usize), WaitReason> {
+    if j.release >= p.slots {
+        return Err(WaitReason::NotReleased);
+    }
+    if let Some(d) = j.deadline
+        && j.release + j.duration > d
+    {
+        return Err(WaitReason::DeadlineImpossible);
+    }
+    let fits = |pool: usize| ctx.node_cpu[pool] >= j.cores && ctx.node_mem[pool] >= j.mem_gib;
+    let any = match j.pool {
+        Some(pool) => fits(pool),
+        None => (0..p.pools.len()).any(|q| p.pools[q].pool.nodes > 0 && fits(q)),
+    };
+    if !any {
+        return Err(WaitReason::LargerThanAnyNode);
+    }
+    let latest = match j.deadline {
+        Some(d) => d - j.duration,
+        None => p.slots - 1,
+    };
+    Ok((j.release, latest.min(ctx.len.saturating_sub(1))))
+}
+
+struct State<'a> {
+    p: &'a Problem,
+    ctx: &'a Context,
+    free_cpu: Vec<f64>,
+    free_mem: Vec<f64>,
+    /// Per pool and slot: the sum of free CPU over its nodes (a quick "cannot fit").
+    pool_free: Vec<f64>,
+    /// Per pool and start: the smallest (cores, mem, slots) that found no node, so a
+    /// larger request at that start is refused without a scan.
+    failed: Vec<Option<(f64, f64, usize)>>,
+    quotas: Option<Quotas>,
+}
+
+const EPS: f64 = 1e-9;
+
+impl State<'_> {
+    fn fits_pool(&self, pool: usize, j: &PlanJob, slots: &[u32]) -> bool {
+        let len = self.ctx.len;
+        slots.iter().all(|&t| self.pool_free[pool * len + t as usize] + EPS >= j.cores)
+    }
+
+    /// A node of `pool` with room for `j` in every one of `slots`, and the grams of
+    /// CO2 its idle power adds (a sleeping node woken for slots it would sleep).
+    /// Nodes that never sleep, or are already awake, add none; among the first few
+    /// nodes that fit, the one that wakes for the fewest (cleanest) slots wins.
+    fn find_node(&mut self, pool: usize, j: &PlanJob, slots: &[u32]) -> Option<(usize, f64)> {
+        let len = self.ctx.len;
+        let start = slots[0] as usize;
+        let key = pool * len + start;
+        if let Some((c, m, n)) = self.failed[key]
+            && j.cores + EPS >= c
+            && j.mem_gib + EPS >= m
+            && slots.len() >= n
+        {
+            return None;
+        }
+        if !self.fits_pool(pool, j, slots) {
+            return None;
+        }
+        let base = self.ctx.node_base[pool];
+        let nodes = self.p.pools[pool].pool.nodes as usize;
+        let sleeps = !self.p.pools[pool].pool.always_on;
+        let idle = self.ctx.idle_g_per_slot[pool];
+        let mut best: Option<(usize, f64)> = None;
+        let mut fitting = 0;
+        for node in base..base + nodes {
+            let row = node * len;
+            let fits = slots.iter().all(|&t| {
+                let i = row + t as usize;
+                self.free_cpu[i] + EPS >= j.cores && self.free_mem[i] + EPS >= j.mem_gib
+            });
+            if !fits {
+                continue;
+            }
+            if !sleeps {
+                best = Some((node, 0.0));
+                break;
+            }
+            let wake: f64 = slots
+                .iter()
+                .filter(|&&t| self.free_cpu[row + t as usize] + EPS >= self.ctx.node_cpu[pool])
+                .map(|&t| idle * self.p.carbon_at(t as usize))
+                .sum();
+            if best.is_none_or(|(_, w)| wake < w) {
+                best = Some((node, wake));
+            }
+            fitting += 1;
+            if wake == 0.0 || fitting >= 8 {
+                break;
+            }
+        }
+        if best.is_none() {
+            let smaller = match self.failed[key] {
+                Some((c, m, n)) => j.cores <= c && j.mem_gib <= m && slots.len() <= n,
+                None => true,
+            };
+            if smaller {
+                self.failed[key] = Some((j.cores, j.mem_gib, slots.len()));
+            }
+        }
+        best
+    }
+
+    fn commit(&mut self, pool: usize, node: usize, job: usize, j: &PlanJob, slots: &[u32]) {
+        let len = self.ctx.len;
+        for &t in slots {
+            let i = node * len + t as usize;
+            self.free_cpu[i] = (self.free_cpu[i] - j.cores).max(0.0);
+            self.free_mem[i] = (self.free_mem[i] - j.mem_gib).max(0.0);
+            self.pool_free[pool * len + t as usize] -= j.cores;
+        }
+        if let Some(q) = &mut self.quotas {
+            q.consume(job, j.cores, slots);
+        }
+    }
+
+    /// Per-slot cost of running `j` in slot `t` under the strategy.
+    fn slot_cost(&self, job: usize, j: &PlanJob, t: usize, spread: f64) -> f64 {
+        let carbon = self.p.carbon_at(t);
+        match &self.quotas {
+            Some(q) => carbon + spread * q.shortage(job, j.cores, t),
+            None => carbon,
+        }
+    }
+
+    /// Place `j` on one of `candidates` (runs, best first by the strategy's score).
+    /// Earliest-fit takes the first run and pool that fit. The others look at the
+    /// first few runs that fit anywhere, and take the run, pool and node that add
+    /// the least carbon (dynamic power, plus idle power of any node it wakes) among
+    /// those with the least LP-quota shortage. Returns the candidate index, pool,
+    /// node, and whether a start earlier than the chosen one was tried and was full.
+    fn try_candidates(&mut self, job: usize, j: &PlanJob, candidates: &[Vec<u32>], shortage: &[f64]) -> Option<(usize, usize, usize, bool)> {
+        const LOOK: usize = 3;
+        let first_only = self.p.options.strategy == Strategy::EarliestFit;
+        let pools: Vec<usize> = match j.pool {
+            Some(pool) => vec![pool],
+            None => self.ctx.pool_order.clone(),
+        };
+        let mut earliest_failed = usize::MAX;
+        let mut best: Option<(f64, f64, usize, usize, usize)> = None;
+        let mut feasible = 0;
+        for (ci, slots) in candidates.iter().enumerate() {
+            let mut here: Option<(f64, usize, usize)> = None;
+            for &pool in &pools {
+                if self.ctx.node_cpu[pool] + EPS < j.cores || self.ctx.node_mem[pool] + EPS < j.mem_gib {
+                    continue;
+                }
+                if let Some((node, wake)) = self.find_node(pool, j, slots) {
+                    let dynamic: f64 = slots.iter().map(|&t| self.p.carbon_at(t as usize)).sum::<f64>()
+                        * self.ctx.dyn_g_per_core_slot[pool]
+                        * j.cores;
+                    let cost = dynamic + wake;
+                    if here.is_none_or(|(c, _, _)| cost < c) {
+                        here = Some((cost, pool, node));
+                    }
+                    if first_only {
+                        break;
+                    }
+                }
+            }
+            match here {
+                Some((cost, pool, node)) => {
+                    let short = shortage.get(ci).copied().unwrap_or(0.0);
+                    let better = best.is_none_or(|(bs, bc, ..)| short < bs - 1e-9 || (short <= bs + 1e-9 && cost < bc));
+                    if better {
+                        best = Some((short, cost, ci, pool, node));
+                    }
+                    feasible += 1;
+                    if first_only || feasible >= LOOK {
+                        break;
+                    }
+                }
+                None => earliest_failed = earliest_failed.min(slots[0] as usize),
+            }
+        }
+        let (_, _, ci, pool, node) = best?;
+        let slots = candidates[ci].clone();
+        self.commit(pool, node, job, j, &slots);
+        Some((ci, pool, node, earliest_failed < slots[0] as usize))
+    }
+}
+
+/// Candidate runs for `j` whose start lies in `[lo, hi]`, best first.
+/// Each with its LP-quota shortage (0 without quotas).
+fn candidates(st: &State<'_>, job: usize, j: &PlanJob, lo: usize, hi: usize, strategy: Strategy) -> (Vec<Vec<u32>>, Vec<f64>) {
+    let len = st.ctx.len;
+    let d = j.duration;
+    #[allow(clippy::cast_possible_truncation, reason = "slot indices are far below u32::MAX")]
+    let run = |s: usize| -> Vec<u32> { (s..(s + d).min(len)).map(|t| t as u32).collect() };
+    if strategy == Strategy::EarliestFit {
+        let runs: Vec<Vec<u32>> = (lo..=hi).map(run).collect();
+        let none = vec![0.0; runs.len()];
+        return (runs, none);
+    }
+    let (cmin, cmax) = st.p.carbon.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &c| (a.min(c), b.max(c)));
+    let spread = (cmax - cmin) + 1.0;
+    let end = (hi + d).min(len);
+    let cost: Vec<f64> = (lo..end).map(|t| st.slot_cost(job, j, t, spread)).collect();
+    let mut prefix = vec![0.0; cost.len() + 1];
+    for (i, c) in cost.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + c;
+    }
+    let mut starts: Vec<(f64, usize)> = (lo..=hi)
+        .map(|s| {
+            let a = s - lo;
+            let b = (a + d).min(cost.len());
+            #[allow(clippy::cast_precision_loss, reason = "slot counts are small")]
+            let missing = (a + d - b) as f64 * spread;
+            (prefix[b] - prefix[a] + missing, s)
+        })
+        .collect();
+    starts.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    let mut out: Vec<Vec<u32>> = Vec::with_capacity(starts.len() + 1);
+    if j.pausable && d > 1 {
+        // The `d` cheapest slots of the whole window, in time order.
+        let wend = j.deadline.unwrap_or(len).min(len);
+        let mut slots: Vec<(f64, usize)> = (lo..wend).map(|t| (st.slot_cost(job, j, t, spread), t)).collect();
+        if slots.len() >= d {
+            slots.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            #[allow(clippy::cast_possible_truncation, reason = "slot indices are far below u32::MAX")]
+            let mut pick: Vec<u32> = slots[..d].iter().map(|(_, t)| *t as u32).collect();
+            pick.sort_unstable();
+            out.push(pick);
+        }
+    }
+    out.extend(starts.into_iter().map(|(_, s)| run(s)));
+    let shortage = match &st.quotas {
+        Some(q) => out.iter().map(|r| r.iter().map(|&t| q.shortage(job, j.cores, t as usize)).sum()).collect(),
+        None => vec![0.0; out.len()],
+    };
+    (out, shortage)
+}
+
+pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<Placement> {
+    let strategy = p.options.strategy;
+    let len = ctx.len;
+    let mut pool_free = vec![0.0; p.pools.len() * len];
+    for (pool, pi) in p.pools.iter().enumerate() {
+        let base = ctx.node_base[pool];
+        for node in base..base + pi.pool.nodes as usize {
+            for t in 0..len {
+                pool_free[pool * len + t] += ctx.free_cpu[node * len + t];
+            }
+        }
+    }
+    let mut st = State {
+        p,
+        ctx,
+        free_cpu: ctx.free_cpu.clone(),
+        free_mem: ctx.free_mem.clone(),
+        pool_free,
+        failed: vec![None; p.pools.len() * len],
+        quotas: quotas.cloned(),
+    };
+    let mut order: Vec<usize> = (0..p.jobs.len()).collect();
+    match strategy {
+        Strategy::EarliestFit => order.sort_by_key(|&i| (p.jobs[i].release, i)),
+        Strategy::Lp | Strategy::CarbonGreedy => order.sort_by(|&a, &b| {
+            let (x, y) = (&p.jobs[a], &p.jobs[b]);
+            let latest = |j: &PlanJob| j.deadline.map_or(usize::MAX, |d| d - j.duration.min(d));
+            #[allow(clippy::cast_precision_loss, reason = "sizes are small")]
+            let size = |j: &PlanJob| j.cores * j.duration as f64;
+            latest(x).cmp(&latest(y)).then(y.priority.cmp(&x.priority)).then(size(y).total_cmp(&size(x))).then(a.cmp(&b))
+        }),
+    }
+    let mut out = vec![Placement::Wait { reason: WaitReason::Capacity }; p.jobs.len()];
+    for job in order {
+        let j = &p.jobs[job];
+        let (lo, hi) = match window(p, ctx, j) {
+            Ok(w) => w,
+            Err(reason) => {
+                out[job] = Placement::Wait { reason };
+                continue;
+            }
+        };
+        let (cands, shortage) = candidates(&st, job, j, lo, hi, strategy);
+        if let Some((ci, pool, node, blocked)) = st.try_candidates(job, j, &cands, &shortage) {
+            let slots = cands[ci].clone();
+            let start = slots[0] as usize;
+            let delayed_by = (start > j.release).then_some(if blocked { WaitReason::Capacity } else { WaitReason::CarbonWindow });
+            #[allow(clippy::cast_possible_truncation, reason = "node counts fit u32")]
+            let node = (node - ctx.node_base[pool]) as u32;
+            out[job] = Placement::Run { pool, node, slots, late: false, delayed_by };
+            continue;
+        }
+        // No room before the deadline: run it as early as possible after all, late,
+        // and say so; a job is never dropped silently.
+        if j.deadline.is_some() {
+            let late = PlanJob { deadline: None, pausable: false, ..j.clone() };
+            let hi = (p.slots - 1).min(len.saturating_sub(1));
+            let (cands, shortage) = candidates(&st, job, &late, lo, hi, Strategy::EarliestFit);
+            if let Some((ci, pool, node, _)) = st.try_candidates(job, &late, &cands, &shortage) {
+                #[allow(clippy::cast_possible_truncation, reason = "node counts fit u32")]
+                let node = (node - ctx.node_base[pool]) as u32;
+                let slots = cands[ci].clone();
+                let late_end = slots.last().map_or(0, |t| *t as usize + 1) > j.deadline.unwrap_or(usize::MAX);
+                out[job] = Placement::Run { pool, node, slots, late: late_end, delayed_by: Some(WaitReason::Capacity) };
+                continue;
+            }
+        }
+        out[job] = Placement::Wait { reason: WaitReason::Capacity };
+    }
+    out
+}

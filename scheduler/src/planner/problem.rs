@@ -1,0 +1,295 @@
+use greenfill_core::cluster::{Pool, PowerModelError};
+use serde::Serialize;
+use std::time::Duration;
+
+/// A pool and the online services' forecast use of it.
+#[derive(Debug, Clone)]
+pub struct PoolInput {
+    pub pool: Pool,
+    /// Online CPU use (cores) per node and slot, upper bound: either one value per
+    /// slot shared by every node (`slots` values) or per node (`nodes × slots`,
+    /// node-major). Empty = no online load.
+    pub online_cpu: Vec<f64>,
+    /// Online memory use (GiB), laid out like `online_cpu`.
+    pub online_mem: Vec<f64>,
+}
+
+impl PoolInput {
+    pub fn new(pool: Pool) -> PoolInput {
+        PoolInput { pool, online_cpu: Vec::new(), online_mem: Vec::new() }
+    }
+
+    fn at(v: &[f64], slots: usize, node: usize, t: usize) -> f64 {
+        match v.len() {
+            0 => 0.0,
+            n if n == slots => v[t],
+            _ => v[node * slots + t],
+        }
+    }
+
+    /// Online CPU on `node` at horizon slot `t < slots`.
+    pub(crate) fn online_cpu_at(&self, slots: usize, node: usize, t: usize) -> f64 {
+        Self::at(&self.online_cpu, slots, node, t)
+    }
+
+    pub(crate) fn online_mem_at(&self, slots: usize, node: usize, t: usize) -> f64 {
+        Self::at(&self.online_mem, slots, node, t)
+    }
+}
+
+/// One batch job as the planner sees it, in slots of the horizon.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanJob {
+    pub id: String,
+    /// Cores, > 0.
+    pub cores: f64,
+    /// Memory in GiB, >= 0.
+    pub mem_gib: f64,
+    /// First slot it may run in (0 = now).
+    pub release: usize,
+    /// Slot by which it must have finished (exclusive end); `None` = no deadline,
+    /// but it should start within the horizon.
+    pub deadline: Option<usize>,
+    /// Slots of running, >= 1.
+    pub duration: usize,
+    /// May run in pieces (any `duration` slots of its window, on one node).
+    pub pausable: bool,
+    /// Only this pool (by index into [`Problem::pools`]).
+    pub pool: Option<usize>,
+    pub priority: i32,
+}
+
+/// How to plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Aggregated LP for the time profile, then LP-guided placement (the default).
+    #[default]
+    Lp,
+    /// Each job, earliest deadline first, in the cheapest-carbon window that fits.
+    CarbonGreedy,
+    /// Each job, in arrival order, at the earliest start that fits (first-fit).
+    EarliestFit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanOptions {
+    /// Share of each node's CPU kept free on top of the online upper bound.
+    pub cpu_margin: f64,
+    /// Share of each node's memory kept free on top of the online upper bound.
+    pub mem_margin: f64,
+    /// Wall-clock limit for the LP; past it the best solution so far guides placement.
+    pub time_limit: Duration,
+    pub strategy: Strategy,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            cpu_margin: 0.1,
+            mem_margin: 0.1,
+            time_limit: Duration::from_secs(10),
+            strategy: Strategy::Lp,
+        }
+    }
+}
+
+/// Everything the planner needs. Build it, [`Problem::validate`] it, then
+/// [`Problem::plan`] it.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Unix seconds of slot 0.
+    pub start: i64,
+    pub slot_s: i64,
+    pub slots: usize,
+    pub pools: Vec<PoolInput>,
+    /// Forecast carbon intensity per slot, gCO2/kWh (`slots` values). Past the
+    /// horizon (a job that runs on) the forecast repeats from slot 0: a daily cycle.
+    pub carbon: Vec<f64>,
+    pub jobs: Vec<PlanJob>,
+    pub options: PlanOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProblemError {
+    #[error("slots = {0}: a horizon needs at least one slot")]
+    NoSlots(usize),
+    #[error("slot_s = {0}: the slot length must be positive")]
+    SlotLength(i64),
+    #[error("carbon has {got} values for {slots} slots")]
+    CarbonLength { got: usize, slots: usize },
+    #[error("carbon[{index}] = {value}: intensities must be finite and >= 0")]
+    CarbonValue { index: usize, value: f64 },
+    #[error("pool `{pool}`: {field} = {value}: {why}")]
+    Pool { pool: String, field: &'static str, value: String, why: &'static str },
+    #[error("pool `{pool}`: power: {source}")]
+    Power {
+        pool: String,
+        #[source]
+        source: PowerModelError,
+    },
+    #[error("job `{job}`: {field} = {value}: {why}")]
+    Job { job: String, field: &'static str, value: String, why: &'static str },
+    #[error("options: {field} = {value}: {why}")]
+    Option { field: &'static str, value: String, why: &'static str },
+}
+
+impl Problem {
+    /// Check every field; the first problem found is named with its value.
+    pub fn validate(&self) -> Result<(), ProblemError> {
+        if self.slots == 0 {
+            return Err(ProblemError::NoSlots(self.slots));
+        }
+        if self.slot_s <= 0 {
+            return Err(ProblemError::SlotLength(self.slot_s));
+        }
+        if self.carbon.len() != self.slots {
+            return Err(ProblemError::CarbonLength { got: self.carbon.len(), slots: self.slots });
+        }
+        if let Some((index, &value)) = self.carbon.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+            return Err(ProblemError::CarbonValue { index, value });
+        }
+        for (field, v) in [("cpu_margin", self.options.cpu_margin), ("mem_margin", self.options.mem_margin)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(ProblemError::Option { field, value: v.to_string(), why: "must be in [0, 1)" });
+            }
+        }
+        for p in &self.pools {
+            self.validate_pool(p)?;
+        }
+        for j in &self.jobs {
+            let err = |field, value: String, why| ProblemError::Job { job: j.id.clone(), field, value, why };
+            if !(j.cores.is_finite() && j.cores > 0.0) {
+                return Err(err("cores", j.cores.to_string(), "must be > 0"));
+            }
+            if !(j.mem_gib.is_finite() && j.mem_gib >= 0.0) {
+                return Err(err("mem_gib", j.mem_gib.to_string(), "must be >= 0"));
+            }
+            if j.duration == 0 {
+                return Err(err("duration", "0".into(), "must be at least one slot"));
+            }
+            if let Some(p) = j.pool
+                && p >= self.pools.len()
+            {
+                return Err(err("pool", p.to_string(), "no such pool"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_pool(&self, p: &PoolInput) -> Result<(), ProblemError> {
+        let name = p.pool.name.clone();
+        let err = |field, value: String, why| ProblemError::Pool { pool: name.clone(), field, value, why };
+        if !(p.pool.cores.is_finite() && p.pool.cores >= 0.0) {
+            return Err(err("cores", p.pool.cores.to_string(), "must be >= 0"));
+        }
+        if !(p.pool.memory_gib.is_finite() && p.pool.memory_gib >= 0.0) {
+            return Err(err("memory_gib", p.pool.memory_gib.to_string(), "must be >= 0"));
+        }
+        if !(p.pool.pue.is_finite() && p.pool.pue >= 1.0) {
+            return Err(err("pue", p.pool.pue.to_string(), "must be >= 1"));
+        }
+        p.pool.power.validate().map_err(|source| ProblemError::Power { pool: name.clone(), source })?;
+        let nodes = usize::try_from(p.pool.nodes).unwrap_or(usize::MAX);
+        for (field, v) in [("online_cpu", &p.online_cpu), ("online_mem", &p.online_mem)] {
+            if !(v.is_empty() || v.len() == self.slots || Some(v.len()) == nodes.checked_mul(self.slots)) {
+                return Err(err(field, format!("{} values", v.len()), "need none, one per slot, or nodes × slots"));
+            }
+            if let Some(x) = v.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+                return Err(err(field, x.to_string(), "online use must be finite and >= 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Slots the planner looks at: the horizon plus room for jobs that start in it
+    /// and run past its end.
+    pub(crate) fn extended_slots(&self) -> usize {
+        let longest = self.jobs.iter().map(|j| j.duration).max().unwrap_or(0);
+        self.slots + longest.min(self.slots * 4)
+    }
+
+    /// Carbon intensity at any slot; past the horizon it repeats.
+    pub(crate) fn carbon_at(&self, t: usize) -> f64 {
+        self.carbon[t % self.slots]
+    }
+
+    pub(crate) fn slot_hours(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss, reason = "slot lengths are small")]
+        let h = self.slot_s as f64 / 3600.0;
+        h
+    }
+}
+
+/// Why a job does not run (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// Its release is past the horizon.
+    NotReleased,
+    /// No node has room for it in its window.
+    Capacity,
+    /// It could start earlier, but a cleaner window comes before its deadline.
+    CarbonWindow,
+    /// Its deadline is before release + duration.
+    DeadlineImpossible,
+    /// No pool it may use has a node large enough.
+    LargerThanAnyNode,
+}
+
+/// What the plan does with one job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Placement {
+    Run {
+        pool: usize,
+        node: u32,
+        /// The slots it runs in, increasing; contiguous unless the job is pausable.
+        slots: Vec<u32>,
+        /// It ends after its deadline (reported, not dropped).
+        late: bool,
+        /// Why it starts after its release, if it does.
+        delayed_by: Option<WaitReason>,
+    },
+    Wait {
+        reason: WaitReason,
+    },
+}
+
+impl Placement {
+    pub fn start(&self) -> Option<usize> {
+        match self {
+            Placement::Run { slots, .. } => slots.first().map(|s| *s as usize),
+            Placement::Wait { .. } => None,
+        }
+    }
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// One per job, in [`Problem::jobs`] order.
+    pub placements: Vec<Placement>,
+    /// Powered nodes per pool per slot (`pools × extended slots`).
+    pub powered: Vec<Vec<u32>>,
+    pub energy: super::Energy,
+    /// The same cluster over the same slots with no batch work: `energy − baseline`
+    /// is what the batch work costs.
+    pub baseline: super::Energy,
+    pub build_ms: f64,
+    pub lp_ms: f64,
+    pub place_ms: f64,
+    pub solve_ms: f64,
+    /// What the LP did: `optimal`, `time limit`, `failed (…)`, or `not used`.
+    pub lp_status: String,
+}
+
+impl Plan {
+    pub fn jobs_planned(&self) -> usize {
+        self.placements.iter().filter(|p| matches!(p, Placement::Run { .. })).count()
+    }
+
+    pub fn jobs_late(&self) -> usize {
+        self.placements.iter().filter(|p| matches!(p, Placement::Run { late: true, .. })).count()
+    }
+}

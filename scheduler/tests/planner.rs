@@ -1,0 +1,204 @@
+//! The planner's guarantees, checked by an independent verifier on many seeded
+//! instances, and its answers to bad input.
+
+use greenfill_core::cluster::{Pool, PowerModel};
+use greenfill_scheduler::synthetic::{Spec, generate};
+use greenfill_scheduler::{Placement, PlanJob, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify};
+use proptest::prelude::*;
+use std::time::Duration;
+
+const STRATEGIES: [Strategy; 3] = [Strategy::Lp, Strategy::CarbonGreedy, Strategy::EarliestFit];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// No plan exceeds any node's CPU or memory in any slot, starts a job before its
+    /// release, ends one after its deadline without saying it is late, splits a
+    /// non-pausable job, or runs a job for other than its duration.
+    #[test]
+    fn plans_keep_every_rule(
+        seed in 0u64..10_000,
+        nodes in 1u32..30,
+        jobs in 0usize..80,
+        slots in 4usize..40,
+        pausable in 0.0f64..1.0,
+        load in 0.1f64..2.5,
+    ) {
+        let mut p = generate(&Spec { nodes, jobs, slots, slot_s: 900, seed, pausable, load });
+        prop_assert!(p.validate().is_ok());
+        for s in STRATEGIES {
+            p.options.strategy = s;
+            let plan = p.plan();
+            let v = verify(&p, &plan.placements, plan.energy.slots);
+            prop_assert_eq!(v.total(), 0, "{:?}: {:?}", s, v);
+            prop_assert_eq!(plan.placements.len(), p.jobs.len());
+            prop_assert!(plan.energy.carbon_kg + 1e-9 >= plan.baseline.carbon_kg);
+            for (j, pl) in p.jobs.iter().zip(&plan.placements) {
+                if let Placement::Run { slots, late, .. } = pl {
+                    prop_assert!(*late == j.deadline.is_some_and(|d| *slots.last().unwrap() as usize >= d));
+                }
+            }
+        }
+    }
+
+    /// Same problem, same plan.
+    #[test]
+    fn plans_are_deterministic(seed in 0u64..1000) {
+        let p = generate(&Spec { nodes: 12, jobs: 40, slots: 24, seed, ..Spec::default() });
+        let (a, b) = (p.plan(), p.plan());
+        prop_assert_eq!(a.placements, b.placements);
+        prop_assert_eq!(a.energy, b.energy);
+    }
+}
+
+#[test]
+fn carbon_within_two_percent_of_the_exact_optimum_and_below_earliest_fit() {
+    for seed in 1..=3 {
+        let mut p = generate(&Spec { nodes: 50, jobs: 200, slots: 24, seed, ..Spec::default() });
+        let exact = exact_lp(&p).unwrap();
+        assert_eq!(exact.status, "optimal");
+        let plan = p.plan();
+        p.options.strategy = Strategy::EarliestFit;
+        let greedy = p.plan();
+        let gap = plan.energy.carbon_kg / exact.carbon_kg - 1.0;
+        eprintln!(
+            "seed {seed}: exact {:.3} kg, greenfill {:.3} kg ({:+.2} %), earliest-fit {:.3} kg; batch part: exact {:.3}, greenfill {:.3}, earliest-fit {:.3}",
+            exact.carbon_kg,
+            plan.energy.carbon_kg,
+            gap * 100.0,
+            greedy.energy.carbon_kg,
+            exact.batch_carbon_kg,
+            plan.energy.carbon_kg - plan.baseline.carbon_kg,
+            greedy.energy.carbon_kg - greedy.baseline.carbon_kg,
+        );
+        assert!(gap > -1e-6, "a plan cannot beat the relaxation's optimum: {gap}");
+        assert!(gap < 0.02, "seed {seed}: {:.2} % above the exact optimum", gap * 100.0);
+        assert!(plan.energy.carbon_kg < greedy.energy.carbon_kg, "seed {seed}");
+        assert_eq!(plan.jobs_planned(), 200);
+    }
+}
+
+fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolInput {
+    PoolInput::new(Pool {
+        name: name.into(),
+        nodes,
+        cores,
+        memory_gib: mem,
+        power: PowerModel::Linear { idle_w: 100.0, max_w: 300.0 },
+        pue: 1.2,
+        always_on,
+    })
+}
+
+fn job(id: &str, cores: f64, release: usize, duration: usize, deadline: Option<usize>) -> PlanJob {
+    PlanJob { id: id.into(), cores, mem_gib: 1.0, release, deadline, duration, pausable: false, pool: None, priority: 0 }
+}
+
+fn problem(pools: Vec<PoolInput>, jobs: Vec<PlanJob>, carbon: Vec<f64>) -> Problem {
+    Problem { start: 0, slot_s: 3600, slots: carbon.len(), pools, carbon, jobs, options: Default::default() }
+}
+
+#[test]
+fn every_job_gets_a_reason_when_it_cannot_run() {
+    let p = problem(
+        vec![pool("small", 2, 8.0, 32.0, true), pool("empty", 3, 0.0, 0.0, false)],
+        vec![
+            job("huge", 64.0, 0, 1, None),
+            job("backwards", 1.0, 5, 2, Some(3)),
+            job("later", 1.0, 30, 1, None),
+            job("fine", 1.0, 0, 2, Some(4)),
+        ],
+        vec![100.0; 6],
+    );
+    p.validate().unwrap();
+    let plan = p.plan();
+    let reason = |i: usize| match &plan.placements[i] {
+        Placement::Wait { reason } => Some(*reason),
+        Placement::Run { .. } => None,
+    };
+    assert_eq!(reason(0), Some(WaitReason::LargerThanAnyNode));
+    assert_eq!(reason(1), Some(WaitReason::DeadlineImpossible));
+    assert_eq!(reason(2), Some(WaitReason::NotReleased));
+    assert_eq!(reason(3), None);
+    assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
+}
+
+#[test]
+fn an_overloaded_cluster_reports_late_and_waiting_jobs_instead_of_dropping_them() {
+    // One node of 4 usable cores (margin 0), 3 slots, 10 jobs of 2 cores × 2 slots with
+    // deadline at slot 3: at most 2 fit before the deadline.
+    let mut p = problem(vec![pool("one", 1, 4.0, 64.0, true)], (0..10).map(|i| job(&format!("j{i}"), 2.0, 0, 2, Some(3))).collect(), vec![50.0, 300.0, 50.0]);
+    p.options.cpu_margin = 0.0;
+    let plan = p.plan();
+    let on_time = plan.placements.iter().filter(|x| matches!(x, Placement::Run { late: false, .. })).count();
+    let late = plan.jobs_late();
+    let waiting = plan.placements.iter().filter(|x| matches!(x, Placement::Wait { reason: WaitReason::Capacity })).count();
+    assert_eq!(on_time, 2);
+    assert_eq!(on_time + late + waiting, 10);
+    assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
+}
+
+#[test]
+fn carbon_aware_timing_moves_work_to_the_clean_slot() {
+    let mut p = problem(vec![pool("a", 1, 16.0, 64.0, true)], vec![job("j", 2.0, 0, 1, Some(4))], vec![400.0, 380.0, 90.0, 410.0]);
+    for s in [Strategy::Lp, Strategy::CarbonGreedy] {
+        p.options.strategy = s;
+        let plan = p.plan();
+        assert_eq!(plan.placements[0].start(), Some(2), "{s:?}");
+        assert!(matches!(plan.placements[0], Placement::Run { delayed_by: Some(WaitReason::CarbonWindow), .. }));
+    }
+    p.options.strategy = Strategy::EarliestFit;
+    assert_eq!(p.plan().placements[0].start(), Some(0));
+}
+
+#[test]
+fn sleeping_nodes_stay_off_when_always_on_nodes_have_room() {
+    let p = problem(vec![pool("online", 2, 32.0, 128.0, true), pool("spare", 5, 32.0, 128.0, false)], (0..6).map(|i| job(&format!("j{i}"), 4.0, 0, 2, Some(6))).collect(), vec![200.0; 6]);
+    let plan = p.plan();
+    assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
+    assert_eq!(plan.powered[0][0], 2);
+}
+
+#[test]
+fn memory_binds_as_well_as_cpu() {
+    // 64 cores but 16 GiB usable: four 4-GiB jobs at once, whatever the cores.
+    let mut p = problem(vec![pool("m", 1, 64.0, 16.0, true)], (0..6).map(|i| PlanJob { mem_gib: 4.0, ..job(&format!("j{i}"), 1.0, 0, 1, Some(2)) }).collect(), vec![100.0, 100.0]);
+    p.options.mem_margin = 0.0;
+    let plan = p.plan();
+    assert_eq!(plan.placements.iter().filter(|x| matches!(x, Placement::Run { late: false, .. })).count(), 6);
+    let at0 = plan.placements.iter().filter(|x| x.start() == Some(0)).count();
+    assert!(at0 <= 4, "{at0}");
+    assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
+}
+
+#[test]
+fn a_tiny_time_limit_still_gives_a_valid_plan() {
+    let mut p = generate(&Spec { nodes: 200, jobs: 3000, slots: 96, slot_s: 900, ..Spec::default() });
+    p.options.time_limit = Duration::from_millis(1);
+    let plan = p.plan();
+    assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
+    assert!(plan.jobs_planned() > 0, "{}", plan.lp_status);
+}
+
+#[test]
+fn validation_names_the_field_and_value() {
+    let base = problem(vec![pool("a", 1, 8.0, 8.0, true)], vec![job("j", 1.0, 0, 1, None)], vec![100.0, 100.0]);
+    let mut p = base.clone();
+    p.jobs[0].cores = -1.0;
+    assert_eq!(p.validate().unwrap_err().to_string(), "job `j`: cores = -1: must be > 0");
+    let mut p = base.clone();
+    p.jobs[0].duration = 0;
+    assert!(p.validate().unwrap_err().to_string().contains("duration"));
+    let mut p = base.clone();
+    p.carbon[1] = f64::NAN;
+    assert!(matches!(p.validate(), Err(ProblemError::CarbonValue { index: 1, .. })));
+    let mut p = base.clone();
+    p.pools[0].pool.pue = 0.5;
+    assert_eq!(p.validate().unwrap_err().to_string(), "pool `a`: pue = 0.5: must be >= 1");
+    let mut p = base.clone();
+    p.pools[0].online_cpu = vec![1.0; 3];
+    assert!(p.validate().unwrap_err().to_string().contains("online_cpu = 3 values"));
+    let mut p = base;
+    p.options.cpu_margin = 1.0;
+    assert!(p.validate().unwrap_err().to_string().contains("cpu_margin"));
+}
