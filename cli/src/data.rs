@@ -245,7 +245,10 @@ fn print_series(json: bool, s: &Summary) -> Result<()> {
     println!("  rows      {}", s.rows);
     println!("  span      {} .. {}  step {} s", s.start, s.end, s.step_s);
     println!("  filled    {} gaps", s.filled);
-    println!("  value     min {:.4}  mean {:.4}  max {:.4}  {}  (over {} observed)", s.value.min, s.value.mean, s.value.max, s.unit, s.value.count);
+    println!(
+        "  value     min {:.4}  mean {:.4}  max {:.4}  {}  (over {} observed)",
+        s.value.min, s.value.mean, s.value.max, s.unit, s.value.count
+    );
     println!("  series    {}", s.series.len());
     for x in s.series.iter().take(20) {
         println!("    {:<40} {:>7} points  {:>5} filled", x.id, x.points, x.filled);

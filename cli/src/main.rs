@@ -5,6 +5,7 @@
 //! (2 for usage errors, from clap).
 
 mod data;
+mod plan;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,12 +22,16 @@ enum Command {
     /// Read trace files (carbon intensity, machine usage, job arrivals) and summarise them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Plan batch jobs onto a cluster from files: where and when each runs, how many
+    /// nodes stay powered, energy and carbon.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Plan(args) => plan::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

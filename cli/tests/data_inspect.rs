@@ -10,10 +10,8 @@ fn repo(p: &str) -> String {
 
 #[test]
 fn inspect_carbon_json() {
-    let out = greenfill()
-        .args(["data", "inspect", &repo("data/carbon/CISO_2022_hourly_ci.csv"), "--json"])
-        .output()
-        .unwrap();
+    let out =
+        greenfill().args(["data", "inspect", &repo("data/carbon/CISO_2022_hourly_ci.csv"), "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "carbon");

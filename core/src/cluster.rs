@@ -110,3 +110,137 @@ mod tests {
         assert!(PowerModel::Linear { idle_w: 10.0, max_w: 5.0 }.validate().is_err());
     }
 }
+
+/// A cluster file (TOML): pools and the margins batch must leave free.
+///
+/// ```toml
+/// cpu_margin = 0.1
+/// mem_margin = 0.1
+///
+/// [[pools]]
+/// name = "web"
+/// nodes = 40
+/// cores = 64
+/// memory_gib = 256
+/// pue = 1.2
+/// always_on = true
+/// power = { kind = "linear", idle_w = 150, max_w = 400 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default = "default_margin")]
+    pub cpu_margin: f64,
+    #[serde(default = "default_margin")]
+    pub mem_margin: f64,
+    pub pools: Vec<Pool>,
+}
+
+fn default_margin() -> f64 {
+    0.1
+}
+
+/// A cluster file that could not be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: pools[{index}] (`{name}`): {message}")]
+    Pool { path: String, index: usize, name: String, message: String },
+}
+
+impl ClusterConfig {
+    pub fn load(path: &std::path::Path) -> Result<ClusterConfig, ClusterError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Io { path: name.clone(), source })?;
+        ClusterConfig::parse(&name, &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<ClusterConfig, ClusterError> {
+        let c: ClusterConfig =
+            toml::from_str(text).map_err(|e| ClusterError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let bad = |message: String| ClusterError::Parse { path: path.to_owned(), message };
+        for (key, v) in [("cpu_margin", c.cpu_margin), ("mem_margin", c.mem_margin)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(bad(format!("{key} = {v}: must be in [0, 1)")));
+            }
+        }
+        if c.pools.is_empty() {
+            return Err(bad("no [[pools]]: a cluster needs at least one pool".into()));
+        }
+        for (index, p) in c.pools.iter().enumerate() {
+            let err =
+                |message: String| ClusterError::Pool { path: path.to_owned(), index, name: p.name.clone(), message };
+            if p.name.is_empty() || c.pools[..index].iter().any(|q| q.name == p.name) {
+                return Err(err("name must be non-empty and unique".into()));
+            }
+            for (key, v) in [("cores", p.cores), ("memory_gib", p.memory_gib)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(err(format!("{key} = {v}: must be >= 0")));
+                }
+            }
+            if !(p.pue.is_finite() && p.pue >= 1.0) {
+                return Err(err(format!("pue = {}: must be >= 1", p.pue)));
+            }
+            p.power.validate().map_err(|e| err(format!("power: {e}")))?;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = ClusterConfig::parse(
+            "c.toml",
+            "cpu_margin = 0.2\n[[pools]]\nname = \"web\"\nnodes = 40\ncores = 64\nmemory_gib = 256\npue = 1.2\nalways_on = true\npower = { kind = \"linear\", idle_w = 150, max_w = 400 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.pools[0].nodes, 40);
+        assert_eq!(c.mem_margin, 0.1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\nwatts=3\npower={kind='linear',idle_w=1,max_w=2}",
+                "unknown field `watts`",
+            ),
+            (
+                "[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\npower={kind='cubic'}",
+                "unknown variant `cubic`, expected `linear` or `table`",
+            ),
+            (
+                "[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\npue=0.9\npower={kind='linear',idle_w=1,max_w=2}",
+                "pools[0] (`a`): pue = 0.9",
+            ),
+            (
+                "[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\npower={kind='linear',idle_w=5,max_w=2}",
+                "power: idle_w = 5 and max_w = 2",
+            ),
+            (
+                "cpu_margin = 1.5\n[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\npower={kind='linear',idle_w=1,max_w=2}",
+                "cpu_margin = 1.5",
+            ),
+            ("pools = []", "no [[pools]]"),
+            (
+                "[[pools]]\nname='a'\ncores=1\nmemory_gib=1\npower={kind='linear',idle_w=1,max_w=2}",
+                "missing field `nodes`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = ClusterConfig::parse("c.toml", text).unwrap_err().to_string();
+            assert!(e.contains(want), "got `{e}`, want `{want}`");
+        }
+    }
+}

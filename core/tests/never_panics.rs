@@ -39,7 +39,11 @@ fn header() -> impl Strategy<Value = String> {
 }
 
 fn file() -> impl Strategy<Value = Vec<u8>> {
-    (header(), prop::collection::vec(prop::collection::vec(cell(), 0..9), 0..12), prop_oneof![Just(","), Just(";"), Just(";\t")])
+    (
+        header(),
+        prop::collection::vec(prop::collection::vec(cell(), 0..9), 0..12),
+        prop_oneof![Just(","), Just(";"), Just(";\t")],
+    )
         .prop_map(|(h, rows, sep)| {
             let mut s = h;
             s.push('\n');

@@ -1,9 +1,7 @@
 //! Readers on the real files: the bundled open ones (always present) and the
 //! research-only ones in `../shared/data/` (skipped, with a printed reason, when absent).
 
-use greenfill_core::data::{
-    CarbonOptions, JobFormat, UsageFormat, UsageOptions, load_carbon, load_jobs, load_usage,
-};
+use greenfill_core::data::{CarbonOptions, JobFormat, UsageFormat, UsageOptions, load_carbon, load_jobs, load_usage};
 use std::path::{Path, PathBuf};
 
 fn repo(p: &str) -> PathBuf {
@@ -33,7 +31,8 @@ fn ciso_mean_over_non_empty_rows() {
 #[test]
 fn every_bundled_carbon_file_is_a_full_year() {
     for area in ["AZPS", "BPAT", "CISO", "ERCO", "MISO", "NYIS", "PJM", "SOCO"] {
-        let t = load_carbon(&repo(&format!("data/carbon/{area}_2022_hourly_ci.csv")), &CarbonOptions::default()).unwrap();
+        let t =
+            load_carbon(&repo(&format!("data/carbon/{area}_2022_hourly_ci.csv")), &CarbonOptions::default()).unwrap();
         assert_eq!(t.series.values.len(), 8760, "{area}");
         assert!(t.series.values.iter().all(|v| v.is_finite() && *v > 0.0), "{area}");
     }

@@ -4,10 +4,11 @@
 //! Architecture invariant: the planner is a pure function of its [`Problem`]: no IO,
 //! no clock, no async. Same problem, same plan.
 
+pub mod input;
 pub mod planner;
 pub mod synthetic;
 
 pub use planner::{
-    Energy, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason,
-    Violations, exact_lp, verify,
+    Energy, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, Violations, WaitReason,
+    exact_lp, verify,
 };

@@ -29,7 +29,12 @@ impl Default for Spec {
     }
 }
 
-#[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small generated sizes")]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "small generated sizes"
+)]
 pub fn generate(spec: &Spec) -> Problem {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let t = spec.slots;
@@ -61,7 +66,9 @@ pub fn generate(spec: &Spec) -> Problem {
             let phase = rng.random_range(0.0..2.0 * PI);
             input.online_cpu = (0..t)
                 .map(|s| {
-                    let x = base + amp * (0.5 + 0.5 * (2.0 * PI * s as f64 / day + phase).sin()) + rng.random_range(0.0..0.03);
+                    let x = base
+                        + amp * (0.5 + 0.5 * (2.0 * PI * s as f64 / day + phase).sin())
+                        + rng.random_range(0.0..0.03);
                     x * cores
                 })
                 .collect();
@@ -83,7 +90,8 @@ pub fn generate(spec: &Spec) -> Problem {
         .iter()
         .map(|p| {
             let cap = p.pool.cores * 0.9 * f64::from(p.pool.nodes);
-            let online: f64 = if p.online_cpu.is_empty() { 0.0 } else { p.online_cpu.iter().sum::<f64>() * f64::from(p.pool.nodes) };
+            let online: f64 =
+                if p.online_cpu.is_empty() { 0.0 } else { p.online_cpu.iter().sum::<f64>() * f64::from(p.pool.nodes) };
             cap * t as f64 - online
         })
         .sum();
@@ -93,7 +101,9 @@ pub fn generate(spec: &Spec) -> Problem {
     for i in 0..spec.jobs {
         let cores = cores_choices[rng.random_range(0..cores_choices.len())];
         let max_d = (t / 4).max(1);
-        let duration = ((mean_work / cores / 2.3).clamp(1.0, max_d as f64) * rng.random_range(0.3..1.7)).round().clamp(1.0, max_d as f64) as usize;
+        let duration = ((mean_work / cores / 2.3).clamp(1.0, max_d as f64) * rng.random_range(0.3..1.7))
+            .round()
+            .clamp(1.0, max_d as f64) as usize;
         let release = rng.random_range(0..=(t * 3 / 4).min(t - duration));
         let room = t - release - duration;
         let slack = if room == 0 { 0 } else { rng.random_range(0..=room) };
@@ -109,5 +119,13 @@ pub fn generate(spec: &Spec) -> Problem {
             priority: 0,
         });
     }
-    Problem { start: 1_654_041_600, slot_s: spec.slot_s, slots: t, pools, carbon, jobs, options: PlanOptions::default() }
+    Problem {
+        start: 1_654_041_600,
+        slot_s: spec.slot_s,
+        slots: t,
+        pools,
+        carbon,
+        jobs,
+        options: PlanOptions::default(),
+    }
 }

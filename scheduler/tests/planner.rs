@@ -3,7 +3,9 @@
 
 use greenfill_core::cluster::{Pool, PowerModel};
 use greenfill_scheduler::synthetic::{Spec, generate};
-use greenfill_scheduler::{Placement, PlanJob, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify};
+use greenfill_scheduler::{
+    Placement, PlanJob, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify,
+};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -91,7 +93,17 @@ fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolIn
 }
 
 fn job(id: &str, cores: f64, release: usize, duration: usize, deadline: Option<usize>) -> PlanJob {
-    PlanJob { id: id.into(), cores, mem_gib: 1.0, release, deadline, duration, pausable: false, pool: None, priority: 0 }
+    PlanJob {
+        id: id.into(),
+        cores,
+        mem_gib: 1.0,
+        release,
+        deadline,
+        duration,
+        pausable: false,
+        pool: None,
+        priority: 0,
+    }
 }
 
 fn problem(pools: Vec<PoolInput>, jobs: Vec<PlanJob>, carbon: Vec<f64>) -> Problem {
@@ -127,12 +139,17 @@ fn every_job_gets_a_reason_when_it_cannot_run() {
 fn an_overloaded_cluster_reports_late_and_waiting_jobs_instead_of_dropping_them() {
     // One node of 4 usable cores (margin 0), 3 slots, 10 jobs of 2 cores × 2 slots with
     // deadline at slot 3: at most 2 fit before the deadline.
-    let mut p = problem(vec![pool("one", 1, 4.0, 64.0, true)], (0..10).map(|i| job(&format!("j{i}"), 2.0, 0, 2, Some(3))).collect(), vec![50.0, 300.0, 50.0]);
+    let mut p = problem(
+        vec![pool("one", 1, 4.0, 64.0, true)],
+        (0..10).map(|i| job(&format!("j{i}"), 2.0, 0, 2, Some(3))).collect(),
+        vec![50.0, 300.0, 50.0],
+    );
     p.options.cpu_margin = 0.0;
     let plan = p.plan();
     let on_time = plan.placements.iter().filter(|x| matches!(x, Placement::Run { late: false, .. })).count();
     let late = plan.jobs_late();
-    let waiting = plan.placements.iter().filter(|x| matches!(x, Placement::Wait { reason: WaitReason::Capacity })).count();
+    let waiting =
+        plan.placements.iter().filter(|x| matches!(x, Placement::Wait { reason: WaitReason::Capacity })).count();
     assert_eq!(on_time, 2);
     assert_eq!(on_time + late + waiting, 10);
     assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
@@ -140,7 +157,11 @@ fn an_overloaded_cluster_reports_late_and_waiting_jobs_instead_of_dropping_them(
 
 #[test]
 fn carbon_aware_timing_moves_work_to_the_clean_slot() {
-    let mut p = problem(vec![pool("a", 1, 16.0, 64.0, true)], vec![job("j", 2.0, 0, 1, Some(4))], vec![400.0, 380.0, 90.0, 410.0]);
+    let mut p = problem(
+        vec![pool("a", 1, 16.0, 64.0, true)],
+        vec![job("j", 2.0, 0, 1, Some(4))],
+        vec![400.0, 380.0, 90.0, 410.0],
+    );
     for s in [Strategy::Lp, Strategy::CarbonGreedy] {
         p.options.strategy = s;
         let plan = p.plan();
@@ -153,7 +174,11 @@ fn carbon_aware_timing_moves_work_to_the_clean_slot() {
 
 #[test]
 fn sleeping_nodes_stay_off_when_always_on_nodes_have_room() {
-    let p = problem(vec![pool("online", 2, 32.0, 128.0, true), pool("spare", 5, 32.0, 128.0, false)], (0..6).map(|i| job(&format!("j{i}"), 4.0, 0, 2, Some(6))).collect(), vec![200.0; 6]);
+    let p = problem(
+        vec![pool("online", 2, 32.0, 128.0, true), pool("spare", 5, 32.0, 128.0, false)],
+        (0..6).map(|i| job(&format!("j{i}"), 4.0, 0, 2, Some(6))).collect(),
+        vec![200.0; 6],
+    );
     let plan = p.plan();
     assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
     assert_eq!(plan.powered[0][0], 2);
@@ -162,7 +187,11 @@ fn sleeping_nodes_stay_off_when_always_on_nodes_have_room() {
 #[test]
 fn memory_binds_as_well_as_cpu() {
     // 64 cores but 16 GiB usable: four 4-GiB jobs at once, whatever the cores.
-    let mut p = problem(vec![pool("m", 1, 64.0, 16.0, true)], (0..6).map(|i| PlanJob { mem_gib: 4.0, ..job(&format!("j{i}"), 1.0, 0, 1, Some(2)) }).collect(), vec![100.0, 100.0]);
+    let mut p = problem(
+        vec![pool("m", 1, 64.0, 16.0, true)],
+        (0..6).map(|i| PlanJob { mem_gib: 4.0, ..job(&format!("j{i}"), 1.0, 0, 1, Some(2)) }).collect(),
+        vec![100.0, 100.0],
+    );
     p.options.mem_margin = 0.0;
     let plan = p.plan();
     assert_eq!(plan.placements.iter().filter(|x| matches!(x, Placement::Run { late: false, .. })).count(), 6);

@@ -15,11 +15,13 @@ mod error;
 mod jobs;
 mod table;
 mod usage;
+mod wide;
 
 pub use carbon::{CarbonOptions, CarbonTrace, load_carbon, read_carbon};
 pub use error::DataError;
 pub use jobs::{JobFormat, JobMemory, JobRecord, JobTrace, load_jobs, read_jobs};
 pub use usage::{UsageFormat, UsageMetric, UsageOptions, UsageTrace, load_usage, read_usage};
+pub use wide::{load_wide, read_wide};
 
 use std::path::Path;
 

@@ -19,7 +19,12 @@ pub struct Energy {
 }
 
 /// Batch CPU and memory per node and slot (`node × len`), from placements.
-pub(crate) fn batch_use(p: &Problem, node_base: &[usize], len: usize, placements: &[Placement]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn batch_use(
+    p: &Problem,
+    node_base: &[usize],
+    len: usize,
+    placements: &[Placement],
+) -> (Vec<f64>, Vec<f64>) {
     let total = node_base.last().map_or(0, |b| b + p.pools.last().map_or(0, |x| x.pool.nodes as usize));
     let (mut cpu, mut mem) = (vec![0.0; total * len], vec![0.0; total * len]);
     for (j, pl) in p.jobs.iter().zip(placements) {

@@ -126,9 +126,7 @@ pub fn exact_lp(p: &Problem) -> Result<ExactResult, String> {
             }
             None => {
                 let row = n * len + t;
-                model = model
-                    .with(constraint!(cpu <= ctx.free_cpu[row]))
-                    .with(constraint!(mem <= ctx.free_mem[row]));
+                model = model.with(constraint!(cpu <= ctx.free_cpu[row])).with(constraint!(mem <= ctx.free_mem[row]));
             }
         }
     }

@@ -197,6 +197,12 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
             }
         }
     }
-    let status = format!("{status}: {} classes, {} blocks of {} slots, {} columns", classes.len(), blocks, blk, s.len() + u.len() + y.iter().map(Vec::len).sum::<usize>());
+    let status = format!(
+        "{status}: {} classes, {} blocks of {} slots, {} columns",
+        classes.len(),
+        blocks,
+        blk,
+        s.len() + u.len() + y.iter().map(Vec::len).sum::<usize>()
+    );
     Ok((Quotas { class_of, slots: p.slots, remaining }, status))
 }

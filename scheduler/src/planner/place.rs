@@ -113,9 +113,29 @@ struct State<'a> {
     /// larger request at that start is refused without a scan.
     failed: Vec<Option<(f64, f64, usize)>>,
     quotas: Option<Quotas>,
+    /// Per pool, slot and size bucket `k`: every node of the pool below this index
+    /// (relative to the pool's first node) has less than `BUCKETS[k]` free cores,
+    /// so a job of at least that many cores starts its scan there.
+    full_below: Vec<u32>,
+    /// The same for memory, with thresholds `MEM_BUCKETS` (GiB).
+    mem_full_below: Vec<u32>,
+    /// Carbon spread of the horizon plus one: a quota shortage of one slot costs
+    /// more than any difference in carbon.
+    spread: f64,
 }
 
 const EPS: f64 = 1e-9;
+
+/// Core thresholds of the scan cursors.
+const BUCKETS: [f64; 9] = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// GiB thresholds of the memory scan cursors.
+const MEM_BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// The largest bucket whose threshold is at most `x`.
+fn bucket(thresholds: &[f64], x: f64) -> Option<usize> {
+    thresholds.iter().rposition(|&b| b <= x + EPS)
+}
 
 impl State<'_> {
     fn fits_pool(&self, pool: usize, j: &PlanJob, slots: &[u32]) -> bool {
@@ -131,7 +151,11 @@ impl State<'_> {
         let len = self.ctx.len;
         let start = slots[0] as usize;
         let key = pool * len + start;
-        if let Some((c, m, n)) = self.failed[key]
+        // The memo describes contiguous runs from `start`; a pausable job's scattered
+        // slots neither use nor feed it.
+        let contiguous = slots.len() == 1 || (slots[slots.len() - 1] - slots[0]) as usize + 1 == slots.len();
+        if contiguous
+            && let Some((c, m, n)) = self.failed[key]
             && j.cores + EPS >= c
             && j.mem_gib + EPS >= m
             && slots.len() >= n
@@ -143,11 +167,20 @@ impl State<'_> {
         }
         let base = self.ctx.node_base[pool];
         let nodes = self.p.pools[pool].pool.nodes as usize;
+        let cursor = |v: &[u32], n: usize, k: Option<usize>| match k {
+            Some(k) => slots.iter().map(|&t| v[(pool * len + t as usize) * n + k] as usize).max().unwrap_or(0),
+            None => 0,
+        };
+        let skip = cursor(&self.full_below, BUCKETS.len(), bucket(&BUCKETS, j.cores)).max(cursor(
+            &self.mem_full_below,
+            MEM_BUCKETS.len(),
+            bucket(&MEM_BUCKETS, j.mem_gib),
+        ));
         let sleeps = !self.p.pools[pool].pool.always_on;
         let idle = self.ctx.idle_g_per_slot[pool];
         let mut best: Option<(usize, f64)> = None;
         let mut fitting = 0;
-        for node in base..base + nodes {
+        for node in base + skip..base + nodes {
             let row = node * len;
             let fits = slots.iter().all(|&t| {
                 let i = row + t as usize;
@@ -173,7 +206,7 @@ impl State<'_> {
                 break;
             }
         }
-        if best.is_none() {
+        if best.is_none() && contiguous {
             let smaller = match self.failed[key] {
                 Some((c, m, n)) => j.cores <= c && j.mem_gib <= m && slots.len() <= n,
                 None => true,
@@ -192,6 +225,27 @@ impl State<'_> {
             self.free_cpu[i] = (self.free_cpu[i] - j.cores).max(0.0);
             self.free_mem[i] = (self.free_mem[i] - j.mem_gib).max(0.0);
             self.pool_free[pool * len + t as usize] -= j.cores;
+            let base = self.ctx.node_base[pool];
+            let nodes = self.p.pools[pool].pool.nodes as usize;
+            let cell = pool * len + t as usize;
+            advance(
+                &mut self.full_below[cell * BUCKETS.len()..(cell + 1) * BUCKETS.len()],
+                &BUCKETS,
+                &self.free_cpu,
+                base,
+                nodes,
+                len,
+                t as usize,
+            );
+            advance(
+                &mut self.mem_full_below[cell * MEM_BUCKETS.len()..(cell + 1) * MEM_BUCKETS.len()],
+                &MEM_BUCKETS,
+                &self.free_mem,
+                base,
+                nodes,
+                len,
+                t as usize,
+            );
         }
         if let Some(q) = &mut self.quotas {
             q.consume(job, j.cores, slots);
@@ -207,29 +261,52 @@ impl State<'_> {
         }
     }
 
-    /// Place `j` on one of `candidates` (runs, best first by the strategy's score).
+    /// The slots of candidate `c` for `j`, written into `out`.
+    fn slots_of(&self, j: &PlanJob, c: &Cand, out: &mut Vec<u32>) {
+        out.clear();
+        match c {
+            Cand::Start(s) => {
+                let s = *s as usize;
+                #[allow(clippy::cast_possible_truncation, reason = "slot indices are far below u32::MAX")]
+                out.extend((s..(s + j.duration).min(self.ctx.len)).map(|t| t as u32));
+            }
+            Cand::Slots(v) => out.extend_from_slice(v),
+        }
+    }
+
+    /// Place `j` on one of `candidates` (best first by the strategy's score).
     /// Earliest-fit takes the first run and pool that fit. The others look at the
     /// first few runs that fit anywhere, and take the run, pool and node that add
     /// the least carbon (dynamic power, plus idle power of any node it wakes) among
-    /// those with the least LP-quota shortage. Returns the candidate index, pool,
-    /// node, and whether a start earlier than the chosen one was tried and was full.
-    fn try_candidates(&mut self, job: usize, j: &PlanJob, candidates: &[Vec<u32>], shortage: &[f64]) -> Option<(usize, usize, usize, bool)> {
+    /// those with the least LP-quota shortage. Returns the slots, pool, node, and
+    /// whether a start earlier than the chosen one was tried and was full.
+    fn try_candidates(
+        &mut self,
+        job: usize,
+        j: &PlanJob,
+        candidates: &[Cand],
+    ) -> Option<(Vec<u32>, usize, usize, bool)> {
         const LOOK: usize = 3;
         let first_only = self.p.options.strategy == Strategy::EarliestFit;
         let pools: Vec<usize> = match j.pool {
             Some(pool) => vec![pool],
-            None => self.ctx.pool_order.clone(),
+            None => self
+                .ctx
+                .pool_order
+                .iter()
+                .copied()
+                .filter(|&q| self.ctx.node_cpu[q] + EPS >= j.cores && self.ctx.node_mem[q] + EPS >= j.mem_gib)
+                .collect(),
         };
         let mut earliest_failed = usize::MAX;
-        let mut best: Option<(f64, f64, usize, usize, usize)> = None;
+        let mut best: Option<(f64, f64, Vec<u32>, usize, usize)> = None;
         let mut feasible = 0;
-        for (ci, slots) in candidates.iter().enumerate() {
+        let mut slots = Vec::with_capacity(j.duration);
+        for c in candidates {
+            self.slots_of(j, c, &mut slots);
             let mut here: Option<(f64, usize, usize)> = None;
             for &pool in &pools {
-                if self.ctx.node_cpu[pool] + EPS < j.cores || self.ctx.node_mem[pool] + EPS < j.mem_gib {
-                    continue;
-                }
-                if let Some((node, wake)) = self.find_node(pool, j, slots) {
+                if let Some((node, wake)) = self.find_node(pool, j, &slots) {
                     let dynamic: f64 = slots.iter().map(|&t| self.p.carbon_at(t as usize)).sum::<f64>()
                         * self.ctx.dyn_g_per_core_slot[pool]
                         * j.cores;
@@ -237,17 +314,24 @@ impl State<'_> {
                     if here.is_none_or(|(c, _, _)| cost < c) {
                         here = Some((cost, pool, node));
                     }
-                    if first_only {
+                    if first_only || (wake == 0.0 && self.p.pools[pool].pool.always_on) {
+                        // Pools are in order of watts per core; an always-on pool
+                        // with room is the cheapest that can follow.
                         break;
                     }
                 }
             }
             match here {
                 Some((cost, pool, node)) => {
-                    let short = shortage.get(ci).copied().unwrap_or(0.0);
-                    let better = best.is_none_or(|(bs, bc, ..)| short < bs - 1e-9 || (short <= bs + 1e-9 && cost < bc));
+                    let short = match &self.quotas {
+                        Some(q) => slots.iter().map(|&t| q.shortage(job, j.cores, t as usize)).sum(),
+                        None => 0.0,
+                    };
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|(bs, bc, ..)| short < bs - 1e-9 || (short <= bs + 1e-9 && cost < *bc));
                     if better {
-                        best = Some((short, cost, ci, pool, node));
+                        best = Some((short, cost, slots.clone(), pool, node));
                     }
                     feasible += 1;
                     if first_only || feasible >= LOOK {
@@ -257,27 +341,39 @@ impl State<'_> {
                 None => earliest_failed = earliest_failed.min(slots[0] as usize),
             }
         }
-        let (_, _, ci, pool, node) = best?;
-        let slots = candidates[ci].clone();
+        let (_, _, slots, pool, node) = best?;
         self.commit(pool, node, job, j, &slots);
-        Some((ci, pool, node, earliest_failed < slots[0] as usize))
+        let blocked = earliest_failed < slots[0] as usize;
+        Some((slots, pool, node, blocked))
     }
 }
 
+/// Move each cursor past the nodes (from the pool's `base`) whose `free` at slot
+/// `t` is below the cursor's threshold.
+fn advance(cursors: &mut [u32], thresholds: &[f64], free: &[f64], base: usize, nodes: usize, len: usize, t: usize) {
+    for (cursor, threshold) in cursors.iter_mut().zip(thresholds) {
+        while (*cursor as usize) < nodes && free[(base + *cursor as usize) * len + t] + EPS < *threshold {
+            *cursor += 1;
+        }
+    }
+}
+
+/// A candidate run: `duration` slots from a start, or an explicit set (pausable).
+enum Cand {
+    Start(u32),
+    Slots(Vec<u32>),
+}
+
 /// Candidate runs for `j` whose start lies in `[lo, hi]`, best first.
-/// Each with its LP-quota shortage (0 without quotas).
-fn candidates(st: &State<'_>, job: usize, j: &PlanJob, lo: usize, hi: usize, strategy: Strategy) -> (Vec<Vec<u32>>, Vec<f64>) {
+fn candidates(st: &State<'_>, job: usize, j: &PlanJob, lo: usize, hi: usize, strategy: Strategy) -> Vec<Cand> {
     let len = st.ctx.len;
     let d = j.duration;
     #[allow(clippy::cast_possible_truncation, reason = "slot indices are far below u32::MAX")]
-    let run = |s: usize| -> Vec<u32> { (s..(s + d).min(len)).map(|t| t as u32).collect() };
+    let start = |s: usize| Cand::Start(s as u32);
     if strategy == Strategy::EarliestFit {
-        let runs: Vec<Vec<u32>> = (lo..=hi).map(run).collect();
-        let none = vec![0.0; runs.len()];
-        return (runs, none);
+        return (lo..=hi).map(start).collect();
     }
-    let (cmin, cmax) = st.p.carbon.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &c| (a.min(c), b.max(c)));
-    let spread = (cmax - cmin) + 1.0;
+    let spread = st.spread;
     let end = (hi + d).min(len);
     let cost: Vec<f64> = (lo..end).map(|t| st.slot_cost(job, j, t, spread)).collect();
     let mut prefix = vec![0.0; cost.len() + 1];
@@ -294,7 +390,7 @@ fn candidates(st: &State<'_>, job: usize, j: &PlanJob, lo: usize, hi: usize, str
         })
         .collect();
     starts.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-    let mut out: Vec<Vec<u32>> = Vec::with_capacity(starts.len() + 1);
+    let mut out: Vec<Cand> = Vec::with_capacity(starts.len() + 1);
     if j.pausable && d > 1 {
         // The `d` cheapest slots of the whole window, in time order.
         let wend = j.deadline.unwrap_or(len).min(len);
@@ -304,15 +400,13 @@ fn candidates(st: &State<'_>, job: usize, j: &PlanJob, lo: usize, hi: usize, str
             #[allow(clippy::cast_possible_truncation, reason = "slot indices are far below u32::MAX")]
             let mut pick: Vec<u32> = slots[..d].iter().map(|(_, t)| *t as u32).collect();
             pick.sort_unstable();
-            out.push(pick);
+            if pick.windows(2).any(|w| w[1] != w[0] + 1) {
+                out.push(Cand::Slots(pick));
+            }
         }
     }
-    out.extend(starts.into_iter().map(|(_, s)| run(s)));
-    let shortage = match &st.quotas {
-        Some(q) => out.iter().map(|r| r.iter().map(|&t| q.shortage(job, j.cores, t as usize)).sum()).collect(),
-        None => vec![0.0; out.len()],
-    };
-    (out, shortage)
+    out.extend(starts.into_iter().map(|(_, s)| start(s)));
+    out
 }
 
 pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<Placement> {
@@ -335,6 +429,12 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
         pool_free,
         failed: vec![None; p.pools.len() * len],
         quotas: quotas.cloned(),
+        full_below: vec![0; p.pools.len() * len * BUCKETS.len()],
+        mem_full_below: vec![0; p.pools.len() * len * MEM_BUCKETS.len()],
+        spread: {
+            let (lo, hi) = p.carbon.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &c| (a.min(c), b.max(c)));
+            hi - lo + 1.0
+        },
     };
     let mut order: Vec<usize> = (0..p.jobs.len()).collect();
     match strategy {
@@ -344,7 +444,11 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
             let latest = |j: &PlanJob| j.deadline.map_or(usize::MAX, |d| d - j.duration.min(d));
             #[allow(clippy::cast_precision_loss, reason = "sizes are small")]
             let size = |j: &PlanJob| j.cores * j.duration as f64;
-            latest(x).cmp(&latest(y)).then(y.priority.cmp(&x.priority)).then(size(y).total_cmp(&size(x))).then(a.cmp(&b))
+            latest(x)
+                .cmp(&latest(y))
+                .then(y.priority.cmp(&x.priority))
+                .then(size(y).total_cmp(&size(x)))
+                .then(a.cmp(&b))
         }),
     }
     let mut out = vec![Placement::Wait { reason: WaitReason::Capacity }; p.jobs.len()];
@@ -357,11 +461,11 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
                 continue;
             }
         };
-        let (cands, shortage) = candidates(&st, job, j, lo, hi, strategy);
-        if let Some((ci, pool, node, blocked)) = st.try_candidates(job, j, &cands, &shortage) {
-            let slots = cands[ci].clone();
+        let cands = candidates(&st, job, j, lo, hi, strategy);
+        if let Some((slots, pool, node, blocked)) = st.try_candidates(job, j, &cands) {
             let start = slots[0] as usize;
-            let delayed_by = (start > j.release).then_some(if blocked { WaitReason::Capacity } else { WaitReason::CarbonWindow });
+            let delayed_by =
+                (start > j.release).then_some(if blocked { WaitReason::Capacity } else { WaitReason::CarbonWindow });
             #[allow(clippy::cast_possible_truncation, reason = "node counts fit u32")]
             let node = (node - ctx.node_base[pool]) as u32;
             out[job] = Placement::Run { pool, node, slots, late: false, delayed_by };
@@ -372,11 +476,10 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
         if j.deadline.is_some() {
             let late = PlanJob { deadline: None, pausable: false, ..j.clone() };
             let hi = (p.slots - 1).min(len.saturating_sub(1));
-            let (cands, shortage) = candidates(&st, job, &late, lo, hi, Strategy::EarliestFit);
-            if let Some((ci, pool, node, _)) = st.try_candidates(job, &late, &cands, &shortage) {
+            let cands = candidates(&st, job, &late, lo, hi, Strategy::EarliestFit);
+            if let Some((slots, pool, node, _)) = st.try_candidates(job, &late, &cands) {
                 #[allow(clippy::cast_possible_truncation, reason = "node counts fit u32")]
                 let node = (node - ctx.node_base[pool]) as u32;
-                let slots = cands[ci].clone();
                 let late_end = slots.last().map_or(0, |t| *t as usize + 1) > j.deadline.unwrap_or(usize::MAX);
                 out[job] = Placement::Run { pool, node, slots, late: late_end, delayed_by: Some(WaitReason::Capacity) };
                 continue;

@@ -85,12 +85,7 @@ pub struct PlanOptions {
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions {
-            cpu_margin: 0.1,
-            mem_margin: 0.1,
-            time_limit: Duration::from_secs(10),
-            strategy: Strategy::Lp,
-        }
+        PlanOptions { cpu_margin: 0.1, mem_margin: 0.1, time_limit: Duration::from_secs(10), strategy: Strategy::Lp }
     }
 }
 
