@@ -187,6 +187,7 @@ fn inspect(args: &InspectArgs) -> Result<()> {
                 },
                 step: args.step,
                 value_column: args.value_column.clone(),
+                keep_gaps: false,
             };
             let t = load_usage(&args.file, &opts)?;
             let start = t.series.iter().map(|s| s.start).min().unwrap_or_default();

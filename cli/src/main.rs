@@ -5,6 +5,7 @@
 //! (2 for usage errors, from clap).
 
 mod data;
+mod forecast;
 mod plan;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ enum Command {
     /// Read trace files (carbon intensity, machine usage, job arrivals) and summarise them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Forecast online usage with trustworthy upper bounds; backtest the models.
+    #[command(subcommand)]
+    Forecast(forecast::ForecastCommand),
     /// Plan batch jobs onto a cluster from files: where and when each runs, how many
     /// nodes stay powered, energy and carbon.
     Plan(plan::PlanArgs),
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Plan(args) => plan::run(&args),
+        Command::Forecast(cmd) => forecast::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,4 +11,4 @@ pub mod data;
 mod series;
 pub mod time;
 
-pub use series::{Series, SeriesStats};
+pub use series::{Series, SeriesStats, fill_gaps};

@@ -74,6 +74,14 @@ impl Series {
     ///
     /// Returns `None` when there is no finite sample.
     pub fn from_samples(id: String, step: i64, samples: &[(i64, f64)]) -> Option<Series> {
+        let mut s = Series::binned(id, step, samples)?;
+        s.filled = fill_gaps(&mut s.values);
+        Some(s)
+    }
+
+    /// Like [`Series::from_samples`] but empty bins stay NaN (and `filled` is 0):
+    /// for scoring forecasts only against what was observed.
+    pub fn binned(id: String, step: i64, samples: &[(i64, f64)]) -> Option<Series> {
         assert!(step > 0, "step must be positive");
         let observed: Vec<(i64, f64)> = samples.iter().copied().filter(|(_, v)| v.is_finite()).collect();
         let first = samples.first()?.0;
@@ -90,17 +98,16 @@ impl Series {
             sum[i] += v;
             cnt[i] += 1;
         }
-        let mut values: Vec<f64> =
+        let values: Vec<f64> =
             sum.iter().zip(&cnt).map(|(&s, &c)| if c > 0 { s / f64::from(c) } else { f64::NAN }).collect();
-        let filled = fill_gaps(&mut values);
-        Some(Series { id, start, step, values, filled })
+        Some(Series { id, start, step, values, filled: 0 })
     }
 }
 
 /// Replace non-finite values by linear interpolation between the nearest finite
 /// neighbours (the nearest finite value at either end). Returns how many were
 /// replaced. A slice with no finite value is left as it is.
-pub(crate) fn fill_gaps(values: &mut [f64]) -> usize {
+pub fn fill_gaps(values: &mut [f64]) -> usize {
     let Some(first) = values.iter().position(|v| v.is_finite()) else {
         return 0;
     };

@@ -99,3 +99,13 @@ fn bitbrains_raw_vms() {
         assert!(t.series[0].values.len() > 8000);
     }
 }
+
+#[test]
+fn gaps_can_be_kept_as_nan_for_scoring() {
+    let Some(path) = shared("usage/bitbrains-rnd/rnd_2013-7_vm1.csv") else { return };
+    let filled = load_usage(&path, &UsageOptions::default()).unwrap();
+    let kept = load_usage(&path, &UsageOptions { keep_gaps: true, ..UsageOptions::default() }).unwrap();
+    let nan = kept.series[0].values.iter().filter(|v| v.is_nan()).count();
+    assert_eq!(nan, filled.series[0].filled);
+    assert!(nan > 0);
+}

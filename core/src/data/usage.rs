@@ -39,6 +39,9 @@ pub struct UsageOptions {
     pub step: Option<i64>,
     /// Name of the value column, overriding the metric's default.
     pub value_column: Option<String>,
+    /// Leave gaps as NaN instead of filling them (to score forecasts only on
+    /// observed values).
+    pub keep_gaps: bool,
 }
 
 /// Usage series read from one file, one per machine (or one for an aggregate).
@@ -103,6 +106,7 @@ fn stem(file_name: &str) -> String {
 }
 
 fn finish(
+    keep_gaps: bool,
     path: &str,
     format: UsageFormat,
     rows: usize,
@@ -112,7 +116,12 @@ fn finish(
 ) -> Result<UsageTrace, DataError> {
     let stats = SeriesStats::of(per_id.values().flatten().map(|(_, v)| *v))
         .ok_or_else(|| DataError::File { path: path.to_owned(), problem: "no usage value in any row".into() })?;
-    let series = per_id.into_iter().filter_map(|(id, samples)| Series::from_samples(id, step, &samples)).collect();
+    let series = per_id
+        .into_iter()
+        .filter_map(|(id, samples)| {
+            if keep_gaps { Series::binned(id, step, &samples) } else { Series::from_samples(id, step, &samples) }
+        })
+        .collect();
     Ok(UsageTrace { format, series, rows, stats, unit })
 }
 
@@ -146,7 +155,15 @@ fn alibaba_machines(path: &str, bytes: &[u8], opts: &UsageOptions) -> Result<Usa
         rows.sort_by_key(|r| r.1);
         out.insert(id, rows.into_iter().map(|(_, t, v)| (t, v)).collect());
     }
-    finish(path, UsageFormat::Alibaba2018Machines, table.rows.len(), "percent".into(), out, opts.step.unwrap_or(300))
+    finish(
+        opts.keep_gaps,
+        path,
+        UsageFormat::Alibaba2018Machines,
+        table.rows.len(),
+        "percent".into(),
+        out,
+        opts.step.unwrap_or(300),
+    )
 }
 
 fn bitbrains_vm(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
@@ -172,7 +189,7 @@ fn bitbrains_vm(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) 
         _ => table.column_name(vcol),
     };
     let per_id = BTreeMap::from([(stem(file_name), samples)]);
-    finish(path, UsageFormat::BitbrainsVm, table.rows.len(), unit, per_id, step)
+    finish(opts.keep_gaps, path, UsageFormat::BitbrainsVm, table.rows.len(), unit, per_id, step)
 }
 
 const TIME_NAMES: &[&str] = &["timestamp", "timestamp_s", "time", "time_stamp"];
@@ -235,7 +252,7 @@ fn aggregate(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) -> 
         name.clone()
     };
     let per_id = BTreeMap::from([(format!("{}:{name}", stem(file_name)), samples)]);
-    finish(path, UsageFormat::Aggregate, table.rows.len(), unit, per_id, step)
+    finish(opts.keep_gaps, path, UsageFormat::Aggregate, table.rows.len(), unit, per_id, step)
 }
 
 #[cfg(test)]

@@ -1,0 +1,275 @@
+//! The models: two baselines implemented as their authors describe them, and
+//! greenfill's own.
+
+use crate::stats::{pinball, quantile};
+use crate::{Forecast, ForecastError, Forecaster, conservative, len_f, prepare};
+
+/// Every model, baselines first.
+pub fn models() -> Vec<Box<dyn Forecaster>> {
+    vec![Box::new(SeasonalNaive), Box::new(KoordinatorP95::default()), Box::new(Greenfill::default())]
+}
+
+/// A model by its name (`seasonal_naive`, `koordinator_p95`, `greenfill`).
+pub fn by_name(name: &str) -> Option<Box<dyn Forecaster>> {
+    models().into_iter().find(|m| m.name() == name)
+}
+
+/// The same time one day earlier; the bound adds the `q` quantile of the
+/// history's day-over-day differences.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeasonalNaive;
+
+impl Forecaster for SeasonalNaive {
+    fn name(&self) -> &'static str {
+        "seasonal_naive"
+    }
+
+    fn forecast(&self, history: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
+        let h = prepare(history, s, horizon, q)?;
+        let n = h.len();
+        if n < s + 1 {
+            return Ok(conservative(&h, horizon));
+        }
+        let mut residuals: Vec<f64> = (s..n).map(|t| h[t] - h[t - s]).collect();
+        let margin = quantile(&mut residuals, q).unwrap_or(0.0);
+        let point: Vec<f64> = (0..horizon).map(|l| h[n - s + l % s]).collect();
+        let upper = point.iter().map(|p| p + margin).collect();
+        Ok(Forecast { point, upper, conservative: false })
+    }
+}
+
+/// Koordinator's peak predictor (`pkg/koordlet/prediction`): a histogram of the
+/// history whose weights halve every `half_life_days` (CPU: 12 h), buckets growing
+/// by 5 %; the bound is its `q` percentile plus 10 %, flat over the horizon. The
+/// point forecast is the histogram's median. A history shorter than a day gets the
+/// conservative fallback (Koordinator trusts a workload after 24 h).
+#[derive(Debug, Clone, Copy)]
+pub struct KoordinatorP95 {
+    pub half_life_days: f64,
+    pub margin: f64,
+    pub bucket_growth: f64,
+}
+
+impl Default for KoordinatorP95 {
+    fn default() -> Self {
+        KoordinatorP95 { half_life_days: 0.5, margin: 0.10, bucket_growth: 1.05 }
+    }
+}
+
+impl KoordinatorP95 {
+    /// Weighted percentile from an exponential histogram; returns the end of the
+    /// bucket holding it, as the VPA-style histogram Koordinator uses does.
+    fn percentile(&self, h: &[f64], s: usize, p: f64) -> f64 {
+        let max = h.iter().copied().fold(0.0f64, f64::max);
+        let first = (max * 1e-3).max(1e-9);
+        let bucket_of = |v: f64| -> usize {
+            if v <= first {
+                return 0;
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small positive bucket index")]
+            let b = ((v / first).ln() / self.bucket_growth.ln()).floor() as usize + 1;
+            b
+        };
+        let end_of = |b: usize| first * self.bucket_growth.powi(i32::try_from(b).unwrap_or(i32::MAX));
+        let mut weights = vec![0.0; bucket_of(max) + 1];
+        let n = h.len();
+        let half_life = self.half_life_days * len_f(s);
+        for (i, v) in h.iter().enumerate() {
+            let age = len_f(n - 1 - i);
+            weights[bucket_of(v.max(0.0))] += 0.5f64.powf(age / half_life);
+        }
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        for (b, w) in weights.iter().enumerate() {
+            acc += w;
+            if acc >= p * total {
+                return end_of(b);
+            }
+        }
+        end_of(weights.len() - 1)
+    }
+}
+
+impl Forecaster for KoordinatorP95 {
+    fn name(&self) -> &'static str {
+        "koordinator_p95"
+    }
+
+    fn forecast(&self, history: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
+        let h = prepare(history, s, horizon, q)?;
+        if h.len() < s {
+            return Ok(conservative(&h, horizon));
+        }
+        let point = self.percentile(&h, s, 0.5);
+        let upper = self.percentile(&h, s, q) * (1.0 + self.margin);
+        Ok(Forecast { point: vec![point; horizon], upper: vec![upper; horizon], conservative: false })
+    }
+}
+
+/// greenfill's forecaster.
+///
+/// Point: the profile — the mean of the same time of day over the last `k` days —
+/// plus the current departure from it (mean over the last half hour), fading with a
+/// half-life of `level_half_life` of a day. Bound: the profile plus the `q` quantile
+/// of the profile's own out-of-sample errors over the whole history (each error at
+/// time `t` uses only the `k` days before `t`: split conformal with every past day
+/// as a calibration point), plus the faded departure. `k` is chosen per series among
+/// `days` by the pinball loss of those bounds over the most recent `select_days`;
+/// seasonal naive is the case `k = 1` without the departure. Nothing is tuned per
+/// machine by hand.
+#[derive(Debug, Clone)]
+pub struct Greenfill {
+    pub days: Vec<usize>,
+    /// Half-widths of the time-of-day smoothing window, as shares of a day.
+    pub smoothing: Vec<f64>,
+    pub level_half_life: f64,
+    pub select_days: usize,
+}
+
+impl Default for Greenfill {
+    fn default() -> Self {
+        Greenfill {
+            days: vec![1, 2, 3, 4, 5, 7],
+            smoothing: vec![0.0, 1.0 / 288.0, 1.0 / 96.0, 1.0 / 48.0, 1.0 / 24.0],
+            level_half_life: 1.0 / 24.0,
+            select_days: 2,
+        }
+    }
+}
+
+/// `profile[t − k·s − w]` for `t` in `k·s + w .. n + s`: the mean of `h` over times
+/// `t − j·s + i`, j = 1..=k, i = −w..=w, using only times before `n` (the window is
+/// cut short at the end of the history).
+fn profile(h: &[f64], prefix: &[f64], s: usize, k: usize, w: usize) -> Vec<f64> {
+    let n = h.len();
+    (k * s + w..n + s)
+        .map(|t| {
+            let (mut sum, mut count) = (0.0, 0usize);
+            for j in 1..=k {
+                let a = t - j * s - w;
+                let b = (t - j * s + w + 1).min(n);
+                if b > a {
+                    sum += prefix[b] - prefix[a];
+                    count += b - a;
+                }
+            }
+            sum / len_f(count.max(1))
+        })
+        .collect()
+}
+
+impl Forecaster for Greenfill {
+    fn name(&self) -> &'static str {
+        "greenfill"
+    }
+
+    fn forecast(&self, history: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
+        let h = prepare(history, s, horizon, q)?;
+        let n = h.len();
+        if n < 2 * s {
+            return Ok(conservative(&h, horizon));
+        }
+        // Select on the last `win` steps (up to `select_days`, leaving two days
+        // before it); each candidate needs half a day of its errors before the window.
+        let win = (n / s).saturating_sub(2).min(self.select_days) * s;
+        let mut prefix = Vec::with_capacity(n + 1);
+        prefix.push(0.0);
+        for v in &h {
+            prefix.push(prefix[prefix.len() - 1] + v);
+        }
+        let mut best: Option<(f64, usize, usize, f64)> = None;
+        let configs = self.days.iter().flat_map(|&k| self.smoothing.iter().map(move |&f| (k, f)));
+        for (k, frac) in configs.filter(|&(k, _)| n >= (k + 1) * s) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small share of a day")]
+            let w = (frac * len_f(s)).round() as usize;
+            let off = k * s + w;
+            let prof = profile(&h, &prefix, s, k, w);
+            let errors: Vec<f64> = (off..n).map(|t| h[t] - prof[t - off]).collect();
+            let Some(margin) = quantile(&mut errors.clone(), q) else { continue };
+            let cut = errors.len().saturating_sub(win);
+            let loss = if win == 0 {
+                0.0
+            } else if cut >= s / 2 {
+                let Some(before) = quantile(&mut errors[..cut].to_vec(), q) else { continue };
+                errors[cut..].iter().map(|e| pinball(*e, before, q)).sum::<f64>() / len_f(win)
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(l, ..)| loss < l - 1e-12) {
+                best = Some((loss, k, w, margin));
+            }
+        }
+        let Some((_, k, w, margin)) = best else {
+            return Ok(conservative(&h, horizon));
+        };
+        let off = k * s + w;
+        let prof = profile(&h, &prefix, s, k, w);
+        let m = (s / 48).max(1);
+        let recent = (n - m).max(off)..n;
+        let level = if recent.is_empty() {
+            0.0
+        } else {
+            recent.clone().map(|t| h[t] - prof[t - off]).sum::<f64>() / len_f(recent.len())
+        };
+        let tau = self.level_half_life * len_f(s);
+        let point: Vec<f64> =
+            (0..horizon).map(|l| prof[n + l % s - off] + level * 0.5f64.powf(len_f(l + 1) / tau)).collect();
+        let upper = point.iter().map(|p| p + margin).collect();
+        Ok(Forecast { point, upper, conservative: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daily(days: usize, s: usize) -> Vec<f64> {
+        (0..days * s).map(|t| 50.0 + 20.0 * (2.0 * std::f64::consts::PI * len_f(t % s) / len_f(s)).sin()).collect()
+    }
+
+    #[test]
+    fn a_clean_daily_cycle_is_forecast_exactly() {
+        let s = 48;
+        let h = daily(5, s);
+        for m in models() {
+            let f = m.forecast(&h, s, s, 0.95).unwrap();
+            assert!(!f.conservative, "{}", m.name());
+            if m.name() != "koordinator_p95" {
+                // The history is whole days, so lead l falls at time of day l.
+                for (l, p) in f.point.iter().enumerate() {
+                    assert!((p - h[l]).abs() < 1e-9, "{} lead {l}: {p} vs {}", m.name(), h[l]);
+                }
+                assert!(f.upper.iter().zip(&f.point).all(|(u, p)| (u - p).abs() < 1e-9), "{}", m.name());
+            }
+        }
+    }
+
+    #[test]
+    fn koordinator_bound_is_the_p95_plus_ten_percent() {
+        let s = 24;
+        let h: Vec<f64> = (0..s * 2).map(|t| len_f(t % 20)).collect();
+        let f = KoordinatorP95::default().forecast(&h, s, 10, 0.95).unwrap();
+        // The p95 of 0..19 (recent points weigh a little more) is 18 or 19; its bucket
+        // end is within 5 % above; then +10 %.
+        assert!(f.upper[0] > 18.0 * 1.1 && f.upper[0] < 19.0 * 1.05 * 1.1 + 1e-9, "{}", f.upper[0]);
+        assert!(f.upper.iter().all(|u| *u == f.upper[0]));
+    }
+
+    #[test]
+    fn short_history_gets_a_conservative_bound() {
+        for m in models() {
+            let f = m.forecast(&[1.0, 2.0, 3.0], 288, 12, 0.95).unwrap();
+            assert!(f.conservative, "{}", m.name());
+            assert!(f.upper.iter().all(|u| *u >= 3.0));
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let g = Greenfill::default();
+        assert_eq!(g.forecast(&[f64::NAN; 5], 288, 1, 0.95), Err(ForecastError::NoData));
+        assert_eq!(g.forecast(&[1.0], 1, 1, 0.95), Err(ForecastError::Season(1)));
+        assert_eq!(g.forecast(&[1.0], 288, 0, 0.95), Err(ForecastError::Horizon));
+        assert_eq!(g.forecast(&[1.0], 288, 1, 1.0), Err(ForecastError::Quantile(1.0)));
+    }
+}
