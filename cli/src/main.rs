@@ -7,6 +7,7 @@
 mod data;
 mod forecast;
 mod plan;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ enum Command {
     /// Forecast online usage with trustworthy upper bounds; backtest the models.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
+    /// What-if simulations: kWh and CO2 of co-location and carbon-aware timing.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Plan batch jobs onto a cluster from files: where and when each runs, how many
     /// nodes stay powered, energy and carbon.
     Plan(plan::PlanArgs),
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Plan(args) => plan::run(&args),
         Command::Forecast(cmd) => forecast::run(cmd),
+        Command::Sim(cmd) => sim::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

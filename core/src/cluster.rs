@@ -165,6 +165,13 @@ impl ClusterConfig {
     pub fn parse(path: &str, text: &str) -> Result<ClusterConfig, ClusterError> {
         let c: ClusterConfig =
             toml::from_str(text).map_err(|e| ClusterError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Check margins and pools; errors name `path` and the key.
+    pub fn validate(&self, path: &str) -> Result<(), ClusterError> {
+        let c = self;
         let bad = |message: String| ClusterError::Parse { path: path.to_owned(), message };
         for (key, v) in [("cpu_margin", c.cpu_margin), ("mem_margin", c.mem_margin)] {
             if !(0.0..1.0).contains(&v) {
@@ -190,7 +197,7 @@ impl ClusterConfig {
             }
             p.power.validate().map_err(|e| err(format!("power: {e}")))?;
         }
-        Ok(c)
+        Ok(())
     }
 }
 

@@ -276,15 +276,17 @@ impl State<'_> {
 
     /// Place `j` on one of `candidates` (best first by the strategy's score).
     /// Earliest-fit takes the first run and pool that fit. The others look at the
-    /// first few runs that fit anywhere, and take the run, pool and node that add
-    /// the least carbon (dynamic power, plus idle power of any node it wakes) among
-    /// those with the least LP-quota shortage. Returns the slots, pool, node, and
+    /// first few runs that fit anywhere (candidates come ordered by carbon plus
+    /// LP-quota shortage), and take the run, pool and node that add the least
+    /// carbon (dynamic power, plus idle power of any node it wakes). Returns the
+    /// slots, pool, node, and
     /// whether a start earlier than the chosen one was tried and was full.
     fn try_candidates(
         &mut self,
         job: usize,
         j: &PlanJob,
         candidates: &[Cand],
+        wake: bool,
     ) -> Option<(Vec<u32>, usize, usize, bool)> {
         const LOOK: usize = 3;
         let first_only = self.p.options.strategy == Strategy::EarliestFit;
@@ -298,8 +300,12 @@ impl State<'_> {
                 .filter(|&q| self.ctx.node_cpu[q] + EPS >= j.cores && self.ctx.node_mem[q] + EPS >= j.mem_gib)
                 .collect(),
         };
+        let pools: Vec<usize> = pools.into_iter().filter(|&q| wake || self.p.pools[q].pool.always_on).collect();
+        if pools.is_empty() {
+            return None;
+        }
         let mut earliest_failed = usize::MAX;
-        let mut best: Option<(f64, f64, Vec<u32>, usize, usize)> = None;
+        let mut best: Option<(f64, Vec<u32>, usize, usize)> = None;
         let mut feasible = 0;
         let mut slots = Vec::with_capacity(j.duration);
         for c in candidates {
@@ -323,15 +329,10 @@ impl State<'_> {
             }
             match here {
                 Some((cost, pool, node)) => {
-                    let short = match &self.quotas {
-                        Some(q) => slots.iter().map(|&t| q.shortage(job, j.cores, t as usize)).sum(),
-                        None => 0.0,
-                    };
-                    let better = best
-                        .as_ref()
-                        .is_none_or(|(bs, bc, ..)| short < bs - 1e-9 || (short <= bs + 1e-9 && cost < *bc));
-                    if better {
-                        best = Some((short, cost, slots.clone(), pool, node));
+                    // The LP's quotas already ordered the candidates; among the
+                    // first few that fit, the least added carbon wins.
+                    if best.as_ref().is_none_or(|(bc, ..)| cost < *bc) {
+                        best = Some((cost, slots.clone(), pool, node));
                     }
                     feasible += 1;
                     if first_only || feasible >= LOOK {
@@ -341,7 +342,7 @@ impl State<'_> {
                 None => earliest_failed = earliest_failed.min(slots[0] as usize),
             }
         }
-        let (_, _, slots, pool, node) = best?;
+        let (_, slots, pool, node) = best?;
         self.commit(pool, node, job, j, &slots);
         let blocked = earliest_failed < slots[0] as usize;
         Some((slots, pool, node, blocked))
@@ -462,7 +463,13 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
             }
         };
         let cands = candidates(&st, job, j, lo, hi, strategy);
-        if let Some((slots, pool, node, blocked)) = st.try_candidates(job, j, &cands) {
+        // Nodes that are on anyway first; a sleeping node is woken only for a job
+        // that fits nowhere else in its window (earliest-fit takes any pool).
+        let placed = match strategy {
+            Strategy::EarliestFit => st.try_candidates(job, j, &cands, true),
+            _ => st.try_candidates(job, j, &cands, false).or_else(|| st.try_candidates(job, j, &cands, true)),
+        };
+        if let Some((slots, pool, node, blocked)) = placed {
             let start = slots[0] as usize;
             let delayed_by =
                 (start > j.release).then_some(if blocked { WaitReason::Capacity } else { WaitReason::CarbonWindow });
@@ -477,7 +484,7 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
             let late = PlanJob { deadline: None, pausable: false, ..j.clone() };
             let hi = (p.slots - 1).min(len.saturating_sub(1));
             let cands = candidates(&st, job, &late, lo, hi, Strategy::EarliestFit);
-            if let Some((slots, pool, node, _)) = st.try_candidates(job, &late, &cands) {
+            if let Some((slots, pool, node, _)) = st.try_candidates(job, &late, &cands, true) {
                 #[allow(clippy::cast_possible_truncation, reason = "node counts fit u32")]
                 let node = (node - ctx.node_base[pool]) as u32;
                 let late_end = slots.last().map_or(0, |t| *t as usize + 1) > j.deadline.unwrap_or(usize::MAX);

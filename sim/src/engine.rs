@@ -1,0 +1,368 @@
+//! One policy over the whole run, step by step. The plan is made with forecasts;
+//! the accounting uses the actual trace: power, carbon, overloads.
+
+use crate::inputs::Inputs;
+use crate::scenario::Resolved;
+use greenfill_forecast::{Forecaster, by_name};
+use greenfill_scheduler::{Placement, PlanJob, PlanOptions, PoolInput, Problem, Strategy};
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Batch on its own always-on machines; online on its own.
+    Dedicated,
+    /// Co-located, first come first served, capacity = cores × (1 − margin) − online now.
+    Asap,
+    /// Co-located, Koordinator style: batch ≤ threshold × cores − online now.
+    Coloc,
+    /// Forecast upper bounds + the planner: carbon-aware timing, powering off.
+    Greenfill,
+}
+
+impl Policy {
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s {
+            "dedicated" => Some(Policy::Dedicated),
+            "asap" => Some(Policy::Asap),
+            "coloc" => Some(Policy::Coloc),
+            "greenfill" => Some(Policy::Greenfill),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Dedicated => "dedicated",
+            Policy::Asap => "asap",
+            Policy::Coloc => "coloc",
+            Policy::Greenfill => "greenfill",
+        }
+    }
+}
+
+/// One step of one policy, for the time series.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepRow {
+    pub powered_nodes: u32,
+    /// CPU used / CPU of powered nodes.
+    pub cpu_util_powered: f64,
+    pub power_kw: f64,
+    pub carbon_g_per_kwh: f64,
+    pub batch_running: u32,
+    pub batch_cores: f64,
+    pub overloaded_nodes: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyResult {
+    pub energy_kwh: f64,
+    pub idle_kwh: f64,
+    pub dynamic_kwh: f64,
+    pub carbon_kg: f64,
+    pub node_hours: f64,
+    pub mean_cpu_util_powered: f64,
+    pub jobs_completed: usize,
+    pub jobs_late: usize,
+    pub jobs_unfinished: usize,
+    /// Node-steps in which online + batch CPU demand exceeded the node's cores.
+    pub online_overload_steps: usize,
+    pub batch_core_hours: f64,
+    /// Wall-clock time of this policy's run.
+    pub run_ms: f64,
+    #[serde(skip)]
+    pub steps: Vec<StepRow>,
+}
+
+struct State {
+    batch_cpu: Vec<f64>,
+    batch_mem: Vec<f64>,
+    /// Jobs ending at each step: (job, node).
+    ends: Vec<Vec<(usize, usize)>>,
+    /// Arrived, not started, in arrival order.
+    queue: Vec<usize>,
+    started: Vec<Option<(usize, usize)>>,
+    running: usize,
+}
+
+impl State {
+    fn start(&mut self, inp: &Inputs, job: usize, node: usize, t: usize) {
+        let j = &inp.jobs[job];
+        self.batch_cpu[node] += j.cores;
+        self.batch_mem[node] += j.mem_gib;
+        let end = t + j.duration;
+        if end >= self.ends.len() {
+            self.ends.resize(end + 1, Vec::new());
+        }
+        self.ends[end].push((job, node));
+        self.started[job] = Some((node, t));
+        self.running += 1;
+    }
+}
+
+pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl FnMut(f64)) -> PolicyResult {
+    let clock = std::time::Instant::now();
+    let s = &r.scenario;
+    let n = inp.nodes();
+    let mut st = State {
+        batch_cpu: vec![0.0; n],
+        batch_mem: vec![0.0; n],
+        ends: vec![Vec::new(); inp.steps + 1],
+        queue: Vec::new(),
+        started: vec![None; inp.jobs.len()],
+        running: 0,
+    };
+    let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);
+    let plan_every = usize::try_from(r.plan_every_s / r.step_s).unwrap_or(1).max(1);
+    // Node order for first-fit: nodes that are on anyway, then the others.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| !inp.pools[inp.node_pool[i]].always_on);
+    let sh = inp.step_s as f64 / 3600.0;
+    let mut res = PolicyResult {
+        energy_kwh: 0.0,
+        idle_kwh: 0.0,
+        dynamic_kwh: 0.0,
+        carbon_kg: 0.0,
+        node_hours: 0.0,
+        mean_cpu_util_powered: 0.0,
+        jobs_completed: 0,
+        jobs_late: 0,
+        jobs_unfinished: 0,
+        online_overload_steps: 0,
+        batch_core_hours: 0.0,
+        run_ms: 0.0,
+        steps: Vec::with_capacity(inp.steps),
+    };
+    let (mut used_sum, mut cap_sum) = (0.0, 0.0);
+    let mut next = 0;
+    for t in 0..inp.steps {
+        for (job, node) in std::mem::take(&mut st.ends[t]) {
+            let j = &inp.jobs[job];
+            st.batch_cpu[node] = (st.batch_cpu[node] - j.cores).max(0.0);
+            st.batch_mem[node] = (st.batch_mem[node] - j.mem_gib).max(0.0);
+            st.running -= 1;
+            res.jobs_completed += 1;
+            #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
+            let hours = j.duration as f64 * sh;
+            res.batch_core_hours += j.cores * hours;
+            if j.deadline.is_some_and(|d| t > d) {
+                res.jobs_late += 1;
+            }
+        }
+        while next < inp.jobs.len() && inp.jobs[next].arrival <= t {
+            st.queue.push(next);
+            next += 1;
+        }
+        match policy {
+            Policy::Greenfill => {
+                if t % plan_every == 0 && !st.queue.is_empty() {
+                    plan_and_start(inp, r, &mut st, t, forecaster.as_deref());
+                }
+            }
+            _ => first_fit(inp, r, &mut st, t, policy, &order),
+        }
+        // Accounting with the actual online load.
+        let ci = inp.carbon[t];
+        let mut row = StepRow { carbon_g_per_kwh: ci, ..StepRow::default() };
+        #[allow(clippy::cast_possible_truncation, reason = "running jobs fit u32")]
+        {
+            row.batch_running = st.running as u32;
+        }
+        let (mut used, mut cap) = (0.0, 0.0);
+        for node in 0..n {
+            let p = &inp.pools[inp.node_pool[node]];
+            let b = st.batch_cpu[node];
+            let powered = p.always_on || policy == Policy::Dedicated || b > 0.0;
+            if !powered {
+                continue;
+            }
+            let online = inp.online_cpu(node, t);
+            let load = online + b;
+            if load > p.cores + 1e-9 {
+                row.overloaded_nodes += 1;
+            }
+            let u = if p.cores > 0.0 { load / p.cores } else { 0.0 };
+            let w = p.power.watts(u) * p.pue;
+            let idle = p.power.idle_w() * p.pue;
+            row.powered_nodes += 1;
+            row.power_kw += w / 1000.0;
+            row.batch_cores += b;
+            res.idle_kwh += idle * sh / 1000.0;
+            res.dynamic_kwh += (w - idle) * sh / 1000.0;
+            used += load.min(p.cores);
+            cap += p.cores;
+        }
+        let kwh = row.power_kw * sh;
+        res.energy_kwh += kwh;
+        res.carbon_kg += kwh * ci / 1000.0;
+        res.node_hours += f64::from(row.powered_nodes) * sh;
+        res.online_overload_steps += row.overloaded_nodes as usize;
+        row.cpu_util_powered = if cap > 0.0 { used / cap } else { 0.0 };
+        used_sum += used;
+        cap_sum += cap;
+        res.steps.push(row);
+        if t % 288 == 0 {
+            #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
+            progress(t as f64 / inp.steps as f64);
+        }
+    }
+    res.jobs_unfinished = inp.jobs.len() - res.jobs_completed;
+    res.mean_cpu_util_powered = if cap_sum > 0.0 { used_sum / cap_sum } else { 0.0 };
+    res.run_ms = clock.elapsed().as_secs_f64() * 1000.0;
+    progress(1.0);
+    res
+}
+
+/// Start queued jobs, oldest first, on the first node with room now.
+fn first_fit(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, policy: Policy, order: &[usize]) {
+    if st.queue.is_empty() {
+        return;
+    }
+    let s = &r.scenario;
+    let m = s.safety_margin;
+    let free_cpu = |st: &State, node: usize| -> f64 {
+        let p = &inp.pools[inp.node_pool[node]];
+        let cap = match policy {
+            Policy::Dedicated if p.always_on => return 0.0,
+            Policy::Dedicated => p.cores * (1.0 - m),
+            Policy::Coloc => s.coloc_threshold * p.cores - inp.online_cpu(node, t),
+            _ => p.cores * (1.0 - m) - inp.online_cpu(node, t),
+        };
+        cap - st.batch_cpu[node]
+    };
+    let free_mem = |st: &State, node: usize| -> f64 {
+        let p = &inp.pools[inp.node_pool[node]];
+        p.memory_gib * (1.0 - m) - inp.online_mem(node) - st.batch_mem[node]
+    };
+    let queue = std::mem::take(&mut st.queue);
+    let mut left = Vec::with_capacity(queue.len());
+    let mut room = order.iter().any(|&i| free_cpu(st, i) > 0.0);
+    for job in queue {
+        if !room {
+            left.push(job);
+            continue;
+        }
+        let j = &inp.jobs[job];
+        match order.iter().copied().find(|&i| free_cpu(st, i) + 1e-9 >= j.cores && free_mem(st, i) + 1e-9 >= j.mem_gib)
+        {
+            Some(node) => {
+                st.start(inp, job, node, t);
+                room = order.iter().any(|&i| free_cpu(st, i) > 0.0);
+            }
+            None => left.push(job),
+        }
+    }
+    st.queue = left;
+}
+
+/// Re-plan the queue with forecasts and start what the plan starts now.
+fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecaster: Option<&dyn Forecaster>) {
+    let s = &r.scenario;
+    let step = r.step_s;
+    let slot_steps = usize::try_from(r.slot_s / step).unwrap_or(1).max(1);
+    let slots = usize::try_from(r.horizon_s / r.slot_s).unwrap_or(1).max(1);
+    let h = slots * slot_steps;
+    let season = usize::try_from(86_400 / step).unwrap_or(288).max(2);
+    // Upper bound of online utilisation per step ahead: a forecast from the history
+    // seen so far, or the actual future for `perfect`.
+    let upper: Vec<f64> = match forecaster {
+        Some(f) => match f.forecast(&inp.online[..t], season, h, s.quantile) {
+            Ok(fc) => fc.upper,
+            Err(_) => vec![1.0; h],
+        },
+        None => (0..h).map(|k| inp.online[(t + k).min(inp.steps - 1)]).collect(),
+    };
+    let slot_max = |v: &[f64], k: usize| v[k * slot_steps..(k + 1) * slot_steps].iter().copied().fold(0.0, f64::max);
+    let upper_slots: Vec<f64> = (0..slots).map(|k| slot_max(&upper, k).max(0.0)).collect();
+    let carbon: Vec<f64> = (0..slots)
+        .map(|k| {
+            let a = (t + k * slot_steps).min(inp.steps - 1);
+            let b = (t + (k + 1) * slot_steps).min(inp.steps);
+            if b > a { inp.carbon_forecast[a..b].iter().sum::<f64>() / (b - a) as f64 } else { inp.carbon_forecast[a] }
+        })
+        .collect();
+    // Per node: forecast online plus the batch already running there.
+    let mut pools: Vec<PoolInput> = inp.pools.iter().cloned().map(PoolInput::new).collect();
+    for (pi, pool) in pools.iter_mut().enumerate() {
+        let first = inp.pool_first[pi];
+        let nodes = pool.pool.nodes as usize;
+        let mut cpu = vec![0.0; nodes * slots];
+        let mut mem = vec![0.0; nodes * slots];
+        for k in 0..nodes {
+            let node = first + k;
+            if pool.pool.always_on {
+                let f = inp.node_factor[node];
+                for (slot, u) in upper_slots.iter().enumerate() {
+                    cpu[k * slots + slot] = (u * f).min(1.0) * pool.pool.cores;
+                    mem[k * slots + slot] = inp.online_mem(node);
+                }
+            }
+        }
+        pool.online_cpu = cpu;
+        pool.online_mem = mem;
+    }
+    for (end, list) in st.ends.iter().enumerate().skip(t + 1) {
+        let left = (end - t).div_ceil(slot_steps).min(slots);
+        for &(job, node) in list {
+            let pi = inp.node_pool[node];
+            let k = node - inp.pool_first[pi];
+            let j = &inp.jobs[job];
+            for slot in 0..left {
+                pools[pi].online_cpu[k * slots + slot] += j.cores;
+                pools[pi].online_mem[k * slots + slot] += j.mem_gib;
+            }
+        }
+    }
+    let jobs: Vec<PlanJob> = st
+        .queue
+        .iter()
+        .map(|&i| {
+            let j = &inp.jobs[i];
+            let duration = j.duration.div_ceil(slot_steps);
+            // A deadline the job can no longer meet is dropped from the plan (it runs
+            // as soon as it can and is counted late), never the job itself.
+            let deadline = j.deadline.and_then(|d| d.checked_sub(t)).map(|d| d / slot_steps).filter(|d| *d >= duration);
+            PlanJob {
+                id: j.id.clone(),
+                cores: j.cores,
+                mem_gib: j.mem_gib,
+                release: 0,
+                deadline,
+                duration,
+                pausable: false,
+                pool: None,
+                priority: 0,
+            }
+        })
+        .collect();
+    let problem = Problem {
+        start: inp.start + i64::try_from(t).unwrap_or(0) * step,
+        slot_s: r.slot_s,
+        slots,
+        pools,
+        carbon,
+        jobs,
+        options: PlanOptions {
+            cpu_margin: s.safety_margin,
+            mem_margin: s.safety_margin,
+            time_limit: Duration::from_secs(5),
+            strategy: Strategy::Lp,
+        },
+    };
+    if problem.validate().is_err() {
+        return;
+    }
+    let plan = problem.plan();
+    let queue = std::mem::take(&mut st.queue);
+    let mut left = Vec::with_capacity(queue.len());
+    for (idx, job) in queue.into_iter().enumerate() {
+        match &plan.placements[idx] {
+            Placement::Run { pool, node, slots, .. } if slots.first() == Some(&0) => {
+                st.start(inp, job, inp.pool_first[*pool] + *node as usize, t);
+            }
+            _ => left.push(job),
+        }
+    }
+    st.queue = left;
+}

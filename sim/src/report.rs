@@ -1,0 +1,293 @@
+//! summary.json, timeseries.csv and report.html (charts as inline SVG: it reads in a
+//! browser with no network).
+
+use crate::engine::{Policy, PolicyResult};
+use crate::inputs::Inputs;
+use crate::scenario::Resolved;
+use greenfill_core::time::format_timestamp;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Savings {
+    pub energy_kwh: f64,
+    pub carbon_kg: f64,
+    pub energy_pct: f64,
+    pub carbon_pct: f64,
+}
+
+/// What `greenfill` saves against the other policies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Saved {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_dedicated: Option<Savings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_asap: Option<Savings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_coloc: Option<Savings>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub start: String,
+    pub steps: usize,
+    pub step_s: i64,
+    pub nodes: usize,
+    pub jobs: usize,
+    pub forecast: String,
+    pub policies: BTreeMap<String, PolicyResult>,
+    pub saved: Saved,
+}
+
+fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
+    let pct = |a: f64, b: f64| if a > 0.0 { (a - b) / a * 100.0 } else { 0.0 };
+    Savings {
+        energy_kwh: base.energy_kwh - ours.energy_kwh,
+        carbon_kg: base.carbon_kg - ours.carbon_kg,
+        energy_pct: pct(base.energy_kwh, ours.energy_kwh),
+        carbon_pct: pct(base.carbon_kg, ours.carbon_kg),
+    }
+}
+
+pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Summary {
+    let get = |p: Policy| results.iter().find(|(q, _)| *q == p).map(|(_, x)| x);
+    let ours = get(Policy::Greenfill);
+    let vs = |p: Policy| ours.and_then(|o| get(p).map(|b| savings(b, o)));
+    Summary {
+        scenario: r.scenario.name.clone(),
+        start: format_timestamp(inputs.start),
+        steps: inputs.steps,
+        step_s: inputs.step_s,
+        nodes: inputs.nodes(),
+        jobs: inputs.jobs.len(),
+        forecast: r.scenario.forecast.clone(),
+        policies: results.iter().map(|(p, x)| (p.name().to_owned(), x.clone())).collect(),
+        saved: Saved { vs_dedicated: vs(Policy::Dedicated), vs_asap: vs(Policy::Asap), vs_coloc: vs(Policy::Coloc) },
+    }
+}
+
+pub fn write_outputs(
+    dir: &Path,
+    summary: &Summary,
+    inputs: &Inputs,
+    results: &[(Policy, PolicyResult)],
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(summary)? + "\n")?;
+    let mut w = csv::Writer::from_path(dir.join("timeseries.csv"))?;
+    let mut header =
+        vec!["step".to_owned(), "time".to_owned(), "carbon_g_per_kwh".to_owned(), "online_util".to_owned()];
+    for (p, _) in results {
+        for c in ["powered_nodes", "cpu_util_powered", "power_kw", "batch_running", "batch_cores", "overloaded_nodes"] {
+            header.push(format!("{}_{c}", p.name()));
+        }
+    }
+    w.write_record(&header)?;
+    for t in 0..inputs.steps {
+        let mut row = vec![
+            t.to_string(),
+            format_timestamp(inputs.start + i64::try_from(t).unwrap_or(0) * inputs.step_s),
+            format!("{:.2}", inputs.carbon[t]),
+            format!("{:.4}", inputs.online[t]),
+        ];
+        for (_, x) in results {
+            let s = &x.steps[t];
+            row.extend([
+                s.powered_nodes.to_string(),
+                format!("{:.4}", s.cpu_util_powered),
+                format!("{:.3}", s.power_kw),
+                s.batch_running.to_string(),
+                format!("{:.2}", s.batch_cores),
+                s.overloaded_nodes.to_string(),
+            ]);
+        }
+        w.write_record(&row)?;
+    }
+    w.flush()?;
+    std::fs::write(dir.join("report.html"), html(summary, inputs, results))?;
+    Ok(())
+}
+
+const COLORS: [&str; 4] = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c"];
+
+/// Bucket means so a chart has at most `max` points.
+fn thin(v: &[f64], max: usize) -> Vec<f64> {
+    let k = v.len().div_ceil(max).max(1);
+    v.chunks(k).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect()
+}
+
+fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)]) -> String {
+    let (w, h, pad) = (900.0, 260.0, 50.0);
+    let max = series.iter().flat_map(|s| s.2.iter()).copied().fold(0.0f64, f64::max).max(1e-9) * 1.05;
+    let mut out = format!(
+        r##"<h3>{title}</h3><svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{title}"><rect x="{pad}" y="10" width="{}" height="{}" fill="none" stroke="#ccc"/>"##,
+        w - pad - 10.0,
+        h - pad - 10.0
+    );
+    for i in 0..=4 {
+        let y = 10.0 + (h - pad - 10.0) * f64::from(i) / 4.0;
+        let v = max * (1.0 - f64::from(i) / 4.0);
+        let _ = write!(
+            out,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.1}</text><line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/>"##,
+            pad - 4.0,
+            y + 4.0,
+            w - 10.0
+        );
+    }
+    let _ = write!(
+        out,
+        r#"<text x="12" y="{}" font-size="11" transform="rotate(-90 12 {})">{unit}</text>"#,
+        h / 2.0,
+        h / 2.0
+    );
+    for (i, (name, color, v)) in series.iter().enumerate() {
+        let n = v.len().max(2) - 1;
+        let pts: Vec<String> = v
+            .iter()
+            .enumerate()
+            .map(|(k, y)| {
+                format!(
+                    "{:.1},{:.1}",
+                    pad + (w - pad - 10.0) * k as f64 / n as f64,
+                    10.0 + (h - pad - 10.0) * (1.0 - y / max)
+                )
+            })
+            .collect();
+        let _ =
+            write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="1.3" points="{}"/>"#, pts.join(" "));
+        let _ = write!(
+            out,
+            r#"<rect x="{}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}" font-size="12">{name}</text>"#,
+            pad + 120.0 * i as f64,
+            h - 22.0,
+            pad + 16.0 + 120.0 * i as f64,
+            h - 18.0
+        );
+    }
+    out + "</svg>"
+}
+
+fn bar_chart(title: &str, unit: &str, bars: &[(&str, &str, f64)]) -> String {
+    let (w, bh) = (900.0, 28.0);
+    let h = 20.0 + bh * bars.len() as f64;
+    let max = bars.iter().map(|b| b.2).fold(0.0f64, f64::max).max(1e-9);
+    let mut out =
+        format!(r#"<h3>{title}</h3><svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{title}">"#);
+    for (i, (name, color, v)) in bars.iter().enumerate() {
+        let y = 10.0 + bh * i as f64;
+        let len = (w - 260.0) * v / max;
+        let _ = write!(
+            out,
+            r#"<text x="100" y="{}" font-size="13" text-anchor="end">{name}</text><rect x="110" y="{y}" width="{len:.1}" height="{}" fill="{color}"/><text x="{}" y="{}" font-size="12">{v:.1} {unit}</text>"#,
+            y + 17.0,
+            bh - 8.0,
+            116.0 + len,
+            y + 16.0
+        );
+    }
+    out + "</svg>"
+}
+
+fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> String {
+    let color = |p: Policy| {
+        COLORS[match p {
+            Policy::Dedicated => 0,
+            Policy::Asap => 1,
+            Policy::Coloc => 2,
+            Policy::Greenfill => 3,
+        }]
+    };
+    let max_points = 1000;
+    let power: Vec<(&str, &str, Vec<f64>)> = results
+        .iter()
+        .map(|(p, x)| (p.name(), color(*p), thin(&x.steps.iter().map(|r| r.power_kw).collect::<Vec<_>>(), max_points)))
+        .collect();
+    let util: Vec<(&str, &str, Vec<f64>)> = results
+        .iter()
+        .map(|(p, x)| {
+            (
+                p.name(),
+                color(*p),
+                thin(&x.steps.iter().map(|r| r.cpu_util_powered * 100.0).collect::<Vec<_>>(), max_points),
+            )
+        })
+        .collect();
+    let batch: Vec<(&str, &str, Vec<f64>)> = results
+        .iter()
+        .map(|(p, x)| {
+            (p.name(), color(*p), thin(&x.steps.iter().map(|r| r.batch_cores).collect::<Vec<_>>(), max_points))
+        })
+        .collect();
+    let carbon = vec![("grid intensity", "#555", thin(&inputs.carbon, max_points))];
+    let carbon_bars: Vec<(&str, &str, f64)> =
+        results.iter().map(|(p, x)| (p.name(), color(*p), x.carbon_kg / 1000.0)).collect();
+    let energy_bars: Vec<(&str, &str, f64)> =
+        results.iter().map(|(p, x)| (p.name(), color(*p), x.energy_kwh / 1000.0)).collect();
+    let mut rows = String::new();
+    for (p, x) in results {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+            p.name(),
+            x.energy_kwh / 1000.0,
+            x.carbon_kg / 1000.0,
+            x.node_hours,
+            x.mean_cpu_util_powered * 100.0,
+            x.jobs_completed,
+            x.jobs_late,
+            x.jobs_unfinished,
+            x.online_overload_steps,
+            x.batch_core_hours
+        );
+    }
+    let headline = match (&s.saved.vs_dedicated, &s.saved.vs_asap) {
+        (Some(d), a) => {
+            let mut h = format!(
+                "Against batch on dedicated machines, greenfill saves <b>{:.1} MWh ({:.1} %)</b> and <b>{:.2} t CO2 ({:.1} %)</b>",
+                d.energy_kwh / 1000.0,
+                d.energy_pct,
+                d.carbon_kg / 1000.0,
+                d.carbon_pct
+            );
+            if let Some(a) = a {
+                let _ = write!(
+                    h,
+                    "; against co-location without forecasts or carbon awareness (asap), {:.2} t CO2 ({:.1} %)",
+                    a.carbon_kg / 1000.0,
+                    a.carbon_pct
+                );
+            }
+            h + "."
+        }
+        _ => "Run with the dedicated and greenfill policies to see savings.".to_owned(),
+    };
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>greenfill: {name}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
+<h1>What-if: {name}</h1>
+<p>{nodes} nodes, {jobs} batch jobs, {days:.1} days from {start} at {step} s steps; online forecast: {forecast}.</p>
+<p style="font-size:1.2em">{headline}</p>
+<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>batch core-hours</th></tr>{rows}</table>
+{cb}{eb}{pw}{ut}{bt}{ci}
+<p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. An overload is a node-step whose online plus batch CPU demand exceeded its cores.</p>
+</body></html>
+"#,
+        name = s.scenario,
+        nodes = s.nodes,
+        jobs = s.jobs,
+        days = s.steps as f64 * s.step_s as f64 / 86_400.0,
+        start = s.start,
+        step = s.step_s,
+        forecast = s.forecast,
+        cb = bar_chart("Carbon", "t CO2", &carbon_bars),
+        eb = bar_chart("Energy", "MWh", &energy_bars),
+        pw = line_chart("Power", "kW", &power),
+        ut = line_chart("CPU utilisation of powered nodes", "%", &util),
+        bt = line_chart("Batch cores running", "cores", &batch),
+        ci = line_chart("Grid carbon intensity", "gCO2/kWh", &carbon),
+    )
+}

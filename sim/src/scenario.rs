@@ -1,0 +1,306 @@
+//! The scenario file (TOML) and its validation. Unknown keys are refused with the
+//! keys that are allowed; every error names the key and the value.
+
+use greenfill_core::cluster::{ClusterConfig, Pool};
+use greenfill_core::time::{parse_duration, parse_step, parse_timestamp};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// First step's time (RFC 3339).
+    pub start: String,
+    /// How long jobs arrive for, e.g. `7d`.
+    pub length: String,
+    /// After `length`, every policy runs on this long with no new arrivals so the
+    /// work started or queued can finish and all policies do the same work
+    /// (default 2d).
+    #[serde(default = "d_drain")]
+    pub drain: String,
+    /// Simulation step (default 5m).
+    #[serde(default = "d_step")]
+    pub step: String,
+    /// greenfill re-plans this often (default 15m).
+    #[serde(default = "d_plan_every")]
+    pub plan_every: String,
+    /// Planning horizon (default 24h) and slot (default 15m).
+    #[serde(default = "d_horizon")]
+    pub horizon: String,
+    #[serde(default = "d_plan_every")]
+    pub slot: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Share of each node's CPU and memory batch must leave free on top of the
+    /// online upper bound (greenfill, asap).
+    #[serde(default = "d_margin")]
+    pub safety_margin: f64,
+    /// Koordinator-style CPU threshold for `coloc`: batch may use
+    /// `threshold × cores − online` (default 0.65).
+    #[serde(default = "d_threshold")]
+    pub coloc_threshold: f64,
+    /// Online forecaster for greenfill: `greenfill`, `seasonal_naive`,
+    /// `koordinator_p95` or `perfect` (the actual future, for an upper limit).
+    #[serde(default = "d_forecast")]
+    pub forecast: String,
+    /// Quantile of the online upper bound (default 0.95).
+    #[serde(default = "d_quantile")]
+    pub quantile: f64,
+    /// Policies to compare (default all four).
+    #[serde(default = "d_policies")]
+    pub policies: Vec<String>,
+    pub cluster: ClusterSpec,
+    pub online: OnlineSpec,
+    pub batch: BatchSpec,
+    pub carbon: CarbonSpec,
+}
+
+/// Pools as in a cluster file. Always-on pools carry the online load; the others
+/// are the batch machines that `dedicated` runs batch on and that co-location
+/// policies may power off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineSpec {
+    /// Usage trace (any format `greenfill data inspect` reads as usage); replayed
+    /// from its first value at `start`, repeated if shorter than the run.
+    pub file: PathBuf,
+    /// Which series of the file (default: the first).
+    pub series: Option<String>,
+    /// Multiply the trace's utilisation by this (default 1).
+    #[serde(default = "d_one")]
+    pub scale: f64,
+    /// Each node's load differs from the pool's by a fixed factor drawn in
+    /// `1 ± node_spread` (default 0.2).
+    #[serde(default = "d_spread")]
+    pub node_spread: f64,
+    /// Online memory use as a share of each node's memory (default 0.4).
+    #[serde(default = "d_mem_share")]
+    pub memory_share: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Job trace: GAIA, Alibaba 2017 or greenfill CSV; arrivals are offsets from
+    /// the trace's first arrival, replayed from `start`.
+    pub file: PathBuf,
+    /// Keep at most this many jobs (the first to arrive).
+    pub max_jobs: Option<usize>,
+    /// Keep each job with this probability (seeded; default 1).
+    #[serde(default = "d_one")]
+    pub sample: f64,
+    /// Multiply each job's cores by this (default 1).
+    #[serde(default = "d_one")]
+    pub cpus_scale: f64,
+    /// Memory per core where the trace gives none, GiB (default 2).
+    #[serde(default = "d_gib")]
+    pub memory_gib_per_core: f64,
+    /// Deadline = arrival + duration + this slack (default 24h); `none` for none.
+    #[serde(default = "d_slack")]
+    pub deadline_slack: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarbonSpec {
+    /// Carbon-intensity CSV; replayed from the row at `start` (or its first row
+    /// when `start` is outside the file).
+    pub file: Option<PathBuf>,
+    /// Constant intensity instead of a file, gCO2/kWh (China's grid factor 0.6101
+    /// kg/kWh is 610.1).
+    pub constant: Option<f64>,
+    /// Relative error of the planner's carbon forecast: seeded Gaussian noise with
+    /// this standard deviation (Let's Wait Awhile used 0.05). Default 0 (perfect).
+    #[serde(default)]
+    pub forecast_error: f64,
+}
+
+fn d_step() -> String {
+    "5m".into()
+}
+fn d_drain() -> String {
+    "2d".into()
+}
+fn d_plan_every() -> String {
+    "15m".into()
+}
+fn d_horizon() -> String {
+    "24h".into()
+}
+fn d_margin() -> f64 {
+    0.1
+}
+fn d_threshold() -> f64 {
+    0.65
+}
+fn d_forecast() -> String {
+    "greenfill".into()
+}
+fn d_quantile() -> f64 {
+    0.95
+}
+fn d_policies() -> Vec<String> {
+    POLICIES.iter().map(|s| (*s).to_owned()).collect()
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_spread() -> f64 {
+    0.2
+}
+fn d_mem_share() -> f64 {
+    0.4
+}
+fn d_gib() -> f64 {
+    2.0
+}
+fn d_slack() -> String {
+    "24h".into()
+}
+
+pub const POLICIES: [&str; 4] = ["dedicated", "asap", "coloc", "greenfill"];
+pub const FORECASTS: [&str; 4] = ["greenfill", "seasonal_naive", "koordinator_p95", "perfect"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{path}: {source}")]
+    Data {
+        path: String,
+        #[source]
+        source: greenfill_core::data::DataError,
+    },
+}
+
+/// A scenario with its times parsed and its paths resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub scenario: Scenario,
+    pub path: String,
+    pub start: i64,
+    pub length_s: i64,
+    pub drain_s: i64,
+    pub step_s: i64,
+    pub plan_every_s: i64,
+    pub horizon_s: i64,
+    pub slot_s: i64,
+    pub deadline_slack_s: Option<i64>,
+    pub online_file: PathBuf,
+    pub batch_file: PathBuf,
+    pub carbon_file: Option<PathBuf>,
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Resolved, ScenarioError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: name.clone(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Scenario::parse(&name, &text, base)
+    }
+
+    /// Parse `text`; relative file paths are taken from `base`.
+    pub fn parse(path: &str, text: &str, base: &Path) -> Result<Resolved, ScenarioError> {
+        let s: Scenario = toml::from_str(text)
+            .map_err(|e| ScenarioError::Invalid { path: path.to_owned(), message: e.to_string() })?;
+        let bad = |message: String| ScenarioError::Invalid { path: path.to_owned(), message };
+        let step = |key: &str, v: &str| {
+            parse_step(v).ok_or_else(|| bad(format!("{key} = {v:?}: not a duration (e.g. 5m, 24h, 7d)")))
+        };
+        let start = parse_timestamp(&s.start)
+            .ok_or_else(|| bad(format!("start = {:?}: not a timestamp (e.g. 2022-06-01T00:00:00Z)", s.start)))?;
+        let length_s = step("length", &s.length)?;
+        let drain_s = if s.drain == "0" { 0 } else { step("drain", &s.drain)? };
+        let step_s = step("step", &s.step)?;
+        let plan_every_s = step("plan_every", &s.plan_every)?;
+        let horizon_s = step("horizon", &s.horizon)?;
+        let slot_s = step("slot", &s.slot)?;
+        for (key, v) in [("plan_every", plan_every_s), ("slot", slot_s)] {
+            if v % step_s != 0 {
+                return Err(bad(format!("{key} = {v} s: must be a whole number of steps ({step_s} s)")));
+            }
+        }
+        if horizon_s < slot_s || horizon_s % slot_s != 0 {
+            return Err(bad(format!("horizon = {horizon_s} s: must be a whole number (≥ 1) of slots ({slot_s} s)")));
+        }
+        if !FORECASTS.contains(&s.forecast.as_str()) {
+            return Err(bad(format!("forecast = {:?}: allowed values are {}", s.forecast, FORECASTS.join(", "))));
+        }
+        for p in &s.policies {
+            if !POLICIES.contains(&p.as_str()) {
+                return Err(bad(format!(
+                    "policies: {p:?} is not a policy; allowed values are {}",
+                    POLICIES.join(", ")
+                )));
+            }
+        }
+        for (key, v, lo, hi) in [
+            ("safety_margin", s.safety_margin, 0.0, 0.99),
+            ("coloc_threshold", s.coloc_threshold, 0.01, 1.0),
+            ("quantile", s.quantile, 0.5, 0.999),
+            ("online.scale", s.online.scale, 0.0, 100.0),
+            ("online.node_spread", s.online.node_spread, 0.0, 0.9),
+            ("online.memory_share", s.online.memory_share, 0.0, 0.99),
+            ("batch.sample", s.batch.sample, 0.0, 1.0),
+            ("batch.cpus_scale", s.batch.cpus_scale, 0.001, 1000.0),
+            ("batch.memory_gib_per_core", s.batch.memory_gib_per_core, 0.0, 1e4),
+            ("carbon.forecast_error", s.carbon.forecast_error, 0.0, 10.0),
+        ] {
+            if !(v >= lo && v <= hi) {
+                return Err(bad(format!("{key} = {v}: must be between {lo} and {hi}")));
+            }
+        }
+        ClusterConfig { cpu_margin: s.safety_margin, mem_margin: s.safety_margin, pools: s.cluster.pools.clone() }
+            .validate(&format!("{path} [cluster]"))
+            .map_err(|e| bad(e.to_string()))?;
+        if !s.cluster.pools.iter().any(|p| p.always_on) {
+            return Err(bad("cluster.pools: no pool has always_on = true; online load needs one".into()));
+        }
+        let deadline_slack_s = match s.batch.deadline_slack.as_str() {
+            "none" => None,
+            v => Some(
+                parse_duration(v)
+                    .map(|x| {
+                        #[allow(clippy::cast_possible_truncation, reason = "durations are far below i64::MAX seconds")]
+                        let x = x as i64;
+                        x
+                    })
+                    .ok_or_else(|| bad(format!("batch.deadline_slack = {v:?}: a duration (e.g. 12h) or \"none\"")))?,
+            ),
+        };
+        let carbon_file = match (&s.carbon.file, s.carbon.constant) {
+            (Some(f), None) => Some(base.join(f)),
+            (None, Some(c)) if c.is_finite() && c >= 0.0 => None,
+            (None, Some(c)) => return Err(bad(format!("carbon.constant = {c}: must be >= 0 (gCO2/kWh)"))),
+            _ => return Err(bad("carbon: give exactly one of file or constant".into())),
+        };
+        Ok(Resolved {
+            online_file: base.join(&s.online.file),
+            batch_file: base.join(&s.batch.file),
+            carbon_file,
+            scenario: s,
+            path: path.to_owned(),
+            start,
+            length_s,
+            drain_s,
+            step_s,
+            plan_every_s,
+            horizon_s,
+            slot_s,
+            deadline_slack_s,
+        })
+    }
+}

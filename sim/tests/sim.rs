@@ -1,0 +1,136 @@
+//! The simulator's accounting identities on a small real-data scenario, and its
+//! errors for bad scenario files.
+
+use greenfill_sim::{Scenario, load, run, summarize};
+use std::path::Path;
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn scenario(extra: &str) -> String {
+    format!(
+        r#"
+name = "test"
+start = "2022-06-01T00:00:00Z"
+length = "2d"
+drain = "3d"
+seed = 7
+{extra}
+
+[[cluster.pools]]
+name = "online"
+nodes = 6
+cores = 48
+memory_gib = 384
+pue = 1.3
+always_on = true
+power = {{ kind = "linear", idle_w = 170, max_w = 440 }}
+
+[[cluster.pools]]
+name = "batch"
+nodes = 4
+cores = 48
+memory_gib = 384
+pue = 1.3
+power = {{ kind = "table", watts = [170, 200, 225, 250, 280, 310, 340, 370, 400, 420, 440] }}
+
+[online]
+file = "data/usage/derived_rnd_2013-7_500vm_sum_5min.csv"
+
+[batch]
+file = "data/jobs/azure-100k.csv"
+max_jobs = 120
+deadline_slack = "24h"
+
+[carbon]
+file = "data/carbon/CISO_2022_hourly_ci.csv"
+forecast_error = 0.05
+"#
+    )
+}
+
+#[test]
+fn accounting_identities_hold_for_every_policy() {
+    let r = Scenario::parse("t.toml", &scenario(""), repo()).unwrap();
+    let inputs = load(&r).unwrap();
+    let results = run(&r, &inputs, |_, _| {});
+    assert_eq!(results.len(), 4);
+    let h = inputs.step_s as f64 / 3600.0;
+    let mut core_hours = Vec::new();
+    for (p, x) in &results {
+        let energy: f64 = x.steps.iter().map(|s| s.power_kw * h).sum();
+        let carbon: f64 = x.steps.iter().map(|s| s.power_kw * h * s.carbon_g_per_kwh / 1000.0).sum();
+        assert!((energy - x.energy_kwh).abs() < 1e-6 * energy.max(1.0), "{p:?}: energy {energy} vs {}", x.energy_kwh);
+        assert!((carbon - x.carbon_kg).abs() < 1e-6 * carbon.max(1.0), "{p:?}: carbon {carbon} vs {}", x.carbon_kg);
+        assert!((x.idle_kwh + x.dynamic_kwh - x.energy_kwh).abs() < 1e-6 * x.energy_kwh, "{p:?}");
+        assert_eq!(x.jobs_unfinished, 0, "{p:?}: the drain lets every job finish");
+        assert_eq!(x.jobs_completed, inputs.jobs.len(), "{p:?}");
+        core_hours.push(x.batch_core_hours);
+    }
+    // Same work done under every policy.
+    assert!(core_hours.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-6), "{core_hours:?}");
+    let s = summarize(&r, &inputs, &results);
+    let d = s.saved.vs_dedicated.as_ref().unwrap();
+    assert!(d.carbon_kg > 0.0 && d.energy_kwh > 0.0, "co-location saves against dedicated machines: {d:?}");
+    assert_eq!(s.policies["greenfill"].online_overload_steps, 0);
+}
+
+#[test]
+fn outputs_are_written() {
+    let r = Scenario::parse("t.toml", &scenario(r#"policies = ["dedicated", "greenfill"]"#), repo()).unwrap();
+    let inputs = load(&r).unwrap();
+    let results = run(&r, &inputs, |_, _| {});
+    let s = summarize(&r, &inputs, &results);
+    let dir = tempfile::tempdir().unwrap();
+    greenfill_sim::write_outputs(dir.path(), &s, &inputs, &results).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    for key in [
+        "energy_kwh",
+        "carbon_kg",
+        "node_hours",
+        "mean_cpu_util_powered",
+        "jobs_completed",
+        "jobs_late",
+        "jobs_unfinished",
+        "online_overload_steps",
+        "batch_core_hours",
+    ] {
+        assert!(summary["policies"]["greenfill"].get(key).is_some(), "{key}");
+    }
+    assert!(summary["saved"]["vs_dedicated"]["carbon_pct"].is_number());
+    let csv = std::fs::read_to_string(dir.path().join("timeseries.csv")).unwrap();
+    assert_eq!(csv.lines().count(), inputs.steps + 1);
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && !html.contains("http://") && !html.contains("https://"),
+        "charts inline, no network"
+    );
+}
+
+#[test]
+fn bad_scenarios_name_the_key_and_the_allowed_values() {
+    let cases = [
+        (r#"forecaster = "x""#, "unknown field `forecaster`"),
+        (
+            r#"forecast = "prophet""#,
+            r#"forecast = "prophet": allowed values are greenfill, seasonal_naive, koordinator_p95, perfect"#,
+        ),
+        (r#"policies = ["fifo"]"#, "\"fifo\" is not a policy; allowed values are dedicated, asap, coloc, greenfill"),
+        (r#"step = "5 minutes""#, "step = \"5 minutes\": not a duration"),
+        (r#"safety_margin = 1.5"#, "safety_margin = 1.5: must be between 0 and 0.99"),
+        (r#"slot = "7m""#, "slot = 420 s: must be a whole number of steps (300 s)"),
+    ];
+    for (extra, want) in cases {
+        let e = Scenario::parse("t.toml", &scenario(extra), repo()).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: got `{e}`, want `{want}`");
+    }
+    let no_carbon = scenario("").replace("file = \"data/carbon/CISO_2022_hourly_ci.csv\"", "");
+    let e = Scenario::parse("t.toml", &no_carbon, repo()).unwrap_err().to_string();
+    assert!(e.contains("carbon: give exactly one of file or constant"), "{e}");
+    let bad_file = scenario("").replace("derived_rnd_2013-7_500vm_sum_5min.csv", "nope.csv");
+    let r = Scenario::parse("t.toml", &bad_file, repo()).unwrap();
+    let e = load(&r).unwrap_err().to_string();
+    assert!(e.contains("nope.csv") && e.contains("cannot read"), "{e}");
+}
