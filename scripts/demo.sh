@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs greenfill's main job on the bundled open data.
+# Sets up, builds and runs greenfill's main job: a what-if simulation on the
+# bundled open data (an under-used online fleet, a week of real batch arrivals,
+# California's 2022 grid). Prints the savings; writes out/underused-fleet/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -q -p greenfill
-exec target/release/greenfill data inspect data/carbon/CISO_2022_hourly_ci.csv
+exec target/release/greenfill sim run --scenario examples/underused-fleet.toml "$@"

@@ -1,0 +1,32 @@
+use assert_cmd::Command;
+
+#[test]
+fn the_bundled_scenario_runs_and_reports_savings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args(["sim", "run", "--scenario", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/underused-fleet.toml"), "--json", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in ["dedicated", "asap", "coloc", "greenfill"] {
+        assert!(v["policies"][p]["carbon_kg"].as_f64().unwrap() > 0.0, "{p}");
+        assert_eq!(v["policies"][p]["jobs_late"], 0, "{p}");
+    }
+    assert!(v["saved"]["vs_dedicated"]["carbon_kg"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["policies"]["greenfill"]["online_overload_steps"], 0);
+    assert!(dir.path().join("report.html").exists());
+}
+
+#[test]
+fn a_bad_scenario_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, "name = \"x\"\nstart = \"2022-01-01\"\nlength = \"1d\"\npolicy = \"asap\"\n").unwrap();
+    let out = Command::cargo_bin("greenfill").unwrap().args(["sim", "run", "--scenario", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("unknown field `policy`"), "{err}");
+}
