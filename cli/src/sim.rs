@@ -12,6 +12,26 @@ pub(crate) enum SimCommand {
     /// Run a what-if scenario: every policy on the same traces; writes summary.json,
     /// timeseries.csv and report.html to --out and prints the savings.
     Run(RunArgs),
+    /// What-if grid: run the scenario at every combination of --set values, in
+    /// parallel; one summary row per point (sweep.csv and sweep.json in --out).
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SweepArgs {
+    #[arg(long)]
+    scenario: PathBuf,
+    /// KEY=V1,V2,…: a dotted scenario key (`carbon.file`, `safety_margin`,
+    /// `batch.deadline_slack`, `cluster.pools.0.pue`; `pue` sets every pool's).
+    /// Repeat for more keys.
+    #[arg(long = "set", required = true)]
+    set: Vec<String>,
+    /// Output folder (default: out/<scenario file name>-sweep).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -30,7 +50,73 @@ pub(crate) struct RunArgs {
 pub(crate) fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Run(a) => run_one(&a),
+        SimCommand::Sweep(a) => run_sweep(&a),
     }
+}
+
+fn run_sweep(a: &SweepArgs) -> Result<()> {
+    let mut sets = Vec::new();
+    for s in &a.set {
+        let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: expected KEY=V1,V2,…"))?;
+        sets.push((k.trim().to_owned(), v.split(',').map(|x| x.trim().to_owned()).collect::<Vec<_>>()));
+    }
+    let text =
+        std::fs::read_to_string(&a.scenario).with_context(|| format!("{}: cannot read", a.scenario.display()))?;
+    let base = a.scenario.parent().unwrap_or(std::path::Path::new("."));
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let rows = greenfill_sim::sweep(&a.scenario.display().to_string(), &text, base, &sets, threads)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("out").join(format!(
+            "{}-sweep",
+            a.scenario.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned())
+        ))
+    });
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
+    let mut w = csv::Writer::from_path(out.join("sweep.csv"))?;
+    let keys: Vec<String> = sets.iter().map(|(k, _)| k.clone()).collect();
+    let policies: Vec<String> = rows.first().map(|r| r.policies.keys().cloned().collect()).unwrap_or_default();
+    let fields = ["energy_kwh", "carbon_kg", "mean_cpu_util_powered", "jobs_late", "online_overload_steps"];
+    let mut header = keys.clone();
+    for p in &policies {
+        header.extend(fields.iter().map(|f| format!("{p}_{f}")));
+    }
+    header.extend([
+        "saved_vs_dedicated_carbon_pct".to_owned(),
+        "saved_vs_asap_carbon_pct".to_owned(),
+        "saved_vs_coloc_carbon_pct".to_owned(),
+    ]);
+    w.write_record(&header)?;
+    for r in &rows {
+        let mut rec: Vec<String> = keys.iter().map(|k| r.point.get(k).cloned().unwrap_or_default()).collect();
+        for p in &policies {
+            rec.extend(fields.iter().map(|f| r.policies[p].get(f).map_or_else(String::new, |v| format!("{v:.4}"))));
+        }
+        for s in [&r.saved.vs_dedicated, &r.saved.vs_asap, &r.saved.vs_coloc] {
+            rec.push(s.as_ref().map_or_else(String::new, |x| format!("{:.3}", x.carbon_pct)));
+        }
+        w.write_record(&rec)?;
+    }
+    w.flush()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            let point: Vec<String> = r.point.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let pct = |s: &Option<greenfill_sim::Savings>| {
+                s.as_ref().map_or_else(|| "—".to_owned(), |x| format!("{:+.1} %", x.carbon_pct))
+            };
+            println!(
+                "{:<60} carbon saved by greenfill: vs dedicated {}, vs asap {}, vs coloc {}",
+                point.join(" "),
+                pct(&r.saved.vs_dedicated),
+                pct(&r.saved.vs_asap),
+                pct(&r.saved.vs_coloc)
+            );
+        }
+        println!("wrote {}/sweep.csv and sweep.json", out.display());
+    }
+    Ok(())
 }
 
 fn run_one(a: &RunArgs) -> Result<()> {

@@ -5,7 +5,14 @@ fn the_bundled_scenario_runs_and_reports_savings() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::cargo_bin("greenfill")
         .unwrap()
-        .args(["sim", "run", "--scenario", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/underused-fleet.toml"), "--json", "--out"])
+        .args([
+            "sim",
+            "run",
+            "--scenario",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/underused-fleet.toml"),
+            "--json",
+            "--out",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -25,7 +32,11 @@ fn a_bad_scenario_fails_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.toml");
     std::fs::write(&path, "name = \"x\"\nstart = \"2022-01-01\"\nlength = \"1d\"\npolicy = \"asap\"\n").unwrap();
-    let out = Command::cargo_bin("greenfill").unwrap().args(["sim", "run", "--scenario", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args(["sim", "run", "--scenario", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("unknown field `policy`"), "{err}");

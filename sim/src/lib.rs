@@ -10,11 +10,13 @@ mod engine;
 mod inputs;
 mod report;
 mod scenario;
+mod sweep;
 
 pub use engine::{Policy, PolicyResult, StepRow};
 pub use inputs::{Inputs, SimJob, load};
 pub use report::{Saved, Savings, Summary, summarize, write_outputs};
 pub use scenario::{FORECASTS, POLICIES, Resolved, Scenario, ScenarioError};
+pub use sweep::{SweepRow, sweep};
 
 /// Run every policy the scenario names; `progress(policy, share done)`.
 pub fn run(r: &Resolved, inputs: &Inputs, mut progress: impl FnMut(&str, f64)) -> Vec<(Policy, PolicyResult)> {
