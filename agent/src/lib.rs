@@ -1,0 +1,13 @@
+//! greenfill's node agent. Today: telemetry — node CPU and memory from `/proc`,
+//! pressure (PSI), cgroup v1/v2 detection and per-cgroup statistics, CPU power from
+//! RAPL (each zone unwrapped with its own range) or from a power model where no
+//! sensor exists. Every figure says its source.
+//!
+//! Architecture invariant: every filesystem root (`/proc`, `/sys/fs/cgroup`,
+//! `/sys/class/powercap`) is a parameter ([`Roots`]), so a DaemonSet points them at
+//! host mounts and tests at fixture trees. Parsers are pure `&str → Option<T>`
+//! functions; a missing or garbled file makes a field `None`, never a panic.
+
+pub mod telemetry;
+
+pub use telemetry::{Roots, Sample, Sampler};

@@ -1,0 +1,111 @@
+//! One sample of a node.
+
+mod cgroup;
+mod power;
+mod proc;
+mod psi;
+mod rapl;
+
+pub use cgroup::{CgroupLayout, CgroupStats, CgroupVersion, cgroup_stats, detect};
+pub use power::{LinearPowerModel, PowerReading, PowerSource};
+pub use proc::{CpuTicks, cpu_ticks, meminfo};
+pub use psi::{Pressure, parse_pressure};
+pub use rapl::{Rapl, RaplZone, unwrap_delta};
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where the host's pseudo-filesystems are mounted.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub proc: PathBuf,
+    pub cgroup: PathBuf,
+    pub powercap: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Roots { proc: "/proc".into(), cgroup: "/sys/fs/cgroup".into(), powercap: "/sys/class/powercap".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSample {
+    pub cpus: Option<usize>,
+    /// Cores busy over the interval (busy ticks / all ticks × CPUs).
+    pub cpu_cores_used: Option<f64>,
+    pub memory_total_bytes: Option<u64>,
+    /// `MemTotal − MemAvailable`.
+    pub memory_used_bytes: Option<u64>,
+    pub load: Option<[f64; 3]>,
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub interval_s: Option<f64>,
+    pub node: NodeSample,
+    pub cgroup: CgroupLayout,
+    pub power: Vec<PowerReading>,
+    /// GPUs seen through NVML. Always `None` today: NVML is not wired in yet, so
+    /// GPUs are reported as not available rather than as zero.
+    pub gpus: Option<usize>,
+}
+
+/// Keeps the previous counters so each sample reports rates over its interval.
+#[derive(Debug)]
+pub struct Sampler {
+    roots: Roots,
+    model: LinearPowerModel,
+    prev_ticks: Option<CpuTicks>,
+    prev_time: Option<Instant>,
+    rapl: Rapl,
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+impl Sampler {
+    pub fn new(roots: Roots, model: LinearPowerModel) -> Sampler {
+        let rapl = Rapl::discover(&roots.powercap);
+        Sampler { roots, model, prev_ticks: None, prev_time: None, rapl }
+    }
+
+    /// Read everything once. Rates (CPU, RAPL power) need a previous sample: the
+    /// first call reports them as missing.
+    pub fn sample(&mut self) -> Sample {
+        let now = Instant::now();
+        let interval = self.prev_time.map(|t| now.duration_since(t).as_secs_f64());
+        let p = &self.roots.proc;
+        let ticks = read(&p.join("stat")).and_then(|s| cpu_ticks(&s));
+        let cpu_cores_used = match (&self.prev_ticks, &ticks) {
+            (Some(a), Some(b)) => b.cores_used_since(a),
+            _ => None,
+        };
+        let (total, avail) =
+            read(&p.join("meminfo")).and_then(|s| meminfo(&s)).map_or((None, None), |(t, a)| (Some(t), a));
+        let node = NodeSample {
+            cpus: ticks.as_ref().map(|t| t.cpus),
+            cpu_cores_used,
+            memory_total_bytes: total,
+            memory_used_bytes: total.zip(avail).map(|(t, a)| t.saturating_sub(a)),
+            load: read(&p.join("loadavg")).and_then(|s| proc::loadavg(&s)),
+            cpu_pressure: read(&p.join("pressure/cpu")).and_then(|s| parse_pressure(&s)),
+            memory_pressure: read(&p.join("pressure/memory")).and_then(|s| parse_pressure(&s)),
+            io_pressure: read(&p.join("pressure/io")).and_then(|s| parse_pressure(&s)),
+        };
+        let mut power = self.rapl.read(interval);
+        if power.is_empty()
+            && let (Some(used), Some(cpus)) = (cpu_cores_used, node.cpus)
+        {
+            power.push(self.model.reading(used, cpus));
+        }
+        self.prev_ticks = ticks;
+        self.prev_time = Some(now);
+        Sample { interval_s: interval, node, cgroup: detect(&self.roots.cgroup), power, gpus: None }
+    }
+}
