@@ -68,7 +68,7 @@ pub struct CgroupStats {
 }
 
 /// The value of `key` in a flat-keyed file (`key value` per line).
-pub(crate) fn keyed(text: &str, key: &str) -> Option<u64> {
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let mut it = l.split_whitespace();
         (it.next() == Some(key)).then(|| it.next()?.parse().ok()).flatten()

@@ -6,7 +6,7 @@ mod proc;
 mod psi;
 mod rapl;
 
-pub use cgroup::{CgroupLayout, CgroupStats, CgroupVersion, cgroup_stats, detect};
+pub use cgroup::{CgroupLayout, CgroupStats, CgroupVersion, cgroup_stats, detect, keyed as keyed_value};
 pub use power::{LinearPowerModel, PowerReading, PowerSource};
 pub use proc::{CpuTicks, cpu_ticks, meminfo};
 pub use psi::{Pressure, parse_pressure};

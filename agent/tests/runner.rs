@@ -1,0 +1,115 @@
+//! Jobs in real cgroups on this machine. They need root (to create cgroups and
+//! switch uid) and skip with a printed reason otherwise.
+
+use greenfill_agent::runner::{JobSpec, NOBODY, Runner};
+use std::path::Path;
+use std::time::Duration;
+
+fn root_or_skip() -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().next().unwrap_or("").to_owned()))
+    });
+    if uid.as_deref() == Some("0") {
+        true
+    } else {
+        eprintln!("skipped: needs root to create cgroups and run jobs as another uid");
+        false
+    }
+}
+
+fn spec(id: &str, argv: &[&str], shell: bool, cores: f64, mem: u64, logs: &Path) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        shell,
+        env: vec![],
+        cwd: None,
+        cpu_cores: cores,
+        memory_bytes: mem,
+        uid: None,
+        gid: None,
+        log_dir: logs.to_owned(),
+        log_cap_bytes: 1000,
+    }
+}
+
+fn runner(test: &str) -> Runner {
+    Runner::new(format!("greenfill-test/{test}-{}", std::process::id()), Path::new("/sys/fs/cgroup"))
+}
+
+#[test]
+fn a_cpu_bound_job_limited_to_half_a_core_uses_half_a_core() {
+    if !root_or_skip() {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let r = runner("cpu");
+    let job = r.start(&spec("spin", &["while :; do :; done"], true, 0.5, 64 << 20, logs.path())).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let c0 = r.cpu_seconds(&job).unwrap();
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let c1 = r.cpu_seconds(&job).unwrap();
+    let used = (c1 - c0) / t0.elapsed().as_secs_f64();
+    let exit = r.kill(job);
+    eprintln!("limited to 0.5 CPU, measured {used:.3} cores from the cgroup's counters");
+    assert!((0.4..=0.6).contains(&used), "{used}");
+    assert_eq!(exit.signal, Some(9));
+    assert!(!exit.oom_killed);
+}
+
+#[test]
+fn a_job_over_its_memory_limit_is_reported_oom_killed() {
+    if !root_or_skip() {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let r = runner("oom");
+    // dd allocates one 256 MiB block; the limit is 32 MiB.
+    let job = r
+        .start(&spec(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+            false,
+            1.0,
+            32 << 20,
+            logs.path(),
+        ))
+        .unwrap();
+    let exit = r.wait(job);
+    eprintln!("{exit:?}");
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.signal, Some(9));
+}
+
+#[test]
+fn exit_codes_uid_and_capped_logs() {
+    if !root_or_skip() {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let r = runner("exit");
+    let exit = r.wait(r.start(&spec("three", &["exit 3"], true, 1.0, 64 << 20, logs.path())).unwrap());
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (Some(3), None, false));
+    let exit = r.wait(r.start(&spec("who", &["id", "-u"], false, 1.0, 64 << 20, logs.path())).unwrap());
+    assert_eq!(exit.code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(logs.path().join("who.out")).unwrap().trim(),
+        NOBODY.to_string(),
+        "never root by default"
+    );
+    // `yes` writes forever: its log stops at the cap and the job never blocks.
+    let chatty = r.start(&spec("chatty", &["yes"], false, 1.0, 64 << 20, logs.path())).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(r.kill(chatty).signal, Some(9));
+    assert_eq!(std::fs::metadata(logs.path().join("chatty.out")).unwrap().len(), 1000, "stdout is capped");
+    let exit = r.wait(
+        r.start(&spec("finite", &["head", "-c", "100000", "/dev/zero"], false, 1.0, 64 << 20, logs.path())).unwrap(),
+    );
+    assert_eq!(exit.code, Some(0));
+    assert_eq!(std::fs::metadata(logs.path().join("finite.out")).unwrap().len(), 1000);
+    let err = r.start(&spec("bad", &["/no/such/program"], false, 1.0, 64 << 20, logs.path())).unwrap_err().to_string();
+    assert!(err.contains("cannot start `/no/such/program`"), "{err}");
+    let err = r.start(&spec("../escape", &["true"], false, 1.0, 64 << 20, logs.path())).unwrap_err().to_string();
+    assert!(err.contains("id = \"../escape\""), "{err}");
+}
