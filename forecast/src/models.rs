@@ -268,6 +268,10 @@ mod tests {
     fn bad_arguments_are_errors() {
         let g = Greenfill::default();
         assert_eq!(g.forecast(&[f64::NAN; 5], 288, 1, 0.95), Err(ForecastError::NoData));
+        // Found by the property test: an empty history once gave a NaN forecast.
+        for m in models() {
+            assert_eq!(m.forecast(&[], 2, 1, 0.5), Err(ForecastError::NoData), "{}", m.name());
+        }
         assert_eq!(g.forecast(&[1.0], 1, 1, 0.95), Err(ForecastError::Season(1)));
         assert_eq!(g.forecast(&[1.0], 288, 0, 0.95), Err(ForecastError::Horizon));
         assert_eq!(g.forecast(&[1.0], 288, 1, 1.0), Err(ForecastError::Quantile(1.0)));

@@ -1,10 +1,11 @@
 //! Small numeric helpers.
 
 /// Fill non-finite values by linear interpolation (nearest finite value at the
-/// ends), the same rule as the trace readers. False when there is no finite value.
+/// ends), the same rule as the trace readers. False when there is no finite value
+/// (an empty history included).
 pub(crate) fn fill_gaps(v: &mut [f64]) -> bool {
     greenfill_core::fill_gaps(v);
-    v.iter().all(|x| x.is_finite())
+    !v.is_empty() && v.iter().all(|x| x.is_finite())
 }
 
 /// The `q` quantile of `v` (nearest rank, at least the ⌈q·n⌉-th smallest), which
@@ -44,5 +45,6 @@ mod tests {
         assert!(fill_gaps(&mut v));
         assert_eq!(v, [2.0, 2.0, 3.0, 4.0, 4.0]);
         assert!(!fill_gaps(&mut [f64::NAN]));
+        assert!(!fill_gaps(&mut []), "an empty history has no data");
     }
 }
