@@ -39,6 +39,10 @@ enum Command {
         idle_w_per_cpu: f64,
         #[arg(long, default_value_t = 3.5)]
         max_w_per_cpu: f64,
+        /// Also read every child cgroup of this parent (relative to the cgroup
+        /// root, e.g. kubepods.slice) and report their totals.
+        #[arg(long)]
+        watch: Option<PathBuf>,
     },
 }
 
@@ -65,9 +69,13 @@ fn main() -> Result<()> {
             powercap_root,
             idle_w_per_cpu,
             max_w_per_cpu,
+            watch,
         } => {
             let roots = Roots { proc: proc_root, cgroup: cgroup_root, powercap: powercap_root };
             let mut sampler = Sampler::new(roots, LinearPowerModel { idle_w_per_cpu, max_w_per_cpu });
+            if let Some(w) = watch {
+                sampler.watch(w);
+            }
             sampler.sample();
             loop {
                 std::thread::sleep(interval);

@@ -288,4 +288,22 @@ impl Runner {
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
     }
+
+    /// Remove the batch root's own cgroups (and empty parents up to the hierarchy
+    /// root) in every hierarchy; cgroups still holding jobs are left alone.
+    pub fn remove_root(&self) {
+        let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
+        for base in bases.into_iter().flatten() {
+            let mut dir = self.root.clone();
+            loop {
+                if std::fs::remove_dir(base.join(&dir)).is_err() {
+                    break;
+                }
+                match dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => dir = p.to_owned(),
+                    _ => break,
+                }
+            }
+        }
+    }
 }

@@ -211,3 +211,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn watched_workload_cgroups_are_summed_per_class() {
+    let d = tempfile::tempdir().unwrap();
+    let cg = d.path().join("cg");
+    write(&cg, "cgroup.controllers", "cpu memory\n");
+    for (i, usec) in [(0, 1_000_000u64), (1, 3_000_000)] {
+        write(&cg, &format!("kubepods.slice/pod{i}/cpu.stat"), &format!("usage_usec {usec}\n"));
+        write(&cg, &format!("kubepods.slice/pod{i}/memory.current"), "1048576\n");
+    }
+    fs::create_dir_all(cg.join("kubepods.slice/pod2")).unwrap();
+    let roots = Roots { proc: d.path().join("proc"), cgroup: cg.clone(), powercap: d.path().join("none") };
+    let mut s = Sampler::new(roots, LinearPowerModel::default());
+    s.watch("kubepods.slice");
+    let first = s.sample();
+    assert_eq!((first.workloads.cgroups, first.workloads.readable), (3, 2), "pod2 has no counters: missing, not zero");
+    assert_eq!(first.workloads.memory_bytes, 2 << 20);
+    assert_eq!(first.workloads.cpu_cores, None, "no interval yet");
+    write(&cg, "kubepods.slice/pod0/cpu.stat", "usage_usec 2000000\n");
+    let second = s.sample();
+    let cores = second.workloads.cpu_cores.unwrap();
+    assert!(cores > 0.0, "1 s of CPU over a short interval: {cores}");
+}

@@ -56,6 +56,7 @@ fn a_cpu_bound_job_limited_to_half_a_core_uses_half_a_core() {
     assert!((0.4..=0.6).contains(&used), "{used}");
     assert_eq!(exit.signal, Some(9));
     assert!(!exit.oom_killed);
+    r.remove_root();
 }
 
 #[test]
@@ -80,6 +81,7 @@ fn a_job_over_its_memory_limit_is_reported_oom_killed() {
     eprintln!("{exit:?}");
     assert!(exit.oom_killed, "{exit:?}");
     assert_eq!(exit.signal, Some(9));
+    r.remove_root();
 }
 
 #[test]
@@ -112,4 +114,7 @@ fn exit_codes_uid_and_capped_logs() {
     assert!(err.contains("cannot start `/no/such/program`"), "{err}");
     let err = r.start(&spec("../escape", &["true"], false, 1.0, 64 << 20, logs.path())).unwrap_err().to_string();
     assert!(err.contains("id = \"../escape\""), "{err}");
+    r.remove_root();
+    let left = Path::new("/sys/fs/cgroup/cpu/greenfill-test").join(format!("exit-{}", std::process::id()));
+    assert!(!left.exists(), "{} is left behind", left.display());
 }

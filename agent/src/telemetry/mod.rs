@@ -44,12 +44,26 @@ pub struct NodeSample {
     pub io_pressure: Option<Pressure>,
 }
 
+/// Totals over the watched workload cgroups (per class, never per process:
+/// cardinality is what Kepler's users complain about).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WorkloadSample {
+    pub cgroups: usize,
+    /// Cgroups whose CPU counter could be read.
+    pub readable: usize,
+    /// Cores used over the interval, summed.
+    pub cpu_cores: Option<f64>,
+    pub memory_bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub interval_s: Option<f64>,
     pub node: NodeSample,
     pub cgroup: CgroupLayout,
     pub power: Vec<PowerReading>,
+    /// The watched cgroups (see [`Sampler::watch`]).
+    pub workloads: WorkloadSample,
     /// GPUs seen through NVML. Always `None` today: NVML is not wired in yet, so
     /// GPUs are reported as not available rather than as zero.
     pub gpus: Option<usize>,
@@ -63,6 +77,10 @@ pub struct Sampler {
     prev_ticks: Option<CpuTicks>,
     prev_time: Option<Instant>,
     rapl: Rapl,
+    layout: CgroupLayout,
+    /// Parent (relative to each hierarchy) whose child cgroups are workloads.
+    watch: Option<PathBuf>,
+    prev_cpu_ns: u64,
 }
 
 fn read(path: &Path) -> Option<String> {
@@ -72,7 +90,43 @@ fn read(path: &Path) -> Option<String> {
 impl Sampler {
     pub fn new(roots: Roots, model: LinearPowerModel) -> Sampler {
         let rapl = Rapl::discover(&roots.powercap);
-        Sampler { roots, model, prev_ticks: None, prev_time: None, rapl }
+        let layout = detect(&roots.cgroup);
+        Sampler { roots, model, prev_ticks: None, prev_time: None, rapl, layout, watch: None, prev_cpu_ns: 0 }
+    }
+
+    /// Also read every child cgroup of `parent` (e.g. `kubepods.slice`) each sample.
+    pub fn watch(&mut self, parent: impl Into<PathBuf>) {
+        self.watch = Some(parent.into());
+    }
+
+    fn workloads(&mut self, interval: Option<f64>) -> WorkloadSample {
+        let Some(parent) = &self.watch else { return WorkloadSample::default() };
+        // Children are listed in whichever hierarchy holds CPU accounting.
+        let list_in = self.layout.v1_cpuacct.clone().or_else(|| self.layout.v2.clone()).map(|r| r.join(parent));
+        let children: Vec<PathBuf> = list_in
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .map(|it| {
+                it.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| parent.join(e.file_name())).collect()
+            })
+            .unwrap_or_default();
+        let mut w = WorkloadSample { cgroups: children.len(), ..WorkloadSample::default() };
+        let mut cpu_ns = 0u64;
+        for c in &children {
+            let s = cgroup_stats(&self.layout, c);
+            if let Some(ns) = s.cpu_usage_ns {
+                w.readable += 1;
+                cpu_ns = cpu_ns.saturating_add(ns);
+            }
+            w.memory_bytes = w.memory_bytes.saturating_add(s.memory_bytes.unwrap_or(0));
+        }
+        #[allow(clippy::cast_precision_loss, reason = "ns deltas over a second fit an f64")]
+        if let Some(dt) = interval.filter(|d| *d > 0.0)
+            && cpu_ns >= self.prev_cpu_ns
+        {
+            w.cpu_cores = Some((cpu_ns - self.prev_cpu_ns) as f64 / 1e9 / dt);
+        }
+        self.prev_cpu_ns = cpu_ns;
+        w
     }
 
     /// Read everything once. Rates (CPU, RAPL power) need a previous sample: the
@@ -106,6 +160,7 @@ impl Sampler {
         }
         self.prev_ticks = ticks;
         self.prev_time = Some(now);
-        Sample { interval_s: interval, node, cgroup: detect(&self.roots.cgroup), power, gpus: None }
+        let workloads = self.workloads(interval);
+        Sample { interval_s: interval, node, cgroup: self.layout.clone(), power, workloads, gpus: None }
     }
 }
