@@ -4,7 +4,7 @@
 use greenfill_core::cluster::{Pool, PowerModel};
 use greenfill_scheduler::synthetic::{Spec, generate};
 use greenfill_scheduler::{
-    Placement, PlanJob, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify,
+    Placement, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify,
 };
 use proptest::prelude::*;
 use std::time::Duration;
@@ -230,4 +230,47 @@ fn validation_names_the_field_and_value() {
     let mut p = base;
     p.options.cpu_margin = 1.0;
     assert!(p.validate().unwrap_err().to_string().contains("cpu_margin"));
+}
+
+/// Flat carbon and ample room: every start costs the same, so a job starts at its
+/// release. (Window sums from prefix differences once broke this tie by rounding
+/// noise and delayed a job by 15 min "for a cleaner window".)
+#[test]
+fn equal_costs_start_at_release() {
+    for slots in [12usize, 96, 288] {
+        let pool = Pool {
+            name: "d".into(),
+            nodes: 1,
+            cores: 2.0,
+            memory_gib: 8.0,
+            power: PowerModel::Linear { idle_w: 100.0, max_w: 300.0 },
+            pue: 1.2,
+            always_on: true,
+        };
+        let p = Problem {
+            start: 0,
+            slot_s: 300,
+            slots,
+            pools: vec![PoolInput { pool, online_cpu: vec![0.1; slots], online_mem: vec![1.0; slots] }],
+            carbon: vec![400.0; slots],
+            jobs: (0..3)
+                .map(|i| PlanJob {
+                    id: format!("j{i}"),
+                    cores: 0.5,
+                    mem_gib: 0.06,
+                    release: i,
+                    deadline: None,
+                    duration: 1,
+                    pausable: false,
+                    pool: None,
+                    priority: 0,
+                })
+                .collect(),
+            options: PlanOptions::default(),
+        };
+        let plan = p.plan();
+        for (i, place) in plan.placements.iter().enumerate() {
+            assert_eq!(place.start(), Some(i), "{slots} slots, job {i}: {place:?}");
+        }
+    }
 }

@@ -390,7 +390,11 @@ fn candidates(st: &State<'_>, job: usize, j: &PlanJob, lo: usize, hi: usize, str
             (prefix[b] - prefix[a] + missing, s)
         })
         .collect();
-    starts.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    // Window sums come from prefix differences, which carry rounding noise; equal
+    // costs must tie (and go to the earlier start), so compare them quantised.
+    let scale = starts.iter().map(|x| x.0.abs()).fold(0.0, f64::max).max(1.0) * 1e-9;
+    #[allow(clippy::cast_possible_truncation, reason = "a sort key; costs / scale stay far inside i64")]
+    starts.sort_by_key(|x| ((x.0 / scale).round() as i64, x.1));
     let mut out: Vec<Cand> = Vec::with_capacity(starts.len() + 1);
     if j.pausable && d > 1 {
         // The `d` cheapest slots of the whole window, in time order.
