@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use greenfill_agent::guard::GuardConfig;
 use greenfill_agent::telemetry::LinearPowerModel;
-use greenfill_agent::{Roots, Sampler};
+use greenfill_agent::{Roots, Sampler, daemon};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node daemon: connect to the scheduler, run its jobs in cgroups,
+    /// send telemetry, and guard online services locally (also while the
+    /// scheduler is away).
+    Run(Box<RunArgs>),
     /// Print telemetry samples of this machine: node CPU and memory, pressure, the
     /// cgroup version(s) found, and power with its source (rapl or model).
     Sample {
@@ -46,6 +51,121 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The scheduler, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "GREENFILL_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// Agent bearer token (not a user token).
+    #[arg(long, env = "GREENFILL_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// This node's name (in Kubernetes: the downward API's spec.nodeName).
+    #[arg(long, env = "GREENFILL_NODE_NAME")]
+    node_name: Option<String>,
+    #[arg(long, env = "GREENFILL_POOL", default_value = "default")]
+    pool: String,
+    #[arg(long, env = "GREENFILL_ZONE", default_value = "")]
+    zone: String,
+    /// Sequence numbers, unacknowledged events, running jobs and job logs.
+    #[arg(long, env = "GREENFILL_STATE_DIR", default_value = "/var/lib/greenfill-agent")]
+    state_dir: PathBuf,
+    /// greenfill's batch cgroup, relative to each hierarchy.
+    #[arg(long, default_value = "greenfill/batch")]
+    batch_root: PathBuf,
+    #[arg(long, default_value = "1s", value_parser = interval)]
+    interval: Duration,
+    #[arg(long, default_value = "/proc", env = "GREENFILL_PROC_ROOT")]
+    proc_root: PathBuf,
+    #[arg(long, default_value = "/sys/fs/cgroup", env = "GREENFILL_CGROUP_ROOT")]
+    cgroup_root: PathBuf,
+    #[arg(long, default_value = "/sys/class/powercap", env = "GREENFILL_POWERCAP_ROOT")]
+    powercap_root: PathBuf,
+    #[arg(long, default_value_t = 0.74)]
+    idle_w_per_cpu: f64,
+    #[arg(long, default_value_t = 3.5)]
+    max_w_per_cpu: f64,
+    /// Each job's stdout and stderr are kept up to this many bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    log_cap_bytes: u64,
+    /// Share of the node's CPUs online and batch may use together (Koordinator's 65 %).
+    #[arg(long, default_value_t = 0.65)]
+    cpu_threshold: f64,
+    /// Online cgroups whose CPU pressure is watched (repeatable).
+    #[arg(long = "online-cgroup")]
+    online_cgroups: Vec<PathBuf>,
+    /// CPU pressure (PSI some avg10, %) of online cgroups that halves the batch cap.
+    #[arg(long, default_value_t = 20.0)]
+    psi_threshold: f64,
+    /// Memory share above which batch jobs are evicted, and the share to evict down to.
+    #[arg(long, default_value_t = 0.90)]
+    memory_high: f64,
+    #[arg(long, default_value_t = 0.80)]
+    memory_low: f64,
+    /// Prometheus /metrics address, e.g. 0.0.0.0:9471.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned())
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if a.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if !(a.cpu_threshold > 0.0 && a.cpu_threshold <= 1.0) {
+        anyhow::bail!("--cpu-threshold {}: need 0 < threshold <= 1", a.cpu_threshold);
+    }
+    if !(a.memory_low > 0.0 && a.memory_low < a.memory_high && a.memory_high <= 1.0) {
+        anyhow::bail!("--memory-low {} / --memory-high {}: need 0 < low < high <= 1", a.memory_low, a.memory_high);
+    }
+    let mut guard = GuardConfig {
+        threshold: a.cpu_threshold,
+        psi_threshold: a.psi_threshold,
+        memory_high: a.memory_high,
+        memory_low: a.memory_low,
+        ..GuardConfig::default()
+    };
+    if !a.online_cgroups.is_empty() {
+        guard.online_cgroups = a.online_cgroups;
+    }
+    let cfg = daemon::Config {
+        server: a.server,
+        token: a.token,
+        node_name: a.node_name.unwrap_or_else(hostname),
+        pool: a.pool,
+        zone: a.zone,
+        state_dir: a.state_dir,
+        batch_root: a.batch_root,
+        roots: Roots { proc: a.proc_root, cgroup: a.cgroup_root, powercap: a.powercap_root },
+        interval: a.interval,
+        model: LinearPowerModel { idle_w_per_cpu: a.idle_w_per_cpu, max_w_per_cpu: a.max_w_per_cpu },
+        log_cap_bytes: a.log_cap_bytes,
+        guard,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        if let Some(addr) = a.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+        }
+        let agent = daemon::Agent::new(cfg)?;
+        tokio::select! {
+            r = agent.run() => r,
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; jobs keep running and are handled at the next start"); Ok(()) }
+        }
+    })
+}
+
 fn interval(s: &str) -> Result<Duration, String> {
     let secs = s
         .strip_suffix("ms")
@@ -60,6 +180,7 @@ fn interval(s: &str) -> Result<Duration, String> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(a) => run(*a),
         Command::Sample {
             once,
             interval,

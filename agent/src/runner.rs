@@ -285,6 +285,39 @@ impl Runner {
         }
     }
 
+    /// Send `sig` to every process in the job cgroup `rel` (relative to each
+    /// hierarchy); returns how many were signalled. Works for jobs this process
+    /// did not start (a previous agent run's).
+    pub fn signal_cgroup(&self, rel: &Path, sig: nix::sys::signal::Signal) -> usize {
+        let mut pids: Vec<i32> = Vec::new();
+        let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
+        for base in bases.into_iter().flatten() {
+            if let Ok(t) = std::fs::read_to_string(base.join(rel).join("cgroup.procs")) {
+                pids.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids.iter().filter(|p| **p > 1 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(**p), sig).is_ok()).count()
+    }
+
+    /// SIGKILL everything in the job cgroup `rel`, wait briefly for it to empty,
+    /// and remove it. Returns how many processes were killed.
+    pub fn kill_cgroup(&self, rel: &Path) -> usize {
+        let n = self.signal_cgroup(rel, nix::sys::signal::Signal::SIGKILL);
+        let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
+        for _ in 0..50 {
+            if self.signal_cgroup(rel, nix::sys::signal::Signal::SIGKILL) == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for base in bases.into_iter().flatten() {
+            let _ = std::fs::remove_dir(base.join(rel));
+        }
+        n
+    }
+
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
     }

@@ -4,6 +4,7 @@
 //! stderr with the file, line and field that caused them, and exit with code 1
 //! (2 for usage errors, from clap).
 
+mod client;
 mod data;
 mod forecast;
 mod plan;
@@ -15,6 +16,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "greenfill", version, about = "Co-locate batch work into online fleets' valleys, timed by carbon", long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,16 +33,65 @@ enum Command {
     /// What-if simulations: kWh and CO2 of co-location and carbon-aware timing.
     #[command(subcommand)]
     Sim(sim::SimCommand),
-    /// Plan batch jobs onto a cluster from files: where and when each runs, how many
-    /// nodes stay powered, energy and carbon.
+    /// Plan batch jobs onto a cluster from files (--cluster, --jobs): where and when
+    /// each runs, how many nodes stay powered, energy and carbon. Without --cluster:
+    /// show the scheduler's current plan.
     Plan(plan::PlanArgs),
+    /// Submit a batch job to the scheduler; prints its id.
+    Submit(client::SubmitArgs),
+    /// List jobs (table, or --json).
+    Jobs(client::JobsArgs),
+    /// One job, whole.
+    Job {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job (a running one is stopped on its node).
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Follow job state changes as they happen.
+    Watch {
+        /// Only these jobs (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Replay changes after this revision first.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a job is where it is: planned start, the constraint holding it, carbon.
+    Explain {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes the scheduler knows, with their latest telemetry.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
-        Command::Plan(args) => plan::run(&args),
+        Command::Plan(args) => match args.live() {
+            Some((jobs, json)) => client::live_plan(&cli.conn, jobs, json),
+            None => plan::run(&args),
+        },
+        Command::Submit(args) => client::submit(&cli.conn, &args),
+        Command::Jobs(args) => client::jobs(&cli.conn, &args),
+        Command::Job { id, json } => client::job(&cli.conn, &id, json),
+        Command::Cancel { id, reason } => client::cancel(&cli.conn, &id, &reason),
+        Command::Watch { ids, since, json } => client::watch(&cli.conn, ids, since, json),
+        Command::Explain { id, json } => client::explain(&cli.conn, &id, json),
+        Command::Nodes { json } => client::nodes(&cli.conn, json),
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
     };

@@ -14,13 +14,17 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct PlanArgs {
-    /// Cluster TOML: pools (nodes, cores, memory_gib, power, pue, always_on) and margins.
-    #[arg(long)]
-    cluster: PathBuf,
+    /// Cluster TOML: pools (nodes, cores, memory_gib, power, pue, always_on) and
+    /// margins. Without it, the scheduler's current plan is shown.
+    #[arg(long, requires = "jobs")]
+    cluster: Option<PathBuf>,
     /// Batch jobs: greenfill CSV (arrival,duration,cpus[,memory][,deadline][,pausable][,id]),
     /// GAIA or Alibaba 2017.
-    #[arg(long)]
-    jobs: PathBuf,
+    #[arg(long, requires = "cluster")]
+    jobs: Option<PathBuf>,
+    /// With the scheduler's plan: include a row per job.
+    #[arg(long, conflicts_with = "cluster")]
+    include_jobs: bool,
     /// Carbon-intensity forecast CSV (gCO2/kWh); see `greenfill data inspect`.
     #[arg(long)]
     carbon: Option<PathBuf>,
@@ -102,14 +106,24 @@ enum PlacementOut {
     Wait { reason: WaitReason },
 }
 
+impl PlanArgs {
+    /// `Some((include_jobs, json))` when this asks for the scheduler's live plan.
+    pub(crate) fn live(&self) -> Option<(bool, bool)> {
+        self.cluster.is_none().then_some((self.include_jobs, self.json))
+    }
+}
+
 pub(crate) fn run(args: &PlanArgs) -> Result<()> {
-    let cluster = ClusterConfig::load(&args.cluster)?;
+    let (Some(cluster), Some(jobs)) = (&args.cluster, &args.jobs) else {
+        bail!("--cluster and --jobs are both needed")
+    };
+    let cluster = ClusterConfig::load(cluster)?;
     let slot_s = args.slot;
     let slots = usize::try_from(args.horizon / slot_s).unwrap_or(0);
     if slots == 0 {
         bail!("--horizon {} s is shorter than one --slot of {slot_s} s", args.horizon);
     }
-    let trace = load_jobs(&args.jobs, JobFormat::Auto)?;
+    let trace = load_jobs(jobs, JobFormat::Auto)?;
     let carbon_series = match &args.carbon {
         Some(path) => Some(load_carbon(path, &CarbonOptions::default())?.series),
         None => None,
@@ -128,7 +142,7 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
     };
     let machine_gib = cluster.pools.iter().map(|p| p.memory_gib).fold(0.0, f64::max);
     let jobs = plan_jobs(&trace.jobs, start, slot_s, machine_gib, 2_000_000)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.jobs.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", jobs.display()))?;
     let mut pools: Vec<PoolInput> = cluster.pools.iter().cloned().map(PoolInput::new).collect();
     if let Some(path) = &args.online {
         let series = load_wide(path, None)?;

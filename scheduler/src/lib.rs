@@ -6,6 +6,8 @@
 
 pub mod input;
 pub mod planner;
+pub mod service;
+pub mod store;
 pub mod synthetic;
 
 pub use planner::{

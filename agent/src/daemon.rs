@@ -1,0 +1,493 @@
+//! `greenfill-agent run`: the node daemon. One session to the scheduler (see
+//! `agent.proto` for the delivery rules), jobs started and stopped on its
+//! commands, telemetry every interval, and the local guard.
+//!
+//! Durability: the agent keeps its sequence numbers, unacknowledged job events and
+//! running jobs in `<state_dir>/state.json` (written atomically on every change).
+//! A command is acknowledged only after it is applied and recorded; an event is
+//! dropped only once the scheduler acknowledges it. On restart, jobs left from the
+//! previous run are stopped and reported `STOPPED`, so the scheduler requeues them:
+//! a job is never lost and never runs twice at once (re-adopting them alive is
+//! not done yet: their exit status could not be observed).
+
+use crate::guard::{Guard, GuardConfig, GuardJob};
+use crate::runner::{self, Runner};
+use crate::telemetry::{self, LinearPowerModel, Roots, Sampler};
+use greenfill_proto::v1 as pb;
+use pb::agent_service_client::AgentServiceClient;
+use pb::scheduler_message::Body as Cmd;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `http://host:port` (or `https://`).
+    pub server: String,
+    pub token: Option<String>,
+    pub node_name: String,
+    pub pool: String,
+    pub zone: String,
+    pub state_dir: PathBuf,
+    /// The batch root, relative to each cgroup hierarchy.
+    pub batch_root: PathBuf,
+    pub roots: Roots,
+    pub interval: Duration,
+    pub model: LinearPowerModel,
+    pub log_cap_bytes: u64,
+    pub guard: GuardConfig,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    last_command_seq: u64,
+    event_seq: u64,
+    /// `(seq, encoded JobStatus)`, not yet acknowledged.
+    unacked: Vec<(u64, Vec<u8>)>,
+    /// attempt id → job.
+    jobs: BTreeMap<String, LocalJob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LocalJob {
+    job_id: String,
+    pid: u32,
+    cgroup: PathBuf,
+    #[serde(default)]
+    priority: i32,
+}
+
+#[derive(Debug)]
+struct Core {
+    p: Persisted,
+    path: PathBuf,
+    out: Option<mpsc::Sender<pb::AgentMessage>>,
+    /// attempt id → stop reason, once a stop was asked for.
+    stopping: HashMap<String, String>,
+}
+
+impl Core {
+    fn load(dir: &Path) -> anyhow::Result<Core> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?;
+        let path = dir.join("state.json");
+        let p = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        Ok(Core { p, path, out: None, stopping: HashMap::new() })
+    }
+
+    /// Write the state atomically (temp file, fsync, rename). A failure here
+    /// means promises cannot be kept: stop rather than go on.
+    fn save(&self) {
+        let tmp = self.path.with_extension("json.tmp");
+        let r = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(&self.p).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = r {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot save agent state; exiting");
+            std::process::exit(70);
+        }
+    }
+
+    fn emit(&mut self, mut status: pb::JobStatus) {
+        self.p.event_seq += 1;
+        let seq = self.p.event_seq;
+        if status.time.is_none() {
+            status.time = Some(now_ts());
+        }
+        tracing::info!(job = %status.job_id, attempt = %status.attempt_id, phase = ?pb::JobPhase::try_from(status.phase), seq, "job event");
+        self.p.unacked.push((seq, status.encode_to_vec()));
+        self.save();
+        self.send(pb::AgentMessage {
+            seq,
+            ack: self.p.last_command_seq,
+            body: Some(pb::agent_message::Body::JobStatus(status)),
+        });
+    }
+
+    fn send(&mut self, m: pb::AgentMessage) {
+        if let Some(tx) = &self.out
+            && tx.try_send(m).is_err()
+        {
+            // Queue full or connection gone: events stay unacked and are replayed.
+            self.out = None;
+        }
+    }
+
+    fn acked(&mut self, upto: u64) {
+        let before = self.p.unacked.len();
+        self.p.unacked.retain(|(s, _)| *s > upto);
+        if self.p.unacked.len() != before {
+            self.save();
+        }
+    }
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(0), nanos: 0 }
+}
+
+/// The agent: owns the runner, the state file and the session.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    cfg: Arc<Config>,
+    core: Arc<Mutex<Core>>,
+    runner: Arc<Runner>,
+    guard: Arc<Mutex<Guard>>,
+}
+
+impl Agent {
+    pub fn new(cfg: Config) -> anyhow::Result<Agent> {
+        let core = Core::load(&cfg.state_dir)?;
+        let runner = Runner::new(&cfg.batch_root, &cfg.roots.cgroup);
+        let guard = Guard::new(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root);
+        let agent = Agent {
+            cfg: Arc::new(cfg),
+            core: Arc::new(Mutex::new(core)),
+            runner: Arc::new(runner),
+            guard: Arc::new(Mutex::new(guard)),
+        };
+        agent.recover();
+        Ok(agent)
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Jobs left by a previous run: stop them and report them, so the scheduler
+    /// requeues them.
+    fn recover(&self) {
+        let left: Vec<(String, LocalJob)> = std::mem::take(&mut self.core().p.jobs).into_iter().collect();
+        for (attempt, job) in left {
+            let killed = self.runner.kill_cgroup(&job.cgroup);
+            tracing::warn!(%attempt, pid = job.pid, killed, "job left by a previous agent run: stopped, reported for requeue");
+            self.core().emit(pb::JobStatus {
+                job_id: job.job_id,
+                attempt_id: attempt,
+                phase: pb::JobPhase::Stopped as i32,
+                message: format!("the agent restarted; {killed} process(es) of the job were stopped"),
+                ..Default::default()
+            });
+        }
+        self.core().save();
+    }
+
+    /// Run forever: telemetry and guard on a thread, the session with reconnects.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new().name("telemetry".into()).spawn(move || me.telemetry_loop())?;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let started = Instant::now();
+            match self.session().await {
+                Ok(()) => tracing::info!("session ended by the scheduler"),
+                Err(e) => tracing::warn!(error = %e, "session failed"),
+            }
+            self.core().out = None;
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(200);
+            }
+            // Full jitter: a restarted scheduler is not hit by every agent at once.
+            let wait = backoff.mul_f64(rand::random::<f64>() * 0.5 + 0.5);
+            tracing::info!(wait_ms = wait.as_millis(), "reconnecting");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn register(&self) -> pb::Register {
+        let cores = std::fs::read_to_string(self.cfg.roots.proc.join("stat"))
+            .map(|s| s.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count())
+            .unwrap_or(1);
+        let mem = std::fs::read_to_string(self.cfg.roots.proc.join("meminfo"))
+            .ok()
+            .and_then(|s| telemetry::meminfo(&s))
+            .map_or(0, |(total, _)| total);
+        let layout = telemetry::detect(&self.cfg.roots.cgroup);
+        let core = self.core();
+        #[allow(clippy::cast_precision_loss, reason = "core counts")]
+        pb::Register {
+            node_name: self.cfg.node_name.clone(),
+            pool: self.cfg.pool.clone(),
+            zone: self.cfg.zone.clone(),
+            cpu_cores: cores.max(1) as f64,
+            memory_bytes: mem,
+            gpus: 0,
+            power_sources: vec![pb::PowerSource::Model as i32],
+            cgroup_version: match layout.version {
+                telemetry::CgroupVersion::V1 => pb::CgroupVersion::V1,
+                telemetry::CgroupVersion::V2 => pb::CgroupVersion::V2,
+                telemetry::CgroupVersion::Hybrid => pb::CgroupVersion::Hybrid,
+                telemetry::CgroupVersion::None => pb::CgroupVersion::Unspecified,
+            } as i32,
+            last_command_seq: core.p.last_command_seq,
+            running_jobs: core
+                .p
+                .jobs
+                .iter()
+                .map(|(a, j)| pb::RunningJob { job_id: j.job_id.clone(), attempt_id: a.clone(), pid: j.pid })
+                .collect(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            labels: Default::default(),
+        }
+    }
+
+    async fn session(&self) -> anyhow::Result<()> {
+        let channel = tonic::transport::Endpoint::from_shared(self.cfg.server.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        let token = self.cfg.token.clone();
+        let mut client = AgentServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            if let Some(t) = &token {
+                r.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {t}").parse().map_err(|_| tonic::Status::invalid_argument("token"))?,
+                );
+            }
+            Ok(r)
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(self.register())) })
+            .await?;
+        let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("session closed before RegisterAck"))?;
+        let Some(Cmd::RegisterAck(ack)) = first.body else { anyhow::bail!("first message was not RegisterAck") };
+        {
+            let mut core = self.core();
+            core.acked(ack.last_event_seq);
+            core.out = Some(tx.clone());
+            let replay: Vec<(u64, Vec<u8>)> = core.p.unacked.clone();
+            tracing::info!(server = %self.cfg.server, replay = replay.len(), "connected");
+            for (seq, body) in replay {
+                let status = pb::JobStatus::decode(body.as_slice())?;
+                let ack = core.p.last_command_seq;
+                core.send(pb::AgentMessage { seq, ack, body: Some(pb::agent_message::Body::JobStatus(status)) });
+            }
+        }
+        while let Some(m) = inbound.message().await? {
+            if m.ack > 0 {
+                self.core().acked(m.ack);
+            }
+            let Some(body) = m.body else { continue };
+            if m.seq == 0 {
+                continue;
+            }
+            if m.seq <= self.core().p.last_command_seq {
+                // Already applied (a resend): acknowledge again.
+                let ack = self.core().p.last_command_seq;
+                let _ = tx.try_send(pb::AgentMessage { seq: 0, ack, body: None });
+                continue;
+            }
+            self.apply(body).await;
+            let mut core = self.core();
+            core.p.last_command_seq = m.seq;
+            core.save();
+            let _ = tx.try_send(pb::AgentMessage { seq: 0, ack: m.seq, body: None });
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, cmd: Cmd) {
+        match cmd {
+            Cmd::Run(run) => self.start(run).await,
+            Cmd::Stop(stop) => self.stop(stop),
+            Cmd::Suppress(s) => {
+                let valid = s
+                    .valid_for
+                    .map_or(Duration::from_secs(60), |d| Duration::from_secs(u64::try_from(d.seconds).unwrap_or(60)));
+                self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).scheduler_cap(
+                    s.max_batch_cpu_cores,
+                    valid,
+                    &s.reason,
+                );
+            }
+            Cmd::RegisterAck(_) => {}
+        }
+    }
+
+    async fn start(&self, run: pb::RunJob) {
+        let fail = |message: String| pb::JobStatus {
+            job_id: run.job_id.clone(),
+            attempt_id: run.attempt_id.clone(),
+            phase: pb::JobPhase::FailedToStart as i32,
+            message,
+            ..Default::default()
+        };
+        let Some(spec) = run.spec.clone() else {
+            self.core().emit(fail("RunJob without a spec".into()));
+            return;
+        };
+        let rs = runner::JobSpec {
+            id: run.attempt_id.clone(),
+            argv: spec.command.clone(),
+            shell: spec.shell,
+            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: (!spec.working_dir.is_empty()).then(|| PathBuf::from(&spec.working_dir)),
+            cpu_cores: spec.cpu_cores,
+            memory_bytes: spec.memory_bytes,
+            uid: spec.run_as_uid,
+            gid: spec.run_as_gid,
+            log_dir: self.cfg.state_dir.join("logs"),
+            log_cap_bytes: self.cfg.log_cap_bytes,
+        };
+        let runner = self.runner.clone();
+        let started = tokio::task::spawn_blocking(move || runner.start(&rs)).await;
+        let running = match started {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.core().emit(fail(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                self.core().emit(fail(format!("start task: {e}")));
+                return;
+            }
+        };
+        {
+            let mut core = self.core();
+            core.p.jobs.insert(
+                run.attempt_id.clone(),
+                LocalJob {
+                    job_id: run.job_id.clone(),
+                    pid: running.pid,
+                    cgroup: running.cgroup_path.clone(),
+                    priority: spec.priority,
+                },
+            );
+            core.emit(pb::JobStatus {
+                job_id: run.job_id.clone(),
+                attempt_id: run.attempt_id.clone(),
+                phase: pb::JobPhase::Started as i32,
+                message: format!("pid {}", running.pid),
+                ..Default::default()
+            });
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let exit = me.runner.wait(running);
+            let mut core = me.core();
+            core.p.jobs.remove(&run.attempt_id);
+            let (phase, message) = match core.stopping.remove(&run.attempt_id) {
+                Some(reason) if reason.starts_with("evicted:") => (pb::JobPhase::Evicted, reason),
+                Some(reason) => (pb::JobPhase::Stopped, reason),
+                None => (pb::JobPhase::Exited, String::new()),
+            };
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "peak memory")]
+            core.emit(pb::JobStatus {
+                job_id: run.job_id,
+                attempt_id: run.attempt_id,
+                phase: phase as i32,
+                exit_code: exit.code,
+                signal: exit.signal,
+                oom_killed: exit.oom_killed,
+                cpu_seconds: exit.cpu_seconds.unwrap_or(0.0),
+                peak_memory_bytes: exit.peak_memory_bytes.unwrap_or(0),
+                message,
+                ..Default::default()
+            });
+        });
+    }
+
+    /// SIGTERM everything in the job's cgroup, SIGKILL after the grace period.
+    fn stop(&self, stop: pb::StopJob) {
+        let Some(job) = self.core().p.jobs.get(&stop.attempt_id).cloned() else {
+            tracing::info!(attempt = %stop.attempt_id, "stop for a job not running here: nothing to do");
+            return;
+        };
+        self.core().stopping.insert(stop.attempt_id.clone(), stop.reason.clone());
+        let grace =
+            stop.grace.map_or(Duration::from_secs(10), |g| Duration::from_secs(u64::try_from(g.seconds).unwrap_or(10)));
+        let n = self.runner.signal_cgroup(&job.cgroup, nix::sys::signal::Signal::SIGTERM);
+        tracing::info!(attempt = %stop.attempt_id, signalled = n, grace_s = grace.as_secs(), reason = %stop.reason, "stopping job");
+        let runner = self.runner.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            runner.kill_cgroup(&job.cgroup);
+        });
+    }
+
+    /// Evict (called by the guard): stop now, report EVICTED.
+    pub fn evict(&self, attempt: &str, why: &str) {
+        let Some(job) = self.core().p.jobs.get(attempt).cloned() else { return };
+        self.core().stopping.insert(attempt.to_owned(), format!("evicted: {why}"));
+        self.runner.kill_cgroup(&job.cgroup);
+    }
+
+    fn telemetry_loop(&self) {
+        let mut sampler = Sampler::new(self.cfg.roots.clone(), self.cfg.model);
+        sampler.watch(&self.cfg.batch_root);
+        sampler.sample();
+        loop {
+            std::thread::sleep(self.cfg.interval);
+            let s = sampler.sample();
+            let evict = {
+                let mut g = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let jobs: Vec<GuardJob> = self
+                    .core()
+                    .p
+                    .jobs
+                    .iter()
+                    .map(|(a, j)| GuardJob { attempt: a.clone(), cgroup: j.cgroup.clone(), priority: j.priority })
+                    .collect();
+                g.step(&s, &jobs)
+            };
+            for (attempt, why) in evict {
+                self.evict(&attempt, &why);
+            }
+            let limit = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).limit();
+            let msg = to_proto(&s, limit);
+            self.core().send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(msg)) });
+        }
+    }
+}
+
+/// A sample as the scheduler sees it: online = node − batch.
+fn to_proto(s: &telemetry::Sample, batch_limit: Option<f64>) -> pb::TelemetrySample {
+    let batch = s.workloads.cpu_cores;
+    let node = s.node.cpu_cores_used;
+    let p = |x: &Option<telemetry::Pressure>| {
+        x.as_ref().map(|p| pb::Pressure { some_avg10: p.some_avg10, full_avg10: p.full_avg10.unwrap_or(0.0) })
+    };
+    pb::TelemetrySample {
+        time: Some(now_ts()),
+        node_cpu_cores: node,
+        node_memory_bytes: s.node.memory_used_bytes,
+        online_cpu_cores: node.map(|n| (n - batch.unwrap_or(0.0)).max(0.0)),
+        online_memory_bytes: s.node.memory_used_bytes.map(|m| m.saturating_sub(s.workloads.memory_bytes)),
+        batch_cpu_cores: batch,
+        batch_memory_bytes: Some(s.workloads.memory_bytes),
+        system_cpu_cores: None,
+        cpu_pressure: p(&s.node.cpu_pressure),
+        memory_pressure: p(&s.node.memory_pressure),
+        io_pressure: p(&s.node.io_pressure),
+        power: s
+            .power
+            .iter()
+            .map(|r| pb::PowerReading {
+                component: r.component.clone(),
+                source: match r.source {
+                    telemetry::PowerSource::Rapl => pb::PowerSource::Rapl,
+                    telemetry::PowerSource::Nvml => pb::PowerSource::Nvml,
+                    telemetry::PowerSource::Model => pb::PowerSource::Model,
+                } as i32,
+                watts: r.watts,
+            })
+            .collect(),
+        batch_cpu_limit_cores: batch_limit,
+    }
+}

@@ -1,0 +1,281 @@
+//! The local guard: protects online services within a second, with no scheduler.
+//!
+//! - CPU suppress (Koordinator's formula): batch may use at most
+//!   `threshold × cpus − online`, never less than `floor`; a rise is limited to
+//!   `step_up` cores per tick, a cut is immediate. Written as the batch root's CFS
+//!   quota (cgroup v1 `cpu.cfs_quota_us`, or v2 `cpu.max`), which caps every job
+//!   below it.
+//! - Interference: when the CPU pressure (PSI `some avg10`) of an online cgroup
+//!   passes `psi_threshold`, the cap is halved each tick until it falls back.
+//! - Memory: above `memory_high` of the node's memory, batch jobs are evicted
+//!   (lowest priority, then largest) until the node is projected under
+//!   `memory_low`; the scheduler requeues them.
+//! - A cap from the scheduler (SuppressBatch) applies on top while valid.
+//!
+//! Every action is logged with its formula and numbers, and counted.
+
+use crate::telemetry::{CgroupLayout, Sample, cgroup_stats, detect, parse_pressure};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    /// Share of the node's CPUs that online + batch may use together.
+    pub threshold: f64,
+    /// Batch is never capped below this many cores (jobs keep making progress).
+    pub floor_cores: f64,
+    /// Largest rise of the cap per tick, cores.
+    pub step_up_cores: f64,
+    /// Online cgroups (relative to the hierarchy) whose CPU pressure is watched.
+    pub online_cgroups: Vec<PathBuf>,
+    /// PSI `some avg10` (%) above which batch is cut further.
+    pub psi_threshold: f64,
+    pub memory_high: f64,
+    pub memory_low: f64,
+    /// Off = measure and log only.
+    pub enforce: bool,
+}
+
+impl Default for GuardConfig {
+    fn default() -> GuardConfig {
+        GuardConfig {
+            threshold: 0.65,
+            floor_cores: 0.1,
+            step_up_cores: 0.5,
+            online_cgroups: vec![PathBuf::from("kubepods.slice"), PathBuf::from("kubepods")],
+            psi_threshold: 20.0,
+            memory_high: 0.90,
+            memory_low: 0.80,
+            enforce: true,
+        }
+    }
+}
+
+/// A running batch job as the guard sees it.
+#[derive(Debug, Clone)]
+pub struct GuardJob {
+    pub attempt: String,
+    pub cgroup: PathBuf,
+    pub priority: i32,
+}
+
+#[derive(Debug)]
+pub struct Guard {
+    cfg: GuardConfig,
+    layout: CgroupLayout,
+    batch_root: PathBuf,
+    /// The cap in force, cores (`None` before the first tick).
+    limit: Option<f64>,
+    scheduler: Option<(f64, Instant)>,
+    /// Counters of actions, for metrics and tests.
+    pub cuts: u64,
+    pub raises: u64,
+    pub psi_cuts: u64,
+    pub evictions: u64,
+}
+
+const PERIOD_US: u64 = 100_000;
+
+impl Guard {
+    pub fn new(cfg: GuardConfig, cgroup_root: &Path, batch_root: &Path) -> Guard {
+        Guard {
+            cfg,
+            layout: detect(cgroup_root),
+            batch_root: batch_root.to_owned(),
+            limit: None,
+            scheduler: None,
+            cuts: 0,
+            raises: 0,
+            psi_cuts: 0,
+            evictions: 0,
+        }
+    }
+
+    pub fn limit(&self) -> Option<f64> {
+        self.limit
+    }
+
+    /// A cap from the scheduler, valid for `valid`.
+    pub fn scheduler_cap(&mut self, cores: f64, valid: Duration, reason: &str) {
+        tracing::info!(cores, valid_s = valid.as_secs(), reason, "scheduler caps batch CPU");
+        self.scheduler = Some((cores.max(0.0), Instant::now() + valid));
+    }
+
+    /// Where the batch root's CPU quota is written.
+    fn quota_file(&self) -> Option<(PathBuf, bool)> {
+        let v2_cpu = self.layout.v2_controllers.iter().any(|c| c == "cpu");
+        match (&self.layout.v1_cpu, &self.layout.v2) {
+            (Some(v1), _) if !v2_cpu => Some((v1.join(&self.batch_root).join("cpu.cfs_quota_us"), false)),
+            (_, Some(v2)) if v2_cpu => Some((v2.join(&self.batch_root).join("cpu.max"), true)),
+            _ => None,
+        }
+    }
+
+    /// The quota in force on the batch root, cores (`None` = unlimited or unreadable).
+    pub fn applied_quota(&self) -> Option<f64> {
+        let (file, v2) = self.quota_file()?;
+        let text = std::fs::read_to_string(file).ok()?;
+        #[allow(clippy::cast_precision_loss, reason = "quota in µs")]
+        let q = if v2 {
+            let mut it = text.split_whitespace();
+            let quota: u64 = it.next()?.parse().ok()?;
+            let period: u64 = it.next()?.parse().ok()?;
+            quota as f64 / period as f64
+        } else {
+            let quota: i64 = text.trim().parse().ok()?;
+            if quota < 0 {
+                return None;
+            }
+            quota as f64 / PERIOD_US as f64
+        };
+        Some(q)
+    }
+
+    fn write_quota(&self, cores: f64) -> std::io::Result<()> {
+        let Some((file, v2)) = self.quota_file() else { return Ok(()) };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "bounded positive quota"
+        )]
+        let quota = ((cores * PERIOD_US as f64).round() as u64).max(1000);
+        if v2 {
+            std::fs::write(file, format!("{quota} {PERIOD_US}"))
+        } else {
+            // v1 needs the period set (it is per cgroup) before the quota.
+            std::fs::write(file.with_file_name("cpu.cfs_period_us"), PERIOD_US.to_string())?;
+            std::fs::write(file, quota.to_string())
+        }
+    }
+
+    /// Highest CPU pressure among the online cgroups (or the node's when none is
+    /// readable), % of time some task stalled in the last 10 s.
+    fn online_pressure(&self, s: &Sample) -> Option<f64> {
+        let v2 = self.layout.v2.as_ref();
+        let from_cgroups = self
+            .cfg
+            .online_cgroups
+            .iter()
+            .filter_map(|c| v2.and_then(|r| std::fs::read_to_string(r.join(c).join("cpu.pressure")).ok()))
+            .filter_map(|t| parse_pressure(&t))
+            .map(|p| p.some_avg10)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        from_cgroups.or_else(|| s.node.cpu_pressure.as_ref().map(|p| p.some_avg10))
+    }
+
+    /// One tick: recompute and apply the CPU cap; return the jobs to evict
+    /// (attempt, reason) if memory is over the high watermark.
+    pub fn step(&mut self, s: &Sample, jobs: &[GuardJob]) -> Vec<(String, String)> {
+        let Some(cpus) = s.node.cpus else { return vec![] };
+        #[allow(clippy::cast_precision_loss, reason = "cpu counts")]
+        let cpus = cpus as f64;
+        let batch = s.workloads.cpu_cores.unwrap_or(0.0);
+        let Some(node) = s.node.cpu_cores_used else { return vec![] };
+        let online = (node - batch).max(0.0);
+        let c = &self.cfg;
+        let formula = c.threshold * cpus - online;
+        let mut target = formula.max(c.floor_cores);
+        let mut why = format!(
+            "cap = max(threshold {:.2} × cpus {cpus} − online {online:.2}, floor {:.2}) = {target:.2}",
+            c.threshold, c.floor_cores
+        );
+        if let Some(p) = self.online_pressure(s)
+            && p > c.psi_threshold
+        {
+            let cut = (self.limit.unwrap_or(target) / 2.0).max(c.floor_cores);
+            if cut < target {
+                target = cut;
+                self.psi_cuts += 1;
+                metrics::counter!("greenfill_guard_actions_total", "action" => "psi_cut").increment(1);
+                why.push_str(&format!(
+                    "; online CPU pressure {p:.1}% > {:.1}%: halved to {target:.2}",
+                    c.psi_threshold
+                ));
+            }
+        }
+        if let Some((cap, until)) = self.scheduler {
+            if Instant::now() < until {
+                if cap < target {
+                    target = cap.max(c.floor_cores);
+                    why.push_str(&format!("; scheduler cap {cap:.2}"));
+                }
+            } else {
+                self.scheduler = None;
+            }
+        }
+        // Changes smaller than the dead band are noise in the online measurement.
+        const DEAD_BAND: f64 = 0.05;
+        let new = match self.limit {
+            Some(old) if (target - old).abs() < DEAD_BAND => old,
+            Some(old) if target > old => {
+                let up = target.min(old + c.step_up_cores);
+                if up > old + 1e-3 {
+                    self.raises += 1;
+                    metrics::counter!("greenfill_guard_actions_total", "action" => "raise").increment(1);
+                    tracing::debug!(old, new = up, "{why}; raised at most {:.2}/tick", c.step_up_cores);
+                }
+                up
+            }
+            Some(old) if target < old - 1e-3 => {
+                self.cuts += 1;
+                metrics::counter!("greenfill_guard_actions_total", "action" => "cut").increment(1);
+                tracing::info!(old, new = target, "batch CPU cut: {why}");
+                target
+            }
+            Some(old) => old,
+            None => target,
+        };
+        if c.enforce && self.limit.is_none_or(|old| (old - new).abs() > 1e-3) {
+            if let Err(e) = self.write_quota(new) {
+                tracing::warn!(error = %e, "cannot write the batch root's CPU quota");
+            }
+        }
+        self.limit = Some(new);
+        metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(new);
+        self.memory(s, jobs)
+    }
+
+    fn memory(&mut self, s: &Sample, jobs: &[GuardJob]) -> Vec<(String, String)> {
+        let (Some(total), Some(used)) = (s.node.memory_total_bytes, s.node.memory_used_bytes) else { return vec![] };
+        #[allow(clippy::cast_precision_loss, reason = "bytes")]
+        let (total, mut used) = (total as f64, used as f64);
+        let c = &self.cfg;
+        if total <= 0.0 || used / total <= c.memory_high {
+            return vec![];
+        }
+        let mut sized: Vec<(i32, f64, &GuardJob)> = jobs
+            .iter()
+            .map(|j| {
+                #[allow(clippy::cast_precision_loss, reason = "bytes")]
+                let m = cgroup_stats(&self.layout, &j.cgroup).memory_bytes.unwrap_or(0) as f64;
+                (j.priority, m, j)
+            })
+            .collect();
+        // Lowest priority first, then largest.
+        sized.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        let mut out = Vec::new();
+        for (_, mem, j) in sized {
+            if used / total <= c.memory_low {
+                break;
+            }
+            let why = format!(
+                "node memory {:.1}% > high {:.0}%: evicting {} ({:.0} MiB) toward low {:.0}%",
+                used / total * 100.0,
+                c.memory_high * 100.0,
+                j.attempt,
+                mem / 1048576.0,
+                c.memory_low * 100.0
+            );
+            tracing::warn!("{why}");
+            used -= mem;
+            self.evictions += 1;
+            metrics::counter!("greenfill_guard_actions_total", "action" => "evict").increment(1);
+            out.push((j.attempt.clone(), why));
+        }
+        out
+    }
+}

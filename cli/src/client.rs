@@ -1,0 +1,562 @@
+//! Talking to the scheduler: submit, jobs, job, cancel, watch, explain, nodes, and
+//! the live plan. `--server` and `--token` come from flags, the environment
+//! (`GREENFILL_SERVER`, `GREENFILL_TOKEN`) or `~/.config/greenfill/client.toml`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use greenfill_core::time::{format_timestamp, parse_duration, parse_timestamp};
+use greenfill_proto::v1 as pb;
+use pb::job_service_client::JobServiceClient;
+use pb::plan_service_client::PlanServiceClient;
+use serde::Deserialize;
+use std::path::PathBuf;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Debug, Args, Clone)]
+pub(crate) struct Conn {
+    /// Scheduler address [env: GREENFILL_SERVER; default http://127.0.0.1:7070].
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// User bearer token [env: GREENFILL_TOKEN].
+    #[arg(long, global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Client config with `server` and `token` [default ~/.config/greenfill/client.toml].
+    #[arg(long, global = true)]
+    client_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    server: Option<String>,
+    token: Option<String>,
+}
+
+type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+pub(crate) struct Client {
+    pub(crate) jobs: JobServiceClient<InterceptedService<Channel, Auth>>,
+    pub(crate) plans: PlanServiceClient<InterceptedService<Channel, Auth>>,
+}
+
+impl Conn {
+    pub(crate) async fn connect(&self) -> Result<Client> {
+        let path = self
+            .client_config
+            .clone()
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/greenfill/client.toml")));
+        let file: ClientFile = match &path {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+                toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+            }
+            Some(p) if self.client_config.is_some() => bail!("--client-config {}: no such file", p.display()),
+            _ => ClientFile::default(),
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let server = self
+            .server
+            .clone()
+            .or_else(|| env("GREENFILL_SERVER"))
+            .or(file.server)
+            .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+        let token = self.token.clone().or_else(|| env("GREENFILL_TOKEN")).or(file.token);
+        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+            .map_err(|e| anyhow!("--server {server}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| anyhow!("cannot reach the scheduler at {server}: {e}"))?;
+        let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| anyhow!("--token: not a valid header value"))?),
+            None => None,
+        };
+        let auth = move || -> Auth {
+            let header = header.clone();
+            Box::new(move |mut r: tonic::Request<()>| {
+                if let Some(h) = &header {
+                    r.metadata_mut().insert("authorization", h.clone());
+                }
+                Ok(r)
+            })
+        };
+        Ok(Client {
+            jobs: JobServiceClient::with_interceptor(channel.clone(), auth()),
+            plans: PlanServiceClient::with_interceptor(channel, auth()),
+        })
+    }
+}
+
+/// A job spec in a file (TOML or JSON), or from flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    name: Option<String>,
+    command: Vec<String>,
+    #[serde(default)]
+    shell: bool,
+    #[serde(default)]
+    env: std::collections::HashMap<String, String>,
+    working_dir: Option<String>,
+    cpu_cores: Option<f64>,
+    memory: Option<String>,
+    gpus: Option<u32>,
+    duration: Option<String>,
+    deadline: Option<String>,
+    not_before: Option<String>,
+    priority: Option<i32>,
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+    pool: Option<String>,
+    zone: Option<String>,
+    run_as_uid: Option<u32>,
+    run_as_gid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// A spec file (TOML, or JSON by extension) with the same keys as the flags;
+    /// flags override it.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    name: Option<String>,
+    /// Cores (fractional allowed) [default 1].
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory, e.g. 512Mi, 2Gi, 1000000 (bytes) [default 1Gi].
+    #[arg(long)]
+    memory: Option<String>,
+    /// Expected run time, e.g. 90s, 10m, 2h [default 10m].
+    #[arg(long)]
+    duration: Option<String>,
+    /// Latest completion: a timestamp (2026-11-24T18:00:00Z) or `+6h` from now.
+    #[arg(long)]
+    deadline: Option<String>,
+    /// Earliest start: a timestamp or `+1h`.
+    #[arg(long)]
+    not_before: Option<String>,
+    #[arg(long)]
+    priority: Option<i32>,
+    #[arg(long)]
+    pool: Option<String>,
+    /// k=v, repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// K=V, repeatable.
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Run the command through /bin/sh -c.
+    #[arg(long)]
+    shell: bool,
+    /// Retries with the same id never submit twice [default: a new UUID].
+    #[arg(long)]
+    request_id: Option<String>,
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("K", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
+    let v: f64 = num.trim().parse().map_err(|_| anyhow!("memory {s:?}: not a size (e.g. 512Mi, 2Gi)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("memory {s:?}: must be >= 0");
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "checked finite, >= 0"
+    )]
+    Ok((v * mult as f64) as u64)
+}
+
+fn parse_time(field: &str, s: &str) -> Result<prost_types::Timestamp> {
+    let now = chrono::Utc::now().timestamp();
+    let t = if let Some(rel) = s.strip_prefix('+') {
+        let d = parse_duration(rel).ok_or_else(|| anyhow!("{field} {s:?}: not a duration after `+` (e.g. +6h)"))?;
+        #[allow(clippy::cast_possible_truncation, reason = "durations are small")]
+        let d = d as i64;
+        now + d
+    } else {
+        parse_timestamp(s)
+            .ok_or_else(|| anyhow!("{field} {s:?}: not a timestamp (e.g. 2026-11-24T18:00:00Z) or +duration"))?
+    };
+    Ok(prost_types::Timestamp { seconds: t, nanos: 0 })
+}
+
+fn spec_from(args: &SubmitArgs) -> Result<pb::JobSpec> {
+    let mut f = match &args.file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("--file {}", p.display()))?;
+            if p.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str::<SpecFile>(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+            } else {
+                toml::from_str::<SpecFile>(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+            }
+        }
+        None => SpecFile::default(),
+    };
+    if !args.command.is_empty() {
+        f.command.clone_from(&args.command);
+    }
+    if f.command.is_empty() {
+        bail!("no command: give one after `--` (e.g. greenfill submit -- ./etl.sh) or in --file");
+    }
+    let kv = |items: &[String], what: &str| -> Result<Vec<(String, String)>> {
+        items
+            .iter()
+            .map(|s| {
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| anyhow!("--{what} {s:?}: need KEY=VALUE"))
+            })
+            .collect()
+    };
+    f.labels.extend(kv(&args.labels, "label")?);
+    f.env.extend(kv(&args.env, "env")?);
+    let memory = parse_bytes(args.memory.as_deref().or(f.memory.as_deref()).unwrap_or("1Gi"))?;
+    let dur_s = args.duration.as_deref().or(f.duration.as_deref()).unwrap_or("10m");
+    let secs =
+        parse_duration(dur_s).ok_or_else(|| anyhow!("duration {dur_s:?}: not a duration (e.g. 90s, 10m, 2h)"))?;
+    #[allow(clippy::cast_possible_truncation, reason = "durations are small")]
+    let duration = prost_types::Duration { seconds: secs.trunc() as i64, nanos: (secs.fract() * 1e9) as i32 };
+    let deadline = args.deadline.as_deref().or(f.deadline.as_deref()).map(|s| parse_time("deadline", s)).transpose()?;
+    let not_before =
+        args.not_before.as_deref().or(f.not_before.as_deref()).map(|s| parse_time("not_before", s)).transpose()?;
+    Ok(pb::JobSpec {
+        name: args.name.clone().or(f.name).unwrap_or_else(|| f.command[0].clone()),
+        command: f.command,
+        shell: args.shell || f.shell,
+        env: f.env,
+        working_dir: f.working_dir.unwrap_or_default(),
+        cpu_cores: args.cpu.or(f.cpu_cores).unwrap_or(1.0),
+        memory_bytes: memory,
+        gpus: f.gpus.unwrap_or(0),
+        expected_duration: Some(duration),
+        deadline,
+        not_before,
+        priority: args.priority.or(f.priority).unwrap_or(0),
+        pausable: false,
+        labels: f.labels,
+        pool: args.pool.clone().or(f.pool).unwrap_or_default(),
+        zone: f.zone.unwrap_or_default(),
+        run_as_uid: f.run_as_uid,
+        run_as_gid: f.run_as_gid,
+    })
+}
+
+fn status_err(e: tonic::Status) -> anyhow::Error {
+    anyhow!("{}: {}", format!("{:?}", e.code()).to_uppercase(), e.message())
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+pub(crate) fn submit(conn: &Conn, args: &SubmitArgs) -> Result<()> {
+    let spec = spec_from(args)?;
+    let request_id = args.request_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let r = c
+            .jobs
+            .submit_job(pb::SubmitJobRequest { request_id, spec: Some(spec) })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let job = r.job.ok_or_else(|| anyhow!("the scheduler answered without a job"))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+        } else {
+            println!("{}", job.id);
+            if r.duplicate {
+                eprintln!("(request id seen before: this is the first submission's job)");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn t(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.map(|t| format_timestamp(t.seconds)).unwrap_or_default()
+}
+
+fn state(s: i32) -> String {
+    pb::JobState::try_from(s).map_or("UNKNOWN", |s| s.as_str_name()).trim_start_matches("JOB_STATE_").to_lowercase()
+}
+
+pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
+    let s = j.spec.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": j.id,
+        "name": s.name,
+        "state": state(j.state),
+        "reason": j.state_reason,
+        "node": j.node,
+        "command": s.command,
+        "cpu_cores": s.cpu_cores,
+        "memory_bytes": s.memory_bytes,
+        "expected_duration_s": s.expected_duration.map(|d| d.seconds),
+        "deadline": t(s.deadline.as_ref()),
+        "submitted_at": t(j.submitted_at.as_ref()),
+        "planned_start": t(j.planned_start.as_ref()),
+        "started_at": t(j.started_at.as_ref()),
+        "finished_at": t(j.finished_at.as_ref()),
+        "exit_code": j.exit_code,
+        "attempts": j.attempts,
+        "revision": j.revision,
+        "labels": s.labels,
+    })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobsArgs {
+    /// Only these states (queued, planned, dispatched, running, succeeded, failed,
+    /// cancelled, evicted, late); repeatable.
+    #[arg(long = "state")]
+    states: Vec<String>,
+    /// k=v, repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// At most this many jobs (all pages are fetched up to it).
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn jobs(conn: &Conn, args: &JobsArgs) -> Result<()> {
+    let states = args
+        .states
+        .iter()
+        .map(|s| {
+            pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+                .map(|x| x as i32)
+                .ok_or_else(|| anyhow!("--state {s}: unknown; known: queued, planned, dispatched, running, succeeded, failed, cancelled, evicted, late"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let labels: std::collections::HashMap<String, String> = args
+        .labels
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("--label {s:?}: need k=v"))
+        })
+        .collect::<Result<_>>()?;
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = u32::try_from((args.limit - out.len()).min(1000)).unwrap_or(1000);
+            let r = c
+                .jobs
+                .list_jobs(pb::ListJobsRequest {
+                    states: states.clone(),
+                    labels: labels.clone(),
+                    page_size: page,
+                    page_token: token,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            out.extend(r.jobs);
+            token = r.next_page_token;
+            if token.is_empty() || out.len() >= args.limit {
+                break;
+            }
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&out.iter().map(job_json).collect::<Vec<_>>())?);
+        } else {
+            println!("{:<36}  {:<10}  {:<12}  {:>4}  {:<20}  NAME", "ID", "STATE", "NODE", "EXIT", "SUBMITTED");
+            for j in &out {
+                println!(
+                    "{:<36}  {:<10}  {:<12}  {:>4}  {:<20}  {}",
+                    j.id,
+                    state(j.state),
+                    j.node,
+                    j.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                    t(j.submitted_at.as_ref()),
+                    j.spec.as_ref().map_or("", |s| s.name.as_str())
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn job(conn: &Conn, id: &str, json: bool) -> Result<()> {
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let j = c.jobs.get_job(pb::GetJobRequest { id: id.to_owned() }).await.map_err(status_err)?.into_inner();
+        let v = job_json(&j);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                println!("{k:>20}: {v}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn cancel(conn: &Conn, id: &str, reason: &str) -> Result<()> {
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let j = c
+            .jobs
+            .cancel_job(pb::CancelJobRequest { id: id.to_owned(), reason: reason.to_owned() })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("{} {}", j.id, state(j.state));
+        Ok(())
+    })
+}
+
+pub(crate) fn watch(conn: &Conn, ids: Vec<String>, since: u64, json: bool) -> Result<()> {
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let mut s = c
+            .jobs
+            .watch_jobs(pb::WatchJobsRequest { states: vec![], ids, since_revision: since })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        while let Some(e) = s.message().await.map_err(status_err)? {
+            let j = e.job.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::json!({"revision": e.revision, "previous_state": state(e.previous_state), "job": job_json(&j)}));
+            } else {
+                println!("{:>8}  {:<36}  {:<10} {}  {}", e.revision, j.id, state(j.state), j.node, j.state_reason);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn explain(conn: &Conn, id: &str, json: bool) -> Result<()> {
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let x = c.jobs.explain_job(pb::ExplainJobRequest { id: id.to_owned() }).await.map_err(status_err)?.into_inner();
+        let reason = pb::WaitReason::try_from(x.wait_reason)
+            .map_or("", |r| r.as_str_name())
+            .trim_start_matches("WAIT_REASON_")
+            .to_lowercase();
+        let v = serde_json::json!({
+            "id": x.id, "state": state(x.state), "node": x.node, "pool": x.pool,
+            "planned_start": t(x.planned_start.as_ref()), "wait_reason": reason, "detail": x.detail,
+            "energy_kwh_estimate": x.energy_kwh_estimate, "carbon_kg_estimate": x.carbon_kg_estimate,
+            "intensity_g_per_kwh": x.intensity_g_per_kwh, "carbon_kg_if_started_now": x.carbon_kg_if_started_now,
+        });
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{} is {}: {}", x.id, state(x.state), x.detail);
+            if x.energy_kwh_estimate > 0.0 {
+                println!(
+                    "  ~{:.3} kWh, {:.3} kg CO2 at {:.0} g/kWh (starting at its earliest: {:.3} kg)",
+                    x.energy_kwh_estimate, x.carbon_kg_estimate, x.intensity_g_per_kwh, x.carbon_kg_if_started_now
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn nodes(conn: &Conn, json: bool) -> Result<()> {
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let r = c.plans.list_nodes(pb::ListNodesRequest {}).await.map_err(status_err)?.into_inner();
+        let rows: Vec<serde_json::Value> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name, "pool": n.pool, "cpu_cores": n.cpu_cores, "memory_bytes": n.memory_bytes,
+                    "connected": n.connected, "stale": n.stale, "last_seen": t(n.last_seen.as_ref()),
+                    "online_cpu_cores": n.online_cpu_cores, "batch_cpu_cores": n.batch_cpu_cores,
+                    "running_jobs": n.running_jobs, "history_buckets": n.history_buckets,
+                    "power_w": n.power.iter().find(|p| p.component == "node").map(|p| p.watts),
+                })
+            })
+            .collect();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            println!(
+                "{:<20} {:<10} {:>6} {:>9} {:>8} {:>8} {:>5}  LAST SEEN",
+                "NAME", "POOL", "CORES", "CONNECTED", "ONLINE", "BATCH", "JOBS"
+            );
+            for n in &r.nodes {
+                let f = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+                println!(
+                    "{:<20} {:<10} {:>6} {:>9} {:>8} {:>8} {:>5}  {}{}",
+                    n.name,
+                    n.pool,
+                    n.cpu_cores,
+                    n.connected,
+                    f(n.online_cpu_cores),
+                    f(n.batch_cpu_cores),
+                    n.running_jobs,
+                    t(n.last_seen.as_ref()),
+                    if n.stale { " (stale)" } else { "" }
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn live_plan(conn: &Conn, include_jobs: bool, json: bool) -> Result<()> {
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let p = c.plans.get_plan(pb::GetPlanRequest { include_jobs }).await.map_err(status_err)?.into_inner();
+        let v = serde_json::json!({
+            "revision": p.revision, "created_at": t(p.created_at.as_ref()), "slots": p.slots,
+            "slot_s": p.slot.map(|d| d.seconds), "energy_kwh": p.energy_kwh, "carbon_kg": p.carbon_kg,
+            "jobs_planned": p.jobs_planned, "jobs_waiting": p.jobs_waiting, "solve_ms": p.solve_ms,
+            "pools": p.pools.iter().map(|x| serde_json::json!({"pool": x.pool, "nodes": x.nodes,
+                "batch_cpu_planned": x.batch_cpu_planned, "batch_cpu_capacity": x.batch_cpu_capacity,
+                "online_cpu_upper": x.online_cpu_upper})).collect::<Vec<_>>(),
+            "jobs": p.jobs.iter().map(|j| serde_json::json!({"job_id": j.job_id, "pool": j.pool, "node": j.node,
+                "planned_start": t(j.planned_start.as_ref()), "carbon_kg": j.carbon_kg})).collect::<Vec<_>>(),
+        });
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!(
+                "plan {} at {}: {} jobs planned, {} waiting; {:.2} kWh, {:.3} kg CO2 over {} slots; solved in {:.1} ms",
+                p.revision,
+                t(p.created_at.as_ref()),
+                p.jobs_planned,
+                p.jobs_waiting,
+                p.energy_kwh,
+                p.carbon_kg,
+                p.slots,
+                p.solve_ms
+            );
+        }
+        Ok(())
+    })
+}

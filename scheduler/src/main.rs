@@ -1,0 +1,82 @@
+//! `greenfill-scheduler`: the cluster's scheduler service.
+
+use clap::Parser;
+use greenfill_scheduler::service::{self, Config};
+use std::path::PathBuf;
+
+/// greenfill's scheduler: takes batch jobs over gRPC, plans them onto the online
+/// fleet's spare capacity at the least energy and carbon, and dispatches them to
+/// node agents.
+///
+/// Quick start on one machine: `greenfill-scheduler --insecure-local`, then
+/// `greenfill-agent run --insecure-local` and `greenfill submit -- echo hi`.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Config file (TOML); every key has a default. See ARCHITECTURE.md for the keys.
+    #[arg(long, env = "GREENFILL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the database lives (overrides the config; default ~/.local/share/greenfill).
+    #[arg(long, env = "GREENFILL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC address (overrides the config; default 127.0.0.1:7070).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Prometheus /metrics address, e.g. 127.0.0.1:9470.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// No tokens, no TLS: only on a loopback address, for trying greenfill out.
+    #[arg(long)]
+    insecure_local: bool,
+    /// Planning interval, e.g. 60s (overrides the config).
+    #[arg(long)]
+    plan_interval: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
+    }
+    if let Some(i) = &args.plan_interval {
+        let secs = greenfill_core::time::parse_duration(i)
+            .ok_or_else(|| anyhow::anyhow!("--plan-interval {i}: not a duration (e.g. 60s, 5m)"))?;
+        config.planning.interval = std::time::Duration::from_secs_f64(secs);
+    }
+    config.insecure_local |= args.insecure_local;
+    config.validate(&args.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        if let Some(addr) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
+        }
+        let running = service::start(config).await?;
+        tokio::select! {
+            r = running.server => { r??; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
+        }
+        Ok(())
+    })
+}

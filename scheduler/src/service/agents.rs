@@ -1,0 +1,244 @@
+//! AgentService: one bidirectional stream per node (protocol in `agent.proto`).
+//!
+//! Commands are numbered per node and kept until the agent acknowledges them; a
+//! Register carries the last command the agent applied and every later one is
+//! resent. Job events are numbered by the agent; each is applied and its seq
+//! stored in the same commit, then acknowledged, so a replay after a reconnect is
+//! recognised and dropped.
+
+use super::{Node, State, now, ts};
+use crate::store::Write;
+use greenfill_proto::v1 as pb;
+use pb::agent_message::Body as In;
+use pb::agent_service_server::AgentService;
+use pb::scheduler_message::Body as Out;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Debug, Clone)]
+pub struct Agents(pub Arc<State>);
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Agents {
+    type SessionStream = OutStream;
+
+    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<OutStream>, Status> {
+        let mut input = req.into_inner();
+        let first = match input.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e),
+            None => return Err(Status::invalid_argument("session closed before Register")),
+        };
+        let Some(In::Register(reg)) = first.body else {
+            return Err(Status::invalid_argument("the first message of a session must be Register"));
+        };
+        if reg.node_name.is_empty() || reg.node_name.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "register.node_name = {:?}: need 1 to 253 characters",
+                reg.node_name
+            )));
+        }
+        if !(reg.cpu_cores.is_finite() && reg.cpu_cores > 0.0) {
+            return Err(Status::invalid_argument(format!("register.cpu_cores = {}: must be > 0", reg.cpu_cores)));
+        }
+        let st = self.0.clone();
+        let name = reg.node_name.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (session, pending) = {
+            let mut inner = st.lock();
+            inner.next_session += 1;
+            let session = inner.next_session;
+            let t = now();
+            let node = inner.nodes.entry(name.clone()).or_insert_with(|| Node::new(reg.clone(), t));
+            node.register = pb::Register { running_jobs: Vec::new(), ..reg.clone() };
+            node.last_seen = t;
+            // The agent applied everything up to last_command_seq.
+            let mut writes = Vec::new();
+            if reg.last_command_seq > node.command_acked {
+                node.command_acked = reg.last_command_seq.min(node.command_seq);
+                node.pending.retain(|m| m.seq > reg.last_command_seq);
+                writes.push(Write::CommandsAcked { node: name.clone(), upto: node.command_acked });
+            }
+            let ack = pb::SchedulerMessage {
+                seq: 0,
+                ack: node.event_seq,
+                body: Some(Out::RegisterAck(pb::RegisterAck {
+                    last_event_seq: node.event_seq,
+                    telemetry_interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                })),
+            };
+            let _ = tx.try_send(Ok(ack));
+            for m in node.pending.iter().filter(|m| m.seq > reg.last_command_seq) {
+                let _ = tx.try_send(Ok(m.clone()));
+            }
+            if let Some((old, _)) = node.session.replace((session, tx.clone())) {
+                tracing::info!(node = %name, old, "a new session replaces the old one");
+            }
+            writes.push(node.row(&name));
+            (session, st.queue(writes, vec![]))
+        };
+        st.finish(pending).await?;
+        tracing::info!(node = %name, session, running = reg.running_jobs.len(), last_command_seq = reg.last_command_seq, "agent registered");
+        metrics::gauge!("greenfill_agents_connected").increment(1.0);
+        st.replan.notify_one();
+        tokio::spawn(async move {
+            while let Some(msg) = input.next().await {
+                match msg {
+                    Ok(m) => {
+                        if let Err(e) = handle(&st, &name, &tx, m).await {
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(node = %name, error = %e, "agent stream ended");
+                        break;
+                    }
+                }
+            }
+            metrics::gauge!("greenfill_agents_connected").decrement(1.0);
+            let mut inner = st.lock();
+            if let Some(n) = inner.nodes.get_mut(&name)
+                && n.session.as_ref().is_some_and(|(s, _)| *s == session)
+            {
+                n.session = None;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+async fn handle(
+    st: &State,
+    name: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::SchedulerMessage, Status>>,
+    m: pb::AgentMessage,
+) -> Result<(), Status> {
+    let bucket_s = i64::try_from(st.config.planning.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
+    let (pending, ack) = {
+        let mut inner = st.lock();
+        let t = now();
+        let mut writes = Vec::new();
+        let mut events = Vec::new();
+        let Some(node) = inner.nodes.get_mut(name) else { return Err(Status::not_found("node vanished")) };
+        node.last_seen = t;
+        if m.ack > node.command_acked {
+            node.command_acked = m.ack.min(node.command_seq);
+            node.pending.retain(|c| c.seq > m.ack);
+            writes.push(Write::CommandsAcked { node: name.to_owned(), upto: node.command_acked });
+        }
+        let mut ack = None;
+        match m.body {
+            Some(In::Telemetry(s)) => {
+                let b = s.time.as_ref().map_or(t, |x| x.seconds);
+                let b = b - b.rem_euclid(bucket_s);
+                if let Some(cpu) = s.online_cpu_cores {
+                    #[allow(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
+                    let mem = s.online_memory_bytes.unwrap_or(0) as f64;
+                    let closed = match &mut node.bucket {
+                        Some((start, c, m, n)) if *start == b => {
+                            *c += cpu;
+                            *m += mem;
+                            *n += 1;
+                            None
+                        }
+                        slot => slot.replace((b, cpu, mem, 1)),
+                    };
+                    if let Some((start, c, m, n)) = closed {
+                        let (c, m) = (c / f64::from(n), m / f64::from(n));
+                        node.history.push_back((start, c, m));
+                        writes.push(Write::Telemetry {
+                            node: name.to_owned(),
+                            bucket: start,
+                            online_cpu: c,
+                            online_memory: m,
+                            samples: n,
+                        });
+                        writes.push(node.row(name));
+                        let keep = i64::try_from(st.config.planning.telemetry_retention.as_secs()).unwrap_or(i64::MAX);
+                        while node.history.front().is_some_and(|h| h.0 < t - keep) {
+                            node.history.pop_front();
+                        }
+                    }
+                }
+                node.last_sample = Some(s);
+            }
+            Some(In::JobStatus(s)) => {
+                if m.seq == 0 || m.seq > node.event_seq {
+                    if m.seq > 0 {
+                        node.event_seq = m.seq;
+                    }
+                    writes.push(node.row(name));
+                    let (w, e) = apply_status(&mut inner, name, &s);
+                    writes.extend(w);
+                    events.extend(e);
+                }
+                ack = Some(m.seq);
+            }
+            Some(In::Register(_)) => return Err(Status::invalid_argument("Register is only the first message")),
+            None => {}
+        }
+        (st.queue(writes, events), ack)
+    };
+    st.finish(pending).await?;
+    if let Some(seq) = ack {
+        let _ = tx.send(Ok(pb::SchedulerMessage { seq: 0, ack: seq, body: None })).await;
+        st.replan.notify_one();
+    }
+    Ok(())
+}
+
+/// What a job event means for the job. Events of an attempt that is not the
+/// job's current one are stale (the job was requeued) and change nothing.
+fn apply_status(inner: &mut super::Inner, node: &str, s: &pb::JobStatus) -> (Vec<Write>, Vec<pb::JobEvent>) {
+    use pb::JobPhase as P;
+    use pb::JobState as S;
+    let Some(e) = inner.jobs.get(&s.job_id) else { return (vec![], vec![]) };
+    if e.attempt_id != s.attempt_id || e.job.node != node || super::is_terminal(e.job.state) {
+        tracing::debug!(job = %s.job_id, attempt = %s.attempt_id, "stale job event ignored");
+        return (vec![], vec![]);
+    }
+    let when = s.time.unwrap_or_else(|| ts(now()));
+    let change = match P::try_from(s.phase).unwrap_or(P::Unspecified) {
+        P::Started => {
+            if let Some(d) = e.job.updated_at.as_ref() {
+                #[allow(clippy::cast_precision_loss, reason = "seconds")]
+                metrics::histogram!("greenfill_dispatch_latency_seconds")
+                    .record((when.seconds - d.seconds).max(0) as f64);
+            }
+            inner.change(&s.job_id, S::Running, "started", |e| e.job.started_at = Some(when))
+        }
+        P::Exited => {
+            let (state, reason) = match (s.exit_code, s.signal, s.oom_killed) {
+                (_, _, true) => (S::Failed, "OOM-killed (over its memory limit)".to_owned()),
+                (Some(0), _, _) => (S::Succeeded, "exited 0".to_owned()),
+                (Some(c), _, _) => (S::Failed, format!("exited {c}")),
+                (None, Some(sig), _) => (S::Failed, format!("killed by signal {sig}")),
+                (None, None, _) => (S::Failed, format!("ended, status unknown: {}", s.message)),
+            };
+            inner.change(&s.job_id, state, &reason, |e| {
+                e.job.finished_at = Some(when);
+                e.job.exit_code = s.exit_code;
+            })
+        }
+        P::FailedToStart => inner.change(&s.job_id, S::Failed, &format!("failed to start: {}", s.message), |e| {
+            e.job.finished_at = Some(when);
+        }),
+        P::Evicted => inner.change(&s.job_id, S::Evicted, &format!("evicted on {node}: {}", s.message), |e| {
+            e.job.node.clear();
+            e.job.planned_start = None;
+        }),
+        // Stopped without a cancel (the agent restarted and could not keep it):
+        // run it again.
+        P::Stopped => inner.change(&s.job_id, S::Queued, &format!("stopped on {node}: {}; requeued", s.message), |e| {
+            e.job.node.clear();
+            e.job.planned_start = None;
+        }),
+        P::Unspecified => None,
+    };
+    change.map_or((vec![], vec![]), |(w, e)| (w, vec![e]))
+}

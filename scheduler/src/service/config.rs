@@ -1,0 +1,259 @@
+//! The scheduler's config file (TOML). Every key has a default, so an empty file
+//! (or none, with `--insecure-local`) is a working quick start.
+
+use greenfill_core::time::parse_duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; empty = off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// No tokens, no TLS; only allowed on a loopback address.
+    pub insecure_local: bool,
+    /// Bearer tokens of users (JobService, PlanService).
+    pub user_tokens: Vec<String>,
+    /// Bearer tokens of agents (AgentService), separate from users'.
+    pub agent_tokens: Vec<String>,
+    pub tls: Option<Tls>,
+    /// Pools jobs may name before any node of them has registered, with their node size.
+    pub pools: Vec<PoolDecl>,
+    pub planning: Planning,
+    pub limits: Limits,
+    pub power: Power,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDecl {
+    pub name: String,
+    pub cores: f64,
+    pub memory_gib: f64,
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Planning {
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    /// Shortest gap between two plans when events (submissions, exits) ask for one.
+    #[serde(with = "dur")]
+    pub min_gap: Duration,
+    #[serde(with = "dur")]
+    pub slot: Duration,
+    #[serde(with = "dur")]
+    pub horizon: Duration,
+    /// Nodes silent for longer get no batch capacity, and their jobs are requeued.
+    #[serde(with = "dur")]
+    pub stale_after: Duration,
+    /// Telemetry is kept as means over buckets of this length...
+    #[serde(with = "dur")]
+    pub telemetry_bucket: Duration,
+    /// ...for this long.
+    #[serde(with = "dur")]
+    pub telemetry_retention: Duration,
+    pub forecast: String,
+    pub quantile: f64,
+    /// Share of each node's cores kept free of batch work on top of the forecast.
+    pub cpu_margin: f64,
+    pub mem_margin: f64,
+    /// Carbon intensity, gCO2/kWh, when no file is given.
+    pub carbon_constant: f64,
+    /// A carbon CSV (any format `greenfill data inspect` reads); its values are
+    /// taken by time of day and year from the file, as a forecast.
+    pub carbon_file: Option<PathBuf>,
+    /// LP time limit.
+    #[serde(with = "dur")]
+    pub solve_limit: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    /// Per client (token, or peer address without one).
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub max_command_bytes: usize,
+    pub max_env_bytes: usize,
+    /// Allow `run_as_uid = 0`.
+    pub allow_root_jobs: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Power {
+    /// Per node, for energy estimates (agents' measured power replaces it later).
+    pub idle_w: f64,
+    pub max_w: f64,
+    pub pue: f64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:7070".parse().expect("literal"),
+            metrics_listen: None,
+            data_dir: default_data_dir(),
+            insecure_local: false,
+            user_tokens: Vec::new(),
+            agent_tokens: Vec::new(),
+            tls: None,
+            pools: Vec::new(),
+            planning: Planning::default(),
+            limits: Limits::default(),
+            power: Power::default(),
+        }
+    }
+}
+
+impl Default for Planning {
+    fn default() -> Planning {
+        Planning {
+            interval: Duration::from_secs(60),
+            min_gap: Duration::from_secs(1),
+            slot: Duration::from_secs(300),
+            horizon: Duration::from_secs(24 * 3600),
+            stale_after: Duration::from_secs(15 * 60),
+            telemetry_bucket: Duration::from_secs(300),
+            telemetry_retention: Duration::from_secs(14 * 24 * 3600),
+            forecast: "greenfill".into(),
+            quantile: 0.95,
+            cpu_margin: 0.1,
+            mem_margin: 0.1,
+            carbon_constant: 400.0,
+            carbon_file: None,
+            solve_limit: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_bytes: 1 << 20,
+            requests_per_second: 5_000,
+            burst: 10_000,
+            max_command_bytes: 64 << 10,
+            max_env_bytes: 64 << 10,
+            allow_root_jobs: false,
+        }
+    }
+}
+
+impl Default for Power {
+    fn default() -> Power {
+        Power { idle_w: 100.0, max_w: 300.0, pue: 1.2 }
+    }
+}
+
+/// `$XDG_DATA_HOME/greenfill`, else `~/.local/share/greenfill`, else `/var/lib/greenfill`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("greenfill");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/greenfill"),
+        None => PathBuf::from("/var/lib/greenfill"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {key} = {value}: {why}")]
+    Invalid { path: String, key: &'static str, value: String, why: String },
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let c: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), message: e.to_string() })?;
+        c.validate(&p)?;
+        Ok(c)
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key, value: String, why: &str| {
+            Err(ConfigError::Invalid { path: path.to_owned(), key, value, why: why.to_owned() })
+        };
+        if self.insecure_local && !self.listen.ip().is_loopback() {
+            return bad("listen", self.listen.to_string(), "insecure_local serves only on a loopback address");
+        }
+        if !self.insecure_local && (self.user_tokens.is_empty() || self.agent_tokens.is_empty()) {
+            return bad(
+                "user_tokens/agent_tokens",
+                "[]".into(),
+                "set both (or run with --insecure-local on loopback): an API without tokens refuses every call",
+            );
+        }
+        if self.user_tokens.iter().any(|u| self.agent_tokens.contains(u)) {
+            return bad("agent_tokens", "…".into(), "a token is both a user's and an agent's; keep them separate");
+        }
+        let p = &self.planning;
+        if p.slot.is_zero() || p.horizon < p.slot {
+            return bad("planning.horizon", format!("{:?}", p.horizon), "must be at least one slot");
+        }
+        if !(p.quantile > 0.0 && p.quantile < 1.0) {
+            return bad("planning.quantile", p.quantile.to_string(), "need 0 < q < 1");
+        }
+        if greenfill_forecast::by_name(&p.forecast).is_none() {
+            return bad("planning.forecast", p.forecast.clone(), "known: seasonal_naive, koordinator_p95, greenfill");
+        }
+        if !(0.0..1.0).contains(&p.cpu_margin) {
+            return bad("planning.cpu_margin", p.cpu_margin.to_string(), "need 0 <= margin < 1");
+        }
+        if !(self.power.idle_w >= 0.0 && self.power.max_w >= self.power.idle_w && self.power.pue >= 1.0) {
+            return bad("power", format!("{:?}", self.power), "need 0 <= idle_w <= max_w and pue >= 1");
+        }
+        if self.limits.requests_per_second == 0 {
+            return bad("limits.requests_per_second", "0".into(), "must be > 0");
+        }
+        for pool in &self.pools {
+            if pool.name.is_empty()
+                || pool.cores.is_nan()
+                || pool.cores <= 0.0
+                || pool.memory_gib.is_nan()
+                || pool.memory_gib <= 0.0
+            {
+                return bad("pools", pool.name.clone(), "each pool needs a name, cores > 0 and memory_gib > 0");
+            }
+        }
+        Ok(())
+    }
+}
+
+mod dur {
+    use super::*;
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration (e.g. 90s, 5m, 1h, 7d)")))
+    }
+}

@@ -1,0 +1,372 @@
+//! The scheduler service: gRPC edges (jobs, plans, agents), durable state, the
+//! planning loop.
+//!
+//! Invariants:
+//! - Every change is queued to the store's writer *while the state lock is held*,
+//!   so the database sees changes in the order memory did; the caller answers only
+//!   after the commit (a submission is acknowledged only once durable).
+//! - A job has at most one live attempt: a new attempt (after a requeue) gets a new
+//!   `attempt_id`, and events of older attempts are ignored.
+//! - If a commit fails, memory and disk disagree; the process exits and restarts
+//!   from disk rather than answer from a state that is not durable.
+
+pub mod agents;
+pub mod auth;
+pub mod config;
+pub mod jobs;
+pub mod planning;
+
+use crate::store::{Snapshot, Write, Writer};
+use greenfill_proto::v1 as pb;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+pub use config::Config;
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn ts(t: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t, nanos: 0 }
+}
+
+pub fn duration_secs(d: &prost_types::Duration) -> f64 {
+    #[allow(clippy::cast_precision_loss, reason = "durations are far below 2^52 s")]
+    let s = d.seconds as f64;
+    s + f64::from(d.nanos) / 1e9
+}
+
+pub fn state_name(s: i32) -> &'static str {
+    pb::JobState::try_from(s).map_or("UNKNOWN", |s| s.as_str_name()).trim_start_matches("JOB_STATE_")
+}
+
+pub fn is_terminal(s: i32) -> bool {
+    use pb::JobState as S;
+    [S::Succeeded as i32, S::Failed as i32, S::Cancelled as i32].contains(&s)
+}
+
+/// Waiting for a plan: queued, planned (not yet started), evicted or late.
+pub fn is_queued(s: i32) -> bool {
+    use pb::JobState as S;
+    [S::Queued as i32, S::Planned as i32, S::Evicted as i32, S::Late as i32].contains(&s)
+}
+
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    pub seq: u64,
+    pub request_id: String,
+    pub job: pb::Job,
+    /// Current attempt, `<id>-<attempts>`, empty before the first dispatch.
+    pub attempt_id: String,
+    /// From the latest plan; not persisted (recomputed every plan).
+    pub explanation: Option<pb::JobExplanation>,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub register: pb::Register,
+    pub last_seen: i64,
+    /// The open session's outbound queue, and its id (a newer session replaces it).
+    pub session: Option<(u64, mpsc::Sender<Result<pb::SchedulerMessage, tonic::Status>>)>,
+    /// Last command seq handed out.
+    pub command_seq: u64,
+    /// Highest command seq the agent applied.
+    pub command_acked: u64,
+    /// Highest job-event seq stored from this agent.
+    pub event_seq: u64,
+    /// Commands not yet acknowledged, in seq order.
+    pub pending: VecDeque<pb::SchedulerMessage>,
+    /// The telemetry bucket being filled: (bucket start, Σ cpu, Σ memory, n).
+    pub bucket: Option<(i64, f64, f64, u32)>,
+    /// Closed buckets: (bucket start, mean online cpu cores, mean online memory bytes).
+    pub history: VecDeque<(i64, f64, f64)>,
+    pub last_sample: Option<pb::TelemetrySample>,
+}
+
+impl Node {
+    fn new(register: pb::Register, last_seen: i64) -> Node {
+        Node {
+            register,
+            last_seen,
+            session: None,
+            command_seq: 0,
+            command_acked: 0,
+            event_seq: 0,
+            pending: VecDeque::new(),
+            bucket: None,
+            history: VecDeque::new(),
+            last_sample: None,
+        }
+    }
+
+    pub fn row(&self, name: &str) -> Write {
+        Write::Node {
+            name: name.to_owned(),
+            register: self.register.encode_to_vec(),
+            last_command_seq: self.command_acked,
+            last_event_seq: self.event_seq,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Inner {
+    pub jobs: HashMap<String, JobEntry>,
+    /// seq → id, submission order.
+    pub order: BTreeMap<u64, String>,
+    pub by_request: HashMap<String, String>,
+    pub next_seq: u64,
+    pub revision: u64,
+    pub nodes: BTreeMap<String, Node>,
+    pub plan: Option<pb::Plan>,
+    pub next_session: u64,
+}
+
+impl Inner {
+    fn restore(snap: Snapshot, bucket_s: i64) -> anyhow::Result<Inner> {
+        let mut inner = Inner { revision: snap.revision, ..Inner::default() };
+        for j in snap.jobs {
+            let job = pb::Job::decode(j.body.as_slice())?;
+            let attempt_id = if job.attempts > 0 { format!("{}-{}", job.id, job.attempts) } else { String::new() };
+            inner.next_seq = inner.next_seq.max(j.seq + 1);
+            inner.order.insert(j.seq, job.id.clone());
+            inner.by_request.insert(j.request_id.clone(), job.id.clone());
+            inner.revision = inner.revision.max(job.revision);
+            inner.jobs.insert(
+                job.id.clone(),
+                JobEntry { seq: j.seq, request_id: j.request_id, job, attempt_id, explanation: None },
+            );
+        }
+        for n in snap.nodes {
+            let mut node = Node::new(pb::Register::decode(n.register.as_slice())?, n.last_seen);
+            node.command_acked = n.last_command_seq;
+            node.command_seq = n.last_command_seq;
+            node.event_seq = n.last_event_seq;
+            inner.nodes.insert(n.name, node);
+        }
+        for (name, seq, body) in snap.commands {
+            if let Some(node) = inner.nodes.get_mut(&name) {
+                node.command_seq = node.command_seq.max(seq);
+                if seq > node.command_acked {
+                    node.pending.push_back(pb::SchedulerMessage::decode(body.as_slice())?);
+                }
+            }
+        }
+        for (name, bucket, cpu, mem) in snap.telemetry {
+            if let Some(node) = inner.nodes.get_mut(&name) {
+                node.history.push_back((bucket - bucket.rem_euclid(bucket_s), cpu, mem));
+            }
+        }
+        if let Some((_, body)) = snap.plan {
+            inner.plan = Some(pb::Plan::decode(body.as_slice())?);
+        }
+        Ok(inner)
+    }
+
+    /// Change a job (state and whatever `edit` does), bump its revision and return
+    /// the writes and the event to publish.
+    pub fn change(
+        &mut self,
+        id: &str,
+        state: pb::JobState,
+        reason: &str,
+        edit: impl FnOnce(&mut JobEntry),
+    ) -> Option<(Vec<Write>, pb::JobEvent)> {
+        self.revision += 1;
+        let revision = self.revision;
+        let e = self.jobs.get_mut(id)?;
+        let previous_state = e.job.state;
+        e.job.state = state as i32;
+        e.job.state_reason = reason.to_owned();
+        e.job.revision = revision;
+        let t = now();
+        e.job.updated_at = Some(ts(t));
+        edit(e);
+        let writes = vec![
+            Write::Job {
+                seq: e.seq,
+                id: e.job.id.clone(),
+                request_id: e.request_id.clone(),
+                state: e.job.state,
+                revision,
+                body: e.job.encode_to_vec(),
+            },
+            Write::Event {
+                revision,
+                job_id: e.job.id.clone(),
+                previous_state,
+                state: e.job.state,
+                time: t,
+                reason: reason.to_owned(),
+            },
+        ];
+        Some((writes, pb::JobEvent { revision, job: Some(e.job.clone()), previous_state }))
+    }
+
+    /// Queue a command for `node`: numbered, kept until acknowledged, sent now if
+    /// the node is connected. Returns the write that makes it durable.
+    pub fn command(&mut self, node: &str, body: pb::scheduler_message::Body) -> Option<Write> {
+        let n = self.nodes.get_mut(node)?;
+        n.command_seq += 1;
+        let msg = pb::SchedulerMessage { seq: n.command_seq, ack: 0, body: Some(body) };
+        if let Some((_, tx)) = &n.session {
+            // A full or closed queue is fine: the command stays pending and is
+            // resent on the next Register.
+            let _ = tx.try_send(Ok(msg.clone()));
+        }
+        let write = Write::Command { node: node.to_owned(), seq: msg.seq, body: msg.encode_to_vec() };
+        n.pending.push_back(msg);
+        Some(write)
+    }
+}
+
+/// Shared by every handler and the planning loop.
+#[derive(Debug)]
+pub struct State {
+    inner: Mutex<Inner>,
+    writer: Writer,
+    pub events: broadcast::Sender<pb::JobEvent>,
+    /// Something happened that a new plan should see (debounced by `min_gap`).
+    pub replan: Notify,
+    pub config: Config,
+    pub carbon: Option<greenfill_core::Series>,
+}
+
+/// A queued commit: await it, then publish.
+#[must_use]
+#[derive(Debug)]
+pub struct Pending {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    events: Vec<pb::JobEvent>,
+}
+
+impl State {
+    pub fn new(config: Config, snap: Snapshot, writer: Writer) -> anyhow::Result<Arc<State>> {
+        let bucket_s = i64::try_from(config.planning.telemetry_bucket.as_secs().max(1))?;
+        let inner = Inner::restore(snap, bucket_s)?;
+        let carbon = match &config.planning.carbon_file {
+            Some(p) => Some(
+                greenfill_core::data::load_carbon(p, &greenfill_core::data::CarbonOptions::default())
+                    .map_err(|e| anyhow::anyhow!("planning.carbon_file: {e}"))?
+                    .series,
+            ),
+            None => None,
+        };
+        let (events, _) = broadcast::channel(4096);
+        Ok(Arc::new(State { inner: Mutex::new(inner), writer, events, replan: Notify::new(), config, carbon }))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug; the state may be half-changed,
+        // so don't go on serving it.
+        self.inner.lock().unwrap_or_else(|_| {
+            tracing::error!("state lock poisoned; exiting");
+            std::process::exit(70)
+        })
+    }
+
+    /// Queue `writes` (call with the lock held, see the module's invariants).
+    pub fn queue(&self, writes: Vec<Write>, events: Vec<pb::JobEvent>) -> Pending {
+        let rx = if writes.is_empty() { None } else { Some(self.writer.queue(writes)) };
+        Pending { rx, events }
+    }
+
+    /// Wait for durability, then publish the events.
+    pub async fn finish(&self, p: Pending) -> Result<(), tonic::Status> {
+        if let Some(rx) = p.rx {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "commit failed; exiting so that state is rebuilt from disk");
+                    std::process::exit(70)
+                }
+                Err(_) => return Err(tonic::Status::unavailable("store writer stopped")),
+            }
+        }
+        for e in p.events {
+            let _ = self.events.send(e);
+        }
+        Ok(())
+    }
+}
+
+/// A started service: its address and state (tests drive it directly).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub state: Arc<State>,
+    pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Open the store, restore state, bind, and serve gRPC (jobs, plans, agents,
+/// health, reflection) and the planning loop until the task is dropped.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    use greenfill_proto::v1::agent_service_server::AgentServiceServer;
+    use greenfill_proto::v1::job_service_server::JobServiceServer;
+    use greenfill_proto::v1::plan_service_server::PlanServiceServer;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
+    let mut db = crate::store::Sqlite::open(&config.data_dir.join("greenfill.db"))?;
+    let snap = crate::store::Store::load(&mut db)?;
+    tracing::info!(jobs = snap.jobs.len(), nodes = snap.nodes.len(), dir = %config.data_dir.display(), "state restored");
+    let writer = Writer::spawn(Box::new(db));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = State::new(config, snap, writer)?;
+    let cfg = &state.config;
+
+    let users = (!cfg.insecure_local).then_some(cfg.user_tokens.as_slice());
+    let agents = (!cfg.insecure_local).then_some(cfg.agent_tokens.as_slice());
+    let l = &cfg.limits;
+    let user_guard = auth::Guard::new(users, l.requests_per_second, l.burst, "user");
+    let plan_guard = user_guard.clone();
+    // Agents send telemetry every second each: their limit is per node.
+    let agent_guard = auth::Guard::new(agents, 100, 1000, "agent");
+    let max = l.max_message_bytes;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<jobs::Jobs>>().await;
+    health.set_serving::<PlanServiceServer<jobs::Plans>>().await;
+    health.set_serving::<AgentServiceServer<agents::Agents>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(greenfill_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let mut builder = tonic::transport::Server::builder().timeout(std::time::Duration::from_secs(60));
+    if let Some(tls) = &cfg.tls {
+        let cert = std::fs::read(&tls.cert).map_err(|e| anyhow::anyhow!("tls.cert {}: {e}", tls.cert.display()))?;
+        let key = std::fs::read(&tls.key).map_err(|e| anyhow::anyhow!("tls.key {}: {e}", tls.key.display()))?;
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            JobServiceServer::new(jobs::Jobs(state.clone())).max_decoding_message_size(max),
+            move |r| user_guard.check(r),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            PlanServiceServer::new(jobs::Plans(state.clone())).max_decoding_message_size(max),
+            move |r| plan_guard.check(r),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            AgentServiceServer::new(agents::Agents(state.clone())).max_decoding_message_size(max),
+            move |r| agent_guard.check(r),
+        ));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(router.serve_with_incoming(incoming));
+    tokio::spawn(planning::run(state.clone()));
+    tracing::info!(%addr, insecure_local = state.config.insecure_local, "scheduler serving");
+    Ok(Running { addr, state, server })
+}

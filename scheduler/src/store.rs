@@ -1,0 +1,393 @@
+//! Durable state: jobs and their history, nodes, undelivered commands, downsampled
+//! telemetry and plans.
+//!
+//! The service keeps its working state in memory and writes every change through
+//! a [`Store`] before it answers (a submission is acknowledged only once its batch
+//! is committed). One writer thread owns the store and commits whatever has queued
+//! up in a single transaction (group commit), so many concurrent submissions share
+//! one fsync. [`Sqlite`] is the default (WAL, `synchronous = FULL`); the trait is
+//! small so that a server database can back several replicas later.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: schema version {found} is newer than this scheduler knows ({known}); upgrade it")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+}
+
+/// One change, applied in order within a batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace a job (`body` = encoded `greenfill.v1.Job`).
+    Job {
+        seq: u64,
+        id: String,
+        request_id: String,
+        state: i32,
+        revision: u64,
+        body: Vec<u8>,
+    },
+    /// One state change, kept as the job's history.
+    Event {
+        revision: u64,
+        job_id: String,
+        previous_state: i32,
+        state: i32,
+        time: i64,
+        reason: String,
+    },
+    /// Insert or replace a node (`register` = encoded `greenfill.v1.Register`).
+    Node {
+        name: String,
+        register: Vec<u8>,
+        last_command_seq: u64,
+        last_event_seq: u64,
+        last_seen: i64,
+    },
+    /// A command for a node, kept until the node acknowledges it.
+    Command {
+        node: String,
+        seq: u64,
+        body: Vec<u8>,
+    },
+    /// The node applied every command up to `upto`.
+    CommandsAcked {
+        node: String,
+        upto: u64,
+    },
+    /// Mean online use of a node over one telemetry bucket.
+    Telemetry {
+        node: String,
+        bucket: i64,
+        online_cpu: f64,
+        online_memory: f64,
+        samples: u32,
+    },
+    Plan {
+        revision: u64,
+        created_at: i64,
+        body: Vec<u8>,
+    },
+    /// Retention: drop telemetry buckets before `telemetry_before` and plans
+    /// older than the newest `keep_plans`.
+    Prune {
+        telemetry_before: i64,
+        keep_plans: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    pub seq: u64,
+    pub request_id: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredNode {
+    pub name: String,
+    pub register: Vec<u8>,
+    pub last_command_seq: u64,
+    pub last_event_seq: u64,
+    pub last_seen: i64,
+}
+
+/// Everything the service needs to start again where it stopped.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// In submission order.
+    pub jobs: Vec<StoredJob>,
+    pub revision: u64,
+    pub nodes: Vec<StoredNode>,
+    /// `(node, seq, body)`, unacknowledged, in seq order per node.
+    pub commands: Vec<(String, u64, Vec<u8>)>,
+    /// `(node, bucket, online_cpu, online_memory)` in time order per node.
+    pub telemetry: Vec<(String, i64, f64, f64)>,
+    pub plan: Option<(u64, Vec<u8>)>,
+}
+
+pub trait Store: Send + 'static {
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Apply `batch` atomically and durably: all of it or none.
+    fn commit(&mut self, batch: &[Write]) -> Result<(), StoreError>;
+}
+
+/// Versioned migrations; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        request_id TEXT NOT NULL UNIQUE,
+        state INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE job_events (
+        revision INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        previous_state INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        time INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX job_events_by_job ON job_events (job_id, revision);
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        register BLOB NOT NULL,
+        last_command_seq INTEGER NOT NULL,
+        last_event_seq INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    CREATE TABLE commands (
+        node TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (node, seq)
+    );
+    CREATE TABLE telemetry (
+        node TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        online_cpu REAL NOT NULL,
+        online_memory REAL NOT NULL,
+        samples INTEGER NOT NULL,
+        PRIMARY KEY (node, bucket)
+    );
+    CREATE TABLE plans (
+        revision INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );",
+];
+
+/// SQLite in WAL mode, one file.
+#[derive(Debug)]
+pub struct Sqlite {
+    path: PathBuf,
+    conn: Connection,
+}
+
+#[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss, reason = "seqs and revisions stay far below 2^63")]
+impl Sqlite {
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        let err = |source| StoreError::Sqlite { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        let mut db = Sqlite { path: path.to_owned(), conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite { path: self.path.display().to_string(), source }
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(self.err())?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { path: self.path.display().to_string(), found: version, known });
+        }
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(err)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(self.err())
+    }
+}
+
+#[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss, reason = "seqs and revisions stay far below 2^63")]
+impl Store for Sqlite {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let e = self.err();
+        let c = &self.conn;
+        let mut snap = Snapshot::default();
+        let mut q = c.prepare("SELECT seq, request_id, body FROM jobs ORDER BY seq").map_err(&e)?;
+        snap.jobs = q
+            .query_map([], |r| {
+                Ok(StoredJob { seq: r.get::<_, i64>(0)? as u64, request_id: r.get(1)?, body: r.get(2)? })
+            })
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
+        let jobs_max: i64 = c.query_row("SELECT COALESCE(MAX(revision), 0) FROM jobs", [], |r| r.get(0)).map_err(&e)?;
+        let events_max: i64 =
+            c.query_row("SELECT COALESCE(MAX(revision), 0) FROM job_events", [], |r| r.get(0)).map_err(&e)?;
+        snap.revision = jobs_max.max(events_max) as u64;
+        let mut q = c
+            .prepare("SELECT name, register, last_command_seq, last_event_seq, last_seen FROM nodes ORDER BY name")
+            .map_err(&e)?;
+        snap.nodes = q
+            .query_map([], |r| {
+                Ok(StoredNode {
+                    name: r.get(0)?,
+                    register: r.get(1)?,
+                    last_command_seq: r.get::<_, i64>(2)? as u64,
+                    last_event_seq: r.get::<_, i64>(3)? as u64,
+                    last_seen: r.get(4)?,
+                })
+            })
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
+        let mut q = c.prepare("SELECT node, seq, body FROM commands ORDER BY node, seq").map_err(&e)?;
+        snap.commands = q
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
+        let mut q = c
+            .prepare("SELECT node, bucket, online_cpu, online_memory FROM telemetry ORDER BY node, bucket")
+            .map_err(&e)?;
+        snap.telemetry = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
+        snap.plan = c
+            .query_row("SELECT revision, body FROM plans ORDER BY revision DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()
+            .map_err(&e)?;
+        Ok(snap)
+    }
+
+    fn commit(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let e = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(e)?;
+        for w in batch {
+            match w {
+                Write::Job { seq, id, request_id, state, revision, body } => tx
+                    .prepare_cached(
+                        "INSERT INTO jobs (seq, id, request_id, state, revision, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (seq) DO UPDATE SET state = ?4, revision = ?5, body = ?6",
+                    )
+                    .and_then(|mut s| s.execute(params![*seq as i64, id, request_id, state, *revision as i64, body])),
+                Write::Event { revision, job_id, previous_state, state, time, reason } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO job_events (revision, job_id, previous_state, state, time, reason)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .and_then(|mut s| s.execute(params![*revision as i64, job_id, previous_state, state, time, reason]))
+                }
+                Write::Node { name, register, last_command_seq, last_event_seq, last_seen } => {
+                    tx.prepare_cached("INSERT OR REPLACE INTO nodes VALUES (?1, ?2, ?3, ?4, ?5)").and_then(|mut s| {
+                        s.execute(params![name, register, *last_command_seq as i64, *last_event_seq as i64, last_seen])
+                    })
+                }
+                Write::Command { node, seq, body } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO commands VALUES (?1, ?2, ?3)")
+                    .and_then(|mut s| s.execute(params![node, *seq as i64, body])),
+                Write::CommandsAcked { node, upto } => tx
+                    .prepare_cached("DELETE FROM commands WHERE node = ?1 AND seq <= ?2")
+                    .and_then(|mut s| s.execute(params![node, *upto as i64])),
+                Write::Telemetry { node, bucket, online_cpu, online_memory, samples } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO telemetry VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .and_then(|mut s| s.execute(params![node, bucket, online_cpu, online_memory, samples])),
+                Write::Plan { revision, created_at, body } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO plans VALUES (?1, ?2, ?3)")
+                    .and_then(|mut s| s.execute(params![*revision as i64, created_at, body])),
+                Write::Prune { telemetry_before, keep_plans } => {
+                    tx.execute("DELETE FROM telemetry WHERE bucket < ?1", params![telemetry_before]).and_then(|_| {
+                        tx.execute(
+                            "DELETE FROM plans WHERE revision <= (SELECT COALESCE(MAX(revision), 0) FROM plans) - ?1",
+                            params![keep_plans],
+                        )
+                    })
+                }
+            }
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The single writer: batches queued writes into one transaction each.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<(Vec<Write>, Reply)>,
+}
+
+impl Writer {
+    /// Start the writer thread; it runs until every `Writer` clone is dropped.
+    pub fn spawn(mut store: Box<dyn Store>) -> Writer {
+        let (tx, rx) = mpsc::channel::<(Vec<Write>, Reply)>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = first.0;
+                    let mut replies = vec![first.1];
+                    // Group commit: take whatever else is already queued.
+                    while replies.len() < 4096 {
+                        match rx.try_recv() {
+                            Ok((w, r)) => {
+                                batch.extend(w);
+                                replies.push(r);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let started = std::time::Instant::now();
+                    let result = store.commit(&batch).map_err(|e| e.to_string());
+                    metrics::histogram!("greenfill_store_commit_seconds").record(started.elapsed().as_secs_f64());
+                    #[allow(clippy::cast_precision_loss, reason = "a count")]
+                    metrics::histogram!("greenfill_store_commit_batch").record(replies.len() as f64);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, writes = batch.len(), "commit failed");
+                    }
+                    for r in replies {
+                        let _ = r.send(result.clone());
+                    }
+                }
+            })
+            .expect("spawning the store writer thread");
+        Writer { tx }
+    }
+
+    /// Queue `batch`; the receiver answers once it is durable (or failed).
+    /// Batches commit in the order they are queued.
+    pub fn queue(&self, batch: Vec<Write>) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // If the writer is gone, `tx` is dropped with the message and the receiver
+        // reports it.
+        let _ = self.tx.send((batch, tx));
+        rx
+    }
+
+    /// Queue `batch` and wait until it is durable.
+    pub async fn commit(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        match self.queue(batch).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Commit(e)),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+}
