@@ -44,10 +44,14 @@ pub fn format_timestamp(t: i64) -> String {
     DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
-/// Parse a duration such as `300`, `300s`, `5m`, `1.5h`, `7d` into seconds.
+/// Parse a duration such as `300`, `300s`, `250ms`, `5m`, `1.5h`, `7d` into seconds.
 /// A bare number is seconds. Negative, non-finite and empty inputs are refused.
 pub fn parse_duration(s: &str) -> Option<f64> {
     let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        let v: f64 = ms.trim().parse().ok()?;
+        return (v.is_finite() && v >= 0.0).then_some(v / 1000.0);
+    }
     let (num, mult) = match s.char_indices().last()? {
         (i, 's') => (&s[..i], 1.0),
         (i, 'm') => (&s[..i], 60.0),

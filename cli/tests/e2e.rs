@@ -1,0 +1,262 @@
+//! End to end on this machine with the three real binaries: `greenfill-scheduler`
+//! and `greenfill-agent` on loopback, jobs submitted and inspected with
+//! `greenfill`. Jobs run in real cgroups, so these tests need root; elsewhere they
+//! print why they skip.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root_or_skip(test: &str) -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+    });
+    if uid.as_deref() != Some("0") {
+        eprintln!("SKIP {test}: needs root to create cgroups for jobs");
+        return false;
+    }
+    true
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_greenfill")).parent().unwrap().to_owned();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: build the whole workspace (cargo build --workspace)", p.display());
+    p
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    scheduler: Option<Proc>,
+    agent: Option<Proc>,
+    batch_root: String,
+}
+
+impl Cluster {
+    fn new(test: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(
+            dir.path().join("scheduler.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ninsecure_local = true\ndata_dir = \"{}\"\n\
+                 [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"1m\"\nhorizon = \"2h\"\n",
+                dir.path().join("scheduler").display()
+            ),
+        )
+        .unwrap();
+        let mut c = Cluster {
+            dir,
+            port,
+            scheduler: None,
+            agent: None,
+            batch_root: format!("greenfill-test-{test}-{}/batch", std::process::id()),
+        };
+        c.start_scheduler();
+        c.start_agent();
+        c
+    }
+
+    fn start_scheduler(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("scheduler.log")).unwrap();
+        let child = Command::new(bin("greenfill-scheduler"))
+            .arg("--config")
+            .arg(self.dir.path().join("scheduler.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.scheduler = Some(Proc(child));
+    }
+
+    fn start_agent(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let child = Command::new(bin("greenfill-agent"))
+            .args([
+                "run",
+                "--server",
+                &format!("http://127.0.0.1:{}", self.port),
+                "--node-name",
+                "e2e",
+                "--batch-root",
+                &self.batch_root,
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("agent"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(Proc(child));
+    }
+
+    fn greenfill(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(["--server", &format!("http://127.0.0.1:{}", self.port)])
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `greenfill jobs --json`, retried while the scheduler starts.
+    fn jobs(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.greenfill(&["jobs", "--json"]) {
+                Ok(s) => return serde_json::from_str::<Vec<Value>>(&s).unwrap(),
+                Err(e) if Instant::now() > deadline => panic!("jobs: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn submit(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.greenfill(&[&["submit"], args].concat()) {
+                Ok(s) => return s.trim().to_owned(),
+                Err(e) if Instant::now() > deadline => panic!("submit: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let jobs = self.jobs();
+            if done(&jobs) {
+                return jobs;
+            }
+            if Instant::now() > deadline {
+                let logs = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+                let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+                panic!("timed out waiting for {what}: {jobs:#?}\nagent log (newest first):\n{}", tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agent.take();
+        self.scheduler.take();
+        // Leave no cgroups behind.
+        let root = self.batch_root.trim_end_matches("/batch");
+        for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
+            let base = Path::new("/sys/fs/cgroup").join(h);
+            let _ = std::fs::remove_dir(base.join(&self.batch_root));
+            let _ = std::fs::remove_dir(base.join(root));
+        }
+    }
+}
+
+fn state(j: &Value) -> &str {
+    j["state"].as_str().unwrap()
+}
+
+#[test]
+fn twenty_real_jobs_run_to_completion_with_their_exit_codes() {
+    if !root_or_skip("twenty_real_jobs") {
+        return;
+    }
+    let c = Cluster::new("twenty");
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..20 {
+        let code = if i % 5 == 4 { 3 } else { 0 };
+        let script = format!("echo job-{i}; sleep 0.{i}; exit {code}");
+        let id = c.submit(&[
+            "--cpu",
+            "0.2",
+            "--memory",
+            "64Mi",
+            "--duration",
+            "20s",
+            "--name",
+            &format!("job-{i}"),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        expected.insert(id, code);
+    }
+    let jobs = c.wait_until("20 finished jobs", Duration::from_secs(120), |jobs| {
+        jobs.len() == 20 && jobs.iter().all(|j| ["succeeded", "failed"].contains(&state(j)))
+    });
+    for j in &jobs {
+        let id = j["id"].as_str().unwrap();
+        let code = expected[id];
+        assert_eq!(j["exit_code"], Value::from(code), "{j}");
+        assert_eq!(state(j), if code == 0 { "succeeded" } else { "failed" }, "{j}");
+        assert_eq!(j["node"], "e2e");
+        assert_eq!(j["attempts"], 1, "ran more than once: {j}");
+        let out = std::fs::read_to_string(c.dir.path().join(format!("agent/logs/{id}-1.out"))).unwrap();
+        assert_eq!(out.trim(), j["name"].as_str().unwrap(), "the job's own stdout");
+    }
+    // The table form shows the same.
+    let table = c.greenfill(&["jobs"]).unwrap();
+    assert_eq!(table.lines().filter(|l| l.contains("succeeded")).count(), 16, "{table}");
+    let nodes = c.greenfill(&["nodes", "--json"]).unwrap();
+    assert!(nodes.contains("\"connected\": true"), "{nodes}");
+}
+
+#[test]
+fn a_killed_agent_requeues_its_job_and_a_missing_scheduler_does_not_stop_jobs() {
+    if !root_or_skip("agent_faults") {
+        return;
+    }
+    let mut c = Cluster::new("faults");
+    // 1. Kill the agent mid-job: on restart it stops the orphan and reports it, the
+    //    scheduler requeues it, and a second attempt runs to completion. Never two
+    //    at once: the marker file counts concurrent runs.
+    let marker = c.dir.path().join("running");
+    let script = format!(
+        "if [ -e {m} ]; then echo TWICE >> {m}.bad; fi; touch {m}; sleep 4; rm -f {m}; exit 0",
+        m = marker.display()
+    );
+    let id = c.submit(&["--cpu", "0.2", "--memory", "64Mi", "--duration", "10s", "--", "sh", "-c", &script]);
+    c.wait_until("the job running", Duration::from_secs(60), |j| j.iter().any(|j| state(j) == "running"));
+    c.agent.take(); // SIGKILL
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_agent();
+    let jobs = c.wait_until("the job done after a requeue", Duration::from_secs(90), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "succeeded")
+    });
+    let j = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
+    assert_eq!(j["attempts"], 2, "killed attempt + the rerun: {j}");
+    assert!(!c.dir.path().join("running.bad").exists(), "two attempts ran at once");
+
+    // 2. Scheduler away while a job runs: the job goes on, and its exit is
+    //    reported after the agent reconnects.
+    let id = c.submit(&["--cpu", "0.2", "--memory", "64Mi", "--duration", "10s", "--", "sh", "-c", "sleep 3; exit 0"]);
+    c.wait_until("the second job running", Duration::from_secs(60), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
+    });
+    c.scheduler.take(); // SIGKILL
+    std::thread::sleep(Duration::from_secs(8));
+    c.start_scheduler();
+    let jobs = c.wait_until("the second job reported done", Duration::from_secs(60), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "succeeded")
+    });
+    let j = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
+    assert_eq!(j["attempts"], 1, "the job ran through the outage, once: {j}");
+}
