@@ -1,7 +1,7 @@
 """A greenfill API client in Python, generated from proto/greenfill/v1/*.proto with
 grpcio-tools. It proves the API is usable from another language: it submits a job,
-retries it idempotently, reads it back, lists, watches, and checks that a bad field
-is refused by name.
+retries it idempotently, reads it back, lists, watches it while cancelling it, and
+checks that a bad field and a missing token are refused.
 
     python greenfill_client.py HOST:PORT TOKEN
 """
@@ -36,9 +36,16 @@ def main(target: str, token: str) -> int:
         assert got.spec.name == "from-python" and got.state == jobs_pb2.JOB_STATE_QUEUED, got
         listed = jobs.ListJobs(jobs_pb2.ListJobsRequest(labels={"client": "python"}), metadata=auth)
         assert [j.id for j in listed.jobs] == [first.job.id], listed
-        events = jobs.WatchJobs(jobs_pb2.WatchJobsRequest(ids=[first.job.id], since_revision=first.job.revision - 1), metadata=auth, timeout=5)
+        # Watch from the revision read, then cancel: the watch sees the change.
+        events = jobs.WatchJobs(
+            jobs_pb2.WatchJobsRequest(ids=[first.job.id], since_revision=got.revision), metadata=auth, timeout=10
+        )
+        cancelled = jobs.CancelJob(jobs_pb2.CancelJobRequest(id=first.job.id, reason="python says so"), metadata=auth)
+        assert cancelled.state == jobs_pb2.JOB_STATE_CANCELLED, cancelled
         event = next(iter(events))
-        assert event.job.id == first.job.id, event
+        assert event.job.id == first.job.id and event.job.state == jobs_pb2.JOB_STATE_CANCELLED, event
+        assert event.previous_state == jobs_pb2.JOB_STATE_QUEUED, event
+        events.cancel()
 
         bad = jobs_pb2.JobSpec()
         bad.CopyFrom(spec)
