@@ -29,7 +29,10 @@ fn a_python_grpcio_client_submits_reads_and_is_refused_like_any_other() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let out = Command::new(repo.join("clients/python/run.sh")).args([format!("127.0.0.1:{port}"), "py-user".into()]).output().unwrap();
+    let out = Command::new(repo.join("clients/python/run.sh"))
+        .args([format!("127.0.0.1:{port}"), "py-user".into()])
+        .output()
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,0 +1,351 @@
+//! Load on the real scheduler service, which runs in a child process so that its
+//! CPU is measured apart from the load generator's:
+//!
+//! - `submit`: durable submissions per second from N concurrent clients;
+//! - `agents`: N simulated agents streaming 1 Hz telemetry, the scheduler's CPU;
+//! - `plan`: plan-loop latency with N agents connected and M queued jobs.
+//!
+//! Prints one JSON object with the figures (see BENCHMARKS.md).
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use greenfill_proto::v1 as pb;
+use pb::agent_service_client::AgentServiceClient;
+use pb::job_service_client::JobServiceClient;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Durable submissions/s.
+    Submit {
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Requests each client keeps in flight (1 = one at a time).
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+    },
+    /// Scheduler CPU with N agents at 1 Hz.
+    Agents {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Plan-loop latency with N agents and M queued jobs.
+    Plan {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// (internal) Run the service in this process.
+    Serve {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        metrics: std::net::SocketAddr,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "60s")]
+        interval: String,
+    },
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    metrics: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0)).unwrap_or(0)
+}
+
+fn spawn_server(interval: &str) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let (p, m) = (port(), port());
+    let child = Command::new(std::env::current_exe()?)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{p}"),
+            "--metrics",
+            &format!("127.0.0.1:{m}"),
+            "--interval",
+            interval,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Server { child, port: p, metrics: m, _dir: dir })
+}
+
+/// CPU seconds (user + system) of `pid` so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn channel(port: u16) -> Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?)
+}
+
+fn spec(i: usize, not_before: Option<i64>) -> pb::JobSpec {
+    pb::JobSpec {
+        name: format!("load-{i}"),
+        command: vec!["true".into()],
+        cpu_cores: 1.0,
+        memory_bytes: 1 << 30,
+        expected_duration: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        not_before: not_before.map(|t| prost_types::Timestamp { seconds: t, nanos: 0 }),
+        deadline: not_before.map(|t| prost_types::Timestamp { seconds: t + 12 * 3600, nanos: 0 }),
+        ..Default::default()
+    }
+}
+
+async fn submit(
+    port: u16,
+    clients: usize,
+    in_flight: usize,
+    jobs: usize,
+    not_before: Option<i64>,
+) -> Result<(f64, u64)> {
+    let done = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        // One connection per client.
+        let ch = channel(port).await?;
+        for _ in 0..in_flight {
+            let (mut c, done, next) = (JobServiceClient::new(ch.clone()), done.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= jobs {
+                        return Ok::<_, tonic::Status>(());
+                    }
+                    let req = pb::SubmitJobRequest { request_id: format!("load-{i}"), spec: Some(spec(i, not_before)) };
+                    c.submit_job(req).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((secs, done.load(Ordering::Relaxed)))
+}
+
+/// Simulated agents: register, then telemetry at 1 Hz; commands are acknowledged.
+async fn agents(
+    port: u16,
+    n: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut out = Vec::new();
+    let channels: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..n.div_ceil(100) {
+            v.push(channel(port).await?);
+        }
+        v
+    };
+    for a in 0..n {
+        let ch = channels[a / 100].clone();
+        let stop = stop.clone();
+        out.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let reg = pb::Register {
+                node_name: format!("sim-{a:04}"),
+                pool: "web".into(),
+                cpu_cores: 32.0,
+                memory_bytes: 128 << 30,
+                ..Default::default()
+            };
+            let _ =
+                tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(reg)) }).await;
+            let Ok(resp) = AgentServiceClient::new(ch).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+            else {
+                return;
+            };
+            let mut inbound = resp.into_inner();
+            let acker = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    if m.seq > 0 {
+                        let _ = acker.send(pb::AgentMessage { seq: 0, ack: m.seq, body: None }).await;
+                    }
+                }
+            });
+            // Spread the agents over the second.
+            tokio::time::sleep(Duration::from_micros((a as u64 * 997) % 1_000_000)).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            #[allow(clippy::cast_precision_loss, reason = "a small index")]
+            let online = 4.0 + (a % 7) as f64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let s = pb::TelemetrySample {
+                    time: Some(prost_types::Timestamp { seconds: i64::try_from(t.as_secs()).unwrap_or(0), nanos: 0 }),
+                    node_cpu_cores: Some(online + 1.0),
+                    online_cpu_cores: Some(online),
+                    online_memory_bytes: Some(16 << 30),
+                    batch_cpu_cores: Some(1.0),
+                    ..Default::default()
+                };
+                if tx
+                    .send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(s)) })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    Ok(out)
+}
+
+/// `(sum, count)` of a summary/histogram in the Prometheus text at `port`.
+fn prom(port: u16, name: &str) -> Option<(f64, f64)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let get = |k: &str| {
+        body.lines()
+            .find(|l| l.starts_with(k) && l[k.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    Some((get(&format!("{name}_sum"))?, get(&format!("{name}_count"))?))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match cli.mode {
+        Mode::Serve { listen, metrics, data_dir, interval } => rt.block_on(async move {
+            metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics).install()?;
+            let mut c = greenfill_scheduler::service::Config { listen, data_dir, insecure_local: true, ..Default::default() };
+            c.limits.requests_per_second = 1_000_000;
+            c.limits.burst = 1_000_000;
+            c.planning.interval = Duration::from_secs_f64(greenfill_core::time::parse_duration(&interval).unwrap_or(60.0));
+            c.planning.min_gap = c.planning.interval;
+            let r = greenfill_scheduler::service::start(c).await?;
+            r.server.await??;
+            Ok(())
+        }),
+        Mode::Submit { clients, in_flight, jobs } => rt.block_on(async move {
+            let srv = spawn_server("1h")?;
+            let cpu0 = cpu_seconds(srv.child.id())?;
+            let (secs, n) = submit(srv.port, clients, in_flight, jobs, None).await?;
+            let cpu = cpu_seconds(srv.child.id())? - cpu0;
+            let commits = prom(srv.metrics, "greenfill_store_commit_batch");
+            #[allow(clippy::cast_precision_loss, reason = "counts")]
+            let out = serde_json::json!({
+                "mode": "submit", "clients": clients, "in_flight_per_client": in_flight, "jobs": n,
+                "seconds": secs, "per_second": n as f64 / secs, "scheduler_cpu_s": cpu,
+                "mean_commit_batch": commits.map(|(s, c)| s / c.max(1.0)),
+                "scheduler_rss_mib": rss_mib(srv.child.id()),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }),
+        Mode::Agents { agents: n, seconds } => rt.block_on(async move {
+            let srv = spawn_server("60s")?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let tasks = agents(srv.port, n, stop.clone()).await?;
+            // Warm up: every agent registered and ticking.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let cpu0 = cpu_seconds(srv.child.id())?;
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            let cpu = cpu_seconds(srv.child.id())? - cpu0;
+            let wall = t0.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            let out = serde_json::json!({
+                "mode": "agents", "agents": n, "seconds": wall, "scheduler_cpu_s": cpu,
+                "share_of_one_core": cpu / wall, "scheduler_rss_mib": rss_mib(srv.child.id()),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            for t in tasks {
+                t.abort();
+            }
+            Ok(())
+        }),
+        Mode::Plan { agents: n, jobs, rounds } => rt.block_on(async move {
+            let srv = spawn_server("5s")?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let tasks = agents(srv.port, n, stop.clone()).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let later = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())? + 3600;
+            submit(srv.port, 8, 4, jobs, Some(later)).await?;
+            let start = prom(srv.metrics, "greenfill_plan_round_seconds").unwrap_or((0.0, 0.0));
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let mut now = start;
+            while now.1 < start.1 + rounds as f64 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                now = prom(srv.metrics, "greenfill_plan_round_seconds").unwrap_or(now);
+            }
+            let solve = prom(srv.metrics, "greenfill_plan_solve_seconds");
+            let mut plans = pb::plan_service_client::PlanServiceClient::new(channel(srv.port).await?);
+            let plan = plans.get_plan(pb::GetPlanRequest { include_jobs: false }).await?.into_inner();
+            let k = (now.1 - start.1).max(1.0);
+            let out = serde_json::json!({
+                "mode": "plan", "agents": n, "queued_jobs": jobs, "rounds": now.1 - start.1,
+                "mean_round_s": (now.0 - start.0) / k,
+                "mean_solve_s_all_rounds": solve.map(|(s, c)| s / c.max(1.0)),
+                "nodes_planned_on": plan.pools.iter().map(|p| p.nodes).sum::<u32>(),
+                "last_plan": {"jobs_planned": plan.jobs_planned, "jobs_waiting": plan.jobs_waiting, "solve_ms": plan.solve_ms, "slots": plan.slots},
+                "scheduler_rss_mib": rss_mib(srv.child.id()),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                t.abort();
+            }
+            Ok(())
+        }),
+    }
+}
