@@ -158,7 +158,7 @@ async fn submit(
             let (mut c, done, next) = (JobServiceClient::new(ch.clone()), done.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
                     if i >= jobs {
                         return Ok::<_, tonic::Status>(());
                     }
