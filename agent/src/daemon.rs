@@ -451,8 +451,51 @@ impl Agent {
             }
             let limit = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).limit();
             let msg = to_proto(&s, limit);
+            record_metrics(&msg, &self.cfg.roots.proc);
             self.core().send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(msg)) });
         }
+    }
+}
+
+/// Prometheus series: per node and per workload class (online, batch), never
+/// per process or per job; plus the agent's own CPU and memory.
+fn record_metrics(m: &pb::TelemetrySample, proc_root: &Path) {
+    let set = |name: &'static str, class: &'static str, v: Option<f64>| {
+        if let Some(v) = v {
+            metrics::gauge!(name, "class" => class).set(v);
+        }
+    };
+    set("greenfill_cpu_cores", "node", m.node_cpu_cores);
+    set("greenfill_cpu_cores", "online", m.online_cpu_cores);
+    set("greenfill_cpu_cores", "batch", m.batch_cpu_cores);
+    #[allow(clippy::cast_precision_loss, reason = "bytes")]
+    {
+        set("greenfill_memory_bytes", "node", m.node_memory_bytes.map(|b| b as f64));
+        set("greenfill_memory_bytes", "online", m.online_memory_bytes.map(|b| b as f64));
+        set("greenfill_memory_bytes", "batch", m.batch_memory_bytes.map(|b| b as f64));
+    }
+    for p in &m.power {
+        let source = pb::PowerSource::try_from(p.source).map_or("unknown", |s| match s {
+            pb::PowerSource::Rapl => "rapl",
+            pb::PowerSource::Nvml => "nvml",
+            _ => "model",
+        });
+        metrics::gauge!("greenfill_power_watts", "component" => p.component.clone(), "source" => source).set(p.watts);
+    }
+    // The agent's own cost.
+    let me = proc_root.join("self");
+    if let Some(ticks) = std::fs::read_to_string(me.join("stat")).ok().and_then(|s| {
+        let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    }) {
+        #[allow(clippy::cast_precision_loss, reason = "ticks")]
+        metrics::gauge!("greenfill_agent_cpu_seconds").set(ticks as f64 / 100.0);
+    }
+    if let Some(kb) = std::fs::read_to_string(me.join("status")).ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    }) {
+        #[allow(clippy::cast_precision_loss, reason = "bytes")]
+        metrics::gauge!("greenfill_agent_rss_bytes").set((kb * 1024) as f64);
     }
 }
 

@@ -1,0 +1,199 @@
+//! The local guard: its rules on a fixture cgroup tree, and the real loop on this
+//! machine cutting the batch root's quota when online load starts.
+
+use greenfill_agent::guard::{Guard, GuardConfig, GuardJob};
+use greenfill_agent::telemetry::{
+    CgroupLayout, CgroupVersion, LinearPowerModel, NodeSample, Pressure, Roots, Sample, Sampler, WorkloadSample, detect,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn sample(cpus: usize, node: f64, batch: f64, mem_used_gib: u64, psi: f64) -> Sample {
+    Sample {
+        interval_s: Some(1.0),
+        node: NodeSample {
+            cpus: Some(cpus),
+            cpu_cores_used: Some(node),
+            memory_total_bytes: Some(100 << 30),
+            memory_used_bytes: Some(mem_used_gib << 30),
+            load: None,
+            cpu_pressure: Some(Pressure { some_avg10: psi, full_avg10: None, some_total_us: 0 }),
+            memory_pressure: None,
+            io_pressure: None,
+        },
+        cgroup: CgroupLayout {
+            version: CgroupVersion::None,
+            v2: None,
+            v2_controllers: vec![],
+            v1_cpu: None,
+            v1_cpuacct: None,
+            v1_memory: None,
+        },
+        power: vec![],
+        workloads: WorkloadSample { cpu_cores: Some(batch), ..WorkloadSample::default() },
+        gpus: None,
+    }
+}
+
+/// A v2 tree with the cpu and memory controllers and two batch jobs' memory.
+fn v2_tree(dir: &Path) {
+    std::fs::write(dir.join("cgroup.controllers"), "cpu memory io\n").unwrap();
+    for (job, mib) in [("a", 4096u64), ("b", 8192), ("c", 1024)] {
+        let d = dir.join("greenfill/batch").join(job);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("memory.current"), format!("{}\n", mib << 20)).unwrap();
+    }
+}
+
+fn quota(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("greenfill/batch/cpu.max")).unwrap()
+}
+
+#[test]
+fn cpu_cap_follows_koordinators_formula_rises_slowly_and_falls_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    v2_tree(dir.path());
+    let cfg = GuardConfig { online_cgroups: vec![], psi_threshold: 50.0, ..GuardConfig::default() };
+    let mut g = Guard::new(cfg, dir.path(), Path::new("greenfill/batch"));
+    assert_eq!(detect(dir.path()).version, CgroupVersion::V2);
+    // 16 CPUs, node 6 cores busy of which 2 batch: online 4 → 0.65 × 16 − 4 = 6.4.
+    g.step(&sample(16, 6.0, 2.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 6.4).abs() < 1e-9);
+    assert_eq!(quota(dir.path()), "640000 100000");
+    // Online jumps to 9: cut at once to 1.4.
+    g.step(&sample(16, 11.0, 2.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 1.4).abs() < 1e-9);
+    assert_eq!(quota(dir.path()), "140000 100000");
+    // Online falls back to 1: the cap rises by at most 0.5 per tick.
+    g.step(&sample(16, 2.0, 1.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 1.9).abs() < 1e-9);
+    g.step(&sample(16, 2.0, 1.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 2.4).abs() < 1e-9);
+    // Online above the threshold on its own: the floor, not zero or negative.
+    g.step(&sample(16, 16.0, 0.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 0.1).abs() < 1e-9);
+    assert_eq!((g.cuts, g.raises), (2, 2));
+}
+
+#[test]
+fn online_pressure_halves_the_cap_and_memory_pressure_evicts_lowest_priority_then_largest() {
+    let dir = tempfile::tempdir().unwrap();
+    v2_tree(dir.path());
+    let cfg = GuardConfig { online_cgroups: vec![], psi_threshold: 20.0, ..GuardConfig::default() };
+    let mut g = Guard::new(cfg, dir.path(), Path::new("greenfill/batch"));
+    g.step(&sample(16, 4.0, 0.0, 10, 5.0), &[]);
+    let before = g.limit().unwrap();
+    g.step(&sample(16, 4.0, 0.0, 10, 35.0), &[]);
+    assert!((g.limit().unwrap() - before / 2.0).abs() < 1e-9, "{:?}", g.limit());
+    assert_eq!(g.psi_cuts, 1);
+
+    let jobs: Vec<GuardJob> = [("a", 0), ("b", 0), ("c", -5)]
+        .into_iter()
+        .map(|(j, p)| GuardJob { attempt: j.into(), cgroup: PathBuf::from("greenfill/batch").join(j), priority: p })
+        .collect();
+    // 85 % used: under the high watermark, nothing happens.
+    assert!(g.step(&sample(16, 4.0, 0.0, 85, 0.0), &jobs).is_empty());
+    // 93 GiB of 100 used: evict toward 80 %: c (lowest priority, 1 GiB), then b
+    // (largest of the rest, 8 GiB), then a (4 GiB) reaches 80 GiB.
+    let out: Vec<String> = g.step(&sample(16, 4.0, 0.0, 93, 0.0), &jobs).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(out, ["c", "b", "a"]);
+    let out: Vec<String> = g.step(&sample(16, 4.0, 0.0, 88, 0.0), &jobs).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(out, Vec::<String>::new(), "88 % is under the 90 % high watermark");
+    let out: Vec<String> = g.step(&sample(16, 4.0, 0.0, 91, 0.0), &jobs).into_iter().map(|(a, _)| a).collect();
+    // 91 GiB: c (1) → 90, b (8) → 82, still above 80 %, so a (4) → 78.
+    assert_eq!(out, ["c", "b", "a"]);
+    assert_eq!(g.evictions, 6);
+}
+
+#[test]
+fn a_scheduler_cap_applies_while_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    v2_tree(dir.path());
+    let mut g = Guard::new(
+        GuardConfig { online_cgroups: vec![], ..GuardConfig::default() },
+        dir.path(),
+        Path::new("greenfill/batch"),
+    );
+    g.scheduler_cap(1.0, Duration::from_secs(60), "test");
+    g.step(&sample(16, 2.0, 0.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 1.0).abs() < 1e-9);
+    g.scheduler_cap(1.0, Duration::ZERO, "expired");
+    std::thread::sleep(Duration::from_millis(5));
+    g.step(&sample(16, 2.0, 0.0, 10, 0.0), &[]);
+    assert!((g.limit().unwrap() - 1.5).abs() < 1e-9, "rises by 0.5 once the cap expires: {:?}", g.limit());
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().next() == Some("0"))))
+        .unwrap_or(false)
+}
+
+/// On this machine: CPU burners start in an "online" cgroup; the guard, ticking
+/// every second on real telemetry, must cut the batch root's real quota within 2 s.
+#[test]
+fn the_real_loop_cuts_batch_quota_within_two_seconds_of_online_load() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create cgroups");
+        return;
+    }
+    let cg = Path::new("/sys/fs/cgroup");
+    let base = format!("greenfill-guard-{}", std::process::id());
+    let batch = PathBuf::from(&base).join("batch");
+    // Threshold 1.0 so the starting cap is large even if other tests keep a core busy.
+    let cfg = GuardConfig { threshold: 1.0, online_cgroups: vec![], psi_threshold: 1000.0, ..GuardConfig::default() };
+    let mut guard = Guard::new(cfg, cg, &batch);
+    let mut sampler = Sampler::new(
+        Roots { proc: "/proc".into(), cgroup: cg.into(), powercap: "/nonexistent".into() },
+        LinearPowerModel { idle_w_per_cpu: 1.0, max_w_per_cpu: 3.0 },
+    );
+    sampler.watch(&batch);
+    sampler.sample();
+    std::thread::sleep(Duration::from_secs(1));
+    guard.step(&sampler.sample(), &[]);
+    let before = guard.applied_quota().expect("the guard wrote a quota on the batch root");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if before < 0.5 {
+        eprintln!("skipped: the machine is too busy to see a cut (starting cap {before:.2} cores)");
+        cleanup(cg, &base);
+        return;
+    }
+    // Online load: one busy loop per CPU, in an online cgroup of the cpu hierarchy.
+    let layout = detect(cg);
+    let online_dir = layout.v1_cpu.clone().or(layout.v2.clone()).unwrap().join(&base).join("online");
+    std::fs::create_dir_all(&online_dir).unwrap();
+    let burners: Vec<std::process::Child> = (0..cpus)
+        .map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
+        .collect();
+    for b in &burners {
+        std::fs::write(online_dir.join("cgroup.procs"), b.id().to_string()).unwrap();
+    }
+    let started = Instant::now();
+    let mut after = before;
+    while started.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1000));
+        guard.step(&sampler.sample(), &[]);
+        after = guard.applied_quota().unwrap();
+        if after <= 0.25 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    for mut b in burners {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    cleanup(cg, &base);
+    assert!(after <= 0.25 && after < before, "quota {before:.2} → {after:.2} cores after {took:?}");
+    assert!(took <= Duration::from_millis(2100), "cut took {took:?}");
+    eprintln!("batch quota {before:.2} → {after:.2} cores, {took:?} after online load started");
+}
+
+fn cleanup(cg: &Path, base: &str) {
+    for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
+        for d in ["batch", "online", ""] {
+            let _ = std::fs::remove_dir(cg.join(h).join(base).join(d));
+        }
+    }
+}
