@@ -31,6 +31,12 @@ struct Args {
     /// Planning interval, e.g. 60s (overrides the config).
     #[arg(long)]
     plan_interval: Option<String>,
+    /// User bearer tokens, comma-separated (added to the config's).
+    #[arg(long, env = "GREENFILL_USER_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    user_tokens: Vec<String>,
+    /// Agent bearer tokens, comma-separated (added to the config's).
+    #[arg(long, env = "GREENFILL_AGENT_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    agent_tokens: Vec<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -63,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         config.planning.interval = std::time::Duration::from_secs_f64(secs);
     }
     config.insecure_local |= args.insecure_local;
+    config.user_tokens.extend(args.user_tokens.into_iter().filter(|t| !t.is_empty()));
+    config.agent_tokens.extend(args.agent_tokens.into_iter().filter(|t| !t.is_empty()));
     config.validate(&args.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
