@@ -141,6 +141,8 @@ fn now_ts() -> prost_types::Timestamp {
 /// The agent: owns the runner, the state file and the session.
 #[derive(Debug, Clone)]
 pub struct Agent {
+    gpus: usize,
+    power_sources: Vec<i32>,
     cfg: Arc<Config>,
     core: Arc<Mutex<Core>>,
     runner: Arc<Runner>,
@@ -152,7 +154,16 @@ impl Agent {
         let core = Core::load(&cfg.state_dir)?;
         let runner = Runner::new(&cfg.batch_root, &cfg.roots.cgroup);
         let guard = Guard::new(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root);
+        // What this node can measure, probed once for Register.
+        let gpus = telemetry::Gpus::open().read().map_or(0, |g| g.len());
+        let rapl = !telemetry::Rapl::discover(&cfg.roots.powercap).zones().is_empty();
+        let mut power_sources = vec![if rapl { pb::PowerSource::Rapl } else { pb::PowerSource::Model } as i32];
+        if gpus > 0 {
+            power_sources.push(pb::PowerSource::Nvml as i32);
+        }
         let agent = Agent {
+            gpus,
+            power_sources,
             cfg: Arc::new(cfg),
             core: Arc::new(Mutex::new(core)),
             runner: Arc::new(runner),
@@ -224,8 +235,8 @@ impl Agent {
             zone: self.cfg.zone.clone(),
             cpu_cores: cores.max(1) as f64,
             memory_bytes: mem,
-            gpus: 0,
-            power_sources: vec![pb::PowerSource::Model as i32],
+            gpus: u32::try_from(self.gpus).unwrap_or(0),
+            power_sources: self.power_sources.clone(),
             cgroup_version: match layout.version {
                 telemetry::CgroupVersion::V1 => pb::CgroupVersion::V1,
                 telemetry::CgroupVersion::V2 => pb::CgroupVersion::V2,

@@ -234,3 +234,22 @@ fn watched_workload_cgroups_are_summed_per_class() {
     let cores = second.workloads.cpu_cores.unwrap();
     assert!(cores > 0.0, "1 s of CPU over a short interval: {cores}");
 }
+
+/// NVML's library missing (this machine, or a path that does not exist): GPUs are
+/// absent with a reason, the sample is otherwise whole, nothing fails.
+#[test]
+fn nvml_absent_means_gpus_absent_not_an_error() {
+    use greenfill_agent::telemetry::{Gpus, LinearPowerModel, Roots, Sampler};
+    let gpus = Gpus::open_from(Some(std::ffi::OsStr::new("/nonexistent/libnvidia-ml.so.1")));
+    assert!(gpus.read().is_none());
+    assert!(!gpus.absent_reason.is_empty());
+    let roots = Roots { proc: "/proc".into(), cgroup: "/sys/fs/cgroup".into(), powercap: "/nonexistent".into() };
+    let mut s = Sampler::with_gpus(roots, LinearPowerModel { idle_w_per_cpu: 1.0, max_w_per_cpu: 3.0 }, gpus);
+    s.sample();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let x = s.sample();
+    assert_eq!(x.gpus, None);
+    assert!(x.gpus_absent.as_deref().is_some_and(|r| !r.is_empty()));
+    assert!(x.power.iter().all(|p| !p.component.starts_with("gpu")), "{:?}", x.power);
+    assert!(x.node.cpu_cores_used.is_some(), "the rest of the sample is still read");
+}

@@ -32,6 +32,7 @@ fn sample(cpus: usize, node: f64, batch: f64, mem_used_gib: u64, psi: f64) -> Sa
         power: vec![],
         workloads: WorkloadSample { cpu_cores: Some(batch), ..WorkloadSample::default() },
         gpus: None,
+        gpus_absent: None,
     }
 }
 

@@ -6,7 +6,9 @@ mod proc;
 mod psi;
 mod rapl;
 
+mod gpu;
 pub use cgroup::{CgroupLayout, CgroupStats, CgroupVersion, cgroup_stats, detect, keyed as keyed_value};
+pub use gpu::{GpuPower, Gpus};
 pub use power::{LinearPowerModel, PowerReading, PowerSource};
 pub use proc::{CpuTicks, cpu_ticks, meminfo};
 pub use psi::{Pressure, parse_pressure};
@@ -64,9 +66,11 @@ pub struct Sample {
     pub power: Vec<PowerReading>,
     /// The watched cgroups (see [`Sampler::watch`]).
     pub workloads: WorkloadSample,
-    /// GPUs seen through NVML. Always `None` today: NVML is not wired in yet, so
-    /// GPUs are reported as not available rather than as zero.
+    /// GPUs seen through NVML; `None` when NVML is absent (not zero GPUs).
     pub gpus: Option<usize>,
+    /// Why `gpus` is `None`, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus_absent: Option<String>,
 }
 
 /// Keeps the previous counters so each sample reports rates over its interval.
@@ -81,6 +85,7 @@ pub struct Sampler {
     /// Parent (relative to each hierarchy) whose child cgroups are workloads.
     watch: Option<PathBuf>,
     prev_cpu_ns: u64,
+    gpus: Gpus,
 }
 
 fn read(path: &Path) -> Option<String> {
@@ -89,9 +94,14 @@ fn read(path: &Path) -> Option<String> {
 
 impl Sampler {
     pub fn new(roots: Roots, model: LinearPowerModel) -> Sampler {
+        Sampler::with_gpus(roots, model, Gpus::open())
+    }
+
+    /// With a given GPU source (tests point NVML at a missing library).
+    pub fn with_gpus(roots: Roots, model: LinearPowerModel, gpus: Gpus) -> Sampler {
         let rapl = Rapl::discover(&roots.powercap);
         let layout = detect(&roots.cgroup);
-        Sampler { roots, model, prev_ticks: None, prev_time: None, rapl, layout, watch: None, prev_cpu_ns: 0 }
+        Sampler { roots, model, prev_ticks: None, prev_time: None, rapl, layout, watch: None, prev_cpu_ns: 0, gpus }
     }
 
     /// Also read every child cgroup of `parent` (e.g. `kubepods.slice`) each sample.
@@ -161,6 +171,22 @@ impl Sampler {
         self.prev_ticks = ticks;
         self.prev_time = Some(now);
         let workloads = self.workloads(interval);
-        Sample { interval_s: interval, node, cgroup: self.layout.clone(), power, workloads, gpus: None }
+        let gpu = self.gpus.read();
+        if let Some(g) = &gpu {
+            power.extend(g.iter().map(|g| PowerReading {
+                component: format!("gpu-{}", g.index),
+                source: PowerSource::Nvml,
+                watts: g.watts,
+            }));
+        }
+        Sample {
+            interval_s: interval,
+            node,
+            cgroup: self.layout.clone(),
+            power,
+            workloads,
+            gpus: gpu.as_ref().map(Vec::len),
+            gpus_absent: gpu.is_none().then(|| self.gpus.absent_reason.clone()),
+        }
     }
 }

@@ -62,6 +62,11 @@ impl Rapl {
         Rapl { zones }
     }
 
+    /// Zones found.
+    pub fn zones(&self) -> &[RaplZone] {
+        &self.zones
+    }
+
     /// Read every zone and return its power over the `dt` seconds since the last
     /// read. A zone that cannot be read, or whose counter reset, is left out of this
     /// sample. The first read returns nothing (no previous value).
