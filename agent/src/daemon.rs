@@ -5,10 +5,12 @@
 //! Durability: the agent keeps its sequence numbers, unacknowledged job events and
 //! running jobs in `<state_dir>/state.json` (written atomically on every change).
 //! A command is acknowledged only after it is applied and recorded; an event is
-//! dropped only once the scheduler acknowledges it. On restart, jobs left from the
-//! previous run are stopped and reported `STOPPED`, so the scheduler requeues them:
-//! a job is never lost and never runs twice at once (re-adopting them alive is
-//! not done yet: their exit status could not be observed).
+//! dropped only once the scheduler acknowledges it. Jobs run under a shim (the
+//! agent's own binary, `greenfill-agent shim`) that is their parent and records
+//! their exit status, so they outlive an agent restart: the next run re-adopts
+//! each from its cgroup, shim pid and status file and reports its end as usual.
+//! A job that vanished without a status while the agent was down is reported
+//! `STOPPED` and requeued: never lost, never running twice at once.
 
 use crate::guard::{Guard, GuardConfig, GuardJob};
 use crate::runner::{self, Runner};
@@ -40,6 +42,9 @@ pub struct Config {
     pub model: LinearPowerModel,
     pub log_cap_bytes: u64,
     pub guard: GuardConfig,
+    /// The shim executable (the agent's own binary); `None` runs jobs directly
+    /// (they then die with the agent and are requeued).
+    pub shim: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -152,7 +157,10 @@ pub struct Agent {
 impl Agent {
     pub fn new(cfg: Config) -> anyhow::Result<Agent> {
         let core = Core::load(&cfg.state_dir)?;
-        let runner = Runner::new(&cfg.batch_root, &cfg.roots.cgroup);
+        let mut runner = Runner::new(&cfg.batch_root, &cfg.roots.cgroup);
+        if let Some(exe) = &cfg.shim {
+            runner = runner.with_shim(exe.clone());
+        }
         let guard = Guard::new(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root);
         // What this node can measure, probed once for Register.
         let gpus = telemetry::Gpus::open().read().map_or(0, |g| g.len());
@@ -177,22 +185,62 @@ impl Agent {
         self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Jobs left by a previous run: stop them and report them, so the scheduler
-    /// requeues them.
+    /// Jobs left by a previous run: re-adopt those still running (or finished
+    /// with a status); report the rest `STOPPED` so the scheduler requeues them.
     fn recover(&self) {
-        let left: Vec<(String, LocalJob)> = std::mem::take(&mut self.core().p.jobs).into_iter().collect();
+        let left: Vec<(String, LocalJob)> = self.core().p.jobs.clone().into_iter().collect();
+        let logs = self.cfg.state_dir.join("logs");
         for (attempt, job) in left {
-            let killed = self.runner.kill_cgroup(&job.cgroup);
-            tracing::warn!(%attempt, pid = job.pid, killed, "job left by a previous agent run: stopped, reported for requeue");
-            self.core().emit(pb::JobStatus {
-                job_id: job.job_id,
-                attempt_id: attempt,
-                phase: pb::JobPhase::Stopped as i32,
-                message: format!("the agent restarted; {killed} process(es) of the job were stopped"),
-                ..Default::default()
-            });
+            let adopted = self.cfg.shim.as_ref().and_then(|_| self.runner.adopt(&attempt, job.pid, &logs));
+            match adopted {
+                Some(running) => {
+                    tracing::info!(%attempt, pid = job.pid, "re-adopted a job from the previous agent run");
+                    self.watch_exit(running, job.job_id.clone(), attempt.clone());
+                }
+                None => {
+                    let killed = self.runner.kill_cgroup(&job.cgroup);
+                    tracing::warn!(%attempt, pid = job.pid, killed, "job of the previous agent run cannot be adopted: reported for requeue");
+                    let mut core = self.core();
+                    core.p.jobs.remove(&attempt);
+                    core.emit(pb::JobStatus {
+                        job_id: job.job_id,
+                        attempt_id: attempt,
+                        phase: pb::JobPhase::Stopped as i32,
+                        message: format!("lost while the agent was down ({killed} process(es) stopped)"),
+                        ..Default::default()
+                    });
+                }
+            }
         }
         self.core().save();
+    }
+
+    /// Wait (on a blocking thread) for the job to end and report it.
+    fn watch_exit(&self, running: runner::Running, job_id: String, attempt: String) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let exit = me.runner.wait(running);
+            let mut core = me.core();
+            core.p.jobs.remove(&attempt);
+            let (phase, message) = match core.stopping.remove(&attempt) {
+                Some(reason) if reason.starts_with("evicted:") => (pb::JobPhase::Evicted, reason),
+                Some(reason) => (pb::JobPhase::Stopped, reason),
+                None => (pb::JobPhase::Exited, String::new()),
+            };
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "peak memory")]
+            core.emit(pb::JobStatus {
+                job_id,
+                attempt_id: attempt,
+                phase: phase as i32,
+                exit_code: exit.code,
+                signal: exit.signal,
+                oom_killed: exit.oom_killed,
+                cpu_seconds: exit.cpu_seconds.unwrap_or(0.0),
+                peak_memory_bytes: exit.peak_memory_bytes.unwrap_or(0),
+                message,
+                ..Default::default()
+            });
+        });
     }
 
     /// Run forever: telemetry and guard on a thread, the session with reconnects.
@@ -388,30 +436,7 @@ impl Agent {
                 ..Default::default()
             });
         }
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let exit = me.runner.wait(running);
-            let mut core = me.core();
-            core.p.jobs.remove(&run.attempt_id);
-            let (phase, message) = match core.stopping.remove(&run.attempt_id) {
-                Some(reason) if reason.starts_with("evicted:") => (pb::JobPhase::Evicted, reason),
-                Some(reason) => (pb::JobPhase::Stopped, reason),
-                None => (pb::JobPhase::Exited, String::new()),
-            };
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "peak memory")]
-            core.emit(pb::JobStatus {
-                job_id: run.job_id,
-                attempt_id: run.attempt_id,
-                phase: phase as i32,
-                exit_code: exit.code,
-                signal: exit.signal,
-                oom_killed: exit.oom_killed,
-                cpu_seconds: exit.cpu_seconds.unwrap_or(0.0),
-                peak_memory_bytes: exit.peak_memory_bytes.unwrap_or(0),
-                message,
-                ..Default::default()
-            });
-        });
+        self.watch_exit(running, run.job_id, run.attempt_id);
     }
 
     /// SIGTERM everything in the job's cgroup, SIGKILL after the grace period.
@@ -423,12 +448,12 @@ impl Agent {
         self.core().stopping.insert(stop.attempt_id.clone(), stop.reason.clone());
         let grace =
             stop.grace.map_or(Duration::from_secs(10), |g| Duration::from_secs(u64::try_from(g.seconds).unwrap_or(10)));
-        let n = self.runner.signal_cgroup(&job.cgroup, nix::sys::signal::Signal::SIGTERM);
+        let n = self.runner.signal_cgroup_except(&job.cgroup, nix::sys::signal::Signal::SIGTERM, Some(job.pid));
         tracing::info!(attempt = %stop.attempt_id, signalled = n, grace_s = grace.as_secs(), reason = %stop.reason, "stopping job");
         let runner = self.runner.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            runner.kill_cgroup(&job.cgroup);
+            let _ = tokio::task::spawn_blocking(move || runner.kill_job(&job.cgroup, job.pid)).await;
         });
     }
 
@@ -436,7 +461,7 @@ impl Agent {
     pub fn evict(&self, attempt: &str, why: &str) {
         let Some(job) = self.core().p.jobs.get(attempt).cloned() else { return };
         self.core().stopping.insert(attempt.to_owned(), format!("evicted: {why}"));
-        self.runner.kill_cgroup(&job.cgroup);
+        self.runner.kill_job(&job.cgroup, job.pid);
     }
 
     fn telemetry_loop(&self) {

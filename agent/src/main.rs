@@ -21,6 +21,9 @@ enum Command {
     /// send telemetry, and guard online services locally (also while the
     /// scheduler is away).
     Run(Box<RunArgs>),
+    /// (internal) The parent of one job, started by the agent in the job's cgroup.
+    #[command(hide = true)]
+    Shim,
     /// Print telemetry samples of this machine: node CPU and memory, pressure, the
     /// cgroup version(s) found, and power with its source (rapl or model).
     Sample {
@@ -116,9 +119,9 @@ fn hostname() -> String {
 fn run(a: RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if a.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
     }
     if !(a.cpu_threshold > 0.0 && a.cpu_threshold <= 1.0) {
         anyhow::bail!("--cpu-threshold {}: need 0 < threshold <= 1", a.cpu_threshold);
@@ -149,6 +152,7 @@ fn run(a: RunArgs) -> Result<()> {
         model: LinearPowerModel { idle_w_per_cpu: a.idle_w_per_cpu, max_w_per_cpu: a.max_w_per_cpu },
         log_cap_bytes: a.log_cap_bytes,
         guard,
+        shim: Some(std::env::current_exe()?),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -181,6 +185,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => run(*a),
+        Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
         Command::Sample {
             once,
             interval,

@@ -21,7 +21,7 @@ use std::time::Instant;
 pub const NOBODY: u32 = 65_534;
 const PERIOD_US: u64 = 100_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
     pub id: String,
     /// argv; `argv[0]` is found on PATH.
@@ -80,8 +80,11 @@ pub struct Running {
     pub pid: u32,
     /// Path of the job's cgroup relative to the hierarchy root.
     pub cgroup_path: PathBuf,
-    child: Child,
+    /// Set when this process started it (and must reap it); `None` when adopted.
+    child: Option<Child>,
     cgroup: Cgroup,
+    /// With a shim: where it writes the job's exit status.
+    status_file: Option<PathBuf>,
     started: Instant,
     loggers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -92,6 +95,102 @@ pub struct Runner {
     root: PathBuf,
     cgroup_root: PathBuf,
     layout: CgroupLayout,
+    /// Start jobs through `<shim> shim` so they outlive this process (see [`shim_main`]).
+    shim: Option<PathBuf>,
+}
+
+/// What the shim's exit status file holds.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct ShimStatus {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+const SHIM_SPEC_ENV: &str = "GREENFILL_SHIM_SPEC";
+
+fn status_path(spec: &JobSpec) -> PathBuf {
+    spec.log_dir.join(format!("{}.status.json", spec.id))
+}
+
+fn job_command(spec: &JobSpec) -> Command {
+    let mut cmd = if spec.shell {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(spec.argv.join(" "));
+        c
+    } else {
+        let mut c = Command::new(&spec.argv[0]);
+        c.args(&spec.argv[1..]);
+        c
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(spec.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .uid(spec.uid.unwrap_or(NOBODY))
+        .gid(spec.gid.unwrap_or(NOBODY));
+    if let Some(d) = &spec.cwd {
+        cmd.current_dir(d);
+    }
+    cmd
+}
+
+fn spawn_loggers(spec: &JobSpec, child: &mut Child) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut loggers = Vec::new();
+    for (ext, stream) in [
+        ("out", child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
+        ("err", child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
+    ] {
+        let file = std::fs::File::create(spec.log_dir.join(format!("{}.{ext}", spec.id)))?;
+        if let Some(s) = stream {
+            let cap = spec.log_cap_bytes;
+            loggers.push(std::thread::spawn(move || copy_capped(s, file, cap)));
+        }
+    }
+    Ok(loggers)
+}
+
+/// The shim (`greenfill-agent shim`): the job's parent, in the job's cgroup. It
+/// waits for the agent's go (a byte on stdin, sent once the shim is in the
+/// cgroup), runs the job with capped logs, and writes the exit status to a file
+/// atomically. The agent may die and restart meanwhile: the job runs on, and the
+/// new agent re-adopts it from its cgroup, shim pid and status file. Returns the
+/// shim's exit code.
+pub fn shim_main() -> i32 {
+    let Some(spec) = std::env::var(SHIM_SPEC_ENV).ok().and_then(|s| serde_json::from_str::<JobSpec>(&s).ok()) else {
+        eprintln!("shim: no job spec in {SHIM_SPEC_ENV}");
+        return 2;
+    };
+    let mut go = [0u8; 1];
+    if std::io::stdin().read_exact(&mut go).is_err() {
+        eprintln!("shim: the agent went away before the job started");
+        return 3;
+    }
+    let (code, signal) = match job_command(&spec).spawn() {
+        Ok(mut child) => {
+            let loggers = spawn_loggers(&spec, &mut child).unwrap_or_default();
+            let status = child.wait().ok();
+            for l in loggers {
+                let _ = l.join();
+            }
+            (status.and_then(|s| s.code()), status.and_then(|s| s.signal()))
+        }
+        Err(e) => {
+            let _ = std::fs::write(
+                spec.log_dir.join(format!("{}.err", spec.id)),
+                format!("cannot start {:?}: {e}\n", spec.argv[0]),
+            );
+            (Some(127), None)
+        }
+    };
+    let path = status_path(&spec);
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec(&ShimStatus { code, signal }).unwrap_or_default();
+    let ok = std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if ok.is_err() { 4 } else { 0 }
 }
 
 fn copy_capped(mut from: impl Read, mut to: std::fs::File, cap: u64) {
@@ -117,7 +216,15 @@ impl Runner {
     /// Jobs go under `root` (relative to each hierarchy); `cgroup_root` is where
     /// the cgroup tree is mounted (normally `/sys/fs/cgroup`), for reading stats.
     pub fn new(root: impl Into<PathBuf>, cgroup_root: &Path) -> Runner {
-        Runner { root: root.into(), cgroup_root: cgroup_root.to_owned(), layout: detect(cgroup_root) }
+        Runner { root: root.into(), cgroup_root: cgroup_root.to_owned(), layout: detect(cgroup_root), shim: None }
+    }
+
+    /// Start jobs through `exe shim` (normally the agent's own binary), so they
+    /// survive an agent restart and can be re-adopted.
+    #[must_use]
+    pub fn with_shim(mut self, exe: PathBuf) -> Runner {
+        self.shim = Some(exe);
+        self
     }
 
     pub fn start(&self, spec: &JobSpec) -> Result<Running, RunError> {
@@ -163,31 +270,29 @@ impl Runner {
             path: spec.log_dir.display().to_string(),
             source,
         })?;
-        let mut cmd = if spec.shell {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c").arg(spec.argv.join(" "));
-            c
-        } else {
-            let mut c = Command::new(&spec.argv[0]);
-            c.args(&spec.argv[1..]);
-            c
+        let log_err = |source| RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source };
+        let mut cmd = match &self.shim {
+            Some(exe) => {
+                let _ = std::fs::remove_file(status_path(spec));
+                let mut c = Command::new(exe);
+                c.arg("shim")
+                    .env_clear()
+                    .env(SHIM_SPEC_ENV, serde_json::to_string(spec).unwrap_or_default())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    // Its own process group: a terminal's Ctrl-C to the agent does not reach it.
+                    .process_group(0);
+                c
+            }
+            None => job_command(spec),
         };
-        cmd.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .envs(spec.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .uid(spec.uid.unwrap_or(NOBODY))
-            .gid(spec.gid.unwrap_or(NOBODY));
-        if let Some(d) = &spec.cwd {
-            cmd.current_dir(d);
-        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(source) => {
                 let _ = cgroup.delete();
-                return Err(RunError::Spawn { id: spec.id.clone(), program: spec.argv[0].clone(), source });
+                let program = self.shim.as_ref().map_or_else(|| spec.argv[0].clone(), |e| e.display().to_string());
+                return Err(RunError::Spawn { id: spec.id.clone(), program, source });
             }
         };
         if let Err(e) = cgroup.add_task_by_tgid(CgroupPid::from(u64::from(child.id()))) {
@@ -196,30 +301,51 @@ impl Runner {
             let _ = cgroup.delete();
             return Err(cg_err(format!("adding pid {}: {e}", child.id())));
         }
-        let mut loggers = Vec::new();
-        for (ext, stream) in [
-            ("out", child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
-            ("err", child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
-        ] {
-            let path = spec.log_dir.join(format!("{}.{ext}", spec.id));
-            let file = std::fs::File::create(&path).map_err(|source| RunError::Log {
-                id: spec.id.clone(),
-                path: path.display().to_string(),
-                source,
-            })?;
-            if let Some(s) = stream {
-                let cap = spec.log_cap_bytes;
-                loggers.push(std::thread::spawn(move || copy_capped(s, file, cap)));
+        let loggers = if self.shim.is_some() {
+            // In the cgroup now: let the shim start the job.
+            let go = child.stdin.take().map(|mut i| i.write_all(b"g"));
+            if !matches!(go, Some(Ok(()))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = cgroup.delete();
+                return Err(cg_err("the shim did not take the go signal".into()));
             }
-        }
+            Vec::new()
+        } else {
+            spawn_loggers(spec, &mut child).map_err(log_err)?
+        };
         Ok(Running {
             id: spec.id.clone(),
             pid: child.id(),
             cgroup_path: rel,
-            child,
+            child: Some(child),
             cgroup,
+            status_file: self.shim.as_ref().map(|_| status_path(spec)),
             started: Instant::now(),
             loggers,
+        })
+    }
+
+    /// A job started by an earlier run of the agent, through the shim: its id,
+    /// the shim's pid, and its log directory. `None` if it is gone without a
+    /// status (nothing to adopt).
+    pub fn adopt(&self, id: &str, pid: u32, log_dir: &Path) -> Option<Running> {
+        let rel = self.root.join(id);
+        let status_file = log_dir.join(format!("{id}.status.json"));
+        let alive = pid_in_cgroup(pid, &rel);
+        if !alive && !status_file.exists() {
+            return None;
+        }
+        let cgroup = Cgroup::load(hierarchies::auto(), rel.to_string_lossy().as_ref());
+        Some(Running {
+            id: id.to_owned(),
+            pid,
+            cgroup_path: rel,
+            child: None,
+            cgroup,
+            status_file: Some(status_file),
+            started: Instant::now(),
+            loggers: Vec::new(),
         })
     }
 
@@ -231,33 +357,46 @@ impl Runner {
 
     /// Wait for the job to end, then report and remove its cgroup.
     pub fn wait(&self, mut r: Running) -> Exit {
-        let status = r.child.wait().ok();
+        let status = match r.child.as_mut() {
+            Some(c) => c.wait().ok(),
+            None => {
+                // Adopted: not our child; the shim is gone once its pid leaves the cgroup.
+                while pid_in_cgroup(r.pid, &r.cgroup_path) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                None
+            }
+        };
         for l in r.loggers.drain(..) {
             let _ = l.join();
         }
         let exit = self.exit(&r, status);
         let _ = r.cgroup.delete();
+        if let Some(f) = &r.status_file {
+            let _ = std::fs::remove_file(f);
+        }
         exit
     }
 
     /// Kill the job (SIGKILL) and everything in its cgroup, then report.
     pub fn kill(&self, mut r: Running) -> Exit {
         let _ = r.cgroup.kill();
-        let _ = r.child.kill();
-        self.wait_after_kill(&mut r)
-    }
-
-    fn wait_after_kill(&self, r: &mut Running) -> Exit {
-        let status = r.child.wait().ok();
-        for l in r.loggers.drain(..) {
-            let _ = l.join();
+        if let Some(c) = r.child.as_mut() {
+            let _ = c.kill();
         }
-        let exit = self.exit(r, status);
-        let _ = r.cgroup.delete();
-        exit
+        self.wait(r)
     }
 
     fn exit(&self, r: &Running, status: Option<std::process::ExitStatus>) -> Exit {
+        // Through the shim, the job's own status is in its file (the shim's exit
+        // code only says whether it wrote it).
+        let (code, signal) = match &r.status_file {
+            Some(f) => std::fs::read(f)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ShimStatus>(&b).ok())
+                .map_or((None, status.and_then(|s| s.signal())), |s| (s.code, s.signal)),
+            None => (status.and_then(|s| s.code()), status.and_then(|s| s.signal())),
+        };
         let stats = cgroup_stats(&self.layout, &r.cgroup_path);
         let mem_dir = match (&self.layout.v1_memory, &self.layout.v2) {
             (Some(m), _) if !self.layout.v2_controllers.iter().any(|c| c == "memory") => {
@@ -276,8 +415,8 @@ impl Runner {
             mem_dir.as_ref().and_then(|(d, _, peak)| read(d.join(peak))).and_then(|t| t.trim().parse().ok());
         #[allow(clippy::cast_precision_loss, reason = "ns of CPU time fit an f64 well enough")]
         Exit {
-            code: status.and_then(|s| s.code()),
-            signal: status.and_then(|s| s.signal()),
+            code,
+            signal,
             oom_killed,
             cpu_seconds: stats.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
             peak_memory_bytes,
@@ -289,6 +428,12 @@ impl Runner {
     /// hierarchy); returns how many were signalled. Works for jobs this process
     /// did not start (a previous agent run's).
     pub fn signal_cgroup(&self, rel: &Path, sig: nix::sys::signal::Signal) -> usize {
+        self.signal_cgroup_except(rel, sig, None)
+    }
+
+    /// [`Runner::signal_cgroup`], sparing `except` (the shim, so it can record
+    /// how the job ended).
+    pub fn signal_cgroup_except(&self, rel: &Path, sig: nix::sys::signal::Signal, except: Option<u32>) -> usize {
         let mut pids: Vec<i32> = Vec::new();
         let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
         for base in bases.into_iter().flatten() {
@@ -298,7 +443,25 @@ impl Runner {
         }
         pids.sort_unstable();
         pids.dedup();
-        pids.iter().filter(|p| **p > 1 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(**p), sig).is_ok()).count()
+        let except = except.and_then(|e| i32::try_from(e).ok());
+        pids.iter()
+            .filter(|p| **p > 1 && Some(**p) != except)
+            .filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(**p), sig).is_ok())
+            .count()
+    }
+
+    /// SIGKILL the job's processes but not its shim, so the shim records how the
+    /// job ended and exits; if the shim is still there after 2 s, everything goes.
+    pub fn kill_job(&self, rel: &Path, shim: u32) -> usize {
+        let n = self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, Some(shim));
+        for _ in 0..100 {
+            if !pid_in_cgroup(shim, rel) {
+                return n;
+            }
+            self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, Some(shim));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        n + self.kill_cgroup(rel)
     }
 
     /// SIGKILL everything in the job cgroup `rel`, wait briefly for it to empty,
@@ -339,4 +502,15 @@ impl Runner {
             }
         }
     }
+}
+
+/// `pid` is alive and a member of the job cgroup `rel` (guards against a reused pid).
+fn pid_in_cgroup(pid: u32, rel: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
+    let want = format!("/{}", rel.display());
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .unwrap_or(true);
+    !zombie && text.lines().any(|l| l.rsplit(':').next().is_some_and(|p| p == want))
 }

@@ -118,3 +118,30 @@ fn exit_codes_uid_and_capped_logs() {
     let left = Path::new("/sys/fs/cgroup/cpu/greenfill-test").join(format!("exit-{}", std::process::id()));
     assert!(!left.exists(), "{} is left behind", left.display());
 }
+
+/// Through the shim, a job outlives the runner that started it: a new runner
+/// re-adopts it from its cgroup and shim pid and reads its exit status and logs.
+#[test]
+fn a_shimmed_job_is_re_adopted_by_a_new_runner_with_its_exit_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let shim = std::path::PathBuf::from(env!("CARGO_BIN_EXE_greenfill-agent"));
+    let first = runner("adopt").with_shim(shim.clone());
+    let s = spec("adoptee", &["sh", "-c", "sleep 1; echo still here; exit 7"], false, 0.5, 64 << 20, logs.path());
+    let running = first.start(&s).unwrap();
+    let (pid, root) = (running.pid, first.cgroup_root().to_owned());
+    // The "agent" goes away without waiting: its handles are dropped, the job runs on.
+    drop(running);
+    drop(first);
+    let second = runner("adopt").with_shim(shim);
+    assert_eq!(second.cgroup_root(), root);
+    let adopted = second.adopt("adoptee", pid, logs.path()).expect("the job is still there to adopt");
+    let exit = second.wait(adopted);
+    assert_eq!(exit.code, Some(7), "{exit:?}");
+    assert_eq!(std::fs::read_to_string(logs.path().join("adoptee.out")).unwrap(), "still here\n");
+    // Nothing left to adopt once it is reported.
+    assert!(second.adopt("adoptee", pid, logs.path()).is_none());
+    second.remove_root();
+}

@@ -220,14 +220,14 @@ fn twenty_real_jobs_run_to_completion_with_their_exit_codes() {
 }
 
 #[test]
-fn a_killed_agent_requeues_its_job_and_a_missing_scheduler_does_not_stop_jobs() {
+fn a_killed_agent_re_adopts_its_job_and_a_missing_scheduler_does_not_stop_jobs() {
     if !root_or_skip("agent_faults") {
         return;
     }
     let mut c = Cluster::new("faults");
-    // 1. Kill the agent mid-job: on restart it stops the orphan and reports it, the
-    //    scheduler requeues it, and a second attempt runs to completion. Never two
-    //    at once: the marker file counts concurrent runs.
+    // 1. Kill the agent mid-job: the job runs on under its shim, the restarted
+    //    agent re-adopts it and reports its exit; one attempt. Never two at once:
+    //    the marker file catches concurrent runs.
     let marker = c.dir.path().join("running");
     let script = format!(
         "if [ -e {m} ]; then echo TWICE >> {m}.bad; fi; touch {m}; sleep 4; rm -f {m}; exit 0",
@@ -238,11 +238,13 @@ fn a_killed_agent_requeues_its_job_and_a_missing_scheduler_does_not_stop_jobs() 
     c.agent.take(); // SIGKILL
     std::thread::sleep(Duration::from_millis(500));
     c.start_agent();
-    let jobs = c.wait_until("the job done after a requeue", Duration::from_secs(90), |j| {
+    let jobs = c.wait_until("the re-adopted job done", Duration::from_secs(90), |j| {
         j.iter().any(|j| j["id"] == id.as_str() && state(j) == "succeeded")
     });
     let j = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
-    assert_eq!(j["attempts"], 2, "killed attempt + the rerun: {j}");
+    assert_eq!(j["attempts"], 1, "re-adopted, not rerun: {j}");
+    let log = std::fs::read_to_string(c.dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("re-adopted a job"), "{log}");
     assert!(!c.dir.path().join("running.bad").exists(), "two attempts ran at once");
 
     // 2. Scheduler away while a job runs: the job goes on, and its exit is
