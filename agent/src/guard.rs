@@ -223,7 +223,12 @@ impl Guard {
             Some(old) if target < old - 1e-3 => {
                 self.cuts += 1;
                 metrics::counter!("greenfill_guard_actions_total", "action" => "cut").increment(1);
-                tracing::info!(old, new = target, "batch CPU cut: {why}");
+                // Small cuts track noise in online use; large ones are news.
+                if old - target > 0.25 {
+                    tracing::info!(old, new = target, "batch CPU cut: {why}");
+                } else {
+                    tracing::debug!(old, new = target, "batch CPU cut: {why}");
+                }
                 target
             }
             Some(old) => old,
