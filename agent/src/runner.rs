@@ -270,6 +270,16 @@ impl Runner {
             path: spec.log_dir.display().to_string(),
             source,
         })?;
+        // cgroup v2's SCHED_IDLE for the whole group, where the kernel has it
+        // (5.15+, cpu controller in v2): online work always preempts it.
+        if let Some(v2) = &self.layout.v2
+            && self.layout.v2_controllers.iter().any(|c| c == "cpu")
+        {
+            let idle = v2.join(&rel).join("cpu.idle");
+            if idle.exists() {
+                let _ = std::fs::write(idle, "1");
+            }
+        }
         let log_err = |source| RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source };
         let mut cmd = match &self.shim {
             Some(exe) => {

@@ -391,3 +391,48 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_versioned_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let db = Sqlite::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(db);
+        // Opening again runs nothing new and keeps the data.
+        let mut db = Sqlite::open(&path).unwrap();
+        db.commit(&[Write::Plan { revision: 1, created_at: 0, body: vec![1, 2] }]).unwrap();
+        drop(db);
+        let mut db = Sqlite::open(&path).unwrap();
+        assert_eq!(db.load().unwrap().plan, Some((1, vec![1, 2])));
+        db.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(db);
+        match Sqlite::open(&path) {
+            Err(StoreError::TooNew { found: 99, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(&dir.path().join("g.db")).unwrap();
+        let job = |seq, id: &str, rid: &str| Write::Job {
+            seq,
+            id: id.into(),
+            request_id: rid.into(),
+            state: 1,
+            revision: seq,
+            body: vec![],
+        };
+        db.commit(&[job(1, "a", "ra")]).unwrap();
+        // The second write reuses request id "ra" (UNIQUE): the whole batch fails.
+        assert!(db.commit(&[job(2, "b", "rb"), job(3, "c", "ra")]).is_err());
+        let snap = db.load().unwrap();
+        assert_eq!(snap.jobs.len(), 1, "the batch's first write must not survive");
+    }
+}

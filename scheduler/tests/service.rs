@@ -341,3 +341,107 @@ async fn agent_protocol_commands_and_events_are_applied_once() {
         "a replayed event was applied twice"
     );
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_is_told_to_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.requests_per_second = 5;
+    c.limits.burst = 5;
+    let srv = service::start(c).await.unwrap();
+    let mut jobs = JobServiceClient::new(channel(srv.addr).await);
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let r = jobs.get_job(authed(USER, pb::GetJobRequest { id: "none".into() })).await;
+        codes.push(r.unwrap_err().code());
+    }
+    assert_eq!(&codes[..5], &[Code::NotFound; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|c| *c == Code::ResourceExhausted), "{codes:?}");
+}
+
+/// A node that goes silent: its job is requeued (with the reason), and when the
+/// node comes back it is told to stop the old attempt.
+#[tokio::test]
+async fn jobs_of_a_silent_node_are_requeued_and_the_old_attempt_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.planning.stale_after = Duration::from_secs(2);
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let id = jobs
+        .submit_job(authed(USER, pb::SubmitJobRequest { request_id: "s1".into(), spec: Some(spec()) }))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let register = pb::AgentMessage {
+        seq: 0,
+        ack: 0,
+        body: Some(pb::agent_message::Body::Register(pb::Register {
+            node_name: "quiet".into(),
+            pool: "web".into(),
+            cpu_cores: 16.0,
+            memory_bytes: 64 << 30,
+            ..Default::default()
+        })),
+    };
+    let telemetry = pb::AgentMessage {
+        seq: 0,
+        ack: 0,
+        body: Some(pb::agent_message::Body::Telemetry(pb::TelemetrySample {
+            time: ts(now()),
+            online_cpu_cores: Some(1.0),
+            ..Default::default()
+        })),
+    };
+    let mut agents = AgentServiceClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(register.clone()).await.unwrap();
+    tx.send(telemetry).await.unwrap();
+    let mut inbound =
+        agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    let run = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(pb::scheduler_message::Body::Run(r)) = inbound.message().await.unwrap().unwrap().body {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("dispatched");
+    // Go silent (the session stays open but nothing more is sent).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let job = loop {
+        let j = jobs.get_job(authed(USER, pb::GetJobRequest { id: id.clone() })).await.unwrap().into_inner();
+        if j.state_reason.contains("silent") || tokio::time::Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(job.state_reason.contains("node quiet silent"), "{job:?}");
+    assert!(job.node.is_empty() || job.attempts == 2, "{job:?}");
+    drop(tx);
+    drop(inbound);
+    // Back again (having applied only the RunJob, seq 1): the StopJob for the old attempt arrives.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut again = register.clone();
+    if let Some(pb::agent_message::Body::Register(r)) = &mut again.body {
+        r.last_command_seq = 1;
+    }
+    tx.send(again).await.unwrap();
+    let mut inbound =
+        agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    let stop = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(pb::scheduler_message::Body::Stop(s)) = inbound.message().await.unwrap().unwrap().body {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("a StopJob for the old attempt");
+    assert_eq!((stop.job_id.as_str(), stop.attempt_id.as_str()), (id.as_str(), run.attempt_id.as_str()));
+}
