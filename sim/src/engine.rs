@@ -267,7 +267,7 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
     // Upper bound of online utilisation per step ahead: a forecast from the history
     // seen so far, or the actual future for `perfect`.
     let upper: Vec<f64> = match forecaster {
-        Some(f) => match f.forecast(&inp.online[..t], season, h, s.quantile) {
+        Some(f) => match f.forecast(&inp.online[..=t.min(inp.steps - 1)], season, h, s.quantile) {
             Ok(fc) => fc.upper,
             Err(_) => vec![1.0; h],
         },
