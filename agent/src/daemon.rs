@@ -468,6 +468,8 @@ impl Agent {
         let mut sampler = Sampler::new(self.cfg.roots.clone(), self.cfg.model);
         sampler.watch(&self.cfg.batch_root);
         sampler.sample();
+        let mut online = telemetry::OnlineRoots::new(&self.cfg.roots.cgroup, self.cfg.guard.online_cgroups.clone());
+        online.read();
         loop {
             std::thread::sleep(self.cfg.interval);
             let s = sampler.sample();
@@ -486,7 +488,7 @@ impl Agent {
                 self.evict(&attempt, &why);
             }
             let limit = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).limit();
-            let msg = to_proto(&s, limit);
+            let msg = to_proto(&s, limit, online.read());
             record_metrics(&msg, &self.cfg.roots.proc);
             self.core().send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(msg)) });
         }
@@ -535,10 +537,20 @@ fn record_metrics(m: &pb::TelemetrySample, proc_root: &Path) {
     }
 }
 
-/// A sample as the scheduler sees it: online = node − batch.
-fn to_proto(s: &telemetry::Sample, batch_limit: Option<f64>) -> pb::TelemetrySample {
+/// A sample as the scheduler sees it. With online root cgroups (Kubernetes'
+/// `kubepods`): online = what they use, system = node − online − batch. Without
+/// (bare metal): online = node − batch, system not reported.
+fn to_proto(s: &telemetry::Sample, batch_limit: Option<f64>, roots: Option<(Option<f64>, u64)>) -> pb::TelemetrySample {
     let batch = s.workloads.cpu_cores;
     let node = s.node.cpu_cores_used;
+    let (online_cpu, online_mem, system) = match roots {
+        Some((cpu, mem)) => (cpu, Some(mem), node.zip(cpu).map(|(n, o)| (n - o - batch.unwrap_or(0.0)).max(0.0))),
+        None => (
+            node.map(|n| (n - batch.unwrap_or(0.0)).max(0.0)),
+            s.node.memory_used_bytes.map(|m| m.saturating_sub(s.workloads.memory_bytes)),
+            None,
+        ),
+    };
     let p = |x: &Option<telemetry::Pressure>| {
         x.as_ref().map(|p| pb::Pressure { some_avg10: p.some_avg10, full_avg10: p.full_avg10.unwrap_or(0.0) })
     };
@@ -546,11 +558,11 @@ fn to_proto(s: &telemetry::Sample, batch_limit: Option<f64>) -> pb::TelemetrySam
         time: Some(now_ts()),
         node_cpu_cores: node,
         node_memory_bytes: s.node.memory_used_bytes,
-        online_cpu_cores: node.map(|n| (n - batch.unwrap_or(0.0)).max(0.0)),
-        online_memory_bytes: s.node.memory_used_bytes.map(|m| m.saturating_sub(s.workloads.memory_bytes)),
+        online_cpu_cores: online_cpu,
+        online_memory_bytes: online_mem,
         batch_cpu_cores: batch,
         batch_memory_bytes: Some(s.workloads.memory_bytes),
-        system_cpu_cores: None,
+        system_cpu_cores: system,
         cpu_pressure: p(&s.node.cpu_pressure),
         memory_pressure: p(&s.node.memory_pressure),
         io_pressure: p(&s.node.io_pressure),

@@ -253,3 +253,26 @@ fn nvml_absent_means_gpus_absent_not_an_error() {
     assert!(x.power.iter().all(|p| !p.component.starts_with("gpu")), "{:?}", x.power);
     assert!(x.node.cpu_cores_used.is_some(), "the rest of the sample is still read");
 }
+
+/// Online root cgroups (kubepods): their CPU over the interval and memory; a
+/// counter going backwards is a missing rate, not a negative one; no roots → None.
+#[test]
+fn online_roots_rates_and_missing_roots() {
+    use greenfill_agent::telemetry::OnlineRoots;
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    write(r, "cgroup.controllers", "cpu memory io\n");
+    write(r, "kubepods.slice/cpu.stat", "usage_usec 1000000\nuser_usec 1\nsystem_usec 1\n");
+    write(r, "kubepods.slice/memory.current", "1048576\n");
+    let mut o = OnlineRoots::new(r, vec!["kubepods.slice".into(), "kubepods".into()]);
+    assert_eq!(o.read(), Some((None, 1_048_576)));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    write(r, "kubepods.slice/cpu.stat", "usage_usec 1500000\n");
+    let (cores, _) = o.read().unwrap();
+    let c = cores.unwrap();
+    assert!(c > 0.0 && c <= 5.0 + 1e-9, "0.5 s of CPU over >= 0.1 s: {c}");
+    write(r, "kubepods.slice/cpu.stat", "usage_usec 10\n");
+    assert_eq!(o.read().unwrap().0, None, "a counter going backwards");
+    let mut none = OnlineRoots::new(r, vec!["nope".into()]);
+    assert_eq!(none.read(), None);
+}

@@ -190,3 +190,40 @@ impl Sampler {
         }
     }
 }
+
+/// CPU and memory of the online workloads' root cgroups (e.g. `kubepods.slice`
+/// and `kubepods`), summed: with them, the agent reports online use as what those
+/// cgroups use and system use (node − online − batch) apart. Roots that do not
+/// exist are skipped; with none, [`OnlineRoots::read`] is `None`.
+#[derive(Debug)]
+pub struct OnlineRoots {
+    layout: CgroupLayout,
+    roots: Vec<PathBuf>,
+    prev: Option<(u64, Instant)>,
+}
+
+impl OnlineRoots {
+    pub fn new(cgroup_root: &Path, roots: Vec<PathBuf>) -> OnlineRoots {
+        OnlineRoots { layout: detect(cgroup_root), roots, prev: None }
+    }
+
+    /// `(cores over the interval since the last read, memory bytes)`; cores are
+    /// `None` on the first read or when a counter went backwards.
+    pub fn read(&mut self) -> Option<(Option<f64>, u64)> {
+        let stats: Vec<CgroupStats> =
+            self.roots.iter().map(|r| cgroup_stats(&self.layout, r)).filter(|s| s.cpu_usage_ns.is_some()).collect();
+        if stats.is_empty() {
+            return None;
+        }
+        let ns: u64 = stats.iter().filter_map(|s| s.cpu_usage_ns).fold(0, u64::saturating_add);
+        let mem: u64 = stats.iter().filter_map(|s| s.memory_bytes).fold(0, u64::saturating_add);
+        let now = Instant::now();
+        #[allow(clippy::cast_precision_loss, reason = "ns deltas over seconds fit an f64")]
+        let cores = self.prev.and_then(|(p, t)| {
+            let dt = now.duration_since(t).as_secs_f64();
+            (ns >= p && dt > 0.0).then(|| (ns - p) as f64 / 1e9 / dt)
+        });
+        self.prev = Some((ns, now));
+        Some((cores, mem))
+    }
+}
