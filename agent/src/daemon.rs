@@ -28,8 +28,10 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `http://host:port` (or `https://`).
+    /// `http://host:port` (or `https://` with `ca_cert`).
     pub server: String,
+    /// PEM CA certificate to trust for an `https://` scheduler.
+    pub ca_cert: Option<PathBuf>,
     pub token: Option<String>,
     pub node_name: String,
     pub pool: String,
@@ -304,7 +306,14 @@ impl Agent {
     }
 
     async fn session(&self) -> anyhow::Result<()> {
-        let channel = tonic::transport::Endpoint::from_shared(self.cfg.server.clone())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.cfg.server.clone())?;
+        if let Some(ca) = &self.cfg.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("ca_cert {}: {e}", ca.display()))?;
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))

@@ -59,6 +59,9 @@ struct RunArgs {
     /// The scheduler, e.g. http://127.0.0.1:7070.
     #[arg(long, env = "GREENFILL_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
+    /// PEM CA certificate to trust for an https:// scheduler.
+    #[arg(long, env = "GREENFILL_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Agent bearer token (not a user token).
     #[arg(long, env = "GREENFILL_AGENT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -141,6 +144,7 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let cfg = daemon::Config {
         server: a.server,
+        ca_cert: a.ca_cert,
         token: a.token,
         node_name: a.node_name.unwrap_or_else(hostname),
         pool: a.pool,

@@ -21,9 +21,12 @@ pub(crate) struct Conn {
     /// User bearer token [env: GREENFILL_TOKEN].
     #[arg(long, global = true, hide_env_values = true)]
     token: Option<String>,
-    /// Client config with `server` and `token` [default ~/.config/greenfill/client.toml].
+    /// Client config with `server`, `token` and `ca_cert` [default ~/.config/greenfill/client.toml].
     #[arg(long, global = true)]
     client_config: Option<PathBuf>,
+    /// PEM CA certificate to trust for an `https://` server [env: GREENFILL_CA_CERT].
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +34,7 @@ pub(crate) struct Conn {
 struct ClientFile {
     server: Option<String>,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
@@ -62,12 +66,17 @@ impl Conn {
             .or(file.server)
             .unwrap_or_else(|| "http://127.0.0.1:7070".into());
         let token = self.token.clone().or_else(|| env("GREENFILL_TOKEN")).or(file.token);
-        let channel = tonic::transport::Endpoint::from_shared(server.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.clone())
             .map_err(|e| anyhow!("--server {server}: {e}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| anyhow!("cannot reach the scheduler at {server}: {e}"))?;
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = self.ca_cert.clone().or_else(|| env("GREENFILL_CA_CERT").map(PathBuf::from)).or(file.ca_cert)
+        {
+            let pem = std::fs::read(&ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+            let tls =
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("--ca-cert {}: {e}", ca.display()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach the scheduler at {server}: {e}"))?;
         let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| anyhow!("--token: not a valid header value"))?),
             None => None,
