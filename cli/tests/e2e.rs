@@ -247,14 +247,15 @@ fn a_killed_agent_re_adopts_its_job_and_a_missing_scheduler_does_not_stop_jobs()
     assert!(log.contains("re-adopted a job"), "{log}");
     assert!(!c.dir.path().join("running.bad").exists(), "two attempts ran at once");
 
-    // 2. Scheduler away while a job runs: the job goes on, and its exit is
-    //    reported after the agent reconnects.
+    // 2. Scheduler away for a minute while a job runs: the job goes on, and its
+    //    exit is reported after the agent reconnects.
     let id = c.submit(&["--cpu", "0.2", "--memory", "64Mi", "--duration", "10s", "--", "sh", "-c", "sleep 3; exit 0"]);
     c.wait_until("the second job running", Duration::from_secs(60), |j| {
         j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
     });
     c.scheduler.take(); // SIGKILL
-    std::thread::sleep(Duration::from_secs(8));
+    // A full minute away (the agent's backoff grows to its 30 s cap meanwhile).
+    std::thread::sleep(Duration::from_secs(60));
     c.start_scheduler();
     let jobs = c.wait_until("the second job reported done", Duration::from_secs(60), |j| {
         j.iter().any(|j| j["id"] == id.as_str() && state(j) == "succeeded")

@@ -154,5 +154,44 @@ async fn sigkill_during_submissions_loses_and_duplicates_nothing() {
         );
     }
     assert!(acked.lock().unwrap().len() >= 1000, "too few submissions to mean anything");
+
+    // And they proceed: after the last restart, an agent that registers is sent
+    // acknowledged jobs to run.
+    let port = free_port();
+    let _server = start(dir.path(), port);
+    let _ = connect(port).await;
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let reg = pb::Register {
+        node_name: "after-crash".into(),
+        cpu_cores: 64.0,
+        memory_bytes: 256 << 30,
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(reg)) }).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let sample = pb::TelemetrySample {
+        time: Some(prost_types::Timestamp { seconds: now, nanos: 0 }),
+        online_cpu_cores: Some(1.0),
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(sample)) }).await.unwrap();
+    let mut inbound = pb::agent_service_client::AgentServiceClient::new(ch)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let acked_ids: HashSet<String> = acked.lock().unwrap().values().cloned().collect();
+    let run = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(pb::scheduler_message::Body::Run(r)) = inbound.message().await.unwrap().unwrap().body {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("a RunJob for a job submitted before the crashes");
+    assert!(acked_ids.contains(&run.job_id), "dispatched {} which was never acknowledged", run.job_id);
     assert!(killed_mid_flight >= 5, "the kill should land mid-submission in most rounds ({killed_mid_flight} of 10)");
 }

@@ -119,7 +119,7 @@ async fn handle(
     m: pb::AgentMessage,
 ) -> Result<(), Status> {
     let bucket_s = i64::try_from(st.config.planning.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
-    let (pending, ack) = {
+    let (pending, ack, replan) = {
         let mut inner = st.lock();
         let t = now();
         let mut writes = Vec::new();
@@ -132,8 +132,11 @@ async fn handle(
             writes.push(Write::CommandsAcked { node: name.to_owned(), upto: node.command_acked });
         }
         let mut ack = None;
+        let mut replan = false;
         match m.body {
             Some(In::Telemetry(s)) => {
+                // A node's first sample gives it capacity: plan soon, not at the next interval.
+                replan = node.last_sample.is_none();
                 let b = s.time.as_ref().map_or(t, |x| x.seconds);
                 let b = b - b.rem_euclid(bucket_s);
                 if let Some(cpu) = s.online_cpu_cores {
@@ -182,11 +185,13 @@ async fn handle(
             Some(In::Register(_)) => return Err(Status::invalid_argument("Register is only the first message")),
             None => {}
         }
-        (st.queue(writes, events), ack)
+        (st.queue(writes, events), ack, replan)
     };
     st.finish(pending).await?;
     if let Some(seq) = ack {
         let _ = tx.send(Ok(pb::SchedulerMessage { seq: 0, ack: seq, body: None })).await;
+    }
+    if ack.is_some() || replan {
         st.replan.notify_one();
     }
     Ok(())
