@@ -8,12 +8,13 @@ use std::path::PathBuf;
 /// fleet's spare capacity at the least energy and carbon, and dispatches them to
 /// node agents.
 ///
-/// Quick start on one machine: `greenfill-scheduler --insecure-local`, then
-/// `greenfill-agent run --insecure-local` and `greenfill submit -- echo hi`.
+/// Quick start on one machine: `greenfill-scheduler --insecure-local`, then (as
+/// root) `greenfill-agent run --state-dir /tmp/gf-agent` and
+/// `greenfill submit -- echo hi`.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Config file (TOML); every key has a default. See ARCHITECTURE.md for the keys.
+    /// Config file (TOML); every key has a default. examples/scheduler.toml lists them all.
     #[arg(long, env = "GREENFILL_CONFIG")]
     config: Option<PathBuf>,
     /// Where the database lives (overrides the config; default ~/.local/share/greenfill).

@@ -445,3 +445,17 @@ async fn jobs_of_a_silent_node_are_requeued_and_the_old_attempt_is_stopped() {
     .expect("a StopJob for the old attempt");
     assert_eq!((stop.job_id.as_str(), stop.attempt_id.as_str()), (id.as_str(), run.attempt_id.as_str()));
 }
+
+#[test]
+fn the_example_config_lists_valid_keys() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scheduler.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.pools[0].name, "web");
+    assert_eq!(c.planning.telemetry_retention, Duration::from_secs(14 * 86_400));
+    // A misspelt key is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "insecure_local = true\n[planning]\nintervall = \"5s\"\n").unwrap();
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("intervall"), "{e}");
+}
