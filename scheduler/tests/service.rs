@@ -458,4 +458,8 @@ fn the_example_config_lists_valid_keys() {
     std::fs::write(&bad, "insecure_local = true\n[planning]\nintervall = \"5s\"\n").unwrap();
     let e = Config::load(&bad).unwrap_err().to_string();
     assert!(e.contains("intervall"), "{e}");
+    // Plans further apart than a slot would start jobs late.
+    std::fs::write(&bad, "insecure_local = true\n[planning]\ninterval = \"10m\"\nslot = \"5m\"\n").unwrap();
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("planning.interval") && e.contains("planning.slot"), "{e}");
 }

@@ -354,11 +354,16 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
         return;
     }
     let plan = problem.plan();
+    // Jobs whose planned start comes before the next plan start now: waiting for
+    // the next plan would start them up to a planning interval late (and miss
+    // deadlines planned to the last slot) when slots are shorter than the interval.
+    let plan_steps = usize::try_from(r.plan_every_s / step).unwrap_or(1).max(1);
+    let starts_before_next = u32::try_from(plan_steps.div_ceil(slot_steps).max(1)).unwrap_or(1);
     let queue = std::mem::take(&mut st.queue);
     let mut left = Vec::with_capacity(queue.len());
     for (idx, job) in queue.into_iter().enumerate() {
         match &plan.placements[idx] {
-            Placement::Run { pool, node, slots, .. } if slots.first() == Some(&0) => {
+            Placement::Run { pool, node, slots, .. } if slots.first().is_some_and(|s| *s < starts_before_next) => {
                 st.start(inp, job, inp.pool_first[*pool] + *node as usize, t);
             }
             _ => left.push(job),

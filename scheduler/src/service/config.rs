@@ -219,6 +219,16 @@ impl Config {
         if p.slot.is_zero() || p.horizon < p.slot {
             return bad("planning.horizon", format!("{:?}", p.horizon), "must be at least one slot");
         }
+        if p.interval > p.slot {
+            // Jobs start only at a plan whose slot 0 is now; plans further apart
+            // than a slot would start jobs late and miss deadlines planned to the
+            // last slot.
+            return bad(
+                "planning.interval",
+                format!("{:?}", p.interval),
+                &format!("must not be longer than planning.slot ({:?})", p.slot),
+            );
+        }
         if !(p.quantile > 0.0 && p.quantile < 1.0) {
             return bad("planning.quantile", p.quantile.to_string(), "need 0 < q < 1");
         }
