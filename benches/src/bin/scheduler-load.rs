@@ -51,6 +51,10 @@ enum Mode {
         jobs: usize,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Days of 5-min telemetry history per node, written to the store before
+        /// the service starts (so forecasts run on real-length histories).
+        #[arg(long, default_value_t = 14)]
+        history_days: u32,
     },
     /// (internal) Run the service in this process.
     Serve {
@@ -84,7 +88,54 @@ fn port() -> u16 {
 }
 
 fn spawn_server(interval: &str) -> Result<Server> {
-    let dir = tempfile::tempdir()?;
+    spawn_server_in(interval, tempfile::tempdir()?)
+}
+
+/// Nodes `sim-0000…` with `days` of 5-min online-CPU history (a daily wave plus a
+/// per-node level), written straight into the store.
+fn seed_history(dir: &std::path::Path, nodes: usize, days: u32) -> Result<()> {
+    use greenfill_scheduler::store::{Sqlite, Store, Write};
+    use prost::Message;
+    let mut db = Sqlite::open(&dir.join("greenfill.db"))?;
+    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
+    let end = now - now.rem_euclid(300);
+    let buckets = i64::from(days) * 288;
+    for a in 0..nodes {
+        let name = format!("sim-{a:04}");
+        let reg = pb::Register {
+            node_name: name.clone(),
+            pool: "web".into(),
+            cpu_cores: 32.0,
+            memory_bytes: 128 << 30,
+            ..Default::default()
+        };
+        let mut batch = vec![Write::Node {
+            name: name.clone(),
+            register: reg.encode_to_vec(),
+            last_command_seq: 0,
+            last_event_seq: 0,
+            last_seen: now,
+        }];
+        #[allow(clippy::cast_precision_loss, reason = "small numbers")]
+        for b in 0..buckets {
+            let t = end - (buckets - b) * 300;
+            let day = (t.rem_euclid(86_400) as f64 / 86_400.0) * std::f64::consts::TAU;
+            let online =
+                4.0 + (a % 7) as f64 + 3.0 * (1.0 - day.cos()) + ((b * 7919 + a as i64 * 104_729) % 100) as f64 / 100.0;
+            batch.push(Write::Telemetry {
+                node: name.clone(),
+                bucket: t,
+                online_cpu: online,
+                online_memory: 16e9,
+                samples: 300,
+            });
+        }
+        db.commit(&batch)?;
+    }
+    Ok(())
+}
+
+fn spawn_server_in(interval: &str, dir: tempfile::TempDir) -> Result<Server> {
     let (p, m) = (port(), port());
     let child = Command::new(std::env::current_exe()?)
         .args([
@@ -314,8 +365,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }),
-        Mode::Plan { agents: n, jobs, rounds } => rt.block_on(async move {
-            let srv = spawn_server("5s")?;
+        Mode::Plan { agents: n, jobs, rounds, history_days } => rt.block_on(async move {
+            let dir = tempfile::tempdir()?;
+            let seeded = Instant::now();
+            seed_history(dir.path(), n, history_days)?;
+            eprintln!("seeded {n} nodes × {history_days} d of history in {:.1} s", seeded.elapsed().as_secs_f64());
+            let srv = spawn_server_in("5s", dir)?;
+            // Restoring the history takes a moment.
+            let t0 = Instant::now();
+            while channel(srv.port).await.is_err() && t0.elapsed() < Duration::from_secs(120) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let tasks = agents(srv.port, n, stop.clone()).await?;
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -333,7 +393,7 @@ fn main() -> Result<()> {
             let plan = plans.get_plan(pb::GetPlanRequest { include_jobs: false }).await?.into_inner();
             let k = (now.1 - start.1).max(1.0);
             let out = serde_json::json!({
-                "mode": "plan", "agents": n, "queued_jobs": jobs, "rounds": now.1 - start.1,
+                "mode": "plan", "agents": n, "history_days": history_days, "queued_jobs": jobs, "rounds": now.1 - start.1,
                 "mean_round_s": (now.0 - start.0) / k,
                 "mean_solve_s_all_rounds": solve.map(|(s, c)| s / c.max(1.0)),
                 "nodes_planned_on": plan.pools.iter().map(|p| p.nodes).sum::<u32>(),

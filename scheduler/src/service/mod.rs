@@ -225,6 +225,9 @@ impl Inner {
     }
 }
 
+/// A node's forecast: its key (closed buckets, last bucket start) and upper bounds.
+pub type CachedForecast = ((usize, i64), Vec<f64>);
+
 /// Shared by every handler and the planning loop.
 #[derive(Debug)]
 pub struct State {
@@ -235,6 +238,10 @@ pub struct State {
     pub replan: Notify,
     pub config: Config,
     pub carbon: Option<greenfill_core::Series>,
+    /// Per node: the online upper bound forecast from its closed telemetry
+    /// buckets, keyed by (buckets, last bucket start); recomputed only when a
+    /// bucket closes, and outside the state lock.
+    pub forecasts: Mutex<HashMap<String, CachedForecast>>,
 }
 
 /// A queued commit: await it, then publish.
@@ -258,7 +265,15 @@ impl State {
             None => None,
         };
         let (events, _) = broadcast::channel(4096);
-        Ok(Arc::new(State { inner: Mutex::new(inner), writer, events, replan: Notify::new(), config, carbon }))
+        Ok(Arc::new(State {
+            inner: Mutex::new(inner),
+            writer,
+            events,
+            replan: Notify::new(),
+            config,
+            carbon,
+            forecasts: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {

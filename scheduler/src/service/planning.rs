@@ -8,7 +8,7 @@ use crate::store::Write;
 use greenfill_core::cluster::{Pool, PowerModel};
 use greenfill_proto::v1 as pb;
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,14 +62,12 @@ fn slots_ceil(secs: f64, slot_s: i64) -> usize {
     (secs / slot_s as f64).ceil().max(0.0) as usize
 }
 
-fn gather(inner: &Inner, st: &State, t: i64) -> Gathered {
+fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::CachedForecast>) -> Gathered {
     let cfg = &st.config.planning;
     let slot_s = i64::try_from(cfg.slot.as_secs().max(1)).unwrap_or(300);
     let slots = usize::try_from(cfg.horizon.as_secs() / cfg.slot.as_secs().max(1)).unwrap_or(288).max(1);
     let stale = i64::try_from(cfg.stale_after.as_secs()).unwrap_or(900);
     let bucket_s = i64::try_from(cfg.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
-    let forecaster = greenfill_forecast::by_name(&cfg.forecast).expect("validated");
-
     // Live nodes by pool.
     let mut pools: BTreeMap<String, Vec<(&String, &super::Node)>> = BTreeMap::new();
     for (name, n) in &inner.nodes {
@@ -106,22 +104,17 @@ fn gather(inner: &Inner, st: &State, t: i64) -> Gathered {
         let mut cpu = Vec::with_capacity(nodes.len() * slots);
         let mut mem = Vec::with_capacity(nodes.len() * slots);
         for (name, n) in nodes {
-            // History on the bucket grid, the filling bucket last.
-            let mut hist: Vec<f64> = n.history.iter().map(|h| h.1).collect();
             let mut mem_max = n.history.iter().rev().take(season).map(|h| h.2).fold(0.0, f64::max);
-            if let Some((_, c, m, k)) = n.bucket {
-                hist.push(c / f64::from(k));
+            if let Some((_, _, m, k)) = n.bucket {
                 mem_max = mem_max.max(m / f64::from(k));
             }
-            let upper = if hist.is_empty() {
-                // No telemetry yet: nothing for batch.
-                vec![n.register.cpu_cores; horizon_buckets]
-            } else {
-                match forecaster.forecast(&hist, season, horizon_buckets, cfg.quantile) {
-                    Ok(f) => f.upper,
-                    Err(_) => vec![n.register.cpu_cores; horizon_buckets],
-                }
-            };
+            // Forecast step 0 is the bucket filling now (see `refresh_forecasts`);
+            // no forecast yet (no telemetry) = nothing for batch.
+            let upper = forecasts
+                .get(name.as_str())
+                .map(|(_, u)| u.clone())
+                .filter(|u| u.len() >= horizon_buckets)
+                .unwrap_or_else(|| vec![n.register.cpu_cores; horizon_buckets]);
             #[allow(clippy::cast_precision_loss, reason = "bytes")]
             let pad_cpu = max_cores - n.register.cpu_cores;
             #[allow(clippy::cast_precision_loss, reason = "bytes")]
@@ -215,6 +208,60 @@ fn gather(inner: &Inner, st: &State, t: i64) -> Gathered {
     Gathered { problem, pool_nodes, job_ids, no_pool }
 }
 
+/// Forecast each live node's online use whose history gained a bucket since
+/// its last forecast. Histories are copied under the state lock; the models run
+/// outside it, on a blocking thread, so submissions and telemetry are not held up.
+async fn refresh_forecasts(st: &Arc<State>, t: i64) -> anyhow::Result<()> {
+    let cfg = &st.config.planning;
+    let stale = i64::try_from(cfg.stale_after.as_secs()).unwrap_or(900);
+    let bucket_s = i64::try_from(cfg.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
+    let season = usize::try_from(86_400 / bucket_s).unwrap_or(288).max(2);
+    #[allow(clippy::cast_precision_loss, reason = "slot arithmetic")]
+    let horizon = slots_ceil(cfg.horizon.as_secs_f64(), bucket_s).max(1);
+    let todo: Vec<(String, (usize, i64), Vec<f64>)> = {
+        let cache = st.forecasts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = st.lock();
+        inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.session.is_some() && n.last_seen >= t - stale)
+            .filter_map(|(name, n)| {
+                let key = match n.history.back() {
+                    Some(h) => (n.history.len(), h.0),
+                    // Only the filling bucket so far: its mean, re-forecast every round.
+                    None => (0, n.bucket.map_or(i64::MIN, |b| b.0)),
+                };
+                if n.history.is_empty() || cache.get(name).is_none_or(|(k, _)| *k != key) {
+                    let hist: Vec<f64> = if n.history.is_empty() {
+                        n.bucket.map(|(_, c, _, k)| vec![c / f64::from(k)]).unwrap_or_default()
+                    } else {
+                        n.history.iter().map(|h| h.1).collect()
+                    };
+                    (!hist.is_empty()).then(|| (name.clone(), key, hist))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    };
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let (model, q) = (cfg.forecast.clone(), cfg.quantile);
+    let done = tokio::task::spawn_blocking(move || {
+        let f = greenfill_forecast::by_name(&model).expect("validated");
+        todo.into_iter()
+            .filter_map(|(name, key, hist)| Some((name, key, f.forecast(&hist, season, horizon, q).ok()?.upper)))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let mut cache = st.forecasts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (name, key, upper) in done {
+        cache.insert(name, (key, upper));
+    }
+    Ok(())
+}
+
 /// Forecast intensity per slot: the carbon file replayed by position in its own
 /// span (a file of last year is this year's forecast), or the constant.
 fn carbon_forecast(st: &State, t: i64, slot_s: i64, slots: usize) -> Vec<f64> {
@@ -279,9 +326,11 @@ pub async fn plan_once(st: &Arc<State>) -> anyhow::Result<Round> {
     };
     st.finish(requeue).await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    refresh_forecasts(st, t).await?;
     let g = {
+        let forecasts = st.forecasts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let inner = st.lock();
-        gather(&inner, st, t)
+        gather(&inner, st, t, &forecasts)
     };
     round.nodes = g.pool_nodes.iter().map(Vec::len).sum();
     round.queued = g.job_ids.len() + g.no_pool.len();
