@@ -36,22 +36,40 @@ enum Command {
         /// JSON, one object per sample.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "/proc", env = "GREENFILL_PROC_ROOT")]
-        proc_root: PathBuf,
-        #[arg(long, default_value = "/sys/fs/cgroup", env = "GREENFILL_CGROUP_ROOT")]
-        cgroup_root: PathBuf,
-        #[arg(long, default_value = "/sys/class/powercap", env = "GREENFILL_POWERCAP_ROOT")]
-        powercap_root: PathBuf,
-        /// Power model where no sensor exists: watts per CPU at idle and at full load.
-        #[arg(long, default_value_t = 0.74)]
-        idle_w_per_cpu: f64,
-        #[arg(long, default_value_t = 3.5)]
-        max_w_per_cpu: f64,
+        #[command(flatten)]
+        machine: MachineArgs,
         /// Also read every child cgroup of this parent (relative to the cgroup
         /// root, e.g. kubepods.slice) and report their totals.
         #[arg(long)]
         watch: Option<PathBuf>,
     },
+}
+
+/// Where the machine's files are (host mounts in a DaemonSet, fixtures in tests)
+/// and the power model used where no sensor exists.
+#[derive(Debug, clap::Args)]
+struct MachineArgs {
+    #[arg(long, default_value = "/proc", env = "GREENFILL_PROC_ROOT")]
+    proc_root: PathBuf,
+    #[arg(long, default_value = "/sys/fs/cgroup", env = "GREENFILL_CGROUP_ROOT")]
+    cgroup_root: PathBuf,
+    #[arg(long, default_value = "/sys/class/powercap", env = "GREENFILL_POWERCAP_ROOT")]
+    powercap_root: PathBuf,
+    /// Power model where no sensor exists: watts per CPU at idle and at full load.
+    #[arg(long, default_value_t = 0.74)]
+    idle_w_per_cpu: f64,
+    #[arg(long, default_value_t = 3.5)]
+    max_w_per_cpu: f64,
+}
+
+impl MachineArgs {
+    fn roots(&self) -> Roots {
+        Roots { proc: self.proc_root.clone(), cgroup: self.cgroup_root.clone(), powercap: self.powercap_root.clone() }
+    }
+
+    fn model(&self) -> LinearPowerModel {
+        LinearPowerModel { idle_w_per_cpu: self.idle_w_per_cpu, max_w_per_cpu: self.max_w_per_cpu }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,16 +98,8 @@ struct RunArgs {
     batch_root: PathBuf,
     #[arg(long, default_value = "1s", value_parser = interval)]
     interval: Duration,
-    #[arg(long, default_value = "/proc", env = "GREENFILL_PROC_ROOT")]
-    proc_root: PathBuf,
-    #[arg(long, default_value = "/sys/fs/cgroup", env = "GREENFILL_CGROUP_ROOT")]
-    cgroup_root: PathBuf,
-    #[arg(long, default_value = "/sys/class/powercap", env = "GREENFILL_POWERCAP_ROOT")]
-    powercap_root: PathBuf,
-    #[arg(long, default_value_t = 0.74)]
-    idle_w_per_cpu: f64,
-    #[arg(long, default_value_t = 3.5)]
-    max_w_per_cpu: f64,
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Each job's stdout and stderr are kept up to this many bytes.
     #[arg(long, default_value_t = 16 << 20)]
     log_cap_bytes: u64,
@@ -151,9 +161,9 @@ fn run(a: RunArgs) -> Result<()> {
         zone: a.zone,
         state_dir: a.state_dir,
         batch_root: a.batch_root,
-        roots: Roots { proc: a.proc_root, cgroup: a.cgroup_root, powercap: a.powercap_root },
+        roots: a.machine.roots(),
         interval: a.interval,
-        model: LinearPowerModel { idle_w_per_cpu: a.idle_w_per_cpu, max_w_per_cpu: a.max_w_per_cpu },
+        model: a.machine.model(),
         log_cap_bytes: a.log_cap_bytes,
         guard,
         shim: Some(std::env::current_exe()?),
@@ -190,19 +200,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(a) => run(*a),
         Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
-        Command::Sample {
-            once,
-            interval,
-            json,
-            proc_root,
-            cgroup_root,
-            powercap_root,
-            idle_w_per_cpu,
-            max_w_per_cpu,
-            watch,
-        } => {
-            let roots = Roots { proc: proc_root, cgroup: cgroup_root, powercap: powercap_root };
-            let mut sampler = Sampler::new(roots, LinearPowerModel { idle_w_per_cpu, max_w_per_cpu });
+        Command::Sample { once, interval, json, machine, watch } => {
+            let mut sampler = Sampler::new(machine.roots(), machine.model());
             if let Some(w) = watch {
                 sampler.watch(w);
             }
