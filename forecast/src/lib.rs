@@ -12,7 +12,7 @@ mod models;
 mod stats;
 
 pub use backtest::{Backtest, BacktestOptions, Metrics, SeriesMetrics, backtest};
-pub use models::{Greenfill, KoordinatorP95, SeasonalNaive, by_name, models};
+pub use models::{DailyProfile, Greenfill, KoordinatorP95, SeasonalNaive, by_name, models};
 
 use serde::Serialize;
 

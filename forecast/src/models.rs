@@ -6,10 +6,15 @@ use crate::{Forecast, ForecastError, Forecaster, conservative, len_f, prepare};
 
 /// Every model, baselines first.
 pub fn models() -> Vec<Box<dyn Forecaster>> {
-    vec![Box::new(SeasonalNaive), Box::new(KoordinatorP95::default()), Box::new(Greenfill::default())]
+    vec![
+        Box::new(SeasonalNaive),
+        Box::new(KoordinatorP95::default()),
+        Box::new(DailyProfile::default()),
+        Box::new(Greenfill::default()),
+    ]
 }
 
-/// A model by its name (`seasonal_naive`, `koordinator_p95`, `greenfill`).
+/// A model by its name (`seasonal_naive`, `koordinator_p95`, `daily_profile`, `greenfill`).
 pub fn by_name(name: &str) -> Option<Box<dyn Forecaster>> {
     models().into_iter().find(|m| m.name() == name)
 }
@@ -106,61 +111,66 @@ impl Forecaster for KoordinatorP95 {
     }
 }
 
-/// greenfill's forecaster.
+/// A daily profile with a conformal margin.
 ///
-/// Point: the profile — the mean of the same time of day over the last `k` days —
-/// plus the current departure from it (mean over the last half hour), fading with a
-/// half-life of `level_half_life` of a day. Bound: the profile plus the `q` quantile
-/// of the profile's own out-of-sample errors over the whole history (each error at
-/// time `t` uses only the `k` days before `t`: split conformal with every past day
-/// as a calibration point), plus the faded departure. `k` is chosen per series among
-/// `days` by the pinball loss of those bounds over the most recent `select_days`;
-/// seasonal naive is the case `k = 1` without the departure. Nothing is tuned per
-/// machine by hand.
+/// Point: the profile — per time of day, the median over the last `days` days of
+/// the mean within `smoothing` of a day around that time — plus the current
+/// departure from it (mean over the last half hour), fading with a half-life of
+/// `level_half_life` of a day. Bound: the point plus the `q` quantile of the
+/// profile's own out-of-sample errors over the history (each error at time `t`
+/// uses only the days before `t`: split conformal with every past step as a
+/// calibration point). A history of fewer than `days + 1` days uses the days it has.
 #[derive(Debug, Clone)]
-pub struct Greenfill {
-    pub days: Vec<usize>,
-    /// Half-widths of the time-of-day smoothing window, as shares of a day.
-    pub smoothing: Vec<f64>,
+pub struct DailyProfile {
+    pub days: usize,
+    /// Half-width of the time-of-day smoothing window, as a share of a day.
+    pub smoothing: f64,
     pub level_half_life: f64,
-    pub select_days: usize,
 }
 
-impl Default for Greenfill {
+impl Default for DailyProfile {
     fn default() -> Self {
-        Greenfill {
-            days: vec![1, 2, 3, 4, 5, 7],
-            smoothing: vec![0.0, 1.0 / 288.0, 1.0 / 96.0, 1.0 / 48.0, 1.0 / 24.0],
-            level_half_life: 1.0 / 24.0,
-            select_days: 2,
-        }
+        DailyProfile { days: 7, smoothing: 1.0 / 48.0, level_half_life: 1.0 / 24.0 }
     }
 }
 
-/// `profile[t − k·s − w]` for `t` in `k·s + w .. n + s`: the mean of `h` over times
-/// `t − j·s + i`, j = 1..=k, i = −w..=w, using only times before `n` (the window is
-/// cut short at the end of the history).
+/// `profile[t − k·s − w]` for `t` in `k·s + w .. n + s`: the median over the days
+/// j = 1..=k of the mean of `h` over times `t − j·s + i`, i = −w..=w, using only
+/// times before `n` (the window is cut short at the end of the history). The
+/// median, not the mean, so that one odd day (an outage, a batch storm) does not
+/// bend the next week's profile.
 fn profile(h: &[f64], prefix: &[f64], s: usize, k: usize, w: usize) -> Vec<f64> {
     let n = h.len();
+    let mut days = Vec::with_capacity(k);
     (k * s + w..n + s)
         .map(|t| {
-            let (mut sum, mut count) = (0.0, 0usize);
+            days.clear();
             for j in 1..=k {
                 let a = t - j * s - w;
                 let b = (t - j * s + w + 1).min(n);
                 if b > a {
-                    sum += prefix[b] - prefix[a];
-                    count += b - a;
+                    days.push((prefix[b] - prefix[a]) / len_f(b - a));
                 }
             }
-            sum / len_f(count.max(1))
+            median(&mut days)
         })
         .collect()
 }
 
-impl Forecaster for Greenfill {
+/// The median of `v` (mean of the middle two for an even count; 0 when empty),
+/// which reorders `v`.
+fn median(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
+}
+
+impl Forecaster for DailyProfile {
     fn name(&self) -> &'static str {
-        "greenfill"
+        "daily_profile"
     }
 
     fn forecast(&self, history: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
@@ -169,41 +179,20 @@ impl Forecaster for Greenfill {
         if n < 2 * s {
             return Ok(conservative(&h, horizon));
         }
-        // Select on the last `win` steps (up to `select_days`, leaving two days
-        // before it); each candidate needs half a day of its errors before the window.
-        let win = (n / s).saturating_sub(2).min(self.select_days) * s;
+        let k = self.days.clamp(1, n / s - 1);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small share of a day")]
+        let w = (self.smoothing.clamp(0.0, 0.5) * len_f(s)).round() as usize;
         let mut prefix = Vec::with_capacity(n + 1);
         prefix.push(0.0);
         for v in &h {
             prefix.push(prefix[prefix.len() - 1] + v);
         }
-        let mut best: Option<(f64, usize, usize, f64)> = None;
-        let configs = self.days.iter().flat_map(|&k| self.smoothing.iter().map(move |&f| (k, f)));
-        for (k, frac) in configs.filter(|&(k, _)| n >= (k + 1) * s) {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small share of a day")]
-            let w = (frac * len_f(s)).round() as usize;
-            let off = k * s + w;
-            let prof = profile(&h, &prefix, s, k, w);
-            let errors: Vec<f64> = (off..n).map(|t| h[t] - prof[t - off]).collect();
-            let Some(margin) = quantile(&mut errors.clone(), q) else { continue };
-            let cut = errors.len().saturating_sub(win);
-            let loss = if win == 0 {
-                0.0
-            } else if cut >= s / 2 {
-                let Some(before) = quantile(&mut errors[..cut].to_vec(), q) else { continue };
-                errors[cut..].iter().map(|e| pinball(*e, before, q)).sum::<f64>() / len_f(win)
-            } else {
-                continue;
-            };
-            if best.is_none_or(|(l, ..)| loss < l - 1e-12) {
-                best = Some((loss, k, w, margin));
-            }
-        }
-        let Some((_, k, w, margin)) = best else {
-            return Ok(conservative(&h, horizon));
-        };
         let off = k * s + w;
         let prof = profile(&h, &prefix, s, k, w);
+        let mut errors: Vec<f64> = (off..n).map(|t| h[t] - prof[t - off]).collect();
+        let Some(margin) = quantile(&mut errors, q) else {
+            return Ok(conservative(&h, horizon));
+        };
         let m = (s / 48).max(1);
         let recent = (n - m).max(off)..n;
         let level = if recent.is_empty() {
@@ -219,6 +208,62 @@ impl Forecaster for Greenfill {
     }
 }
 
+/// greenfill's forecaster: an automatic pick, per series and per forecast,
+/// between a daily profile ([`DailyProfile`]) and Koordinator's flat decayed p95,
+/// by a rolling backtest inside the history: both forecast each of the last
+/// `select_days` days from the history before it, and the flat bound is used only
+/// when its pinball loss there is below `switch` times the profile's. Daily cycles
+/// keep the profile; series that move in multi-day regimes, where yesterday says
+/// little about today, get the flat bound. The threshold leans to the profile
+/// because a short inner backtest is noisy. A history too short for one inner
+/// origin (under three days) uses the profile. Nothing is tuned per machine by hand.
+#[derive(Debug, Clone)]
+pub struct Greenfill {
+    pub profile: DailyProfile,
+    pub flat: KoordinatorP95,
+    pub select_days: usize,
+    /// The flat bound is picked only when its inner loss is below this share of the profile's.
+    pub switch: f64,
+}
+
+impl Default for Greenfill {
+    fn default() -> Self {
+        Greenfill { profile: DailyProfile::default(), flat: KoordinatorP95::default(), select_days: 7, switch: 0.8 }
+    }
+}
+
+impl Greenfill {
+    fn candidates(&self) -> [&dyn Forecaster; 2] {
+        [&self.profile, &self.flat]
+    }
+}
+
+impl Forecaster for Greenfill {
+    fn name(&self) -> &'static str {
+        "greenfill"
+    }
+
+    fn forecast(&self, history: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
+        let h = prepare(history, s, horizon, q)?;
+        let n = h.len();
+        // Inner origins a whole day apart, each leaving at least two days before it.
+        let origins: Vec<usize> = (1..=self.select_days).filter(|d| n >= (d + 2) * s).map(|d| n - d * s).collect();
+        let mut losses = [0.0; 2];
+        for (loss, c) in losses.iter_mut().zip(self.candidates()) {
+            for &o in &origins {
+                let f = c.forecast(&h[..o], s, s, q)?;
+                *loss += h[o..o + s].iter().zip(&f.upper).map(|(y, u)| pinball(*y, *u, q)).sum::<f64>();
+            }
+        }
+        let pick = if !origins.is_empty() && losses[1] < self.switch * losses[0] {
+            &self.flat as &dyn Forecaster
+        } else {
+            &self.profile
+        };
+        pick.forecast(&h, s, horizon, q)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,20 +273,51 @@ mod tests {
     }
 
     #[test]
-    fn a_clean_daily_cycle_is_forecast_exactly() {
+    fn a_clean_daily_cycle_is_forecast_closely() {
         let s = 48;
         let h = daily(5, s);
         for m in models() {
             let f = m.forecast(&h, s, s, 0.95).unwrap();
             assert!(!f.conservative, "{}", m.name());
             if m.name() != "koordinator_p95" {
-                // The history is whole days, so lead l falls at time of day l.
+                // The history is whole days, so lead l falls at time of day l. The
+                // profile's time-of-day smoothing (one step each side here) flattens a
+                // sine of amplitude 20 by under 1 %: within 0.2 of exact.
                 for (l, p) in f.point.iter().enumerate() {
-                    assert!((p - h[l]).abs() < 1e-9, "{} lead {l}: {p} vs {}", m.name(), h[l]);
+                    assert!((p - h[l]).abs() < 0.2, "{} lead {l}: {p} vs {}", m.name(), h[l]);
                 }
-                assert!(f.upper.iter().zip(&f.point).all(|(u, p)| (u - p).abs() < 1e-9), "{}", m.name());
+                assert!(f.upper.iter().zip(&f.point).all(|(u, p)| (u - p).abs() < 0.2), "{}", m.name());
             }
         }
+    }
+
+    #[test]
+    fn one_odd_day_does_not_bend_the_profile() {
+        // Five clean days with one outage day (zero) in the middle: the median
+        // profile ignores it (within 1: the smoothing windows at the ends of a day
+        // reach one step into the outage), a mean over days would be ~17 % low.
+        let s = 48;
+        let mut h = daily(7, s);
+        h[3 * s..4 * s].iter_mut().for_each(|v| *v = 0.0);
+        let f = DailyProfile::default().forecast(&h, s, s, 0.5).unwrap();
+        for (l, p) in f.point.iter().enumerate() {
+            assert!((p - h[l]).abs() < 1.0, "lead {l}: {p} vs {}", h[l]);
+        }
+    }
+
+    #[test]
+    fn greenfill_picks_the_flat_bound_for_multi_day_regimes() {
+        // No daily cycle: the level jumps between 10 and 60 every two and a half
+        // days. Yesterday's profile is often wrong by 50; the flat p95 covers both.
+        let s = 48;
+        let h: Vec<f64> = (0..10 * s).map(|t| if (t / (5 * s / 2)) % 2 == 0 { 10.0 } else { 60.0 }).collect();
+        let g = Greenfill::default().forecast(&h, s, s, 0.95).unwrap();
+        let flat = KoordinatorP95::default().forecast(&h, s, s, 0.95).unwrap();
+        assert_eq!(g, flat);
+        // And a clean daily cycle keeps the profile.
+        let h = daily(10, s);
+        let g = Greenfill::default().forecast(&h, s, s, 0.95).unwrap();
+        assert_eq!(g, DailyProfile::default().forecast(&h, s, s, 0.95).unwrap());
     }
 
     #[test]

@@ -36,9 +36,9 @@ fn run(path: &Path) -> Option<Vec<(String, f64, f64)>> {
 }
 
 /// A regression guard, not the issue's bar: on the Alibaba 2018 machines greenfill's
-/// bound must stay better than both baselines with coverage near 0.95. (The issue
-/// asks for 15 % below the better baseline; greenfill is at about 4.5 % — see
-/// BENCHMARKS.md.)
+/// bound must stay at least 5 % better than both baselines with coverage near 0.95.
+/// (The issue asks for 15 % below the better baseline; greenfill is at about 8.5 %
+/// — see BENCHMARKS.md.)
 #[test]
 fn alibaba_machines_greenfill_beats_both_baselines() {
     let path =
@@ -46,7 +46,7 @@ fn alibaba_machines_greenfill_beats_both_baselines() {
     let Some(r) = run(&path) else { return };
     let get = |n: &str| r.iter().find(|x| x.0 == n).unwrap();
     let (g, sn, k) = (get("greenfill"), get("seasonal_naive"), get("koordinator_p95"));
-    assert!(g.1 < sn.1.min(k.1), "greenfill {} vs seasonal naive {} / koordinator {}", g.1, sn.1, k.1);
+    assert!(g.1 < 0.95 * sn.1.min(k.1), "greenfill {} vs seasonal naive {} / koordinator {}", g.1, sn.1, k.1);
     assert!((0.93..=0.99).contains(&g.2), "coverage {}", g.2);
 }
 
