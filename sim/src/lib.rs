@@ -15,7 +15,7 @@ mod sweep;
 pub use engine::{Policy, PolicyResult, StepRow};
 pub use inputs::{Inputs, SimJob, load};
 pub use report::{Saved, Savings, Summary, summarize, write_outputs};
-pub use scenario::{FORECASTS, POLICIES, Resolved, Scenario, ScenarioError};
+pub use scenario::{POLICIES, Resolved, Scenario, ScenarioError, forecasts};
 pub use sweep::{SweepRow, sweep};
 
 /// Run every policy the scenario names; `progress(policy, share done)`.

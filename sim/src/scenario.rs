@@ -41,7 +41,8 @@ pub struct Scenario {
     #[serde(default = "d_threshold")]
     pub coloc_threshold: f64,
     /// Online forecaster for greenfill: `greenfill`, `seasonal_naive`,
-    /// `koordinator_p95` or `perfect` (the actual future, for an upper limit).
+    /// `koordinator_p95`, `daily_profile` or `perfect` (the actual future, for an
+    /// upper limit).
     #[serde(default = "d_forecast")]
     pub forecast: String,
     /// Quantile of the online upper bound (default 0.95).
@@ -166,7 +167,11 @@ fn d_slack() -> String {
 }
 
 pub const POLICIES: [&str; 4] = ["dedicated", "asap", "coloc", "greenfill"];
-pub const FORECASTS: [&str; 4] = ["greenfill", "seasonal_naive", "koordinator_p95", "perfect"];
+/// The online forecasters a scenario may name: the forecast crate's models, then
+/// `perfect` (the actual future).
+pub fn forecasts() -> Vec<&'static str> {
+    greenfill_forecast::models().iter().map(|m| m.name()).chain(["perfect"]).collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -236,8 +241,9 @@ impl Scenario {
         if horizon_s < slot_s || horizon_s % slot_s != 0 {
             return Err(bad(format!("horizon = {horizon_s} s: must be a whole number (≥ 1) of slots ({slot_s} s)")));
         }
-        if !FORECASTS.contains(&s.forecast.as_str()) {
-            return Err(bad(format!("forecast = {:?}: allowed values are {}", s.forecast, FORECASTS.join(", "))));
+        let known = forecasts();
+        if !known.contains(&s.forecast.as_str()) {
+            return Err(bad(format!("forecast = {:?}: allowed values are {}", s.forecast, known.join(", "))));
         }
         for p in &s.policies {
             if !POLICIES.contains(&p.as_str()) {

@@ -233,7 +233,8 @@ impl Config {
             return bad("planning.quantile", p.quantile.to_string(), "need 0 < q < 1");
         }
         if greenfill_forecast::by_name(&p.forecast).is_none() {
-            return bad("planning.forecast", p.forecast.clone(), "known: seasonal_naive, koordinator_p95, greenfill");
+            let known: Vec<&str> = greenfill_forecast::models().iter().map(|m| m.name()).collect();
+            return bad("planning.forecast", p.forecast.clone(), &format!("known: {}", known.join(", ")));
         }
         if !(0.0..1.0).contains(&p.cpu_margin) {
             return bad("planning.cpu_margin", p.cpu_margin.to_string(), "need 0 <= margin < 1");
