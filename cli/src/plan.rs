@@ -187,6 +187,8 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
             mem_margin: cluster.mem_margin,
             time_limit: Duration::from_secs_f64(time_limit),
             strategy,
+            // A one-shot plan is executed as is: wake at the cleanest start.
+            lazy_wake: false,
         },
     };
     problem.validate()?;

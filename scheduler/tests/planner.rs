@@ -274,3 +274,35 @@ fn equal_costs_start_at_release() {
         }
     }
 }
+
+/// The always-on node is full of online load for the whole horizon, so the job
+/// needs the sleeping node; the first slot is the cleanest.
+fn must_wake(deadline: usize) -> Problem {
+    let mut online = pool("online", 1, 8.0, 64.0, true);
+    online.online_cpu = vec![8.0; 8];
+    problem(vec![online, pool("spare", 1, 8.0, 64.0, false)], vec![job("j", 4.0, 0, 2, Some(deadline))], {
+        let mut c = vec![300.0; 8];
+        c[0] = 50.0;
+        c
+    })
+}
+
+#[test]
+fn a_job_that_must_wake_a_node_wakes_it_at_its_latest_start() {
+    let mut p = must_wake(6);
+    let plan = p.plan();
+    assert!(matches!(plan.placements[0], Placement::Run { pool: 1, .. }), "{:?}", plan.placements[0]);
+    assert_eq!(plan.placements[0].start(), Some(4), "latest start = deadline 6 − duration 2");
+    // Planned to be executed as is, it wakes the node in the cleanest slot.
+    p.options.lazy_wake = false;
+    assert_eq!(p.plan().placements[0].start(), Some(0));
+}
+
+#[test]
+fn a_job_that_may_start_after_the_horizon_wakes_nothing() {
+    // Deadline 20 in an 8-slot horizon: it waits for room in a later plan.
+    let p = must_wake(20);
+    let plan = p.plan();
+    assert_eq!(plan.placements[0], Placement::Wait { reason: WaitReason::Capacity });
+    assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
+}

@@ -81,11 +81,22 @@ pub struct PlanOptions {
     /// Wall-clock limit for the LP; past it the best solution so far guides placement.
     pub time_limit: Duration,
     pub strategy: Strategy,
+    /// A job with a deadline that needs a sleeping node is planned to wake it at
+    /// its latest start rather than at its cleanest: right when plans are redone
+    /// as time passes (the scheduler, the simulator), since a later plan may find
+    /// the job room on nodes that are on anyway. Off for a plan executed as is.
+    pub lazy_wake: bool,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { cpu_margin: 0.1, mem_margin: 0.1, time_limit: Duration::from_secs(10), strategy: Strategy::Lp }
+        PlanOptions {
+            cpu_margin: 0.1,
+            mem_margin: 0.1,
+            time_limit: Duration::from_secs(10),
+            strategy: Strategy::Lp,
+            lazy_wake: true,
+        }
     }
 }
 
