@@ -76,7 +76,14 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
     let mut w = csv::Writer::from_path(out.join("sweep.csv"))?;
     let keys: Vec<String> = sets.iter().map(|(k, _)| k.clone()).collect();
     let policies: Vec<String> = rows.first().map(|r| r.policies.keys().cloned().collect()).unwrap_or_default();
-    let fields = ["energy_kwh", "carbon_kg", "mean_cpu_util_powered", "jobs_late", "online_overload_steps"];
+    let fields = [
+        "energy_kwh",
+        "carbon_kg",
+        "mean_cpu_util_powered",
+        "mean_cpu_util_powered_with_drain",
+        "jobs_late",
+        "online_overload_steps",
+    ];
     let mut header = keys.clone();
     for p in &policies {
         header.extend(fields.iter().map(|f| format!("{p}_{f}")));
@@ -160,16 +167,17 @@ fn run_one(a: &RunArgs) -> Result<()> {
 fn print_table(s: &Summary) {
     println!("{}: {} nodes, {} jobs, {} steps of {} s", s.scenario, s.nodes, s.jobs, s.steps, s.step_s);
     println!(
-        "  {:<10} {:>10} {:>10} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8}",
-        "policy", "MWh", "t CO2", "util %", "done", "late", "unfin", "overload", "run s"
+        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8}",
+        "policy", "MWh", "t CO2", "util %", "+drain %", "done", "late", "unfin", "overload", "run s"
     );
     for (name, p) in &s.policies {
         println!(
-            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>8.1}",
+            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>8.1}",
             name,
             p.energy_kwh / 1000.0,
             p.carbon_kg / 1000.0,
             p.mean_cpu_util_powered * 100.0,
+            p.mean_cpu_util_powered_with_drain * 100.0,
             p.jobs_completed,
             p.jobs_late,
             p.jobs_unfinished,

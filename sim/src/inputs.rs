@@ -34,6 +34,10 @@ pub struct Inputs {
     pub node_factor: Vec<f64>,
     /// Online CPU utilisation (share of cores) of always-on pools, per step.
     pub online: Vec<f64>,
+    /// `online.history` steps of the trace before the run, then `online`: what
+    /// the forecaster may see at step `t` is `online_past[..=history + t]`.
+    pub online_past: Vec<f64>,
+    pub history: usize,
     pub online_mem_share: f64,
     /// Actual carbon intensity per step, gCO2/kWh.
     pub carbon: Vec<f64>,
@@ -106,8 +110,11 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
             ));
         }
     };
-    let online: Vec<f64> =
-        (0..steps).map(|t| (series.values[t % series.values.len()] * to_share * s.online.scale).max(0.0)).collect();
+    let history = usize::try_from(r.online_history_s / r.step_s).unwrap_or(0);
+    let online_past: Vec<f64> = (0..history + steps)
+        .map(|t| (series.values[t % series.values.len()] * to_share * s.online.scale).max(0.0))
+        .collect();
+    let online = online_past[history..].to_vec();
 
     // Carbon.
     let carbon: Vec<f64> = match (&r.carbon_file, s.carbon.constant) {
@@ -203,6 +210,8 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         node_pool,
         node_factor,
         online,
+        online_past,
+        history,
         online_mem_share: s.online.memory_share,
         carbon,
         carbon_forecast,

@@ -231,12 +231,13 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
     for (p, x) in results {
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
             p.name(),
             x.energy_kwh / 1000.0,
             x.carbon_kg / 1000.0,
             x.node_hours,
             x.mean_cpu_util_powered * 100.0,
+            x.mean_cpu_util_powered_with_drain * 100.0,
             x.jobs_completed,
             x.jobs_late,
             x.jobs_unfinished,
@@ -271,7 +272,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 <h1>What-if: {name}</h1>
 <p>{nodes} nodes, {jobs} batch jobs, {days:.1} days from {start} at {step} s steps; online forecast: {forecast}.</p>
 <p style="font-size:1.2em">{headline}</p>
-<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>batch core-hours</th></tr>{rows}</table>
+<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>batch core-hours</th></tr>{rows}</table>
 {cb}{eb}{pw}{ut}{bt}{ci}
 <p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. An overload is a node-step whose online plus batch CPU demand exceeded its cores.</p>
 </body></html>

@@ -84,6 +84,12 @@ pub struct OnlineSpec {
     /// Online memory use as a share of each node's memory (default 0.4).
     #[serde(default = "d_mem_share")]
     pub memory_share: f64,
+    /// The first `history` of the trace is telemetry from before `start`: the
+    /// forecaster sees it, nothing is simulated on it, and the run replays the
+    /// trace from there (default `0`: no history, the forecaster starts cold, as
+    /// on a fresh install). A running scheduler keeps 14 days.
+    #[serde(default = "d_zero")]
+    pub history: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +159,9 @@ fn d_policies() -> Vec<String> {
 fn d_one() -> f64 {
     1.0
 }
+fn d_zero() -> String {
+    "0".into()
+}
 fn d_spread() -> f64 {
     0.2
 }
@@ -199,6 +208,8 @@ pub struct Resolved {
     pub start: i64,
     pub length_s: i64,
     pub drain_s: i64,
+    /// Steps of online history before `start` (`online.history`).
+    pub online_history_s: i64,
     pub step_s: i64,
     pub plan_every_s: i64,
     pub horizon_s: i64,
@@ -230,6 +241,13 @@ impl Scenario {
         let length_s = step("length", &s.length)?;
         let drain_s = if s.drain == "0" { 0 } else { step("drain", &s.drain)? };
         let step_s = step("step", &s.step)?;
+        let online_history_s = if s.online.history == "0" { 0 } else { step("online.history", &s.online.history)? };
+        if online_history_s % step_s != 0 {
+            return Err(bad(format!(
+                "online.history = {:?}: must be a whole number of steps ({step_s} s)",
+                s.online.history
+            )));
+        }
         let plan_every_s = step("plan_every", &s.plan_every)?;
         let horizon_s = step("horizon", &s.horizon)?;
         let slot_s = step("slot", &s.slot)?;
@@ -302,6 +320,7 @@ impl Scenario {
             start,
             length_s,
             drain_s,
+            online_history_s,
             step_s,
             plan_every_s,
             horizon_s,

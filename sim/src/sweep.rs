@@ -13,7 +13,8 @@ use std::path::Path;
 pub struct SweepRow {
     /// The values set at this point, by key.
     pub point: BTreeMap<String, String>,
-    /// Per policy: energy_kwh, carbon_kg, mean_cpu_util_powered, jobs_late, online_overload_steps.
+    /// Per policy: energy_kwh, carbon_kg, mean_cpu_util_powered (and _with_drain), jobs_late,
+    /// online_overload_steps.
     pub policies: BTreeMap<String, BTreeMap<&'static str, f64>>,
     pub saved: report::Saved,
 }
@@ -139,6 +140,7 @@ fn row(point: &[(String, String)], results: &[(Policy, crate::PolicyResult)], sa
                     ("energy_kwh", x.energy_kwh),
                     ("carbon_kg", x.carbon_kg),
                     ("mean_cpu_util_powered", x.mean_cpu_util_powered),
+                    ("mean_cpu_util_powered_with_drain", x.mean_cpu_util_powered_with_drain),
                     ("jobs_late", x.jobs_late as f64),
                     ("online_overload_steps", x.online_overload_steps as f64),
                 ]);

@@ -64,6 +64,18 @@ fn accounting_identities_hold_for_every_policy() {
         assert!((energy - x.energy_kwh).abs() < 1e-6 * energy.max(1.0), "{p:?}: energy {energy} vs {}", x.energy_kwh);
         assert!((carbon - x.carbon_kg).abs() < 1e-6 * carbon.max(1.0), "{p:?}: carbon {carbon} vs {}", x.carbon_kg);
         assert!((x.idle_kwh + x.dynamic_kwh - x.energy_kwh).abs() < 1e-6 * x.energy_kwh, "{p:?}");
+        // Utilisation: used / powered CPU, over the 2 days of arrivals and over
+        // everything (every node here has 48 cores, so node counts weigh alike).
+        let util = |rows: &[greenfill_sim::StepRow]| {
+            let (u, c) = rows.iter().fold((0.0, 0.0), |(u, c), s| {
+                (u + s.cpu_util_powered * f64::from(s.powered_nodes), c + f64::from(s.powered_nodes))
+            });
+            u / c
+        };
+        let arrivals = usize::try_from(2 * 86_400 / inputs.step_s).unwrap();
+        assert!((util(&x.steps[..arrivals]) - x.mean_cpu_util_powered).abs() < 1e-9, "{p:?}");
+        assert!((util(&x.steps) - x.mean_cpu_util_powered_with_drain).abs() < 1e-9, "{p:?}");
+        assert!(x.mean_cpu_util_powered > x.mean_cpu_util_powered_with_drain, "{p:?}: the drain has no arrivals");
         assert_eq!(x.jobs_unfinished, 0, "{p:?}: the drain lets every job finish");
         assert_eq!(x.jobs_completed, inputs.jobs.len(), "{p:?}");
         core_hours.push(x.batch_core_hours);
@@ -91,6 +103,7 @@ fn outputs_are_written() {
         "carbon_kg",
         "node_hours",
         "mean_cpu_util_powered",
+        "mean_cpu_util_powered_with_drain",
         "jobs_completed",
         "jobs_late",
         "jobs_unfinished",
