@@ -201,11 +201,58 @@ impl Forecaster for DailyProfile {
             recent.clone().map(|t| h[t] - prof[t - off]).sum::<f64>() / len_f(recent.len())
         };
         let tau = self.level_half_life * len_f(s);
-        let point: Vec<f64> =
-            (0..horizon).map(|l| prof[n + l % s - off] + level * 0.5f64.powf(len_f(l + 1) / tau)).collect();
-        let upper = point.iter().map(|p| p + margin).collect();
+        let decay = |l: usize| 0.5f64.powf(len_f(l + 1) / tau);
+        let point: Vec<f64> = (0..horizon).map(|l| prof[n + l % s - off] + level * decay(l)).collect();
+        let margins = lead_margins(&h, &prof, off, m, s, q, margin, decay);
+        let upper = point.iter().enumerate().map(|(l, p)| p + margins.get(l).copied().unwrap_or(margin)).collect();
         Ok(Forecast { point, upper, conservative: false })
     }
+}
+
+/// Margins for the first leads, where the level correction applies: per band of
+/// leads (to 1 h, 3 h, 6 h), the `q` quantile of the in-history errors of the
+/// corrected forecast (`h[o + l] − profile − level(o)·decay(l)`, origins every
+/// `m` steps); past 6 h the correction has faded and `margin` holds. A band's
+/// margin never exceeds a later band's: near leads are not less certain.
+#[allow(clippy::too_many_arguments, reason = "one call site, all plain numbers")]
+fn lead_margins(
+    h: &[f64],
+    prof: &[f64],
+    off: usize,
+    m: usize,
+    s: usize,
+    q: f64,
+    margin: f64,
+    decay: impl Fn(usize) -> f64,
+) -> Vec<f64> {
+    let n = h.len();
+    let edges = [0, s / 24, s / 8, s / 4];
+    let e = |t: usize| h[t] - prof[t - off];
+    let mut out = Vec::with_capacity(edges[3]);
+    let mut bands = Vec::new();
+    for b in edges.windows(2) {
+        let mut errs = Vec::new();
+        for o in (off + m..n).step_by(m) {
+            let level = (o - m..o).map(e).sum::<f64>() / len_f(m);
+            for l in b[0]..b[1] {
+                if o + l < n {
+                    errs.push(e(o + l) - level * decay(l));
+                }
+            }
+        }
+        // Too few samples to trust: keep the whole-history margin.
+        let band = if errs.len() >= 200 { quantile(&mut errs, q).unwrap_or(margin) } else { margin };
+        bands.push((b[0], b[1], band));
+    }
+    let mut cap = margin;
+    for band in bands.iter_mut().rev() {
+        band.2 = band.2.min(cap);
+        cap = band.2;
+    }
+    for (a, b, v) in bands {
+        out.extend(std::iter::repeat_n(v, b - a));
+    }
+    out
 }
 
 /// greenfill's forecaster: an automatic pick, per series and per forecast,
@@ -303,6 +350,41 @@ mod tests {
         for (l, p) in f.point.iter().enumerate() {
             assert!((p - h[l]).abs() < 1.0, "lead {l}: {p} vs {}", h[l]);
         }
+    }
+
+    #[test]
+    fn near_leads_get_a_tighter_bound_that_still_covers() {
+        // A daily cycle plus a persistent departure (AR(1), 0.97 per step) and a
+        // little noise, from a fixed LCG: the last readings say much about the
+        // next hour, little about tomorrow.
+        let s = 48;
+        let mut x = 0u64;
+        let mut unif = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            len_f(usize::try_from(x >> 40).unwrap()) / len_f(1 << 24) - 0.5
+        };
+        let mut dep = 0.0;
+        let h: Vec<f64> = daily(30, s)
+            .into_iter()
+            .map(|v| {
+                dep = 0.97 * dep + 4.0 * unif();
+                v + dep + unif()
+            })
+            .collect();
+        let model = DailyProfile::default();
+        let (mut covered, mut total) = (0, 0);
+        for o in (20 * s..29 * s).step_by(5) {
+            let f = model.forecast(&h[..o], s, s, 0.95).unwrap();
+            let near = f.upper[0] - f.point[0];
+            let far = f.upper[s - 1] - f.point[s - 1];
+            assert!(near < 0.8 * far, "origin {o}: first-hour margin {near} vs {far}");
+            for l in 0..2 {
+                covered += usize::from(h[o + l] <= f.upper[l]);
+                total += 1;
+            }
+        }
+        let coverage = len_f(covered) / len_f(total);
+        assert!(coverage >= 0.9, "first-hour coverage {coverage}");
     }
 
     #[test]
