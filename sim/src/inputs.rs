@@ -2,12 +2,12 @@
 //! utilisation per step, the carbon intensity per step (actual and as forecast),
 //! the jobs in steps, and each node's fixed share of its pool's load.
 
-use crate::scenario::{Resolved, ScenarioError};
+use crate::scenario::{DeadlineRule, Generate, Resolved, ScenarioError};
 use greenfill_core::cluster::Pool;
 use greenfill_core::data::{CarbonOptions, JobFormat, JobMemory, UsageOptions, load_carbon, load_jobs, load_usage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, Normal, Poisson};
 
 #[derive(Debug, Clone)]
 pub struct SimJob {
@@ -151,33 +151,61 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         }
     }
 
-    // Jobs.
-    let trace = load_jobs(&r.batch_file, JobFormat::Auto).map_err(data_err(&r.batch_file))?;
-    let first = trace.jobs.iter().map(|j| j.arrival).min().unwrap_or(0);
+    // Jobs: (id, seconds after start, duration s, cores, memory GiB, instances).
     let machine_gib = s.cluster.pools.iter().map(|p| p.memory_gib).fold(0.0, f64::max);
+    let raw: Vec<(String, i64, i64, f64, f64, u32)> = match (&r.batch_file, &r.generate) {
+        (Some(path), _) => {
+            let trace = load_jobs(path, JobFormat::Auto).map_err(data_err(path))?;
+            let first = trace.jobs.iter().map(|j| j.arrival).min().unwrap_or(0);
+            trace
+                .jobs
+                .iter()
+                .map(|j| {
+                    let cores = j.cpus * s.batch.cpus_scale;
+                    #[allow(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
+                    let mem_gib = match j.memory {
+                        Some(JobMemory::Bytes(b)) => b as f64 / f64::from(1u32 << 30),
+                        Some(JobMemory::MachineShare(x)) => x * machine_gib,
+                        None => cores * s.batch.memory_gib_per_core,
+                    };
+                    (j.id.clone(), j.arrival - first, j.duration, cores, mem_gib, j.instances)
+                })
+                .collect()
+        }
+        (None, Some(g)) => generate(g, r, &mut rng)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (at, dur))| {
+                let cores = g.cores * s.batch.cpus_scale;
+                (format!("gen-{i}"), at, dur, cores, cores * s.batch.memory_gib_per_core, 1)
+            })
+            .collect(),
+        (None, None) => return Err(err(r, "batch: give exactly one of file or generate".into())),
+    };
     let step = r.step_s;
+    let offset_s = hours_to_s(s.batch.utc_offset_hours);
     let mut jobs = Vec::new();
-    for j in &trace.jobs {
-        let offset = j.arrival - first;
+    for (id, offset, dur_s, cores, mem_gib, instances) in raw {
         if offset >= r.length_s {
             continue;
         }
         if s.batch.sample < 1.0 && !rng.random_bool(s.batch.sample) {
             continue;
         }
-        let cores = j.cpus * s.batch.cpus_scale;
-        #[allow(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
-        let mem_gib = match j.memory {
-            Some(JobMemory::Bytes(b)) => b as f64 / f64::from(1u32 << 30),
-            Some(JobMemory::MachineShare(x)) => x * machine_gib,
-            None => cores * s.batch.memory_gib_per_core,
-        };
         let arrival = usize::try_from(offset.div_euclid(step)).unwrap_or(0);
-        let duration = usize::try_from((j.duration + step - 1) / step).unwrap_or(1).max(1);
-        let deadline = r.deadline_slack_s.map(|slack| arrival + duration + usize::try_from(slack / step).unwrap_or(0));
-        for k in 0..j.instances.max(1) {
+        let duration = usize::try_from((dur_s + step - 1) / step).unwrap_or(1).max(1);
+        let deadline = match r.deadline {
+            DeadlineRule::None => None,
+            DeadlineRule::Slack(slack) => Some(arrival + duration + usize::try_from(slack / step).unwrap_or(0)),
+            DeadlineRule::NextWorkday => {
+                let end = r.start + offset + dur_s;
+                let due = next_workday_deadline(end, offset_s) - r.start;
+                Some(usize::try_from(due.div_euclid(step)).unwrap_or(0).max(arrival + duration))
+            }
+        };
+        for k in 0..instances.max(1) {
             jobs.push(SimJob {
-                id: if j.instances > 1 { format!("{}#{k}", j.id) } else { j.id.clone() },
+                id: if instances > 1 { format!("{id}#{k}") } else { id.clone() },
                 arrival,
                 duration,
                 cores,
@@ -217,4 +245,88 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         carbon_forecast,
         jobs,
     })
+}
+
+fn hours_to_s(h: f64) -> i64 {
+    #[allow(clippy::cast_possible_truncation, reason = "|hours| <= 14, checked with the scenario")]
+    let s = (h * 3600.0).round() as i64;
+    s
+}
+
+/// Monday = 0 for the local day `day` (days since 1970-01-01, a Thursday).
+fn weekday(day: i64) -> i64 {
+    (day + 3).rem_euclid(7)
+}
+
+/// Let's Wait Awhile's `next_workday` rule: a job due to end at `end` (UTC
+/// seconds) inside 09:00–17:00 of a workday, local time (`offset_s` from UTC),
+/// is due then; otherwise it is due at 09:00 on the next workday (the same day
+/// when it ends before 09:00 on a workday).
+pub(crate) fn next_workday_deadline(end: i64, offset_s: i64) -> i64 {
+    let local = end + offset_s;
+    let day = local.div_euclid(86_400);
+    let tod = local.rem_euclid(86_400);
+    let nine = 9 * 3600;
+    if weekday(day) < 5 && (nine..=17 * 3600).contains(&tod) {
+        return end;
+    }
+    let mut d = if weekday(day) < 5 && tod < nine { day } else { day + 1 };
+    while weekday(d) >= 5 {
+        d += 1;
+    }
+    d * 86_400 + nine - offset_s
+}
+
+/// Generated jobs as (seconds after start, duration in seconds), in arrival order.
+fn generate(g: &Generate, r: &Resolved, rng: &mut ChaCha8Rng) -> Vec<(i64, i64)> {
+    let offset_s = hours_to_s(r.scenario.batch.utc_offset_hours);
+    let half = 1800;
+    let marks = ((hours_to_s(g.to_hour) - hours_to_s(g.from_hour)) / half).max(1);
+    let durations = ((g.max_duration_s - g.min_duration_s) / half).max(1);
+    let per_day = Poisson::new(g.per_workday.max(1e-9)).ok();
+    let mut out = Vec::new();
+    let first_day = (r.start + offset_s).div_euclid(86_400);
+    let last_day = (r.start + r.length_s + offset_s).div_euclid(86_400);
+    for day in first_day..=last_day {
+        if weekday(day) >= 5 {
+            continue;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small count")]
+        let n = per_day.as_ref().map_or(0, |p| p.sample(rng) as u64);
+        let mut day_jobs: Vec<(i64, i64)> = (0..n)
+            .map(|_| {
+                let at = day * 86_400 - offset_s + hours_to_s(g.from_hour) + rng.random_range(0..marks) * half;
+                let dur = g.min_duration_s + rng.random_range(0..durations) * half;
+                (at - r.start, dur)
+            })
+            .filter(|(at, _)| (0..r.length_s).contains(at))
+            .collect();
+        day_jobs.sort_unstable();
+        out.extend(day_jobs);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_workday_follows_lets_wait_awhile() {
+        // 2022-06-01 was a Wednesday. Times in UTC, local = UTC (offset 0).
+        let wed = 1_654_041_600;
+        let h = 3600;
+        // Ends 14:00 Wednesday: inside working hours, no slack.
+        assert_eq!(next_workday_deadline(wed + 14 * h, 0), wed + 14 * h);
+        // Ends 20:00 Wednesday: Thursday 09:00.
+        assert_eq!(next_workday_deadline(wed + 20 * h, 0), wed + 33 * h);
+        // Ends 07:00 Wednesday: the same day 09:00.
+        assert_eq!(next_workday_deadline(wed + 7 * h, 0), wed + 9 * h);
+        // Ends Friday 18:00 or on Saturday: Monday 09:00.
+        assert_eq!(next_workday_deadline(wed + 2 * 24 * h + 18 * h, 0), wed + 5 * 24 * h + 9 * h);
+        assert_eq!(next_workday_deadline(wed + 3 * 24 * h + 12 * h, 0), wed + 5 * 24 * h + 9 * h);
+        // California (UTC−8): 02:00 UTC Thursday is 18:00 Wednesday there → 09:00
+        // Thursday local = 17:00 UTC Thursday.
+        assert_eq!(next_workday_deadline(wed + 26 * h, -8 * h), wed + 24 * h + 17 * h);
+    }
 }

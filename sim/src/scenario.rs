@@ -96,8 +96,13 @@ pub struct OnlineSpec {
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
     /// Job trace: GAIA, Alibaba 2017 or greenfill CSV; arrivals are offsets from
-    /// the trace's first arrival, replayed from `start`.
-    pub file: PathBuf,
+    /// the trace's first arrival, replayed from `start`. Give this or `generate`.
+    pub file: Option<PathBuf>,
+    /// Generated jobs instead of a trace (seeded), e.g. Let's Wait Awhile's ML jobs.
+    pub generate: Option<GenerateSpec>,
+    /// Hours from UTC of the users' local time, for workdays (default 0).
+    #[serde(default)]
+    pub utc_offset_hours: f64,
     /// Keep at most this many jobs (the first to arrive).
     pub max_jobs: Option<usize>,
     /// Keep each job with this probability (seeded; default 1).
@@ -109,9 +114,60 @@ pub struct BatchSpec {
     /// Memory per core where the trace gives none, GiB (default 2).
     #[serde(default = "d_gib")]
     pub memory_gib_per_core: f64,
-    /// Deadline = arrival + duration + this slack (default 24h); `none` for none.
+    /// Deadline = arrival + duration + this slack (default 24h); `none` for none;
+    /// `next_workday` for Let's Wait Awhile's rule: a job due to end outside 09:00
+    /// to 17:00 on a workday (local time) may end as late as 09:00 on the next
+    /// workday.
     #[serde(default = "d_slack")]
     pub deadline_slack: String,
+}
+
+/// Jobs generated like Let's Wait Awhile's (Wiesner et al. 2021): on each workday
+/// a Poisson number of jobs arrive at half-hour marks between `from_hour` and
+/// `to_hour` local time, each lasting a whole number of half hours drawn
+/// uniformly from `[min_duration, max_duration)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// Mean jobs per workday (LWA: 3,387 a year ≈ 13).
+    pub per_workday: f64,
+    pub min_duration: String,
+    pub max_duration: String,
+    #[serde(default = "d_from_hour")]
+    pub from_hour: f64,
+    #[serde(default = "d_to_hour")]
+    pub to_hour: f64,
+    /// Cores per job (default 1).
+    #[serde(default = "d_one")]
+    pub cores: f64,
+}
+
+fn d_from_hour() -> f64 {
+    9.0
+}
+fn d_to_hour() -> f64 {
+    17.0
+}
+
+/// When a batch job is due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeadlineRule {
+    None,
+    /// Arrival + duration + this many seconds.
+    Slack(i64),
+    /// Let's Wait Awhile's `next_workday`.
+    NextWorkday,
+}
+
+/// What a generated batch is, with its durations in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Generate {
+    pub per_workday: f64,
+    pub min_duration_s: i64,
+    pub max_duration_s: i64,
+    pub from_hour: f64,
+    pub to_hour: f64,
+    pub cores: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,9 +270,11 @@ pub struct Resolved {
     pub plan_every_s: i64,
     pub horizon_s: i64,
     pub slot_s: i64,
-    pub deadline_slack_s: Option<i64>,
+    pub deadline: DeadlineRule,
     pub online_file: PathBuf,
-    pub batch_file: PathBuf,
+    /// The job trace, or the jobs to generate.
+    pub batch_file: Option<PathBuf>,
+    pub generate: Option<Generate>,
     pub carbon_file: Option<PathBuf>,
 }
 
@@ -293,17 +351,60 @@ impl Scenario {
         if !s.cluster.pools.iter().any(|p| p.always_on) {
             return Err(bad("cluster.pools: no pool has always_on = true; online load needs one".into()));
         }
-        let deadline_slack_s = match s.batch.deadline_slack.as_str() {
-            "none" => None,
-            v => Some(
+        let deadline = match s.batch.deadline_slack.as_str() {
+            "none" => DeadlineRule::None,
+            "next_workday" => DeadlineRule::NextWorkday,
+            v => DeadlineRule::Slack(
                 parse_duration(v)
                     .map(|x| {
                         #[allow(clippy::cast_possible_truncation, reason = "durations are far below i64::MAX seconds")]
                         let x = x as i64;
                         x
                     })
-                    .ok_or_else(|| bad(format!("batch.deadline_slack = {v:?}: a duration (e.g. 12h) or \"none\"")))?,
+                    .ok_or_else(|| {
+                        bad(format!("batch.deadline_slack = {v:?}: a duration (e.g. 12h), \"none\" or \"next_workday\""))
+                    })?,
             ),
+        };
+        if !(-14.0..=14.0).contains(&s.batch.utc_offset_hours) {
+            return Err(bad(format!(
+                "batch.utc_offset_hours = {}: must be between -14 and 14",
+                s.batch.utc_offset_hours
+            )));
+        }
+        let generate = match (&s.batch.file, &s.batch.generate) {
+            (Some(_), None) => None,
+            (None, Some(g)) => {
+                let min_duration_s = step("batch.generate.min_duration", &g.min_duration)?;
+                let max_duration_s = step("batch.generate.max_duration", &g.max_duration)?;
+                if max_duration_s <= min_duration_s {
+                    return Err(bad(format!(
+                        "batch.generate.max_duration = {:?}: must be longer than min_duration ({:?})",
+                        g.max_duration, g.min_duration
+                    )));
+                }
+                if !(0.0..=24.0).contains(&g.from_hour) || !(g.from_hour..=24.0).contains(&g.to_hour) {
+                    return Err(bad(format!(
+                        "batch.generate: from_hour = {}, to_hour = {}: need 0 <= from_hour <= to_hour <= 24",
+                        g.from_hour, g.to_hour
+                    )));
+                }
+                if !(g.per_workday >= 0.0 && g.per_workday <= 1e6) || !(g.cores > 0.0 && g.cores.is_finite()) {
+                    return Err(bad(format!(
+                        "batch.generate: per_workday = {}, cores = {}: need per_workday in 0..=1e6 and cores > 0",
+                        g.per_workday, g.cores
+                    )));
+                }
+                Some(Generate {
+                    per_workday: g.per_workday,
+                    min_duration_s,
+                    max_duration_s,
+                    from_hour: g.from_hour,
+                    to_hour: g.to_hour,
+                    cores: g.cores,
+                })
+            }
+            _ => return Err(bad("batch: give exactly one of file or generate".into())),
         };
         let carbon_file = match (&s.carbon.file, s.carbon.constant) {
             (Some(f), None) => Some(base.join(f)),
@@ -313,7 +414,8 @@ impl Scenario {
         };
         Ok(Resolved {
             online_file: base.join(&s.online.file),
-            batch_file: base.join(&s.batch.file),
+            batch_file: s.batch.file.as_ref().map(|f| base.join(f)),
+            generate,
             carbon_file,
             scenario: s,
             path: path.to_owned(),
@@ -325,7 +427,7 @@ impl Scenario {
             plan_every_s,
             horizon_s,
             slot_s,
-            deadline_slack_s,
+            deadline,
         })
     }
 }

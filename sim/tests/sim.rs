@@ -147,3 +147,62 @@ fn bad_scenarios_name_the_key_and_the_allowed_values() {
     let e = load(&r).unwrap_err().to_string();
     assert!(e.contains("nope.csv") && e.contains("cannot read"), "{e}");
 }
+
+/// The test scenario with its `[batch]` body replaced.
+fn with_batch(body: &str) -> String {
+    scenario("").replace("file = \"data/jobs/azure-100k.csv\"\nmax_jobs = 120\ndeadline_slack = \"24h\"", body)
+}
+
+#[test]
+fn generated_jobs_arrive_in_working_hours_and_are_due_by_the_next_workday() {
+    // 2022-06-01 (the start) is a Wednesday; two days of arrivals: Wed, Thu.
+    let text = with_batch(
+        "utc_offset_hours = -8\ndeadline_slack = \"next_workday\"\n\
+         generate = { per_workday = 20.0, min_duration = \"4h\", max_duration = \"10h\", cores = 2 }",
+    );
+    assert_ne!(text, scenario(""), "the batch body was replaced");
+    let r = Scenario::parse("t.toml", &text, repo()).unwrap();
+    let inputs = load(&r).unwrap();
+    assert!(inputs.jobs.len() >= 20, "{} jobs", inputs.jobs.len());
+    let step = inputs.step_s;
+    for j in &inputs.jobs {
+        let at = inputs.start + i64::try_from(j.arrival).unwrap() * step;
+        let local = at - 8 * 3600;
+        let hour = local.rem_euclid(86_400) / 3600;
+        let weekday = (local.div_euclid(86_400) + 3).rem_euclid(7);
+        assert!((9..17).contains(&hour) && weekday < 5, "{}: arrives at local hour {hour}, weekday {weekday}", j.id);
+        assert!((48..120).contains(&j.duration), "{}: {} steps", j.id, j.duration);
+        assert_eq!(j.cores, 2.0);
+        // Due at its natural end when that is in working hours, else at 09:00.
+        let end = j.arrival + j.duration;
+        let due = j.deadline.unwrap();
+        assert!(due >= end, "{}", j.id);
+        if due > end {
+            let local_due = inputs.start + i64::try_from(due).unwrap() * step - 8 * 3600;
+            assert_eq!(local_due.rem_euclid(86_400), 9 * 3600, "{}: due at 09:00 local", j.id);
+        }
+    }
+    // Same seed, same jobs.
+    let again = load(&r).unwrap();
+    assert_eq!(again.jobs.len(), inputs.jobs.len());
+    assert!(again.jobs.iter().zip(&inputs.jobs).all(|(a, b)| a.arrival == b.arrival && a.duration == b.duration));
+}
+
+#[test]
+fn a_batch_needs_exactly_one_source() {
+    for (body, want) in [
+        ("deadline_slack = \"24h\"", "batch: give exactly one of file or generate"),
+        (
+            "file = \"data/jobs/azure-100k.csv\"\ngenerate = { per_workday = 1.0, min_duration = \"1h\", max_duration = \"2h\" }",
+            "batch: give exactly one of file or generate",
+        ),
+        (
+            "generate = { per_workday = 1.0, min_duration = \"2h\", max_duration = \"1h\" }",
+            "batch.generate.max_duration = \"1h\": must be longer than min_duration (\"2h\")",
+        ),
+        ("file = \"data/jobs/azure-100k.csv\"\ndeadline_slack = \"soon\"", "a duration (e.g. 12h), \"none\" or \"next_workday\""),
+    ] {
+        let e = Scenario::parse("t.toml", &with_batch(body), repo()).unwrap_err().to_string();
+        assert!(e.contains(want), "{body}: got `{e}`, want `{want}`");
+    }
+}
