@@ -362,7 +362,9 @@ impl Scenario {
                         x
                     })
                     .ok_or_else(|| {
-                        bad(format!("batch.deadline_slack = {v:?}: a duration (e.g. 12h), \"none\" or \"next_workday\""))
+                        bad(format!(
+                            "batch.deadline_slack = {v:?}: a duration (e.g. 12h), \"none\" or \"next_workday\""
+                        ))
                     })?,
             ),
         };
@@ -389,7 +391,7 @@ impl Scenario {
                         g.from_hour, g.to_hour
                     )));
                 }
-                if !(g.per_workday >= 0.0 && g.per_workday <= 1e6) || !(g.cores > 0.0 && g.cores.is_finite()) {
+                if !((0.0..=1e6).contains(&g.per_workday) && g.cores > 0.0 && g.cores.is_finite()) {
                     return Err(bad(format!(
                         "batch.generate: per_workday = {}, cores = {}: need per_workday in 0..=1e6 and cores > 0",
                         g.per_workday, g.cores

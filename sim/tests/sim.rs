@@ -200,7 +200,10 @@ fn a_batch_needs_exactly_one_source() {
             "generate = { per_workday = 1.0, min_duration = \"2h\", max_duration = \"1h\" }",
             "batch.generate.max_duration = \"1h\": must be longer than min_duration (\"2h\")",
         ),
-        ("file = \"data/jobs/azure-100k.csv\"\ndeadline_slack = \"soon\"", "a duration (e.g. 12h), \"none\" or \"next_workday\""),
+        (
+            "file = \"data/jobs/azure-100k.csv\"\ndeadline_slack = \"soon\"",
+            "a duration (e.g. 12h), \"none\" or \"next_workday\"",
+        ),
     ] {
         let e = Scenario::parse("t.toml", &with_batch(body), repo()).unwrap_err().to_string();
         assert!(e.contains(want), "{body}: got `{e}`, want `{want}`");
