@@ -194,6 +194,9 @@ fn print_table(s: &Summary) {
                 x.carbon_kg / 1000.0,
                 x.carbon_pct
             );
+            if x.embodied_kg != 0.0 {
+                println!("    and {:.3} t CO2e of embodied carbon (powered node-hours)", x.embodied_kg / 1000.0);
+            }
         }
     };
     line("dedicated", &s.saved.vs_dedicated);

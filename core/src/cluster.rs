@@ -86,6 +86,10 @@ pub struct Pool {
     pub pue: f64,
     #[serde(default)]
     pub always_on: bool,
+    /// Embodied (manufacturing) carbon amortised per powered node-hour, grams
+    /// CO2e (default 0: operational carbon only).
+    #[serde(default)]
+    pub embodied_g_per_hour: f64,
 }
 
 fn default_pue() -> f64 {
@@ -195,6 +199,9 @@ impl ClusterConfig {
             if !(p.pue.is_finite() && p.pue >= 1.0) {
                 return Err(err(format!("pue = {}: must be >= 1", p.pue)));
             }
+            if !(p.embodied_g_per_hour.is_finite() && p.embodied_g_per_hour >= 0.0) {
+                return Err(err(format!("embodied_g_per_hour = {}: must be >= 0", p.embodied_g_per_hour)));
+            }
             p.power.validate().map_err(|e| err(format!("power: {e}")))?;
         }
         Ok(())
@@ -238,6 +245,10 @@ mod config_tests {
             (
                 "cpu_margin = 1.5\n[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\npower={kind='linear',idle_w=1,max_w=2}",
                 "cpu_margin = 1.5",
+            ),
+            (
+                "[[pools]]\nname='a'\nnodes=1\ncores=1\nmemory_gib=1\nembodied_g_per_hour=-3\npower={kind='linear',idle_w=1,max_w=2}",
+                "pools[0] (`a`): embodied_g_per_hour = -3: must be >= 0",
             ),
             ("pools = []", "no [[pools]]"),
             (

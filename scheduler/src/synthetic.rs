@@ -58,6 +58,7 @@ pub fn generate(spec: &Spec) -> Problem {
             power: PowerModel::Linear { idle_w: idle_per_core * cores, max_w: max_per_core * cores },
             pue: rng.random_range(1.1..1.6),
             always_on,
+            embodied_g_per_hour: 0.0,
         };
         let mut input = PoolInput::new(pool);
         if always_on {

@@ -89,6 +89,7 @@ fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolIn
         power: PowerModel::Linear { idle_w: 100.0, max_w: 300.0 },
         pue: 1.2,
         always_on,
+        embodied_g_per_hour: 0.0,
     })
 }
 
@@ -246,6 +247,7 @@ fn equal_costs_start_at_release() {
             power: PowerModel::Linear { idle_w: 100.0, max_w: 300.0 },
             pue: 1.2,
             always_on: true,
+            embodied_g_per_hour: 0.0,
         };
         let p = Problem {
             start: 0,

@@ -60,7 +60,11 @@ pub struct PolicyResult {
     pub energy_kwh: f64,
     pub idle_kwh: f64,
     pub dynamic_kwh: f64,
+    /// Operational carbon: energy × grid intensity.
     pub carbon_kg: f64,
+    /// Embodied carbon of the powered node-hours (pools' `embodied_g_per_hour`),
+    /// apart from `carbon_kg`.
+    pub embodied_kg: f64,
     pub node_hours: f64,
     /// CPU used / CPU of powered nodes, summed over the replayed period
     /// (`length`): the fleet's utilisation while work arrives.
@@ -129,6 +133,7 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         idle_kwh: 0.0,
         dynamic_kwh: 0.0,
         carbon_kg: 0.0,
+        embodied_kg: 0.0,
         node_hours: 0.0,
         mean_cpu_util_powered: 0.0,
         mean_cpu_util_powered_with_drain: 0.0,
@@ -197,6 +202,7 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
             row.power_kw += w / 1000.0;
             row.batch_cores += b;
             res.idle_kwh += idle * sh / 1000.0;
+            res.embodied_kg += p.embodied_g_per_hour * sh / 1000.0;
             res.dynamic_kwh += (w - idle) * sh / 1000.0;
             used += load.min(p.cores);
             cap += p.cores;

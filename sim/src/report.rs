@@ -13,9 +13,13 @@ use std::path::Path;
 #[derive(Debug, Clone, Serialize)]
 pub struct Savings {
     pub energy_kwh: f64,
+    /// Operational carbon.
     pub carbon_kg: f64,
     pub energy_pct: f64,
     pub carbon_pct: f64,
+    /// Embodied carbon of the powered node-hours saved (0 unless pools set
+    /// `embodied_g_per_hour`).
+    pub embodied_kg: f64,
 }
 
 /// What `greenfill` saves against the other policies.
@@ -49,6 +53,7 @@ fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
         carbon_kg: base.carbon_kg - ours.carbon_kg,
         energy_pct: pct(base.energy_kwh, ours.energy_kwh),
         carbon_pct: pct(base.carbon_kg, ours.carbon_kg),
+        embodied_kg: base.embodied_kg - ours.embodied_kg,
     }
 }
 

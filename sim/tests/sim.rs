@@ -25,6 +25,7 @@ cores = 48
 memory_gib = 384
 pue = 1.3
 always_on = true
+embodied_g_per_hour = 25
 power = {{ kind = "linear", idle_w = 170, max_w = 440 }}
 
 [[cluster.pools]]
@@ -33,6 +34,7 @@ nodes = 4
 cores = 48
 memory_gib = 384
 pue = 1.3
+embodied_g_per_hour = 25
 power = {{ kind = "table", watts = [170, 200, 225, 250, 280, 310, 340, 370, 400, 420, 440] }}
 
 [online]
@@ -64,6 +66,10 @@ fn accounting_identities_hold_for_every_policy() {
         assert!((energy - x.energy_kwh).abs() < 1e-6 * energy.max(1.0), "{p:?}: energy {energy} vs {}", x.energy_kwh);
         assert!((carbon - x.carbon_kg).abs() < 1e-6 * carbon.max(1.0), "{p:?}: carbon {carbon} vs {}", x.carbon_kg);
         assert!((x.idle_kwh + x.dynamic_kwh - x.energy_kwh).abs() < 1e-6 * x.energy_kwh, "{p:?}");
+        // Embodied carbon: 25 g per powered node-hour in both pools.
+        let node_hours: f64 = x.steps.iter().map(|s| f64::from(s.powered_nodes) * h).sum();
+        assert!((node_hours - x.node_hours).abs() < 1e-6 * node_hours, "{p:?}");
+        assert!((node_hours * 25.0 / 1000.0 - x.embodied_kg).abs() < 1e-6 * x.embodied_kg, "{p:?}");
         // Utilisation: used / powered CPU, over the 2 days of arrivals and over
         // everything (every node here has 48 cores, so node counts weigh alike).
         let util = |rows: &[greenfill_sim::StepRow]| {

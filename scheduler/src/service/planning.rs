@@ -140,6 +140,7 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
                 power: PowerModel::Linear { idle_w: st.config.power.idle_w, max_w: st.config.power.max_w },
                 pue: st.config.power.pue,
                 always_on: true,
+                embodied_g_per_hour: 0.0,
             },
             online_cpu: cpu,
             online_mem: mem,
