@@ -116,28 +116,36 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         .collect();
     let online = online_past[history..].to_vec();
 
-    // Carbon.
+    // Carbon: a file replayed from `start` (or its first row), or a constant.
+    let replay = |path: &std::path::Path| -> Result<Vec<f64>, ScenarioError> {
+        let c = load_carbon(path, &CarbonOptions::default()).map_err(data_err(path))?.series;
+        let origin = if (c.start..=c.end()).contains(&r.start) { r.start } else { c.start };
+        Ok((0..steps)
+            .map(|t| {
+                let at = origin + i64::try_from(t).unwrap_or(0) * r.step_s;
+                // Past the file's end, start again from its beginning.
+                let span = c.end() - c.start + c.step;
+                c.value_at(c.start + (at - c.start).rem_euclid(span))
+            })
+            .collect())
+    };
     let carbon: Vec<f64> = match (&r.carbon_file, s.carbon.constant) {
-        (Some(path), _) => {
-            let c = load_carbon(path, &CarbonOptions::default()).map_err(data_err(path))?.series;
-            let origin = if (c.start..=c.end()).contains(&r.start) { r.start } else { c.start };
-            (0..steps)
-                .map(|t| {
-                    let at = origin + i64::try_from(t).unwrap_or(0) * r.step_s;
-                    // Past the file's end, start again from its beginning.
-                    let span = c.end() - c.start + c.step;
-                    c.value_at(c.start + (at - c.start).rem_euclid(span))
-                })
-                .collect()
-        }
+        (Some(path), _) => replay(path)?,
         (None, Some(k)) => vec![k; steps],
         (None, None) => unreachable!("validated: one of file or constant"),
     };
-    let normal = Normal::new(0.0, s.carbon.forecast_error.max(1e-12)).map_err(|e| err(r, e.to_string()))?;
-    let carbon_forecast: Vec<f64> = carbon
-        .iter()
-        .map(|c| if s.carbon.forecast_error > 0.0 { (c * (1.0 + normal.sample(&mut rng))).max(0.0) } else { *c })
-        .collect();
+    let carbon_forecast: Vec<f64> = match &r.carbon_forecast_file {
+        Some(path) => replay(path)?,
+        None => {
+            let normal = Normal::new(0.0, s.carbon.forecast_error.max(1e-12)).map_err(|e| err(r, e.to_string()))?;
+            carbon
+                .iter()
+                .map(
+                    |c| if s.carbon.forecast_error > 0.0 { (c * (1.0 + normal.sample(&mut rng))).max(0.0) } else { *c },
+                )
+                .collect()
+        }
+    };
 
     // Nodes.
     let mut pool_first = Vec::new();

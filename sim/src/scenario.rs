@@ -183,6 +183,10 @@ pub struct CarbonSpec {
     /// this standard deviation (Let's Wait Awhile used 0.05). Default 0 (perfect).
     #[serde(default)]
     pub forecast_error: f64,
+    /// What the planner is told instead: a forecast CSV in the same format,
+    /// replayed like `file` (e.g. a day-ahead forecast archive). Not with
+    /// `forecast_error`.
+    pub forecast_file: Option<PathBuf>,
 }
 
 fn d_step() -> String {
@@ -276,6 +280,7 @@ pub struct Resolved {
     pub batch_file: Option<PathBuf>,
     pub generate: Option<Generate>,
     pub carbon_file: Option<PathBuf>,
+    pub carbon_forecast_file: Option<PathBuf>,
 }
 
 impl Scenario {
@@ -414,7 +419,14 @@ impl Scenario {
             (None, Some(c)) => return Err(bad(format!("carbon.constant = {c}: must be >= 0 (gCO2/kWh)"))),
             _ => return Err(bad("carbon: give exactly one of file or constant".into())),
         };
+        if s.carbon.forecast_file.is_some() && s.carbon.forecast_error > 0.0 {
+            return Err(bad(format!(
+                "carbon.forecast_error = {}: not with carbon.forecast_file (the file is the forecast)",
+                s.carbon.forecast_error
+            )));
+        }
         Ok(Resolved {
+            carbon_forecast_file: s.carbon.forecast_file.as_ref().map(|f| base.join(f)),
             online_file: base.join(&s.online.file),
             batch_file: s.batch.file.as_ref().map(|f| base.join(f)),
             generate,

@@ -215,3 +215,24 @@ fn a_batch_needs_exactly_one_source() {
         assert!(e.contains(want), "{body}: got `{e}`, want `{want}`");
     }
 }
+
+#[test]
+fn the_planner_can_be_told_a_carbon_forecast_file() {
+    let with_forecast = |file: &str, error: &str| {
+        scenario("").replace(
+            "forecast_error = 0.05",
+            &format!("forecast_error = {error}\nforecast_file = \"data/carbon/{file}_2022_hourly_ci.csv\""),
+        )
+    };
+    // The actual series as its own forecast: exact.
+    let r = Scenario::parse("t.toml", &with_forecast("CISO", "0"), repo()).unwrap();
+    let i = load(&r).unwrap();
+    assert_eq!(i.carbon_forecast, i.carbon);
+    // Another region's series: what the planner sees differs from what is accounted.
+    let r = Scenario::parse("t.toml", &with_forecast("ERCO", "0"), repo()).unwrap();
+    let i = load(&r).unwrap();
+    assert_eq!(i.carbon_forecast.len(), i.carbon.len());
+    assert_ne!(i.carbon_forecast, i.carbon);
+    let e = Scenario::parse("t.toml", &with_forecast("CISO", "0.05"), repo()).unwrap_err().to_string();
+    assert!(e.contains("carbon.forecast_error = 0.05: not with carbon.forecast_file"), "{e}");
+}
