@@ -283,17 +283,24 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
     let slots = usize::try_from(r.horizon_s / r.slot_s).unwrap_or(1).max(1);
     let h = slots * slot_steps;
     let season = usize::try_from(86_400 / step).unwrap_or(288).max(2);
-    // Upper bound of online utilisation per step ahead: a forecast from the history
-    // seen so far, or the actual future for `perfect`.
-    let upper: Vec<f64> = match forecaster {
-        Some(f) => match f.forecast(&inp.online_past[..=inp.history + t.min(inp.steps - 1)], season, h, s.quantile) {
-            Ok(fc) => fc.upper,
-            Err(_) => vec![1.0; h],
-        },
-        None => (0..h).map(|k| inp.online[(t + k).min(inp.steps - 1)]).collect(),
-    };
+    // Upper bound of online utilisation per step ahead and slot, per series: a
+    // forecast from the history seen so far, or the actual future for `perfect`.
     let slot_max = |v: &[f64], k: usize| v[k * slot_steps..(k + 1) * slot_steps].iter().copied().fold(0.0, f64::max);
-    let upper_slots: Vec<f64> = (0..slots).map(|k| slot_max(&upper, k).max(0.0)).collect();
+    let upper_slots: Vec<Vec<f64>> = inp
+        .online_series
+        .iter()
+        .map(|series| {
+            let now = inp.history + t.min(inp.steps - 1);
+            let upper: Vec<f64> = match forecaster {
+                Some(f) => match f.forecast(&series[..=now], season, h, s.quantile) {
+                    Ok(fc) => fc.upper,
+                    Err(_) => vec![1.0; h],
+                },
+                None => (0..h).map(|k| series[(now + k).min(series.len() - 1)]).collect(),
+            };
+            (0..slots).map(|k| slot_max(&upper, k).max(0.0)).collect()
+        })
+        .collect();
     let carbon: Vec<f64> = (0..slots)
         .map(|k| {
             let a = (t + k * slot_steps).min(inp.steps - 1);
@@ -312,7 +319,7 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
             let node = first + k;
             if pool.pool.always_on {
                 let f = inp.node_factor[node];
-                for (slot, u) in upper_slots.iter().enumerate() {
+                for (slot, u) in upper_slots[inp.node_series[node]].iter().enumerate() {
                     cpu[k * slots + slot] = (u * f).min(1.0) * pool.pool.cores;
                     mem[k * slots + slot] = inp.online_mem(node);
                 }

@@ -32,11 +32,15 @@ pub struct Inputs {
     pub node_pool: Vec<usize>,
     /// Each node's load = pool utilisation × this factor.
     pub node_factor: Vec<f64>,
-    /// Online CPU utilisation (share of cores) of always-on pools, per step.
+    /// Online CPU utilisation (share of cores) of always-on nodes, per step: the
+    /// mean over their series (for reports).
     pub online: Vec<f64>,
-    /// `online.history` steps of the trace before the run, then `online`: what
-    /// the forecaster may see at step `t` is `online_past[..=history + t]`.
-    pub online_past: Vec<f64>,
+    /// Each online series: `online.history` steps of the trace before the run,
+    /// then the run. What the forecaster may see at step `t` is
+    /// `online_series[k][..=history + t]`.
+    pub online_series: Vec<Vec<f64>>,
+    /// Which of `online_series` each node replays (0 unless `online.per_node`).
+    pub node_series: Vec<usize>,
     pub history: usize,
     pub online_mem_share: f64,
     /// Actual carbon intensity per step, gCO2/kWh.
@@ -58,7 +62,12 @@ impl Inputs {
         if !p.always_on {
             return 0.0;
         }
-        (self.online[t] * self.node_factor[node]).clamp(0.0, 1.0) * p.cores
+        (self.online_at(node, t) * self.node_factor[node]).clamp(0.0, 1.0) * p.cores
+    }
+
+    /// The utilisation share of `node`'s series at step `t` (before its factor).
+    pub fn online_at(&self, node: usize, t: usize) -> f64 {
+        self.online_series[self.node_series[node]][self.history + t]
     }
 
     pub fn online_mem(&self, node: usize) -> f64 {
@@ -86,8 +95,8 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
     };
     let usage = load_usage(&r.online_file, &UsageOptions { step: Some(r.step_s), ..UsageOptions::default() })
         .map_err(data_err(&r.online_file))?;
-    let series = match &s.online.series {
-        Some(id) => usage.series.iter().find(|x| &x.id == id).ok_or_else(|| {
+    let chosen: Vec<&greenfill_core::Series> = match (&s.online.series, s.online.per_node) {
+        (Some(id), _) => vec![usage.series.iter().find(|x| &x.id == id).ok_or_else(|| {
             err(
                 r,
                 format!(
@@ -95,9 +104,13 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                     usage.series.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             )
-        })?,
-        None => usage.series.first().ok_or_else(|| err(r, "online.file has no series".into()))?,
+        })?],
+        (None, true) => usage.series.iter().collect(),
+        (None, false) => vec![usage.series.first().ok_or_else(|| err(r, "online.file has no series".into()))?],
     };
+    if chosen.is_empty() {
+        return Err(err(r, "online.file has no series".into()));
+    }
     let to_share = match usage.unit.as_str() {
         "percent" => 0.01,
         "fraction" => 1.0,
@@ -111,10 +124,14 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         }
     };
     let history = usize::try_from(r.online_history_s / r.step_s).unwrap_or(0);
-    let online_past: Vec<f64> = (0..history + steps)
-        .map(|t| (series.values[t % series.values.len()] * to_share * s.online.scale).max(0.0))
+    let online_series: Vec<Vec<f64>> = chosen
+        .iter()
+        .map(|series| {
+            (0..history + steps)
+                .map(|t| (series.values[t % series.values.len()] * to_share * s.online.scale).max(0.0))
+                .collect()
+        })
         .collect();
-    let online = online_past[history..].to_vec();
 
     // Carbon: a file replayed from `start` (or its first row), or a constant.
     let replay = |path: &std::path::Path| -> Result<Vec<f64>, ScenarioError> {
@@ -151,13 +168,28 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
     let mut pool_first = Vec::new();
     let mut node_pool = Vec::new();
     let mut node_factor = Vec::new();
+    let mut node_series = Vec::new();
+    let mut online_nodes = 0;
     for (i, p) in s.cluster.pools.iter().enumerate() {
         pool_first.push(node_pool.len());
         for _ in 0..p.nodes {
             node_pool.push(i);
             node_factor.push(1.0 + s.online.node_spread * rng.random_range(-1.0..=1.0));
+            // Always-on nodes take the series in turn.
+            node_series.push(if p.always_on { online_nodes % online_series.len() } else { 0 });
+            online_nodes += usize::from(p.always_on);
         }
     }
+    // Each series weighs as many always-on nodes as replay it.
+    let mut weight = vec![0usize; online_series.len()];
+    for (n, &k) in node_series.iter().enumerate() {
+        weight[k] += usize::from(s.cluster.pools[node_pool[n]].always_on);
+    }
+    let total = weight.iter().sum::<usize>().max(1);
+    #[allow(clippy::cast_precision_loss, reason = "node counts are small")]
+    let online: Vec<f64> = (0..steps)
+        .map(|t| online_series.iter().zip(&weight).map(|(v, w)| v[history + t] * *w as f64).sum::<f64>() / total as f64)
+        .collect();
 
     // Jobs: (id, seconds after start, duration s, cores, memory GiB, instances).
     let machine_gib = s.cluster.pools.iter().map(|p| p.memory_gib).fold(0.0, f64::max);
@@ -246,7 +278,8 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         node_pool,
         node_factor,
         online,
-        online_past,
+        online_series,
+        node_series,
         history,
         online_mem_share: s.online.memory_share,
         carbon,

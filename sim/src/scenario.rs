@@ -74,6 +74,10 @@ pub struct OnlineSpec {
     pub file: PathBuf,
     /// Which series of the file (default: the first).
     pub series: Option<String>,
+    /// Every series of the file, one per always-on node in turn (node i replays
+    /// series i mod count), instead of one series for all (default false).
+    #[serde(default)]
+    pub per_node: bool,
     /// Multiply the trace's utilisation by this (default 1).
     #[serde(default = "d_one")]
     pub scale: f64,
@@ -419,6 +423,9 @@ impl Scenario {
             (None, Some(c)) => return Err(bad(format!("carbon.constant = {c}: must be >= 0 (gCO2/kWh)"))),
             _ => return Err(bad("carbon: give exactly one of file or constant".into())),
         };
+        if s.online.per_node && s.online.series.is_some() {
+            return Err(bad("online.per_node = true: not with online.series (one series, or all of them)".into()));
+        }
         if s.carbon.forecast_file.is_some() && s.carbon.forecast_error > 0.0 {
             return Err(bad(format!(
                 "carbon.forecast_error = {}: not with carbon.forecast_file (the file is the forecast)",

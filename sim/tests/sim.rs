@@ -236,3 +236,36 @@ fn the_planner_can_be_told_a_carbon_forecast_file() {
     let e = Scenario::parse("t.toml", &with_forecast("CISO", "0.05"), repo()).unwrap_err().to_string();
     assert!(e.contains("carbon.forecast_error = 0.05: not with carbon.forecast_file"), "{e}");
 }
+
+#[test]
+fn per_node_online_series_are_replayed_in_turn() {
+    // Two machines in Alibaba 2018's format: m_a at 10 %, m_b at 50 %, 3 days.
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::new();
+    for t in (0..3 * 86_400).step_by(300) {
+        csv += &format!("m_a,{t},10,50,,,,,\nm_b,{t},50,50,,,,,\n");
+    }
+    let path = dir.path().join("machine_usage.csv");
+    std::fs::write(&path, csv).unwrap();
+    let text = scenario("length = \"1d\"\ndrain = \"1d\"").replace("length = \"2d\"\ndrain = \"3d\"\n", "").replace(
+        "file = \"data/usage/derived_rnd_2013-7_500vm_sum_5min.csv\"",
+        &format!("file = {:?}\nper_node = true\nnode_spread = 0.0", path.display().to_string()),
+    );
+    let r = Scenario::parse("t.toml", &text, repo()).unwrap();
+    let i = load(&r).unwrap();
+    assert_eq!(i.online_series.len(), 2);
+    // Six online nodes (48 cores) alternate between the two machines; batch nodes carry none.
+    for node in 0..6 {
+        let want = if node % 2 == 0 { 0.10 * 48.0 } else { 0.50 * 48.0 };
+        assert!((i.online_cpu(node, 5) - want).abs() < 1e-9, "node {node}: {}", i.online_cpu(node, 5));
+    }
+    assert_eq!(i.online_cpu(6, 5), 0.0);
+    assert!((i.online[5] - 0.30).abs() < 1e-9, "fleet mean {}", i.online[5]);
+    // The greenfill policy forecasts each series and runs.
+    let results = run(&r, &i, |_, _| {});
+    assert!(results.iter().all(|(_, x)| x.jobs_completed > 0));
+    let e = Scenario::parse("t.toml", &text.replace("per_node = true", "per_node = true\nseries = \"m_a\""), repo())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("online.per_node = true: not with online.series"), "{e}");
+}
