@@ -187,8 +187,10 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
             mem_margin: cluster.mem_margin,
             time_limit: Duration::from_secs_f64(time_limit),
             strategy,
-            // A one-shot plan is executed as is: wake at the cleanest start.
+            // A one-shot plan is executed as is: wake at the cleanest start, and
+            // weigh carbon alone (no later plan will need the capacity back).
             lazy_wake: false,
+            delay_cost: 0.0,
         },
     };
     problem.validate()?;

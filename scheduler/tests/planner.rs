@@ -308,3 +308,29 @@ fn a_job_that_may_start_after_the_horizon_wakes_nothing() {
     assert_eq!(plan.placements[0], Placement::Wait { reason: WaitReason::Capacity });
     assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
 }
+
+#[test]
+fn a_job_waits_only_for_savings_worth_the_delay() {
+    // One always-on node; slot 2 is 0.05 % cleaner than now, slot 3 half as dirty.
+    let tiny = problem(
+        vec![pool("a", 1, 16.0, 64.0, true)],
+        vec![job("j", 2.0, 0, 1, Some(3))],
+        vec![400.0, 400.0, 399.8, 400.0],
+    );
+    // Default: waiting two hours must save more than 0.1 %/h; 0.05 % does not.
+    assert_eq!(tiny.plan().placements[0].start(), Some(0));
+    let mut pure = tiny.clone();
+    pure.options.delay_cost = 0.0;
+    assert_eq!(pure.plan().placements[0].start(), Some(2), "carbon alone moves it");
+    let big = problem(
+        vec![pool("a", 1, 16.0, 64.0, true)],
+        vec![job("j", 2.0, 0, 1, Some(4))],
+        vec![400.0, 400.0, 400.0, 200.0],
+    );
+    assert_eq!(big.plan().placements[0].start(), Some(3), "a real saving is worth the wait");
+    // The plan still accounts actual carbon, not the weighed one.
+    let plan = big.plan();
+    let mut flat = big.clone();
+    flat.options.delay_cost = 0.0;
+    assert!((plan.energy.carbon_kg - flat.plan().energy.carbon_kg).abs() < 1e-12);
+}

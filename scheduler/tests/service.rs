@@ -462,4 +462,8 @@ fn the_example_config_lists_valid_keys() {
     std::fs::write(&bad, "insecure_local = true\n[planning]\ninterval = \"10m\"\nslot = \"5m\"\n").unwrap();
     let e = Config::load(&bad).unwrap_err().to_string();
     assert!(e.contains("planning.interval") && e.contains("planning.slot"), "{e}");
+    assert_eq!(c.planning.delay_cost, 0.001);
+    std::fs::write(&bad, "insecure_local = true\n[planning]\ndelay_cost = 2.0\n").unwrap();
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("planning.delay_cost") && e.contains('2'), "{e}");
 }

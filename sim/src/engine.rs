@@ -374,7 +374,8 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
             mem_margin: s.safety_margin,
             time_limit: Duration::from_secs(5),
             strategy: Strategy::Lp,
-            lazy_wake: true,
+            delay_cost: s.delay_cost,
+            ..PlanOptions::default()
         },
     };
     if problem.validate().is_err() {

@@ -40,6 +40,10 @@ pub struct Scenario {
     /// `threshold × cores − online` (default 0.65).
     #[serde(default = "d_threshold")]
     pub coloc_threshold: f64,
+    /// What waiting costs greenfill's plans, as a share of carbon per hour of
+    /// delay (default: the planner's, 0.001).
+    #[serde(default = "d_delay_cost")]
+    pub delay_cost: f64,
     /// Online forecaster for greenfill: `greenfill`, `seasonal_naive`,
     /// `koordinator_p95`, `daily_profile` or `perfect` (the actual future, for an
     /// upper limit).
@@ -223,6 +227,9 @@ fn d_policies() -> Vec<String> {
 fn d_one() -> f64 {
     1.0
 }
+fn d_delay_cost() -> f64 {
+    greenfill_scheduler::PlanOptions::default().delay_cost
+}
 fn d_zero() -> String {
     "0".into()
 }
@@ -341,6 +348,7 @@ impl Scenario {
         for (key, v, lo, hi) in [
             ("safety_margin", s.safety_margin, 0.0, 0.99),
             ("coloc_threshold", s.coloc_threshold, 0.01, 1.0),
+            ("delay_cost", s.delay_cost, 0.0, 1.0),
             ("quantile", s.quantile, 0.5, 0.999),
             ("online.scale", s.online.scale, 0.0, 100.0),
             ("online.node_spread", s.online.node_spread, 0.0, 0.9),

@@ -114,7 +114,7 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
             let r = b * blk..((b + 1) * blk).min(p.slots);
             #[allow(clippy::cast_precision_loss, reason = "block lengths are small")]
             let n = r.len() as f64;
-            p.carbon[r].iter().sum::<f64>() / n
+            r.map(|t| p.weighed_carbon_at(t)).sum::<f64>() / n
         })
         .collect();
     let max_cost = block_carbon.iter().copied().fold(0.0, f64::max)

@@ -196,7 +196,7 @@ impl State<'_> {
             let wake: f64 = slots
                 .iter()
                 .filter(|&&t| self.free_cpu[row + t as usize] + EPS >= self.ctx.node_cpu[pool])
-                .map(|&t| idle * self.p.carbon_at(t as usize))
+                .map(|&t| idle * self.p.weighed_carbon_at(t as usize))
                 .sum();
             if best.is_none_or(|(_, w)| wake < w) {
                 best = Some((node, wake));
@@ -254,7 +254,7 @@ impl State<'_> {
 
     /// Per-slot cost of running `j` in slot `t` under the strategy.
     fn slot_cost(&self, job: usize, j: &PlanJob, t: usize, spread: f64) -> f64 {
-        let carbon = self.p.carbon_at(t);
+        let carbon = self.p.weighed_carbon_at(t);
         match &self.quotas {
             Some(q) => carbon + spread * q.shortage(job, j.cores, t),
             None => carbon,
@@ -313,7 +313,7 @@ impl State<'_> {
             let mut here: Option<(f64, usize, usize)> = None;
             for &pool in &pools {
                 if let Some((node, wake)) = self.find_node(pool, j, &slots) {
-                    let dynamic: f64 = slots.iter().map(|&t| self.p.carbon_at(t as usize)).sum::<f64>()
+                    let dynamic: f64 = slots.iter().map(|&t| self.p.weighed_carbon_at(t as usize)).sum::<f64>()
                         * self.ctx.dyn_g_per_core_slot[pool]
                         * j.cores;
                     let cost = dynamic + wake;
@@ -437,7 +437,9 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
         full_below: vec![0; p.pools.len() * len * BUCKETS.len()],
         mem_full_below: vec![0; p.pools.len() * len * MEM_BUCKETS.len()],
         spread: {
-            let (lo, hi) = p.carbon.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &c| (a.min(c), b.max(c)));
+            let (lo, hi) = (0..p.slots)
+                .map(|t| p.weighed_carbon_at(t))
+                .fold((f64::INFINITY, 0.0f64), |(a, b), c| (a.min(c), b.max(c)));
             hi - lo + 1.0
         },
     };

@@ -86,6 +86,13 @@ pub struct PlanOptions {
     /// as time passes (the scheduler, the simulator), since a later plan may find
     /// the job room on nodes that are on anyway. Off for a plan executed as is.
     pub lazy_wake: bool,
+    /// What waiting costs, as a share of the carbon per hour of delay: a job
+    /// waits for a cleaner start only when it saves more than this per hour
+    /// waited. Co-located capacity taken later is capacity later arrivals cannot
+    /// have; the simulator measured 0.001 (0.1 %/h) turning part of greenfill's
+    /// backlog-driven wakes into on-time runs (under-used fleet, CISO: 1.6 % →
+    /// 2.6 % below asap) for 0.2 points of pure timing savings (3.1 % → 2.9 %).
+    pub delay_cost: f64,
 }
 
 impl Default for PlanOptions {
@@ -96,6 +103,7 @@ impl Default for PlanOptions {
             time_limit: Duration::from_secs(10),
             strategy: Strategy::Lp,
             lazy_wake: true,
+            delay_cost: 0.001,
         }
     }
 }
@@ -218,6 +226,14 @@ impl Problem {
     /// Carbon intensity at any slot; past the horizon it repeats.
     pub(crate) fn carbon_at(&self, t: usize) -> f64 {
         self.carbon[t % self.slots]
+    }
+
+    /// The carbon the plan *weighs* at slot `t`: the forecast plus the delay cost
+    /// (`options.delay_cost` of it per hour from now). Accounting uses `carbon_at`.
+    pub(crate) fn weighed_carbon_at(&self, t: usize) -> f64 {
+        #[allow(clippy::cast_precision_loss, reason = "slot indices are small")]
+        let hours = t as f64 * self.slot_hours();
+        self.carbon_at(t) * (1.0 + self.options.delay_cost * hours)
     }
 
     pub(crate) fn slot_hours(&self) -> f64 {

@@ -1,6 +1,7 @@
 //! The scheduler's config file (TOML). Every key has a default, so an empty file
 //! (or none, with `--insecure-local`) is a working quick start.
 
+use crate::PlanOptions;
 use greenfill_core::time::parse_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub struct Planning {
     /// Share of each node's cores kept free of batch work on top of the forecast.
     pub cpu_margin: f64,
     pub mem_margin: f64,
+    /// What waiting costs the plan, as a share of carbon per hour of delay.
+    pub delay_cost: f64,
     /// Carbon intensity, gCO2/kWh, when no file is given.
     pub carbon_constant: f64,
     /// A carbon CSV (any format `greenfill data inspect` reads); its values are
@@ -137,6 +140,7 @@ impl Default for Planning {
             quantile: 0.95,
             cpu_margin: 0.1,
             mem_margin: 0.1,
+            delay_cost: PlanOptions::default().delay_cost,
             carbon_constant: 400.0,
             carbon_file: None,
             solve_limit: Duration::from_secs(10),
@@ -235,6 +239,9 @@ impl Config {
         if greenfill_forecast::by_name(&p.forecast).is_none() {
             let known: Vec<&str> = greenfill_forecast::models().iter().map(|m| m.name()).collect();
             return bad("planning.forecast", p.forecast.clone(), &format!("known: {}", known.join(", ")));
+        }
+        if !(0.0..=1.0).contains(&p.delay_cost) {
+            return bad("planning.delay_cost", p.delay_cost.to_string(), "need 0 <= delay_cost <= 1 (share per hour)");
         }
         if !(0.0..1.0).contains(&p.cpu_margin) {
             return bad("planning.cpu_margin", p.cpu_margin.to_string(), "need 0 <= margin < 1");

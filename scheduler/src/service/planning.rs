@@ -201,6 +201,7 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
         jobs,
         options: PlanOptions {
             cpu_margin: cfg.cpu_margin,
+            delay_cost: cfg.delay_cost,
             mem_margin: cfg.mem_margin,
             time_limit: cfg.solve_limit,
             ..PlanOptions::default()
