@@ -11,6 +11,12 @@ use std::path::PathBuf;
 pub(crate) enum ForecastCommand {
     /// Rolling-origin backtest of the forecasters on a usage trace.
     ///
+    /// Models: the baselines `seasonal_naive` and `koordinator_p95`;
+    /// `daily_profile`; the learned point models `holt_winters`, `lag_ridge` and
+    /// `lag_forest` with split-conformal bounds; `profile_holt_winters` (the mean
+    /// of the profile's and Holt-Winters' bounds); and `greenfill`, the default
+    /// (an automatic pick by a backtest inside each history).
+    ///
     /// Every model gets the same origins and histories. Reports, per model, the
     /// pinball loss of the upper bound at the quantile, its coverage (share of
     /// actuals at or below it), its mean excess over the actual, and the point
@@ -46,7 +52,7 @@ pub(crate) struct BacktestArgs {
     /// Time between origins.
     #[arg(long, default_value = "6h", value_parser = step_arg)]
     origin_every: i64,
-    /// Only these models (repeatable): seasonal_naive, koordinator_p95, greenfill.
+    /// Only these models (repeatable; see above for the names); default all.
     #[arg(long = "model")]
     model: Vec<String>,
     #[arg(long)]
@@ -96,8 +102,10 @@ fn run_backtest(a: &BacktestArgs) -> Result<()> {
         a.model
             .iter()
             .map(|m| {
-                by_name(m)
-                    .ok_or_else(|| anyhow::anyhow!("--model {m}: unknown (seasonal_naive, koordinator_p95, greenfill)"))
+                by_name(m).ok_or_else(|| {
+                    let known: Vec<&str> = models().iter().map(|m| m.name()).collect();
+                    anyhow::anyhow!("--model {m}: unknown (known: {})", known.join(", "))
+                })
             })
             .collect::<Result<_>>()?
     };
@@ -125,10 +133,11 @@ fn run_backtest(a: &BacktestArgs) -> Result<()> {
     for (id, n) in &result.skipped {
         println!("  skipped {id}: {n} steps is too short for one origin");
     }
-    println!("  {:<16} {:>12} {:>9} {:>12} {:>10}", "model", "pinball", "coverage", "mean excess", "mae");
+    let w = result.models.iter().map(|m| m.name.len()).max().unwrap_or(0).max(5);
+    println!("  {:<w$} {:>12} {:>9} {:>12} {:>10}", "model", "pinball", "coverage", "mean excess", "mae");
     for m in &result.models {
         println!(
-            "  {:<16} {:>12.4} {:>9.3} {:>12.4} {:>10.4}",
+            "  {:<w$} {:>12.4} {:>9.3} {:>12.4} {:>10.4}",
             m.name, m.pinball_loss, m.coverage, m.mean_excess, m.mae
         );
     }

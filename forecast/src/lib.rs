@@ -8,11 +8,13 @@
 //! same output.
 
 mod backtest;
+mod learned;
 mod models;
 mod stats;
 
 pub use backtest::{Backtest, BacktestOptions, Metrics, SeriesMetrics, backtest};
-pub use models::{DailyProfile, Greenfill, KoordinatorP95, SeasonalNaive, by_name, models};
+pub use learned::{Conformal, HoltWinters, LagModel, Learner, PointModel};
+pub use models::{Blend, DailyProfile, Greenfill, KoordinatorP95, SeasonalNaive, by_name, models};
 
 use serde::Serialize;
 

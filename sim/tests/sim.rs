@@ -134,7 +134,7 @@ fn bad_scenarios_name_the_key_and_the_allowed_values() {
         (r#"forecaster = "x""#, "unknown field `forecaster`"),
         (
             r#"forecast = "prophet""#,
-            r#"forecast = "prophet": allowed values are seasonal_naive, koordinator_p95, daily_profile, greenfill, perfect"#,
+            r#"forecast = "prophet": allowed values are seasonal_naive, koordinator_p95, daily_profile, holt_winters, lag_ridge, lag_forest, profile_holt_winters, greenfill, perfect"#,
         ),
         (r#"policies = ["fifo"]"#, "\"fifo\" is not a policy; allowed values are dedicated, asap, coloc, greenfill"),
         (r#"step = "5 minutes""#, "step = \"5 minutes\": not a duration"),
