@@ -43,8 +43,10 @@ pub(crate) struct BacktestArgs {
     /// Quantile of the upper bound.
     #[arg(long, default_value_t = 0.95)]
     quantile: f64,
-    /// Each model sees at most this many days before an origin.
-    #[arg(long, default_value_t = 7)]
+    /// Each model sees at most this many days before an origin. The default is
+    /// the scheduler's default telemetry retention, so the backtest sees what the
+    /// scheduler's forecaster sees.
+    #[arg(long, default_value_t = 14)]
     train_days: usize,
     /// The first origin comes after this many days.
     #[arg(long, default_value_t = 2)]
