@@ -274,9 +274,9 @@ fn lead_margins(
 /// three days) uses the profile. Nothing is tuned per machine by hand.
 ///
 /// The blend of the profile with Holt-Winters as a third candidate helped on Azure
-/// (79,319 → 71,190 pinball with 7 days of history), changed nothing on Alibaba, and doubled the time;
-/// on a synthetic wandering level the inner pick chose it and lost 7 % out of
-/// sample. It is not a default candidate.
+/// (79,319 → 71,190 pinball with 7 days of history), changed nothing on Alibaba
+/// and doubled the time; on a synthetic wandering level the inner pick chose it
+/// and lost 7 % out of sample. It is not a default candidate.
 pub struct Greenfill {
     pub profile: DailyProfile,
     /// The other candidates, each replacing the profile only on clear evidence.
