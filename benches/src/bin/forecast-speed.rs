@@ -1,9 +1,9 @@
 //! Fit + 24 h forecast for many synthetic series of 7 days at 5 min, on all cores.
 //!
-//! `cargo run --release -p greenfill-benches --bin forecast-speed -- --series 10000`
+//! `cargo run --release -p greenfill-benches --bin forecast-speed -- --series 10000 [--model NAME]`
 
 use clap::Parser;
-use greenfill_forecast::{Forecaster, Greenfill};
+use greenfill_forecast::{by_name, models};
 use std::time::Instant;
 
 #[derive(Debug, Parser)]
@@ -12,6 +12,9 @@ struct Args {
     series: usize,
     #[arg(long, default_value_t = 7)]
     days: usize,
+    /// Any model `greenfill forecast backtest` knows.
+    #[arg(long, default_value = "greenfill")]
+    model: String,
     #[arg(long)]
     json: bool,
 }
@@ -36,7 +39,12 @@ fn main() {
     let n = a.days * 288;
     let data: Vec<Vec<f64>> = (0..a.series).map(|i| series(i, n)).collect();
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let model = Greenfill::default();
+    let Some(model) = by_name(&a.model) else {
+        let known: Vec<&str> = models().iter().map(|m| m.name()).collect();
+        eprintln!("--model {}: unknown (known: {})", a.model, known.join(", "));
+        std::process::exit(2);
+    };
+    let model = model.as_ref();
     let t = Instant::now();
     let chunk = a.series.div_ceil(threads).max(1);
     let bounds: f64 = std::thread::scope(|s| {
@@ -51,7 +59,8 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         println!(
-            "{{\"series\": {}, \"days\": {}, \"threads\": {threads}, \"seconds\": {secs:.3}, \"series_per_s\": {:.0}, \"checksum\": {bounds:.3}, \"peak_rss_mb\": {:.1}}}",
+            "{{\"model\": \"{}\", \"series\": {}, \"days\": {}, \"threads\": {threads}, \"seconds\": {secs:.3}, \"series_per_s\": {:.0}, \"checksum\": {bounds:.3}, \"peak_rss_mb\": {:.1}}}",
+            a.model,
             a.series,
             a.days,
             a.series as f64 / secs,
@@ -59,7 +68,8 @@ fn main() {
         );
     } else {
         println!(
-            "{} series × {} days at 5 min, fit + 24 h forecast on {threads} threads: {secs:.2} s ({:.0} series/s)",
+            "{}: {} series × {} days at 5 min, fit + 24 h forecast on {threads} threads: {secs:.2} s ({:.0} series/s)",
+            a.model,
             a.series,
             a.days,
             a.series as f64 / secs
