@@ -15,7 +15,8 @@ pub(crate) enum ForecastCommand {
     /// `daily_profile`; the learned point models `holt_winters`, `lag_ridge` and
     /// `lag_forest` with split-conformal bounds; `profile_holt_winters` (the mean
     /// of the profile's and Holt-Winters' bounds); and `greenfill`, the default
-    /// (an automatic pick by a backtest inside each history).
+    /// (the profile and the two baselines, weighted by a backtest inside each
+    /// history).
     ///
     /// Every model gets the same origins and histories. Reports, per model, the
     /// pinball loss of the upper bound at the quantile, its coverage (share of
