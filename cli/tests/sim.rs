@@ -50,3 +50,26 @@ fn a_bad_scenario_fails_naming_the_key() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("unknown field `policy`"), "{err}");
 }
+
+#[test]
+fn a_missing_trace_is_named_once() {
+    // The scenario's own error and the reader's both name the file; the message
+    // says it once, with the reason.
+    let out = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args([
+            "sim",
+            "sweep",
+            "--scenario",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/underused-fleet.toml"),
+            "--set",
+            "carbon.file=no-such-grid.csv",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.matches("no-such-grid.csv").count(), 1, "{err}");
+    assert_eq!(err.matches("cannot read").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -89,12 +89,8 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
 
     // Online: the trace's utilisation as a share, replayed from its start.
-    let data_err = |path: &std::path::Path| {
-        let p = path.display().to_string();
-        move |source| ScenarioError::Data { path: p.clone(), source }
-    };
     let usage = load_usage(&r.online_file, &UsageOptions { step: Some(r.step_s), ..UsageOptions::default() })
-        .map_err(data_err(&r.online_file))?;
+        .map_err(ScenarioError::Data)?;
     let chosen: Vec<&greenfill_core::Series> = match (&s.online.series, s.online.per_node) {
         (Some(id), _) => vec![usage.series.iter().find(|x| &x.id == id).ok_or_else(|| {
             err(
@@ -135,7 +131,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
 
     // Carbon: a file replayed from `start` (or its first row), or a constant.
     let replay = |path: &std::path::Path| -> Result<Vec<f64>, ScenarioError> {
-        let c = load_carbon(path, &CarbonOptions::default()).map_err(data_err(path))?.series;
+        let c = load_carbon(path, &CarbonOptions::default()).map_err(ScenarioError::Data)?.series;
         let origin = if (c.start..=c.end()).contains(&r.start) { r.start } else { c.start };
         Ok((0..steps)
             .map(|t| {
@@ -195,7 +191,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
     let machine_gib = s.cluster.pools.iter().map(|p| p.memory_gib).fold(0.0, f64::max);
     let raw: Vec<(String, i64, i64, f64, f64, u32)> = match (&r.batch_file, &r.generate) {
         (Some(path), _) => {
-            let trace = load_jobs(path, JobFormat::Auto).map_err(data_err(path))?;
+            let trace = load_jobs(path, JobFormat::Auto).map_err(ScenarioError::Data)?;
             let first = trace.jobs.iter().map(|j| j.arrival).min().unwrap_or(0);
             trace
                 .jobs

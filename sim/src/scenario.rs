@@ -263,12 +263,9 @@ pub enum ScenarioError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("{path}: {source}")]
-    Data {
-        path: String,
-        #[source]
-        source: greenfill_core::data::DataError,
-    },
+    /// A trace the scenario names could not be read (the error names the file).
+    #[error(transparent)]
+    Data(greenfill_core::data::DataError),
 }
 
 /// A scenario with its times parsed and its paths resolved.
