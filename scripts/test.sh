@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# A CI run builds once from clean, so the incremental cache (1.2 GB) only costs disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_mb=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
+echo "== disk: ${free_mb} MB free for $target_dir (a clean build needs about 3 GB)"
+if [ "$free_mb" -lt 3000 ]; then
+  echo "warning: less than 3 GB free; the build may fail with 'No space left on device'" >&2
+fi
+
 start=$SECONDS
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -19,4 +29,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked
 fi
-echo "== all checks passed in $((SECONDS - start)) s"
+echo "== all checks passed in $((SECONDS - start)) s; $target_dir holds $(du -sh "$target_dir" | cut -f1)"
