@@ -11,7 +11,7 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
 free_mb=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
-echo "== disk: ${free_mb} MB free for $target_dir (a clean build needs about 3 GB)"
+echo "== disk: ${free_mb} MB free for $target_dir (a clean build takes about 2 GB)"
 if [ "$free_mb" -lt 3000 ]; then
   echo "warning: less than 3 GB free; the build may fail with 'No space left on device'" >&2
 fi
