@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
-    /// Share of the node's CPUs that online + batch may use together.
+    /// Share of the node's CPUs that online + batch may use together; 1 − the
+    /// scheduler's `planning.cpu_margin`, so the guard and the plan agree.
     pub threshold: f64,
     /// Batch is never capped below this many cores (jobs keep making progress).
     pub floor_cores: f64,
@@ -39,7 +40,7 @@ pub struct GuardConfig {
 impl Default for GuardConfig {
     fn default() -> GuardConfig {
         GuardConfig {
-            threshold: 0.65,
+            threshold: 0.9,
             floor_cores: 0.1,
             step_up_cores: 0.5,
             online_cgroups: vec![PathBuf::from("kubepods.slice"), PathBuf::from("kubepods")],

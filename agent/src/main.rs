@@ -103,8 +103,12 @@ struct RunArgs {
     /// Each job's stdout and stderr are kept up to this many bytes.
     #[arg(long, default_value_t = 16 << 20)]
     log_cap_bytes: u64,
-    /// Share of the node's CPUs online and batch may use together (Koordinator's 65 %).
-    #[arg(long, default_value_t = 0.65)]
+    /// Share of the node's CPUs online and batch may use together. The default is
+    /// 1 − the scheduler's default `planning.cpu_margin` (0.1): the scheduler plans
+    /// batch up to that share of the forecast upper bound, and the guard cuts batch
+    /// only when online rises past it. A lower value (Koordinator uses 0.65) throttles
+    /// work the plan counted on; keep the two in step.
+    #[arg(long, default_value_t = 0.9)]
     cpu_threshold: f64,
     /// Online cgroups whose CPU pressure is watched (repeatable).
     #[arg(long = "online-cgroup")]

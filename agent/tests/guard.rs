@@ -54,7 +54,7 @@ fn quota(dir: &Path) -> String {
 fn cpu_cap_follows_koordinators_formula_rises_slowly_and_falls_at_once() {
     let dir = tempfile::tempdir().unwrap();
     v2_tree(dir.path());
-    let cfg = GuardConfig { online_cgroups: vec![], psi_threshold: 50.0, ..GuardConfig::default() };
+    let cfg = GuardConfig { threshold: 0.65, online_cgroups: vec![], psi_threshold: 50.0, ..GuardConfig::default() };
     let mut g = Guard::new(cfg, dir.path(), Path::new("greenfill/batch"));
     assert_eq!(detect(dir.path()).version, CgroupVersion::V2);
     // 16 CPUs, node 6 cores busy of which 2 batch: online 4 → 0.65 × 16 − 4 = 6.4.

@@ -1,0 +1,31 @@
+//! The Kubernetes manifests keep the agent's guard and the scheduler's plans in
+//! step: the guard's CPU threshold is 1 − the plan's CPU margin. A lower threshold
+//! throttles work the plan counted on; a higher one lets batch past the margin.
+
+use greenfill_scheduler::service::Config;
+use std::path::Path;
+
+#[test]
+fn the_agents_cpu_threshold_is_one_minus_the_schedulers_cpu_margin() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/configmap.yaml"));
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let args = yaml.lines().find_map(|l| l.trim().strip_prefix("GREENFILL_AGENT_ARGS:")).expect("agent args");
+    let words: Vec<&str> = args.trim().trim_matches('"').split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "--cpu-threshold").expect("--cpu-threshold in the agent's args");
+    let threshold: f64 = words[at + 1].parse().unwrap();
+    // The scheduler's config is the block under `scheduler.toml: |`, indented.
+    let mut lines = yaml.lines().skip_while(|l| !l.trim_start().starts_with("scheduler.toml: |")).skip(1);
+    let first = lines.next().expect("scheduler.toml has a body");
+    let indent = first.len() - first.trim_start().len();
+    let body: Vec<&str> = std::iter::once(first)
+        .chain(lines.take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent))
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect();
+    // Parsed, not validated: the tokens come from a Secret at run time.
+    let cfg: Config = toml::from_str(&body.join("\n")).unwrap();
+    assert!(
+        (threshold - (1.0 - cfg.planning.cpu_margin)).abs() < 1e-9,
+        "--cpu-threshold {threshold} but planning.cpu_margin {}",
+        cfg.planning.cpu_margin
+    );
+}
