@@ -83,6 +83,7 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
         "mean_cpu_util_powered_with_drain",
         "jobs_late",
         "online_overload_steps",
+        "guard_throttled_steps",
     ];
     let mut header = keys.clone();
     for p in &policies {
@@ -167,12 +168,12 @@ fn run_one(a: &RunArgs) -> Result<()> {
 fn print_table(s: &Summary) {
     println!("{}: {} nodes, {} jobs, {} steps of {} s", s.scenario, s.nodes, s.jobs, s.steps, s.step_s);
     println!(
-        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8}",
-        "policy", "MWh", "t CO2", "util %", "+drain %", "done", "late", "unfin", "overload", "run s"
+        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9} {:>8}",
+        "policy", "MWh", "t CO2", "util %", "+drain %", "done", "late", "unfin", "overload", "throttled", "run s"
     );
     for (name, p) in &s.policies {
         println!(
-            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>8.1}",
+            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>9} {:>8.1}",
             name,
             p.energy_kwh / 1000.0,
             p.carbon_kg / 1000.0,
@@ -182,6 +183,7 @@ fn print_table(s: &Summary) {
             p.jobs_late,
             p.jobs_unfinished,
             p.online_overload_steps,
+            p.guard_throttled_steps,
             p.run_ms / 1000.0
         );
     }

@@ -1,5 +1,12 @@
 //! One policy over the whole run, step by step. The plan is made with forecasts;
 //! the accounting uses the actual trace: power, carbon, overloads.
+//!
+//! Each co-located node runs the agent's local guard, as deployed: batch may use
+//! at most `threshold × cores − online` (never below [`GUARD_FLOOR_CORES`]), so a
+//! rise of online load the plan did not foresee slows batch down instead of
+//! starving online services. A throttled job's end moves later by the share of
+//! the step it lost. The threshold is `1 − safety_margin` (asap, greenfill: the
+//! planner's own limit) or `coloc_threshold` (coloc, Koordinator's).
 
 use crate::inputs::Inputs;
 use crate::scenario::Resolved;
@@ -53,6 +60,8 @@ pub struct StepRow {
     pub batch_running: u32,
     pub batch_cores: f64,
     pub overloaded_nodes: u32,
+    /// Nodes whose batch the guard capped this step.
+    pub throttled_nodes: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,8 +84,13 @@ pub struct PolicyResult {
     pub jobs_completed: usize,
     pub jobs_late: usize,
     pub jobs_unfinished: usize,
-    /// Node-steps in which online + batch CPU demand exceeded the node's cores.
+    /// Node-steps in which online + batch CPU use exceeded the node's cores (after
+    /// the guard, when it is on: then only where even its floor was too much).
     pub online_overload_steps: usize,
+    /// Node-steps in which the guard capped batch below what was running.
+    pub guard_throttled_steps: usize,
+    /// Batch CPU the guard took back, core-hours (work that ran later instead).
+    pub guard_throttled_core_hours: f64,
     pub batch_core_hours: f64,
     /// Wall-clock time of this policy's run.
     pub run_ms: f64,
@@ -93,6 +107,12 @@ struct State {
     queue: Vec<usize>,
     started: Vec<Option<(usize, usize)>>,
     running: usize,
+    /// Per job: the step it ends at now, and the share of a step it has lost to
+    /// the guard and not yet added to that end.
+    end_of: Vec<usize>,
+    lost: Vec<f64>,
+    /// Running jobs per node.
+    on_node: Vec<Vec<usize>>,
 }
 
 impl State {
@@ -105,10 +125,43 @@ impl State {
             self.ends.resize(end + 1, Vec::new());
         }
         self.ends[end].push((job, node));
+        self.end_of[job] = end;
+        self.on_node[node].push(job);
         self.started[job] = Some((node, t));
         self.running += 1;
     }
+
+    /// The jobs on `node` ran at `share` of their speed this step.
+    fn slow_down(&mut self, node: usize, share: f64) {
+        let jobs = std::mem::take(&mut self.on_node[node]);
+        for &job in &jobs {
+            self.lost[job] += 1.0 - share;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "lost >= 1, small")]
+            let steps = self.lost[job].floor() as usize;
+            if steps == 0 {
+                continue;
+            }
+            #[allow(clippy::cast_precision_loss, reason = "a few steps")]
+            {
+                self.lost[job] -= steps as f64;
+            }
+            let from = self.end_of[job];
+            let to = from + steps;
+            if let Some(i) = self.ends[from].iter().position(|&(j, _)| j == job) {
+                self.ends[from].swap_remove(i);
+            }
+            if to >= self.ends.len() {
+                self.ends.resize(to + 1, Vec::new());
+            }
+            self.ends[to].push((job, node));
+            self.end_of[job] = to;
+        }
+        self.on_node[node] = jobs;
+    }
 }
+
+/// The agent's default floor: batch keeps this much CPU however high online goes.
+pub(crate) const GUARD_FLOOR_CORES: f64 = 0.1;
 
 pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl FnMut(f64)) -> PolicyResult {
     let clock = std::time::Instant::now();
@@ -121,6 +174,13 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         queue: Vec::new(),
         started: vec![None; inp.jobs.len()],
         running: 0,
+        end_of: vec![0; inp.jobs.len()],
+        lost: vec![0.0; inp.jobs.len()],
+        on_node: vec![Vec::new(); n],
+    };
+    let guard_threshold = match policy {
+        Policy::Coloc => s.coloc_threshold,
+        _ => 1.0 - s.safety_margin,
     };
     let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);
     let plan_every = usize::try_from(r.plan_every_s / r.step_s).unwrap_or(1).max(1);
@@ -141,6 +201,8 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         jobs_late: 0,
         jobs_unfinished: 0,
         online_overload_steps: 0,
+        guard_throttled_steps: 0,
+        guard_throttled_core_hours: 0.0,
         batch_core_hours: 0.0,
         run_ms: 0.0,
         steps: Vec::with_capacity(inp.steps),
@@ -154,6 +216,9 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
             let j = &inp.jobs[job];
             st.batch_cpu[node] = (st.batch_cpu[node] - j.cores).max(0.0);
             st.batch_mem[node] = (st.batch_mem[node] - j.mem_gib).max(0.0);
+            if let Some(i) = st.on_node[node].iter().position(|&x| x == job) {
+                st.on_node[node].swap_remove(i);
+            }
             st.running -= 1;
             res.jobs_completed += 1;
             #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
@@ -191,6 +256,16 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
                 continue;
             }
             let online = inp.online_cpu(node, t);
+            let mut b = b;
+            if s.guard && b > 0.0 {
+                let cap = (guard_threshold * p.cores - online).max(GUARD_FLOOR_CORES);
+                if b > cap + 1e-9 {
+                    row.throttled_nodes += 1;
+                    res.guard_throttled_core_hours += (b - cap) * sh;
+                    st.slow_down(node, cap / b);
+                    b = cap;
+                }
+            }
             let load = online + b;
             if load > p.cores + 1e-9 {
                 row.overloaded_nodes += 1;
@@ -212,6 +287,7 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         res.carbon_kg += kwh * ci / 1000.0;
         res.node_hours += f64::from(row.powered_nodes) * sh;
         res.online_overload_steps += row.overloaded_nodes as usize;
+        res.guard_throttled_steps += row.throttled_nodes as usize;
         row.cpu_util_powered = if cap > 0.0 { used / cap } else { 0.0 };
         used_sum += used;
         cap_sum += cap;
@@ -398,4 +474,42 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
         }
     }
     st.queue = left;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_job_ends_later_by_the_share_it_lost() {
+        // One job on node 0, due to end at step 10; node 1 is idle.
+        let mut st = State {
+            batch_cpu: vec![4.0, 0.0],
+            batch_mem: vec![0.0; 2],
+            ends: vec![Vec::new(); 12],
+            queue: Vec::new(),
+            started: vec![Some((0, 0))],
+            running: 1,
+            end_of: vec![10],
+            lost: vec![0.0],
+            on_node: vec![vec![0], Vec::new()],
+        };
+        st.ends[10].push((0, 0));
+        st.slow_down(1, 0.0);
+        assert_eq!(st.end_of[0], 10, "a cap on another node does not touch it");
+        st.slow_down(0, 0.75);
+        st.slow_down(0, 0.5);
+        assert_eq!(st.end_of[0], 10, "0.75 of a step lost so far");
+        st.slow_down(0, 0.5);
+        assert_eq!(st.end_of[0], 11);
+        assert!((st.lost[0] - 0.25).abs() < 1e-12);
+        st.slow_down(0, 0.0);
+        st.slow_down(0, 0.25);
+        // 0.25 + 1 + 0.75 = 2 more steps; the list grows past its old end.
+        assert_eq!(st.end_of[0], 13);
+        assert!(st.lost[0].abs() < 1e-12);
+        let at: Vec<usize> = (0..st.ends.len()).filter(|&t| !st.ends[t].is_empty()).collect();
+        assert_eq!(at, [13], "the job is listed once, at its new end");
+        assert_eq!(st.on_node[0], [0]);
+    }
 }

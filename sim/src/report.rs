@@ -86,7 +86,15 @@ pub fn write_outputs(
     let mut header =
         vec!["step".to_owned(), "time".to_owned(), "carbon_g_per_kwh".to_owned(), "online_util".to_owned()];
     for (p, _) in results {
-        for c in ["powered_nodes", "cpu_util_powered", "power_kw", "batch_running", "batch_cores", "overloaded_nodes"] {
+        for c in [
+            "powered_nodes",
+            "cpu_util_powered",
+            "power_kw",
+            "batch_running",
+            "batch_cores",
+            "overloaded_nodes",
+            "throttled_nodes",
+        ] {
             header.push(format!("{}_{c}", p.name()));
         }
     }
@@ -107,6 +115,7 @@ pub fn write_outputs(
                 s.batch_running.to_string(),
                 format!("{:.2}", s.batch_cores),
                 s.overloaded_nodes.to_string(),
+                s.throttled_nodes.to_string(),
             ]);
         }
         w.write_record(&row)?;
@@ -236,7 +245,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
     for (p, x) in results {
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.0})</td><td>{:.0}</td></tr>",
             p.name(),
             x.energy_kwh / 1000.0,
             x.carbon_kg / 1000.0,
@@ -247,6 +256,8 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
             x.jobs_late,
             x.jobs_unfinished,
             x.online_overload_steps,
+            x.guard_throttled_steps,
+            x.guard_throttled_core_hours,
             x.batch_core_hours
         );
     }
@@ -277,9 +288,9 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 <h1>What-if: {name}</h1>
 <p>{nodes} nodes, {jobs} batch jobs, {days:.1} days from {start} at {step} s steps; online forecast: {forecast}.</p>
 <p style="font-size:1.2em">{headline}</p>
-<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>batch core-hours</th></tr>{rows}</table>
+<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>node-steps the guard throttled batch (core-hours taken)</th><th>batch core-hours</th></tr>{rows}</table>
 {cb}{eb}{pw}{ut}{bt}{ci}
-<p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. An overload is a node-step whose online plus batch CPU demand exceeded its cores.</p>
+<p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. Each co-located node runs the agent's guard: batch is capped at threshold × cores − online (threshold 1 − safety margin; coloc's own threshold for coloc), and throttled jobs finish later. An overload is a node-step whose online plus batch CPU use still exceeded its cores.</p>
 </body></html>
 "#,
         name = s.scenario,

@@ -40,6 +40,13 @@ pub struct Scenario {
     /// `threshold × cores − online` (default 0.65).
     #[serde(default = "d_threshold")]
     pub coloc_threshold: f64,
+    /// Model the agent's local guard on co-located nodes (default on, as deployed):
+    /// batch is capped at `threshold × cores − online` each step, with threshold
+    /// `1 − safety_margin` for asap and greenfill and `coloc_threshold` for coloc,
+    /// and throttled jobs finish later. Off: batch keeps what it was given and the
+    /// excess shows up only as online overloads.
+    #[serde(default = "d_true")]
+    pub guard: bool,
     /// What waiting costs greenfill's plans, as a share of carbon per hour of
     /// delay (default: the planner's, 0.001).
     #[serde(default = "d_delay_cost")]
@@ -211,6 +218,9 @@ fn d_horizon() -> String {
 }
 fn d_margin() -> f64 {
     0.1
+}
+fn d_true() -> bool {
+    true
 }
 fn d_threshold() -> f64 {
     0.65

@@ -14,7 +14,7 @@ pub struct SweepRow {
     /// The values set at this point, by key.
     pub point: BTreeMap<String, String>,
     /// Per policy: energy_kwh, carbon_kg, mean_cpu_util_powered (and _with_drain), jobs_late,
-    /// online_overload_steps.
+    /// online_overload_steps, guard_throttled_steps.
     pub policies: BTreeMap<String, BTreeMap<&'static str, f64>>,
     pub saved: report::Saved,
 }
@@ -143,6 +143,7 @@ fn row(point: &[(String, String)], results: &[(Policy, crate::PolicyResult)], sa
                     ("mean_cpu_util_powered_with_drain", x.mean_cpu_util_powered_with_drain),
                     ("jobs_late", x.jobs_late as f64),
                     ("online_overload_steps", x.online_overload_steps as f64),
+                    ("guard_throttled_steps", x.guard_throttled_steps as f64),
                 ]);
                 (p.name().to_owned(), m)
             })

@@ -269,3 +269,55 @@ fn per_node_online_series_are_replayed_in_turn() {
         .to_string();
     assert!(e.contains("online.per_node = true: not with online.series"), "{e}");
 }
+
+#[test]
+fn the_guard_turns_overloads_into_slower_batch() {
+    // One machine at 10 % CPU for 12 h, then at 95 % for the rest: batch placed on
+    // the online nodes while they were idle no longer fits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::new();
+    for t in (0..6 * 86_400).step_by(300) {
+        let cpu = if (86_400 + 43_200..2 * 86_400 + 43_200).contains(&t) { 95 } else { 10 };
+        csv += &format!("m_a,{t},{cpu},50,,,,,\n");
+    }
+    let path = dir.path().join("machine_usage.csv");
+    std::fs::write(&path, csv).unwrap();
+    let text = |guard: bool| {
+        scenario(&format!("policies = [\"asap\", \"coloc\"]\nguard = {guard}"))
+            .replace("length = \"2d\"\ndrain = \"3d\"\n", "length = \"1d\"\ndrain = \"4d\"\n")
+            .replace(
+                "file = \"data/usage/derived_rnd_2013-7_500vm_sum_5min.csv\"",
+                &format!(
+                    "file = {:?}\nper_node = true\nnode_spread = 0.0\nhistory = \"1d\"",
+                    path.display().to_string()
+                ),
+            )
+    };
+    let go = |guard: bool| {
+        let r = Scenario::parse("t.toml", &text(guard), repo()).unwrap();
+        let i = load(&r).unwrap();
+        let results = run(&r, &i, |_, _| {});
+        (i, results)
+    };
+    let ((inputs, on), (_, off)) = (go(true), go(false));
+    let h = inputs.step_s as f64 / 3600.0;
+    let most_cores = inputs.jobs.iter().map(|j| j.cores).fold(0.0, f64::max);
+    for ((p, g), (_, n)) in on.iter().zip(&off) {
+        // Without the guard, batch keeps its cores and online pays.
+        assert!(n.online_overload_steps > 0, "{p:?}: {n:?}");
+        assert_eq!(n.guard_throttled_steps, 0, "{p:?}");
+        // With it, online never goes short (95 % + the 0.1-core floor fits) and
+        // batch is cut while online is high.
+        assert_eq!(g.online_overload_steps, 0, "{p:?}");
+        assert!(g.guard_throttled_steps > 0 && g.guard_throttled_core_hours > 0.0, "{p:?}");
+        let rows = g.steps.iter().filter(|s| s.throttled_nodes > 0).count();
+        assert!(rows > 0 && rows <= g.guard_throttled_steps, "{p:?}");
+        // No work is lost: the rise ends, every job finishes, and the CPU batch
+        // actually got adds up to the jobs' work, within one step per job (the
+        // share of a step a job lost moves its end only in whole steps).
+        assert_eq!(g.jobs_completed, inputs.jobs.len(), "{p:?}");
+        let got: f64 = g.steps.iter().map(|s| s.batch_cores * h).sum();
+        let slack = g.jobs_completed as f64 * most_cores * h;
+        assert!((got - g.batch_core_hours).abs() <= slack, "{p:?}: {got} vs {} (± {slack})", g.batch_core_hours);
+    }
+}
