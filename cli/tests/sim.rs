@@ -33,6 +33,11 @@ fn the_bundled_scenario_runs_and_reports_savings() {
     }
     assert!(f("greenfill", "carbon_kg") < f("coloc", "carbon_kg"));
     assert!(f("greenfill", "carbon_kg") < f("asap", "carbon_kg"));
+    // greenfill's placements hold: the agent's guard has to cut them back far less
+    // often than those of the policies that place by the current reading.
+    for p in ["asap", "coloc"] {
+        assert!(f("greenfill", "guard_throttled_steps") * 3.0 < f(p, "guard_throttled_steps"), "vs {p}");
+    }
     assert!(dir.path().join("report.html").exists());
 }
 
