@@ -11,6 +11,6 @@ pub mod store;
 pub mod synthetic;
 
 pub use planner::{
-    Energy, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, Violations, WaitReason,
-    exact_lp, verify,
+    Energy, GUARD_SLACK, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, Violations,
+    WaitReason, exact_lp, verify,
 };

@@ -466,4 +466,8 @@ fn the_example_config_lists_valid_keys() {
     std::fs::write(&bad, "insecure_local = true\n[planning]\ndelay_cost = 2.0\n").unwrap();
     let e = Config::load(&bad).unwrap_err().to_string();
     assert!(e.contains("planning.delay_cost") && e.contains('2'), "{e}");
+    assert_eq!(c.planning.guard_slack, 0.05);
+    std::fs::write(&bad, "insecure_local = true\n[planning]\nguard_slack = 0.75\n").unwrap();
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("planning.guard_slack") && e.contains("0.75"), "{e}");
 }

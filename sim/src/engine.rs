@@ -436,6 +436,7 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
                 pool: None,
                 priority: 0,
             }
+            .aim_early(s.guard_slack)
         })
         .collect();
     let problem = Problem {

@@ -47,6 +47,10 @@ pub struct Scenario {
     /// excess shows up only as online overloads.
     #[serde(default = "d_true")]
     pub guard: bool,
+    /// greenfill plans each job to end this share of its duration before its
+    /// deadline, for the guard slowing it (default: the scheduler's, 0.05).
+    #[serde(default = "d_guard_slack")]
+    pub guard_slack: f64,
     /// What waiting costs greenfill's plans, as a share of carbon per hour of
     /// delay (default: the planner's, 0.001).
     #[serde(default = "d_delay_cost")]
@@ -237,6 +241,9 @@ fn d_policies() -> Vec<String> {
 fn d_one() -> f64 {
     1.0
 }
+fn d_guard_slack() -> f64 {
+    greenfill_scheduler::GUARD_SLACK
+}
 fn d_delay_cost() -> f64 {
     greenfill_scheduler::PlanOptions::default().delay_cost
 }
@@ -356,6 +363,7 @@ impl Scenario {
             ("safety_margin", s.safety_margin, 0.0, 0.99),
             ("coloc_threshold", s.coloc_threshold, 0.01, 1.0),
             ("delay_cost", s.delay_cost, 0.0, 1.0),
+            ("guard_slack", s.guard_slack, 0.0, 0.5),
             ("quantile", s.quantile, 0.5, 0.999),
             ("online.scale", s.online.scale, 0.0, 100.0),
             ("online.node_spread", s.online.node_spread, 0.0, 0.9),

@@ -30,7 +30,9 @@ mod verify;
 
 pub use energy::Energy;
 pub use exact::{ExactResult, exact_lp};
-pub use problem::{Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason};
+pub use problem::{
+    GUARD_SLACK, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason,
+};
 pub use verify::{Violations, verify};
 
 use std::time::Instant;

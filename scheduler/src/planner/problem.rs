@@ -59,6 +59,34 @@ pub struct PlanJob {
     pub priority: i32,
 }
 
+/// The share of a job's duration its planned end keeps before the deadline by
+/// default (see [`PlanJob::aim_early`]). Measured in the simulator, which models
+/// the agent's guard: with 0, two of six seeds of the under-used fleet had one late
+/// job each; 0.05 and 0.10 had none, at the same carbon within 0.3 points.
+pub const GUARD_SLACK: f64 = 0.05;
+
+impl PlanJob {
+    /// Aim to finish `share` of the duration (whole slots, rounded down) before
+    /// the deadline, never before `release + duration` and never after the
+    /// deadline. The agent's guard slows a running job when online load rises
+    /// past its forecast bound; a job planned to end right at its deadline then
+    /// ends late. A job that cannot keep the slack is planned as if it had none.
+    #[must_use]
+    pub fn aim_early(mut self, share: f64) -> PlanJob {
+        if let Some(d) = self.deadline {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "a share of a slot count, floored and >= 0"
+            )]
+            let hold = (share.max(0.0) * self.duration as f64).floor() as usize;
+            self.deadline = Some(d.saturating_sub(hold).max(self.release + self.duration).min(d));
+        }
+        self
+    }
+}
+
 /// How to plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -313,5 +341,39 @@ impl Plan {
 
     pub fn jobs_late(&self) -> usize {
         self.placements.iter().filter(|p| matches!(p, Placement::Run { late: true, .. })).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlanJob;
+
+    fn job(release: usize, deadline: Option<usize>, duration: usize) -> PlanJob {
+        PlanJob {
+            id: "j".into(),
+            cores: 1.0,
+            mem_gib: 0.0,
+            release,
+            deadline,
+            duration,
+            pausable: false,
+            pool: None,
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn aiming_early_keeps_a_share_of_the_duration_before_the_deadline_when_it_can() {
+        let d = |j: PlanJob, share| j.aim_early(share).deadline;
+        // 5 % of 40 slots = 2 slots held back.
+        assert_eq!(d(job(0, Some(100), 40), 0.05), Some(98));
+        // Rounded down: 5 % of 10 slots holds nothing back.
+        assert_eq!(d(job(0, Some(100), 10), 0.05), Some(100));
+        // Not before release + duration: 10 + 40 = 50.
+        assert_eq!(d(job(10, Some(51), 40), 0.10), Some(50));
+        // Already too tight: the deadline stays; it never moves later.
+        assert_eq!(d(job(10, Some(30), 40), 0.10), Some(30));
+        assert_eq!(d(job(0, None, 40), 0.10), None);
+        assert_eq!(d(job(0, Some(100), 40), 0.0), Some(100));
     }
 }

@@ -1,7 +1,7 @@
 //! The scheduler's config file (TOML). Every key has a default, so an empty file
 //! (or none, with `--insecure-local`) is a working quick start.
 
-use crate::PlanOptions;
+use crate::{GUARD_SLACK, PlanOptions};
 use greenfill_core::time::parse_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -76,6 +76,9 @@ pub struct Planning {
     pub mem_margin: f64,
     /// What waiting costs the plan, as a share of carbon per hour of delay.
     pub delay_cost: f64,
+    /// Share of each job's duration its planned end keeps before its deadline,
+    /// for the agent's guard slowing it down (default 0.05).
+    pub guard_slack: f64,
     /// Carbon intensity, gCO2/kWh, when no file is given.
     pub carbon_constant: f64,
     /// A carbon CSV (any format `greenfill data inspect` reads); its values are
@@ -141,6 +144,7 @@ impl Default for Planning {
             cpu_margin: 0.1,
             mem_margin: 0.1,
             delay_cost: PlanOptions::default().delay_cost,
+            guard_slack: GUARD_SLACK,
             carbon_constant: 400.0,
             carbon_file: None,
             solve_limit: Duration::from_secs(10),
@@ -242,6 +246,13 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&p.delay_cost) {
             return bad("planning.delay_cost", p.delay_cost.to_string(), "need 0 <= delay_cost <= 1 (share per hour)");
+        }
+        if !(0.0..=0.5).contains(&p.guard_slack) {
+            return bad(
+                "planning.guard_slack",
+                p.guard_slack.to_string(),
+                "need 0 <= guard_slack <= 0.5 (share of duration)",
+            );
         }
         if !(0.0..1.0).contains(&p.cpu_margin) {
             return bad("planning.cpu_margin", p.cpu_margin.to_string(), "need 0 <= margin < 1");

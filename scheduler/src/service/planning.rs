@@ -179,17 +179,20 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
             slots
         });
         #[allow(clippy::cast_precision_loss, reason = "bytes")]
-        jobs.push(PlanJob {
-            id: id.clone(),
-            cores: s.cpu_cores,
-            mem_gib: s.memory_bytes as f64 / GIB,
-            release,
-            deadline,
-            duration: slots_ceil(dur, slot_s).max(1),
-            pausable: false,
-            pool,
-            priority: s.priority,
-        });
+        jobs.push(
+            PlanJob {
+                id: id.clone(),
+                cores: s.cpu_cores,
+                mem_gib: s.memory_bytes as f64 / GIB,
+                release,
+                deadline,
+                duration: slots_ceil(dur, slot_s).max(1),
+                pausable: false,
+                pool,
+                priority: s.priority,
+            }
+            .aim_early(cfg.guard_slack),
+        );
         job_ids.push(id.clone());
     }
     let problem = Problem {
