@@ -321,3 +321,20 @@ fn the_guard_turns_overloads_into_slower_batch() {
         assert!((got - g.batch_core_hours).abs() <= slack, "{p:?}: {got} vs {} (± {slack})", g.batch_core_hours);
     }
 }
+
+#[test]
+fn every_bundled_scenario_parses() {
+    let dir = repo().join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Scenarios are the TOML files with a [cluster] and an [online] part.
+        if path.extension().is_none_or(|x| x != "toml") || !text.contains("[online]") {
+            continue;
+        }
+        Scenario::parse(&path.display().to_string(), &text, &dir).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert_eq!(n, 5, "double11, speed-1000-nodes, timing-gaia-slack, timing-only, underused-fleet");
+}
