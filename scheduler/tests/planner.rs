@@ -107,6 +107,21 @@ fn job(id: &str, cores: f64, release: usize, duration: usize, deadline: Option<u
     }
 }
 
+#[test]
+fn aiming_early_keeps_a_share_of_the_duration_before_the_deadline_when_it_can() {
+    let d = |release, deadline, duration, share| job("j", 1.0, release, duration, deadline).aim_early(share).deadline;
+    // 5 % of 40 slots = 2 slots held back.
+    assert_eq!(d(0, Some(100), 40, 0.05), Some(98));
+    // Rounded down: 5 % of 10 slots holds nothing back.
+    assert_eq!(d(0, Some(100), 10, 0.05), Some(100));
+    // Not before release + duration: 10 + 40 = 50.
+    assert_eq!(d(10, Some(51), 40, 0.10), Some(50));
+    // Already too tight: the deadline stays; it never moves later.
+    assert_eq!(d(10, Some(30), 40, 0.10), Some(30));
+    assert_eq!(d(0, None, 40, 0.10), None);
+    assert_eq!(d(0, Some(100), 40, 0.0), Some(100));
+}
+
 fn problem(pools: Vec<PoolInput>, jobs: Vec<PlanJob>, carbon: Vec<f64>) -> Problem {
     Problem { start: 0, slot_s: 3600, slots: carbon.len(), pools, carbon, jobs, options: Default::default() }
 }

@@ -343,37 +343,3 @@ impl Plan {
         self.placements.iter().filter(|p| matches!(p, Placement::Run { late: true, .. })).count()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::PlanJob;
-
-    fn job(release: usize, deadline: Option<usize>, duration: usize) -> PlanJob {
-        PlanJob {
-            id: "j".into(),
-            cores: 1.0,
-            mem_gib: 0.0,
-            release,
-            deadline,
-            duration,
-            pausable: false,
-            pool: None,
-            priority: 0,
-        }
-    }
-
-    #[test]
-    fn aiming_early_keeps_a_share_of_the_duration_before_the_deadline_when_it_can() {
-        let d = |j: PlanJob, share| j.aim_early(share).deadline;
-        // 5 % of 40 slots = 2 slots held back.
-        assert_eq!(d(job(0, Some(100), 40), 0.05), Some(98));
-        // Rounded down: 5 % of 10 slots holds nothing back.
-        assert_eq!(d(job(0, Some(100), 10), 0.05), Some(100));
-        // Not before release + duration: 10 + 40 = 50.
-        assert_eq!(d(job(10, Some(51), 40), 0.10), Some(50));
-        // Already too tight: the deadline stays; it never moves later.
-        assert_eq!(d(job(10, Some(30), 40), 0.10), Some(30));
-        assert_eq!(d(job(0, None, 40), 0.10), None);
-        assert_eq!(d(job(0, Some(100), 40), 0.0), Some(100));
-    }
-}
