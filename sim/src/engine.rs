@@ -250,13 +250,12 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         let (mut used, mut cap) = (0.0, 0.0);
         for node in 0..n {
             let p = &inp.pools[inp.node_pool[node]];
-            let b = st.batch_cpu[node];
+            let mut b = st.batch_cpu[node];
             let powered = p.always_on || policy == Policy::Dedicated || b > 0.0;
             if !powered {
                 continue;
             }
             let online = inp.online_cpu(node, t);
-            let mut b = b;
             if s.guard && b > 0.0 {
                 let cap = (guard_threshold * p.cores - online).max(GUARD_FLOOR_CORES);
                 if b > cap + 1e-9 {
