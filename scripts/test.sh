@@ -21,6 +21,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== dependency rules (scripts/check-deps.sh)"
+scripts/check-deps.sh
 echo "== deploy manifests (kubernetes-validate)"
 scripts/validate-deploy.sh
 echo "== tests"

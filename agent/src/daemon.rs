@@ -16,6 +16,7 @@ use crate::guard::{Guard, GuardConfig, GuardJob};
 use crate::runner::{self, Runner};
 use crate::telemetry::{self, LinearPowerModel, Roots, Sampler};
 use greenfill_proto::v1 as pb;
+use greenfill_runtime::CancellationToken;
 use pb::agent_service_client::AgentServiceClient;
 use pb::scheduler_message::Body as Cmd;
 use prost::Message;
@@ -75,6 +76,9 @@ struct Core {
     out: Option<mpsc::Sender<pb::AgentMessage>>,
     /// attempt id → stop reason, once a stop was asked for.
     stopping: HashMap<String, String>,
+    /// Why the agent must stop (its state could not be saved), once it must.
+    fatal: Option<String>,
+    shutdown: CancellationToken,
 }
 
 impl Core {
@@ -86,12 +90,14 @@ impl Core {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
-        Ok(Core { p, path, out: None, stopping: HashMap::new() })
+        Ok(Core { p, path, out: None, stopping: HashMap::new(), fatal: None, shutdown: CancellationToken::new() })
     }
 
     /// Write the state atomically (temp file, fsync, rename). A failure here
-    /// means promises cannot be kept: stop rather than go on.
-    fn save(&self) {
+    /// means promises cannot be kept: nothing more is sent or acknowledged, and
+    /// the agent stops (`main` exits non-zero; jobs keep running under their
+    /// shims and are re-adopted by the next start).
+    fn save(&mut self) {
         let tmp = self.path.with_extension("json.tmp");
         let r = (|| -> std::io::Result<()> {
             use std::io::Write;
@@ -101,8 +107,10 @@ impl Core {
             std::fs::rename(&tmp, &self.path)
         })();
         if let Err(e) = r {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot save agent state; exiting");
-            std::process::exit(70);
+            tracing::error!(path = %self.path.display(), error = %e, "cannot save agent state; stopping");
+            self.fatal.get_or_insert_with(|| format!("cannot save {}: {e}", self.path.display()));
+            self.out = None;
+            self.shutdown.cancel();
         }
     }
 
@@ -123,6 +131,9 @@ impl Core {
     }
 
     fn send(&mut self, m: pb::AgentMessage) {
+        if self.fatal.is_some() {
+            return;
+        }
         if let Some(tx) = &self.out
             && tx.try_send(m).is_err()
         {
@@ -245,16 +256,27 @@ impl Agent {
         });
     }
 
-    /// Run forever: telemetry and guard on a thread, the session with reconnects.
+    /// Cancel this to stop [`Agent::run`] (SIGTERM does, through `main`).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.core().shutdown.clone()
+    }
+
+    /// Run until the shutdown token is cancelled: telemetry and the guard on a
+    /// thread, the session with reconnects. Jobs keep running under their shims.
+    /// An error says why the agent stopped itself (its state could not be saved).
     pub async fn run(self) -> anyhow::Result<()> {
+        let stop = self.shutdown_token();
         let me = self.clone();
-        std::thread::Builder::new().name("telemetry".into()).spawn(move || me.telemetry_loop())?;
+        let telemetry = std::thread::Builder::new().name("telemetry".into()).spawn(move || me.telemetry_loop())?;
         let mut backoff = Duration::from_millis(200);
-        loop {
+        while !stop.is_cancelled() {
             let started = Instant::now();
-            match self.session().await {
-                Ok(()) => tracing::info!("session ended by the scheduler"),
-                Err(e) => tracing::warn!(error = %e, "session failed"),
+            tokio::select! {
+                r = self.session() => match r {
+                    Ok(()) => tracing::info!("session ended by the scheduler"),
+                    Err(e) => tracing::warn!(error = %e, "session failed"),
+                },
+                () = stop.cancelled() => break,
             }
             self.core().out = None;
             if started.elapsed() > Duration::from_secs(30) {
@@ -263,8 +285,23 @@ impl Agent {
             // Full jitter: a restarted scheduler is not hit by every agent at once.
             let wait = backoff.mul_f64(rand::random::<f64>() * 0.5 + 0.5);
             tracing::info!(wait_ms = wait.as_millis(), "reconnecting");
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => break,
+            }
             backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        self.core().out = None;
+        tokio::task::spawn_blocking(move || telemetry.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("telemetry thread panicked"))?;
+        let jobs = self.core().p.jobs.len();
+        match self.core().fatal.clone() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => {
+                tracing::info!(jobs, "agent stopped; running jobs keep running and are re-adopted at the next start");
+                Ok(())
+            }
         }
     }
 
@@ -365,6 +402,9 @@ impl Agent {
             let mut core = self.core();
             core.p.last_command_seq = m.seq;
             core.save();
+            if core.fatal.is_some() {
+                anyhow::bail!("not acknowledging command {}: the agent's state could not be saved", m.seq);
+            }
             let _ = tx.try_send(pb::AgentMessage { seq: 0, ack: m.seq, body: None });
         }
         Ok(())
@@ -474,13 +514,21 @@ impl Agent {
     }
 
     fn telemetry_loop(&self) {
+        let stop = self.shutdown_token();
         let mut sampler = Sampler::new(self.cfg.roots.clone(), self.cfg.model);
         sampler.watch(&self.cfg.batch_root);
         sampler.sample();
         let mut online = telemetry::OnlineRoots::new(&self.cfg.roots.cgroup, self.cfg.guard.online_cgroups.clone());
         online.read();
-        loop {
-            std::thread::sleep(self.cfg.interval);
+        while !stop.is_cancelled() {
+            // Short sleeps, so that a stop is seen within 100 ms.
+            let until = Instant::now() + self.cfg.interval;
+            while Instant::now() < until && !stop.is_cancelled() {
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+            }
+            if stop.is_cancelled() {
+                break;
+            }
             let s = sampler.sample();
             let evict = {
                 let mut g = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

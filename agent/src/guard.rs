@@ -15,6 +15,7 @@
 //! Every action is logged with its formula and numbers, and counted.
 
 use crate::telemetry::{CgroupLayout, Sample, cgroup_stats, detect, parse_pressure};
+use greenfill_core::guard::{CapAction, CpuCapDecision, CpuCapInput, CpuCapPolicy};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -168,81 +169,76 @@ impl Guard {
         from_cgroups.or_else(|| s.node.cpu_pressure.as_ref().map(|p| p.some_avg10))
     }
 
+    /// The shared policy ([`greenfill_core::guard`]) with this guard's settings.
+    pub fn policy(&self) -> CpuCapPolicy {
+        let c = &self.cfg;
+        CpuCapPolicy {
+            threshold: c.threshold,
+            floor_cores: c.floor_cores,
+            step_up_cores: c.step_up_cores,
+            psi_threshold: c.psi_threshold,
+        }
+    }
+
     /// One tick: recompute and apply the CPU cap; return the jobs to evict
     /// (attempt, reason) if memory is over the high watermark.
     pub fn step(&mut self, s: &Sample, jobs: &[GuardJob]) -> Vec<(String, String)> {
         let Some(cpus) = s.node.cpus else { return vec![] };
-        #[allow(clippy::cast_precision_loss, reason = "cpu counts")]
-        let cpus = cpus as f64;
-        let batch = s.workloads.cpu_cores.unwrap_or(0.0);
         let Some(node) = s.node.cpu_cores_used else { return vec![] };
-        let online = (node - batch).max(0.0);
-        let c = &self.cfg;
-        let formula = c.threshold * cpus - online;
-        let mut target = formula.max(c.floor_cores);
-        let mut why = format!(
-            "cap = max(threshold {:.2} × cpus {cpus} − online {online:.2}, floor {:.2}) = {target:.2}",
-            c.threshold, c.floor_cores
-        );
-        if let Some(p) = self.online_pressure(s)
-            && p > c.psi_threshold
-        {
-            let cut = (self.limit.unwrap_or(target) / 2.0).max(c.floor_cores);
-            if cut < target {
-                target = cut;
-                self.psi_cuts += 1;
-                metrics::counter!("greenfill_guard_actions_total", "action" => "psi_cut").increment(1);
-                why.push_str(&format!(
-                    "; online CPU pressure {p:.1}% > {:.1}%: halved to {target:.2}",
-                    c.psi_threshold
-                ));
-            }
-        }
-        if let Some((cap, until)) = self.scheduler {
-            if Instant::now() < until {
-                if cap < target {
-                    target = cap.max(c.floor_cores);
-                    why.push_str(&format!("; scheduler cap {cap:.2}"));
-                }
-            } else {
+        let batch = s.workloads.cpu_cores.unwrap_or(0.0);
+        let scheduler_cap = match self.scheduler {
+            Some((cap, until)) if Instant::now() < until => Some(cap),
+            Some(_) => {
                 self.scheduler = None;
+                None
             }
-        }
-        // Changes smaller than the dead band are noise in the online measurement.
-        const DEAD_BAND: f64 = 0.05;
-        let new = match self.limit {
-            Some(old) if (target - old).abs() < DEAD_BAND => old,
-            Some(old) if target > old => {
-                let up = target.min(old + c.step_up_cores);
-                if up > old + 1e-3 {
-                    self.raises += 1;
-                    metrics::counter!("greenfill_guard_actions_total", "action" => "raise").increment(1);
-                    tracing::debug!(old, new = up, "{why}; raised at most {:.2}/tick", c.step_up_cores);
-                }
-                up
-            }
-            Some(old) if target < old - 1e-3 => {
-                self.cuts += 1;
-                metrics::counter!("greenfill_guard_actions_total", "action" => "cut").increment(1);
-                // Small cuts track noise in online use; large ones are news.
-                if old - target > 0.25 {
-                    tracing::info!(old, new = target, "batch CPU cut: {why}");
-                } else {
-                    tracing::debug!(old, new = target, "batch CPU cut: {why}");
-                }
-                target
-            }
-            Some(old) => old,
-            None => target,
+            None => None,
         };
-        if c.enforce && self.limit.is_none_or(|old| (old - new).abs() > 1e-3) {
-            if let Err(e) = self.write_quota(new) {
+        #[allow(clippy::cast_precision_loss, reason = "cpu counts")]
+        let input = CpuCapInput {
+            cpus: cpus as f64,
+            online: (node - batch).max(0.0),
+            online_psi: self.online_pressure(s),
+            scheduler_cap,
+            ticks: 1.0,
+        };
+        let d = self.policy().decide(self.limit, &input);
+        self.count(&d);
+        if self.cfg.enforce && self.limit.is_none_or(|old| (old - d.cap).abs() > 1e-3) {
+            if let Err(e) = self.write_quota(d.cap) {
                 tracing::warn!(error = %e, "cannot write the batch root's CPU quota");
             }
         }
-        self.limit = Some(new);
-        metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(new);
+        self.limit = Some(d.cap);
+        metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(d.cap);
         self.memory(s, jobs)
+    }
+
+    /// Count and log a decision.
+    fn count(&mut self, d: &CpuCapDecision) {
+        let old = self.limit.unwrap_or(d.cap);
+        if d.psi_cut {
+            self.psi_cuts += 1;
+            metrics::counter!("greenfill_guard_actions_total", "action" => "psi_cut").increment(1);
+        }
+        match d.action {
+            CapAction::Raise => {
+                self.raises += 1;
+                metrics::counter!("greenfill_guard_actions_total", "action" => "raise").increment(1);
+                tracing::debug!(old, new = d.cap, "batch CPU raised: {}", d.reason);
+            }
+            CapAction::Cut => {
+                self.cuts += 1;
+                metrics::counter!("greenfill_guard_actions_total", "action" => "cut").increment(1);
+                // Small cuts track noise in online use; large ones are news.
+                if old - d.cap > 0.25 {
+                    tracing::info!(old, new = d.cap, "batch CPU cut: {}", d.reason);
+                } else {
+                    tracing::debug!(old, new = d.cap, "batch CPU cut: {}", d.reason);
+                }
+            }
+            CapAction::Set | CapAction::Hold => {}
+        }
     }
 
     fn memory(&mut self, s: &Sample, jobs: &[GuardJob]) -> Vec<(String, String)> {

@@ -96,12 +96,15 @@ struct RunArgs {
     /// greenfill's batch cgroup, relative to each hierarchy.
     #[arg(long, default_value = "greenfill/batch")]
     batch_root: PathBuf,
+    /// Telemetry and guard interval: seconds, or a number with ms/s/m/h, e.g.
+    /// 500ms, 1s, 1m (between 1 ms and 1 h).
     #[arg(long, default_value = "1s", value_parser = interval)]
     interval: Duration,
     #[command(flatten)]
     machine: MachineArgs,
-    /// Each job's stdout and stderr are kept up to this many bytes.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// Each job's stdout and stderr are kept up to this size: bytes, or K/M/G/T,
+    /// every unit binary (16M = 16 × 2^20 bytes).
+    #[arg(long, default_value = "16M", value_parser = size)]
     log_cap_bytes: u64,
     /// Share of the node's CPUs online and batch may use together. The default is
     /// 1 − the scheduler's default `planning.cpu_margin` (0.1): the scheduler plans
@@ -134,12 +137,7 @@ fn hostname() -> String {
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if a.log_json {
-        tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
-    }
+    greenfill_runtime::init_logging(a.log_json);
     if !(a.cpu_threshold > 0.0 && a.cpu_threshold <= 1.0) {
         anyhow::bail!("--cpu-threshold {}: need 0 < threshold <= 1", a.cpu_threshold);
     }
@@ -180,64 +178,93 @@ fn run(a: RunArgs) -> Result<()> {
                 .install()
                 .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
         }
+        let signals = greenfill_runtime::shutdown()?;
         let agent = daemon::Agent::new(cfg)?;
-        tokio::select! {
-            r = agent.run() => r,
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; jobs keep running and are handled at the next start"); Ok(()) }
-        }
+        let stop = agent.shutdown_token();
+        tokio::spawn(async move {
+            signals.cancelled().await;
+            stop.cancel();
+        });
+        agent.run().await
     })
 }
 
+fn size(s: &str) -> Result<u64, String> {
+    greenfill_core::units::parse_bytes(s)
+        .ok_or_else(|| format!("`{s}` is not a size: {}", greenfill_core::units::BYTES_HELP))
+}
+
 fn interval(s: &str) -> Result<Duration, String> {
-    let secs = s
-        .strip_suffix("ms")
-        .map(|m| m.parse::<f64>().map(|v| v / 1000.0))
-        .unwrap_or_else(|| s.trim_end_matches('s').parse::<f64>());
-    match secs {
-        Ok(v) if v > 0.0 && v < 3600.0 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("`{s}` is not an interval between 1ms and 1h (e.g. 1s, 500ms)")),
+    match greenfill_core::time::parse_duration(s) {
+        Some(v) if (0.001..=3600.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("`{s}` is not an interval between 1ms and 1h (e.g. 1s, 500ms, 1m)")),
     }
 }
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Run(a) => run(*a),
         Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
-        Command::Sample { once, interval, json, machine, watch } => {
-            let mut sampler = Sampler::new(machine.roots(), machine.model());
-            if let Some(w) = watch {
-                sampler.watch(w);
-            }
-            sampler.sample();
-            loop {
-                std::thread::sleep(interval);
-                let s = sampler.sample();
-                if json {
-                    println!("{}", serde_json::to_string(&s)?);
-                } else {
-                    let n = &s.node;
-                    let gib = |b: Option<u64>| {
-                        b.map_or_else(|| "?".into(), |b| format!("{:.2}", b as f64 / f64::from(1u32 << 30)))
-                    };
-                    println!(
-                        "cpu {} of {} cores | mem {} of {} GiB | cgroup {:?} | power {}",
-                        n.cpu_cores_used.map_or_else(|| "?".into(), |c| format!("{c:.2}")),
-                        n.cpus.map_or_else(|| "?".into(), |c| c.to_string()),
-                        gib(n.memory_used_bytes),
-                        gib(n.memory_total_bytes),
-                        s.cgroup.version,
-                        s.power
-                            .iter()
-                            .map(|p| format!("{} {:.1} W ({:?})", p.component, p.watts, p.source))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-                if once {
-                    return Ok(());
-                }
-            }
+        Command::Sample { once, interval, json, machine, watch } => sample(once, interval, json, &machine, watch),
+    };
+    // The one fatal exit: bad flags, an unusable state dir, or state that could not be saved.
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        eprintln!("greenfill-agent: {e:#}");
+        std::process::exit(greenfill_runtime::EXIT_FATAL);
+    }
+}
+
+fn sample(once: bool, interval: Duration, json: bool, machine: &MachineArgs, watch: Option<PathBuf>) -> Result<()> {
+    let mut sampler = Sampler::new(machine.roots(), machine.model());
+    if let Some(w) = watch {
+        sampler.watch(w);
+    }
+    sampler.sample();
+    loop {
+        std::thread::sleep(interval);
+        let s = sampler.sample();
+        if json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            let n = &s.node;
+            let gib =
+                |b: Option<u64>| b.map_or_else(|| "?".into(), |b| format!("{:.2}", b as f64 / f64::from(1u32 << 30)));
+            println!(
+                "cpu {} of {} cores | mem {} of {} GiB | cgroup {:?} | power {}",
+                n.cpu_cores_used.map_or_else(|| "?".into(), |c| format!("{c:.2}")),
+                n.cpus.map_or_else(|| "?".into(), |c| c.to_string()),
+                gib(n.memory_used_bytes),
+                gib(n.memory_total_bytes),
+                s.cgroup.version,
+                s.power
+                    .iter()
+                    .map(|p| format!("{} {:.1} W ({:?})", p.component, p.watts, p.source))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
+        if once {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{interval, size};
+    use std::time::Duration;
+
+    #[test]
+    fn flags_take_the_shared_duration_and_size_grammar() {
+        assert_eq!(interval("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(interval("2"), Ok(Duration::from_secs(2)));
+        assert!(interval("2h").unwrap_err().contains("between 1ms and 1h"));
+        assert!(interval("0").is_err());
+        assert_eq!(size("16M"), Ok(16 << 20));
+        assert_eq!(size("1000"), Ok(1000));
+        assert!(size("16 megs").unwrap_err().contains("binary"));
     }
 }

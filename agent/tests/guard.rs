@@ -76,6 +76,34 @@ fn cpu_cap_follows_koordinators_formula_rises_slowly_and_falls_at_once() {
     assert_eq!((g.cuts, g.raises), (2, 2));
 }
 
+/// One recorded series through the agent's guard (samples in, quota decisions
+/// out) and through the simulator's model of it: the same cap at every tick.
+/// Alibaba 2018's machine CPU (bundled, open), scaled to a 16-CPU node, one
+/// reading a tick, with 2 cores of batch running.
+#[test]
+fn agent_and_simulator_cap_a_recorded_series_alike() {
+    use greenfill_core::data::{UsageOptions, load_usage};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/usage/alibaba2018_machine_usage_days_1_to_8_grouped_300_seconds.csv");
+    let trace = load_usage(&path, &UsageOptions::default()).unwrap();
+    let online: Vec<f64> = trace.series[0].values.iter().take(600).map(|u| u / 100.0 * 16.0 * 1.6).collect();
+    let cfg = GuardConfig { online_cgroups: vec![], enforce: false, ..GuardConfig::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Guard::new(cfg, dir.path(), Path::new("greenfill/batch"));
+    let mut sim = greenfill_sim::GuardModel::new(agent.policy(), 1, greenfill_sim::TICK_S);
+    for (tick, o) in online.iter().enumerate() {
+        agent.step(&sample(16, o + 2.0, 2.0, 10, 0.0), &[]);
+        let modelled = sim.step(0, 16.0, *o);
+        assert!(
+            (agent.limit().unwrap() - modelled).abs() < 1e-12,
+            "tick {tick}: agent {:?}, sim {modelled}",
+            agent.limit()
+        );
+    }
+    // The series moves the cap both ways, so the comparison means something.
+    assert!(agent.cuts > 10 && agent.raises > 10, "cuts {} raises {}", agent.cuts, agent.raises);
+}
+
 #[test]
 fn online_pressure_halves_the_cap_and_memory_pressure_evicts_lowest_priority_then_largest() {
     let dir = tempfile::tempdir().unwrap();

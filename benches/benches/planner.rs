@@ -1,8 +1,8 @@
 //! Planner speed on seeded synthetic instances (`cargo bench -p greenfill-benches`).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use greenfill_scheduler::Strategy;
-use greenfill_scheduler::synthetic::{Spec, generate};
+use greenfill_planner::Strategy;
+use greenfill_planner::synthetic::{Spec, generate};
 use std::hint::black_box;
 
 fn plan(c: &mut Criterion) {
@@ -13,7 +13,8 @@ fn plan(c: &mut Criterion) {
             generate(&Spec { nodes, jobs, slots, slot_s: 86_400 / i64::try_from(slots).unwrap(), ..Spec::default() });
         for s in [Strategy::Lp, Strategy::EarliestFit] {
             p.options.strategy = s;
-            g.bench_function(format!("{s:?}/{nodes}n_{jobs}j_{slots}s"), |b| b.iter(|| black_box(p.plan())));
+            let valid = p.clone().validate().expect("synthetic instances are valid");
+            g.bench_function(format!("{s:?}/{nodes}n_{jobs}j_{slots}s"), |b| b.iter(|| black_box(valid.plan())));
         }
     }
     g.finish();

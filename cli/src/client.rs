@@ -134,10 +134,12 @@ pub(crate) struct SubmitArgs {
     /// Cores (fractional allowed) [default 1].
     #[arg(long)]
     cpu: Option<f64>,
-    /// Memory, e.g. 512Mi, 2Gi, 1000000 (bytes) [default 1Gi].
+    /// Memory limit [default 1Gi]: bytes, or K/M/G/T, every unit binary
+    /// (2G = 2Gi = 2GiB = 2 × 2^30 bytes, as Slurm and Docker read them).
     #[arg(long)]
     memory: Option<String>,
-    /// Expected run time, e.g. 90s, 10m, 2h [default 10m].
+    /// Expected run time: seconds, or a number with ms/s/m/h/d/w, e.g. 90s, 10m,
+    /// 1.5h [default 10m].
     #[arg(long)]
     duration: Option<String>,
     /// Latest completion: a timestamp (2026-11-24T18:00:00Z) or `+6h` from now.
@@ -170,30 +172,8 @@ pub(crate) struct SubmitArgs {
 }
 
 fn parse_bytes(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("K", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ]
-    .iter()
-    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-    .unwrap_or((s, 1));
-    let v: f64 = num.trim().parse().map_err(|_| anyhow!("memory {s:?}: not a size (e.g. 512Mi, 2Gi)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        bail!("memory {s:?}: must be >= 0");
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "checked finite, >= 0"
-    )]
-    Ok((v * mult as f64) as u64)
+    greenfill_core::units::parse_bytes(s)
+        .ok_or_else(|| anyhow!("memory {s:?}: not a size: {}", greenfill_core::units::BYTES_HELP))
 }
 
 fn parse_time(field: &str, s: &str) -> Result<prost_types::Timestamp> {

@@ -5,8 +5,8 @@ use clap::{Args, ValueEnum};
 use greenfill_core::cluster::ClusterConfig;
 use greenfill_core::data::{CarbonOptions, JobFormat, load_carbon, load_jobs, load_wide};
 use greenfill_core::time::{format_timestamp, parse_duration, parse_step, parse_timestamp};
-use greenfill_scheduler::input::{OFFSET_LIMIT, plan_jobs, slot_values};
-use greenfill_scheduler::{Placement, PlanOptions, PoolInput, Problem, Strategy, WaitReason, verify};
+use greenfill_planner::input::{OFFSET_LIMIT, queued_jobs, slot_values};
+use greenfill_planner::{Placement, PlanOptions, PoolInput, ProblemBuilder, SlotClock, Strategy, WaitReason, verify};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -141,7 +141,7 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
         None => vec![args.carbon_constant; slots],
     };
     let machine_gib = cluster.pools.iter().map(|p| p.memory_gib).fold(0.0, f64::max);
-    let jobs = plan_jobs(&trace.jobs, start, slot_s, machine_gib, 2_000_000)
+    let jobs = queued_jobs(&trace.jobs, start, machine_gib, 2_000_000)
         .map_err(|e| anyhow::anyhow!("{}: {e}", jobs.display()))?;
     let mut pools: Vec<PoolInput> = cluster.pools.iter().cloned().map(PoolInput::new).collect();
     if let Some(path) = &args.online {
@@ -175,27 +175,25 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
         StrategyArg::CarbonGreedy => Strategy::CarbonGreedy,
         StrategyArg::EarliestFit => Strategy::EarliestFit,
     };
-    let problem = Problem {
-        start,
-        slot_s,
-        slots,
-        pools,
-        carbon,
-        jobs,
-        options: PlanOptions {
-            cpu_margin: cluster.cpu_margin,
-            mem_margin: cluster.mem_margin,
-            time_limit: Duration::from_secs_f64(time_limit),
-            strategy,
-            // A one-shot plan is executed as is: wake at the cleanest start, and
-            // weigh carbon alone (no later plan will need the capacity back).
-            lazy_wake: false,
-            delay_cost: 0.0,
-        },
+    let options = PlanOptions {
+        cpu_margin: cluster.cpu_margin,
+        mem_margin: cluster.mem_margin,
+        time_limit: Duration::from_secs_f64(time_limit),
+        strategy,
+        // A one-shot plan is executed as is: wake at the cleanest start, and
+        // weigh carbon alone (no later plan will need the capacity back).
+        lazy_wake: false,
+        delay_cost: 0.0,
     };
-    problem.validate()?;
-    let plan = problem.plan();
-    let violations = verify(&problem, &plan.placements, plan.energy.slots);
+    // No guard slack: a one-shot plan is not redone as the guard slows jobs.
+    let mut builder = ProblemBuilder::new(SlotClock { start, slot_s, slots }, pools, carbon, options, 0.0);
+    for job in jobs {
+        builder.queue(job);
+    }
+    let built = builder.build()?;
+    let plan = built.plan();
+    let problem = &built.problem;
+    let violations = verify(problem, &plan.placements, plan.energy.slots);
     let mut waiting_by_reason = BTreeMap::new();
     let slot_time = |t: usize| format_timestamp(start + i64::try_from(t).unwrap_or(0) * slot_s);
     let jobs_out: Vec<JobOut> = problem

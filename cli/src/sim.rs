@@ -150,6 +150,7 @@ fn run_one(a: &RunArgs) -> Result<()> {
         }
     });
     bar.finish_and_clear();
+    let results = results?;
     let summary = summarize(&r, &inputs, &results);
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("out")

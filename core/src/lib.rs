@@ -8,7 +8,9 @@
 
 pub mod cluster;
 pub mod data;
+pub mod guard;
 mod series;
 pub mod time;
+pub mod units;
 
 pub use series::{Series, SeriesStats, fill_gaps};

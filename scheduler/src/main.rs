@@ -43,14 +43,21 @@ struct Args {
     log_json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    greenfill_runtime::init_logging(args.log_json);
+    match run(args) {
+        Ok(()) => {}
+        // The one fatal exit: a bad config, a port in use, or a failed commit.
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("greenfill-scheduler: {e:#}");
+            std::process::exit(greenfill_runtime::EXIT_FATAL);
+        }
     }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -75,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     config.validate(&args.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let signals = greenfill_runtime::shutdown()?;
         if let Some(addr) = config.metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
@@ -82,10 +90,11 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
         }
         let running = service::start(config).await?;
-        tokio::select! {
-            r = running.server => { r??; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
-        }
-        Ok(())
+        let stop = running.state.shutdown.clone();
+        tokio::spawn(async move {
+            signals.cancelled().await;
+            stop.cancel();
+        });
+        running.stopped().await
     })
 }

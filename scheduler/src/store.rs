@@ -332,25 +332,39 @@ type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
 /// The single writer: batches queued writes into one transaction each.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<(Vec<Write>, Reply)>,
+    tx: mpsc::Sender<Queued>,
+    thread: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// What the writer thread is handed, in order.
+enum Queued {
+    Batch(Vec<Write>, Reply),
+    /// Commit everything queued before this, then stop.
+    Close,
 }
 
 impl Writer {
-    /// Start the writer thread; it runs until every `Writer` clone is dropped.
+    /// Start the writer thread; it runs until [`Writer::close`] or until the
+    /// `Writer` is dropped.
     pub fn spawn(mut store: Box<dyn Store>) -> Writer {
-        let (tx, rx) = mpsc::channel::<(Vec<Write>, Reply)>();
-        std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel::<Queued>();
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = first.0;
-                    let mut replies = vec![first.1];
+                let mut closing = false;
+                while !closing {
+                    let Ok(Queued::Batch(mut batch, first)) = rx.recv() else { break };
+                    let mut replies = vec![first];
                     // Group commit: take whatever else is already queued.
                     while replies.len() < 4096 {
                         match rx.try_recv() {
-                            Ok((w, r)) => {
+                            Ok(Queued::Batch(w, r)) => {
                                 batch.extend(w);
                                 replies.push(r);
+                            }
+                            Ok(Queued::Close) => {
+                                closing = true;
+                                break;
                             }
                             Err(_) => break,
                         }
@@ -369,7 +383,17 @@ impl Writer {
                 }
             })
             .expect("spawning the store writer thread");
-        Writer { tx }
+        Writer { tx, thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))) }
+    }
+
+    /// Commit everything queued so far, then stop the thread and wait for it.
+    /// Batches queued later are refused (their receivers report the writer gone).
+    pub fn close(&self) {
+        let _ = self.tx.send(Queued::Close);
+        let thread = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 
     /// Queue `batch`; the receiver answers once it is durable (or failed).
@@ -378,7 +402,7 @@ impl Writer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // If the writer is gone, `tx` is dropped with the message and the receiver
         // reports it.
-        let _ = self.tx.send((batch, tx));
+        let _ = self.tx.send(Queued::Batch(batch, tx));
         rx
     }
 

@@ -199,7 +199,7 @@ async fn submit_is_idempotent_and_durable_across_a_restart() {
         let r = pb::SubmitJobRequest { request_id: format!("r{i}"), spec: Some(spec()) };
         jobs.submit_job(authed(USER, r)).await.unwrap();
     }
-    srv.server.abort();
+    srv.stop().await.unwrap();
     drop(jobs);
 
     let srv = service::start(config(dir.path())).await.unwrap();

@@ -1,17 +1,21 @@
 //! One policy over the whole run, step by step. The plan is made with forecasts;
 //! the accounting uses the actual trace: power, carbon, overloads.
 //!
-//! Each co-located node runs the agent's local guard, as deployed: batch may use
-//! at most `threshold × cores − online` (never below [`GUARD_FLOOR_CORES`]), so a
-//! rise of online load the plan did not foresee slows batch down instead of
-//! starving online services. A throttled job's end moves later by the share of
+//! Each powered node runs the agent's local guard, as deployed — the same policy
+//! ([`crate::GuardModel`]): batch may use at most `threshold × cores − online`
+//! (never below the agent's floor, with its dead band), so a rise of online load
+//! the plan did not foresee slows batch down instead of starving online services. A throttled job's end moves later by the share of
 //! the step it lost. The threshold is `1 − safety_margin` (asap, greenfill: the
 //! planner's own limit) or `coloc_threshold` (coloc, Koordinator's).
 
+use crate::guard::GuardModel;
 use crate::inputs::Inputs;
 use crate::scenario::Resolved;
+use greenfill_core::guard::CpuCapPolicy;
 use greenfill_forecast::{Forecaster, by_name};
-use greenfill_scheduler::{Placement, PlanJob, PlanOptions, PoolInput, Problem, Strategy};
+use greenfill_planner::{
+    Placement, PlanOptions, PoolInput, ProblemBuilder, ProblemError, QueuedJob, RunningJob, SlotClock, Strategy,
+};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -160,10 +164,20 @@ impl State {
     }
 }
 
-/// The agent's default floor: batch keeps this much CPU however high online goes.
-pub(crate) const GUARD_FLOOR_CORES: f64 = 0.1;
+/// The planner refused a problem the simulator built: a bug, since the scenario's
+/// options were checked when it was loaded.
+#[derive(Debug)]
+pub(crate) struct PlanFailed {
+    pub(crate) step: usize,
+    pub(crate) source: ProblemError,
+}
 
-pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl FnMut(f64)) -> PolicyResult {
+pub(crate) fn run(
+    inp: &Inputs,
+    r: &Resolved,
+    policy: Policy,
+    mut progress: impl FnMut(f64),
+) -> Result<PolicyResult, PlanFailed> {
     let clock = std::time::Instant::now();
     let s = &r.scenario;
     let n = inp.nodes();
@@ -182,6 +196,11 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         Policy::Coloc => s.coloc_threshold,
         _ => 1.0 - s.safety_margin,
     };
+    #[allow(clippy::cast_precision_loss, reason = "a step in seconds")]
+    let mut guard = s.guard.then(|| {
+        let policy = CpuCapPolicy { threshold: guard_threshold, ..CpuCapPolicy::default() };
+        GuardModel::new(policy, n, inp.step_s as f64)
+    });
     let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);
     let plan_every = usize::try_from(r.plan_every_s / r.step_s).unwrap_or(1).max(1);
     // Node order for first-fit: nodes that are on anyway, then the others.
@@ -235,7 +254,8 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
         match policy {
             Policy::Greenfill => {
                 if t % plan_every == 0 && !st.queue.is_empty() {
-                    plan_and_start(inp, r, &mut st, t, forecaster.as_deref());
+                    plan_and_start(inp, r, &mut st, t, forecaster.as_deref())
+                        .map_err(|source| PlanFailed { step: t, source })?;
                 }
             }
             _ => first_fit(inp, r, &mut st, t, policy, &order),
@@ -256,8 +276,8 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
                 continue;
             }
             let online = inp.online_cpu(node, t);
-            if s.guard && b > 0.0 {
-                let cap = (guard_threshold * p.cores - online).max(GUARD_FLOOR_CORES);
+            if let Some(guard) = guard.as_mut() {
+                let cap = guard.step(node, p.cores, online);
                 if b > cap + 1e-9 {
                     row.throttled_nodes += 1;
                     res.guard_throttled_core_hours += (b - cap) * sh;
@@ -305,7 +325,7 @@ pub(crate) fn run(inp: &Inputs, r: &Resolved, policy: Policy, mut progress: impl
     res.mean_cpu_util_powered_with_drain = if cap_sum > 0.0 { used_sum / cap_sum } else { 0.0 };
     res.run_ms = clock.elapsed().as_secs_f64() * 1000.0;
     progress(1.0);
-    res
+    Ok(res)
 }
 
 /// Start queued jobs, oldest first, on the first node with room now.
@@ -351,7 +371,13 @@ fn first_fit(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, policy: Polic
 }
 
 /// Re-plan the queue with forecasts and start what the plan starts now.
-fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecaster: Option<&dyn Forecaster>) {
+fn plan_and_start(
+    inp: &Inputs,
+    r: &Resolved,
+    st: &mut State,
+    t: usize,
+    forecaster: Option<&dyn Forecaster>,
+) -> Result<(), ProblemError> {
     let s = &r.scenario;
     let step = r.step_s;
     let slot_steps = usize::try_from(r.slot_s / step).unwrap_or(1).max(1);
@@ -403,61 +429,48 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
         pool.online_cpu = cpu;
         pool.online_mem = mem;
     }
+    let clock = SlotClock { start: inp.start + i64::try_from(t).unwrap_or(0) * step, slot_s: r.slot_s, slots };
+    let at_step = |k: usize| inp.start + i64::try_from(k).unwrap_or(i64::MAX / 2 / step) * step;
+    let options = PlanOptions {
+        cpu_margin: s.safety_margin,
+        mem_margin: s.safety_margin,
+        time_limit: Duration::from_secs(5),
+        strategy: Strategy::Lp,
+        delay_cost: s.delay_cost,
+        ..PlanOptions::default()
+    };
+    let mut builder = ProblemBuilder::new(clock, pools, carbon, options, s.guard_slack);
     for (end, list) in st.ends.iter().enumerate().skip(t + 1) {
-        let left = (end - t).div_ceil(slot_steps).min(slots);
         for &(job, node) in list {
-            let pi = inp.node_pool[node];
-            let k = node - inp.pool_first[pi];
+            let pool = inp.node_pool[node];
             let j = &inp.jobs[job];
-            for slot in 0..left {
-                pools[pi].online_cpu[k * slots + slot] += j.cores;
-                pools[pi].online_mem[k * slots + slot] += j.mem_gib;
-            }
-        }
-    }
-    let jobs: Vec<PlanJob> = st
-        .queue
-        .iter()
-        .map(|&i| {
-            let j = &inp.jobs[i];
-            let duration = j.duration.div_ceil(slot_steps);
-            // A deadline the job can no longer meet is dropped from the plan (it runs
-            // as soon as it can and is counted late), never the job itself.
-            let deadline = j.deadline.and_then(|d| d.checked_sub(t)).map(|d| d / slot_steps).filter(|d| *d >= duration);
-            PlanJob {
-                id: j.id.clone(),
+            let running = RunningJob {
+                pool,
+                node: node - inp.pool_first[pool],
                 cores: j.cores,
                 mem_gib: j.mem_gib,
-                release: 0,
-                deadline,
-                duration,
-                pausable: false,
-                pool: None,
-                priority: 0,
-            }
-            .aim_early(s.guard_slack)
-        })
-        .collect();
-    let problem = Problem {
-        start: inp.start + i64::try_from(t).unwrap_or(0) * step,
-        slot_s: r.slot_s,
-        slots,
-        pools,
-        carbon,
-        jobs,
-        options: PlanOptions {
-            cpu_margin: s.safety_margin,
-            mem_margin: s.safety_margin,
-            time_limit: Duration::from_secs(5),
-            strategy: Strategy::Lp,
-            delay_cost: s.delay_cost,
-            ..PlanOptions::default()
-        },
-    };
-    if problem.validate().is_err() {
-        return;
+                ends_at: at_step(end),
+            };
+            builder.running(&running)?;
+        }
     }
-    let plan = problem.plan();
+    for &i in &st.queue {
+        let j = &inp.jobs[i];
+        #[allow(clippy::cast_precision_loss, reason = "seconds")]
+        builder.queue(QueuedJob {
+            id: j.id.clone(),
+            cores: j.cores,
+            mem_gib: j.mem_gib,
+            not_before: None,
+            deadline: j.deadline.map(at_step),
+            duration_s: (j.duration as i64 * step) as f64,
+            pausable: false,
+            pool: None,
+            priority: 0,
+        });
+    }
+    let built = builder.build()?;
+    let plan = built.plan();
     // Jobs whose planned start comes before the next plan start now: waiting for
     // the next plan would start them up to a planning interval late (and miss
     // deadlines planned to the last slot) when slots are shorter than the interval.
@@ -474,6 +487,7 @@ fn plan_and_start(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, forecast
         }
     }
     st.queue = left;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -187,9 +187,8 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         .map(|t| online_series.iter().zip(&weight).map(|(v, w)| v[history + t] * *w as f64).sum::<f64>() / total as f64)
         .collect();
 
-    // Jobs: (id, seconds after start, duration s, cores, memory GiB, instances).
     let machine_gib = s.cluster.pools.iter().map(|p| p.memory_gib).fold(0.0, f64::max);
-    let raw: Vec<(String, i64, i64, f64, f64, u32)> = match (&r.batch_file, &r.generate) {
+    let raw: Vec<RawJob> = match (&r.batch_file, &r.generate) {
         (Some(path), _) => {
             let trace = load_jobs(path, JobFormat::Auto).map_err(ScenarioError::Data)?;
             let first = trace.jobs.iter().map(|j| j.arrival).min().unwrap_or(0);
@@ -204,7 +203,16 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                         Some(JobMemory::MachineShare(x)) => x * machine_gib,
                         None => cores * s.batch.memory_gib_per_core,
                     };
-                    (j.id.clone(), j.arrival - first, j.duration, cores, mem_gib, j.instances)
+                    RawJob {
+                        id: j.id.clone(),
+                        offset: j.arrival - first,
+                        duration_s: j.duration,
+                        // Measured from the same origin as the arrival.
+                        deadline_offset: j.deadline.map(|d| d - first),
+                        cores,
+                        mem_gib,
+                        instances: j.instances,
+                    }
                 })
                 .collect()
         }
@@ -213,7 +221,15 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
             .enumerate()
             .map(|(i, (at, dur))| {
                 let cores = g.cores * s.batch.cpus_scale;
-                (format!("gen-{i}"), at, dur, cores, cores * s.batch.memory_gib_per_core, 1)
+                RawJob {
+                    id: format!("gen-{i}"),
+                    offset: at,
+                    duration_s: dur,
+                    deadline_offset: None,
+                    cores,
+                    mem_gib: cores * s.batch.memory_gib_per_core,
+                    instances: 1,
+                }
             })
             .collect(),
         (None, None) => return Err(err(r, "batch: give exactly one of file or generate".into())),
@@ -221,31 +237,33 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
     let step = r.step_s;
     let offset_s = hours_to_s(s.batch.utc_offset_hours);
     let mut jobs = Vec::new();
-    for (id, offset, dur_s, cores, mem_gib, instances) in raw {
-        if offset >= r.length_s {
+    for job in raw {
+        if job.offset >= r.length_s {
             continue;
         }
         if s.batch.sample < 1.0 && !rng.random_bool(s.batch.sample) {
             continue;
         }
-        let arrival = usize::try_from(offset.div_euclid(step)).unwrap_or(0);
-        let duration = usize::try_from((dur_s + step - 1) / step).unwrap_or(1).max(1);
-        let deadline = match r.deadline {
-            DeadlineRule::None => None,
-            DeadlineRule::Slack(slack) => Some(arrival + duration + usize::try_from(slack / step).unwrap_or(0)),
-            DeadlineRule::NextWorkday => {
-                let end = r.start + offset + dur_s;
+        let arrival = usize::try_from(job.offset.div_euclid(step)).unwrap_or(0);
+        let duration = usize::try_from((job.duration_s + step - 1) / step).unwrap_or(1).max(1);
+        let deadline = match (job.deadline_offset, r.deadline) {
+            // A deadline in the trace is the job's own; the rule is for jobs without one.
+            (Some(d), _) => Some(usize::try_from(d.div_euclid(step)).unwrap_or(0)),
+            (None, DeadlineRule::None) => None,
+            (None, DeadlineRule::Slack(slack)) => Some(arrival + duration + usize::try_from(slack / step).unwrap_or(0)),
+            (None, DeadlineRule::NextWorkday) => {
+                let end = r.start + job.offset + job.duration_s;
                 let due = next_workday_deadline(end, offset_s) - r.start;
                 Some(usize::try_from(due.div_euclid(step)).unwrap_or(0).max(arrival + duration))
             }
         };
-        for k in 0..instances.max(1) {
+        for k in 0..job.instances.max(1) {
             jobs.push(SimJob {
-                id: if instances > 1 { format!("{id}#{k}") } else { id.clone() },
+                id: if job.instances > 1 { format!("{}#{k}", job.id) } else { job.id.clone() },
                 arrival,
                 duration,
-                cores,
-                mem_gib,
+                cores: job.cores,
+                mem_gib: job.mem_gib,
                 deadline,
             });
         }
@@ -282,6 +300,19 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         carbon_forecast,
         jobs,
     })
+}
+
+/// A job as read from a trace or generated, before it is put in steps.
+struct RawJob {
+    id: String,
+    /// Seconds after the first arrival.
+    offset: i64,
+    duration_s: i64,
+    /// The trace's own deadline, seconds after the first arrival.
+    deadline_offset: Option<i64>,
+    cores: f64,
+    mem_gib: f64,
+    instances: u32,
 }
 
 fn hours_to_s(h: f64) -> i64 {

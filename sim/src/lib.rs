@@ -4,29 +4,42 @@
 //! carbon, utilisation, deadlines and online overloads with the actual traces.
 //!
 //! Architecture invariant: `sim` calls `greenfill_forecast` and
-//! `greenfill_scheduler::Problem::plan`; it never has a copy of either.
+//! `greenfill_planner` (through its `ProblemBuilder`, as the scheduler does); it
+//! never has a copy of either, and does not depend on the scheduler service
+//! (`scripts/check-deps.sh`).
 
 mod engine;
+mod guard;
 mod inputs;
 mod report;
 mod scenario;
 mod sweep;
 
 pub use engine::{Policy, PolicyResult, StepRow};
+pub use guard::{GuardModel, TICK_S};
 pub use inputs::{Inputs, SimJob, load};
 pub use report::{Saved, Savings, Summary, summarize, write_outputs};
 pub use scenario::{POLICIES, Resolved, Scenario, ScenarioError, forecasts};
 pub use sweep::{SweepRow, sweep};
 
 /// Run every policy the scenario names; `progress(policy, share done)`.
-pub fn run(r: &Resolved, inputs: &Inputs, mut progress: impl FnMut(&str, f64)) -> Vec<(Policy, PolicyResult)> {
+pub fn run(
+    r: &Resolved,
+    inputs: &Inputs,
+    mut progress: impl FnMut(&str, f64),
+) -> Result<Vec<(Policy, PolicyResult)>, ScenarioError> {
     r.scenario
         .policies
         .iter()
         .filter_map(|name| Policy::parse(name))
         .map(|p| {
-            let res = engine::run(inputs, r, p, |f| progress(p.name(), f));
-            (p, res)
+            let res = engine::run(inputs, r, p, |f| progress(p.name(), f)).map_err(|e| ScenarioError::Plan {
+                path: r.path.clone(),
+                policy: p.name(),
+                step: e.step,
+                source: Box::new(e.source),
+            })?;
+            Ok((p, res))
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 
 use greenfill_core::cluster::{ClusterConfig, Pool};
 use greenfill_core::time::{parse_duration, parse_step, parse_timestamp};
+use greenfill_planner::{PlanOptions, ProblemError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -242,10 +243,10 @@ fn d_one() -> f64 {
     1.0
 }
 fn d_guard_slack() -> f64 {
-    greenfill_scheduler::GUARD_SLACK
+    greenfill_planner::GUARD_SLACK
 }
 fn d_delay_cost() -> f64 {
-    greenfill_scheduler::PlanOptions::default().delay_cost
+    greenfill_planner::PlanOptions::default().delay_cost
 }
 fn d_zero() -> String {
     "0".into()
@@ -283,6 +284,15 @@ pub enum ScenarioError {
     /// A trace the scenario names could not be read (the error names the file).
     #[error(transparent)]
     Data(greenfill_core::data::DataError),
+    /// The planner refused a problem built from a loaded scenario: a bug.
+    #[error("{path}: internal error: policy {policy}, step {step}: the planner refused its problem: {source}")]
+    Plan {
+        path: String,
+        policy: &'static str,
+        step: usize,
+        #[source]
+        source: Box<greenfill_planner::ProblemError>,
+    },
 }
 
 /// A scenario with its times parsed and its paths resolved.
@@ -359,10 +369,9 @@ impl Scenario {
                 )));
             }
         }
+        let mut out_of_range = Vec::new();
         for (key, v, lo, hi) in [
-            ("safety_margin", s.safety_margin, 0.0, 0.99),
             ("coloc_threshold", s.coloc_threshold, 0.01, 1.0),
-            ("delay_cost", s.delay_cost, 0.0, 1.0),
             ("guard_slack", s.guard_slack, 0.0, 0.5),
             ("quantile", s.quantile, 0.5, 0.999),
             ("online.scale", s.online.scale, 0.0, 100.0),
@@ -374,8 +383,30 @@ impl Scenario {
             ("carbon.forecast_error", s.carbon.forecast_error, 0.0, 10.0),
         ] {
             if !(v >= lo && v <= hi) {
-                return Err(bad(format!("{key} = {v}: must be between {lo} and {hi}")));
+                out_of_range.push(format!("{key} = {v}: must be between {lo} and {hi}"));
             }
+        }
+        // safety_margin and delay_cost become planner options: the planner's
+        // rules check them (mem_margin is the same value as cpu_margin).
+        let options = PlanOptions {
+            cpu_margin: s.safety_margin,
+            mem_margin: s.safety_margin,
+            delay_cost: s.delay_cost,
+            ..PlanOptions::default()
+        };
+        for e in options.errors() {
+            match e {
+                ProblemError::Option { field: "cpu_margin", value, why } => {
+                    out_of_range.push(format!("safety_margin = {value}: {why}"));
+                }
+                ProblemError::Option { field: "delay_cost", value, why } => {
+                    out_of_range.push(format!("delay_cost = {value}: {why}"));
+                }
+                _ => {}
+            }
+        }
+        if !out_of_range.is_empty() {
+            return Err(bad(out_of_range.join("; ")));
         }
         ClusterConfig { cpu_margin: s.safety_margin, mem_margin: s.safety_margin, pools: s.cluster.pools.clone() }
             .validate(&format!("{path} [cluster]"))

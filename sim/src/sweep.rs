@@ -116,7 +116,7 @@ pub fn sweep(
                         .zip(ps)
                         .map(|(r, p)| {
                             let inputs = inputs::load(r)?;
-                            let results = run(r, &inputs, |_, _| {});
+                            let results = run(r, &inputs, |_, _| {})?;
                             let summary = report::summarize(r, &inputs, &results);
                             Ok(row(p, &results, summary.saved))
                         })

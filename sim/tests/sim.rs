@@ -56,7 +56,7 @@ forecast_error = 0.05
 fn accounting_identities_hold_for_every_policy() {
     let r = Scenario::parse("t.toml", &scenario(""), repo()).unwrap();
     let inputs = load(&r).unwrap();
-    let results = run(&r, &inputs, |_, _| {});
+    let results = run(&r, &inputs, |_, _| {}).unwrap();
     assert_eq!(results.len(), 4);
     let h = inputs.step_s as f64 / 3600.0;
     let mut core_hours = Vec::new();
@@ -98,7 +98,7 @@ fn accounting_identities_hold_for_every_policy() {
 fn outputs_are_written() {
     let r = Scenario::parse("t.toml", &scenario(r#"policies = ["dedicated", "greenfill"]"#), repo()).unwrap();
     let inputs = load(&r).unwrap();
-    let results = run(&r, &inputs, |_, _| {});
+    let results = run(&r, &inputs, |_, _| {}).unwrap();
     let s = summarize(&r, &inputs, &results);
     let dir = tempfile::tempdir().unwrap();
     greenfill_sim::write_outputs(dir.path(), &s, &inputs, &results).unwrap();
@@ -138,7 +138,12 @@ fn bad_scenarios_name_the_key_and_the_allowed_values() {
         ),
         (r#"policies = ["fifo"]"#, "\"fifo\" is not a policy; allowed values are dedicated, asap, coloc, greenfill"),
         (r#"step = "5 minutes""#, "step = \"5 minutes\": not a duration"),
-        (r#"safety_margin = 1.5"#, "safety_margin = 1.5: must be between 0 and 0.99"),
+        (r#"safety_margin = 1.5"#, "safety_margin = 1.5: must be in [0, 1)"),
+        // Every bad key at once, each with its value.
+        (
+            "safety_margin = -0.1\ndelay_cost = 3\nquantile = 2",
+            "quantile = 2: must be between 0.5 and 0.999; safety_margin = -0.1: must be in [0, 1); delay_cost = 3: must be in [0, 1]",
+        ),
         (r#"slot = "7m""#, "slot = 420 s: must be a whole number of steps (300 s)"),
     ];
     for (extra, want) in cases {
@@ -262,7 +267,7 @@ fn per_node_online_series_are_replayed_in_turn() {
     assert_eq!(i.online_cpu(6, 5), 0.0);
     assert!((i.online[5] - 0.30).abs() < 1e-9, "fleet mean {}", i.online[5]);
     // The greenfill policy forecasts each series and runs.
-    let results = run(&r, &i, |_, _| {});
+    let results = run(&r, &i, |_, _| {}).unwrap();
     assert!(results.iter().all(|(_, x)| x.jobs_completed > 0));
     let e = Scenario::parse("t.toml", &text.replace("per_node = true", "per_node = true\nseries = \"m_a\""), repo())
         .unwrap_err()
@@ -296,7 +301,7 @@ fn the_guard_turns_overloads_into_slower_batch() {
     let go = |guard: bool| {
         let r = Scenario::parse("t.toml", &text(guard), repo()).unwrap();
         let i = load(&r).unwrap();
-        let results = run(&r, &i, |_, _| {});
+        let results = run(&r, &i, |_, _| {}).unwrap();
         (i, results)
     };
     let ((inputs, on), (_, off)) = (go(true), go(false));
@@ -337,4 +342,25 @@ fn every_bundled_scenario_parses() {
         n += 1;
     }
     assert_eq!(n, 5, "double11, speed-1000-nodes, timing-gaia-slack, timing-only, underused-fleet");
+}
+
+#[test]
+fn deadlines_in_the_job_trace_are_the_jobs_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("jobs.csv");
+    // Seconds after the first arrival; `c` has no deadline of its own.
+    std::fs::write(&csv, "id,arrival,duration,cpus,deadline\na,0,3600,1,7200\nb,600,1800,1,86400\nc,1200,1800,1,\n")
+        .unwrap();
+    let text = with_batch(&format!("file = {:?}\ndeadline_slack = \"24h\"", csv.display().to_string()));
+    let r = Scenario::parse("t.toml", &text, repo()).unwrap();
+    let i = load(&r).unwrap();
+    let due: Vec<(&str, Option<usize>)> = i.jobs.iter().map(|j| (j.id.as_str(), j.deadline)).collect();
+    // Steps of 5 min: a at 7,200 s, b at 86,400 s; c by the slack rule:
+    // arrival step 4 + 6 steps of running + 24 h.
+    assert_eq!(due, [("a", Some(24)), ("b", Some(288)), ("c", Some(4 + 6 + 288))]);
+    // And the planner is held to them: greenfill finishes `a` by its own deadline.
+    let results = run(&r, &i, |_, _| {}).unwrap();
+    let (_, greenfill) = results.iter().find(|(p, _)| p.name() == "greenfill").unwrap();
+    assert_eq!(greenfill.jobs_completed, 3);
+    assert_eq!(greenfill.jobs_late, 0);
 }

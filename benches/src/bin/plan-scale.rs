@@ -3,8 +3,8 @@
 //! `cargo run --release -p greenfill-benches --bin plan-scale -- --nodes 10000 --jobs 100000 --slots 96 --json`
 
 use clap::Parser;
-use greenfill_scheduler::synthetic::{Spec, generate};
-use greenfill_scheduler::{Strategy, exact_lp, verify};
+use greenfill_planner::synthetic::{Spec, generate};
+use greenfill_planner::{Strategy, exact_lp, verify};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -88,8 +88,7 @@ fn main() -> anyhow::Result<()> {
         ..Spec::default()
     });
     let generate_ms = t.elapsed().as_secs_f64() * 1000.0;
-    p.validate()?;
-    let plan = p.plan();
+    let plan = p.clone().validate()?.plan();
     let v = verify(&p, &plan.placements, plan.energy.slots);
     let mut r = Report {
         nodes: a.nodes,
@@ -124,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     if a.baselines {
         for s in [Strategy::CarbonGreedy, Strategy::EarliestFit] {
             p.options.strategy = s;
-            let b = p.plan();
+            let b = p.clone().validate()?.plan();
             let batch = b.energy.carbon_kg - b.baseline.carbon_kg;
             if s == Strategy::CarbonGreedy {
                 r.carbon_greedy_batch_carbon_kg = Some(batch);
@@ -138,7 +137,7 @@ fn main() -> anyhow::Result<()> {
     r.peak_rss_mb = greenfill_benches::peak_rss_mb();
     if a.exact {
         p.options.time_limit = std::time::Duration::from_secs(600);
-        let e = exact_lp(&p).map_err(anyhow::Error::msg)?;
+        let e = exact_lp(&p.clone().validate()?).map_err(anyhow::Error::msg)?;
         r.exact_carbon_kg = Some(e.carbon_kg);
         r.exact_batch_carbon_kg = Some(e.batch_carbon_kg);
         r.exact_solve_ms = Some(e.solve_ms);

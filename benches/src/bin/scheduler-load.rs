@@ -324,7 +324,7 @@ fn main() -> Result<()> {
             c.planning.interval = Duration::from_secs_f64(greenfill_core::time::parse_duration(&interval).unwrap_or(60.0));
             c.planning.min_gap = c.planning.interval;
             let r = greenfill_scheduler::service::start(c).await?;
-            r.server.await??;
+            r.stopped().await?;
             Ok(())
         }),
         Mode::Submit { clients, in_flight, jobs } => rt.block_on(async move {

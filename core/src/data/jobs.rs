@@ -16,7 +16,8 @@ pub enum JobFormat {
     Alibaba2017,
     /// greenfill's own: `arrival,duration,cpus[,memory][,deadline][,pausable][,id]`.
     /// Times and durations take units (`90`, `90s`, `15m`, `2h`), arrival and
-    /// deadline also timestamps; memory takes bytes or `KiB`/`MiB`/`GiB` suffixes.
+    /// deadline also timestamps; memory takes bytes or `K`/`M`/`G`/`T` suffixes, all binary
+    /// ([`crate::units`]).
     Greenfill,
 }
 
@@ -170,23 +171,9 @@ fn alibaba2017(table: &Table) -> Result<JobTrace, DataError> {
     Ok(JobTrace { format: JobFormat::Alibaba2017, jobs, rows: 0, skipped })
 }
 
-/// Parse a memory size: bytes, or a number with `K`/`M`/`G`/`T` (+`i`)(+`B`).
+/// A memory size in the one grammar of [`crate::units::parse_bytes`].
 pub(crate) fn parse_memory(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.trim().parse().ok()?;
-    let mult = match unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i') {
-        "" => 1.0,
-        "K" | "k" => 1024.0,
-        "M" => 1024.0 * 1024.0,
-        "G" => 1024.0 * 1024.0 * 1024.0,
-        "T" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    let bytes = v * mult;
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "range-checked")]
-    (0.0..1.8e19).contains(&bytes).then_some(bytes.round() as u64)
+    crate::units::parse_bytes(s)
 }
 
 fn time_or_offset(s: &str) -> Option<i64> {

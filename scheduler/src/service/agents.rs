@@ -85,8 +85,17 @@ impl AgentService for Agents {
         tracing::info!(node = %name, session, running = reg.running_jobs.len(), last_command_seq = reg.last_command_seq, "agent registered");
         metrics::gauge!("greenfill_agents_connected").increment(1.0);
         st.replan.notify_one();
-        tokio::spawn(async move {
-            while let Some(msg) = input.next().await {
+        let stop = st.shutdown.clone();
+        st.tasks.clone().spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = input.next() => m,
+                    () = stop.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the scheduler is shutting down"))).await;
+                        break;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 match msg {
                     Ok(m) => {
                         if let Err(e) = handle(&st, &name, &tx, m).await {

@@ -1,8 +1,8 @@
 //! The scheduler's config file (TOML). Every key has a default, so an empty file
 //! (or none, with `--insecure-local`) is a working quick start.
 
-use crate::{GUARD_SLACK, PlanOptions};
 use greenfill_core::time::parse_duration;
+use greenfill_planner::{GUARD_SLACK, PlanOptions, ProblemError, intensity_error};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +87,20 @@ pub struct Planning {
     /// LP time limit.
     #[serde(with = "dur")]
     pub solve_limit: Duration,
+}
+
+impl Planning {
+    /// The planner's options from this config (checked by [`Config::validate`]
+    /// with [`PlanOptions::errors`]).
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            cpu_margin: self.cpu_margin,
+            mem_margin: self.mem_margin,
+            delay_cost: self.delay_cost,
+            time_limit: self.solve_limit,
+            ..PlanOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,8 +206,18 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{path}: {key} = {value}: {why}")]
-    Invalid { path: String, key: &'static str, value: String, why: String },
+    /// Every key that is out of range, each with its value and the rule.
+    #[error("{path}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { path: String, errors: Vec<Invalid> },
+}
+
+/// One bad key of a config.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key} = {value}: {why}")]
+pub struct Invalid {
+    pub key: String,
+    pub value: String,
+    pub why: String,
 }
 
 impl Config {
@@ -206,62 +230,63 @@ impl Config {
         Ok(c)
     }
 
+    /// Check every key; report every bad one at once, each with its value.
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let bad = |key, value: String, why: &str| {
-            Err(ConfigError::Invalid { path: path.to_owned(), key, value, why: why.to_owned() })
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, value: String, why: &str| {
+            errors.push(Invalid { key: key.to_owned(), value, why: why.to_owned() });
         };
         if self.insecure_local && !self.listen.ip().is_loopback() {
-            return bad("listen", self.listen.to_string(), "insecure_local serves only on a loopback address");
+            bad("listen", self.listen.to_string(), "insecure_local serves only on a loopback address");
         }
         if !self.insecure_local && (self.user_tokens.is_empty() || self.agent_tokens.is_empty()) {
-            return bad(
+            bad(
                 "user_tokens/agent_tokens",
                 "[]".into(),
                 "set both (or run with --insecure-local on loopback): an API without tokens refuses every call",
             );
         }
         if self.user_tokens.iter().any(|u| self.agent_tokens.contains(u)) {
-            return bad("agent_tokens", "…".into(), "a token is both a user's and an agent's; keep them separate");
+            bad("agent_tokens", "…".into(), "a token is both a user's and an agent's; keep them separate");
         }
         let p = &self.planning;
         if p.slot.is_zero() || p.horizon < p.slot {
-            return bad("planning.horizon", format!("{:?}", p.horizon), "must be at least one slot");
+            bad("planning.horizon", format!("{:?}", p.horizon), "must be at least one slot");
         }
         if p.interval > p.slot {
             // Jobs start only at a plan whose slot 0 is now; plans further apart
             // than a slot would start jobs late and miss deadlines planned to the
             // last slot.
-            return bad(
+            bad(
                 "planning.interval",
                 format!("{:?}", p.interval),
                 &format!("must not be longer than planning.slot ({:?})", p.slot),
             );
         }
         if !(p.quantile > 0.0 && p.quantile < 1.0) {
-            return bad("planning.quantile", p.quantile.to_string(), "need 0 < q < 1");
+            bad("planning.quantile", p.quantile.to_string(), "need 0 < q < 1");
         }
         if greenfill_forecast::by_name(&p.forecast).is_none() {
             let known: Vec<&str> = greenfill_forecast::models().iter().map(|m| m.name()).collect();
-            return bad("planning.forecast", p.forecast.clone(), &format!("known: {}", known.join(", ")));
-        }
-        if !(0.0..=1.0).contains(&p.delay_cost) {
-            return bad("planning.delay_cost", p.delay_cost.to_string(), "need 0 <= delay_cost <= 1 (share per hour)");
+            bad("planning.forecast", p.forecast.clone(), &format!("known: {}", known.join(", ")));
         }
         if !(0.0..=0.5).contains(&p.guard_slack) {
-            return bad(
-                "planning.guard_slack",
-                p.guard_slack.to_string(),
-                "need 0 <= guard_slack <= 0.5 (share of duration)",
-            );
+            bad("planning.guard_slack", p.guard_slack.to_string(), "need 0 <= guard_slack <= 0.5 (share of duration)");
         }
-        if !(0.0..1.0).contains(&p.cpu_margin) {
-            return bad("planning.cpu_margin", p.cpu_margin.to_string(), "need 0 <= margin < 1");
+        // The planner's own option rules, named by their config keys.
+        let options =
+            p.plan_options().errors().into_iter().chain(intensity_error("carbon_constant", p.carbon_constant));
+        for e in options {
+            if let ProblemError::Option { field, value, why } = e {
+                let key = if field == "time_limit" { "solve_limit" } else { field };
+                bad(&format!("planning.{key}"), value, why);
+            }
         }
         if !(self.power.idle_w >= 0.0 && self.power.max_w >= self.power.idle_w && self.power.pue >= 1.0) {
-            return bad("power", format!("{:?}", self.power), "need 0 <= idle_w <= max_w and pue >= 1");
+            bad("power", format!("{:?}", self.power), "need 0 <= idle_w <= max_w and pue >= 1");
         }
         if self.limits.requests_per_second == 0 {
-            return bad("limits.requests_per_second", "0".into(), "must be > 0");
+            bad("limits.requests_per_second", "0".into(), "must be > 0");
         }
         for pool in &self.pools {
             if pool.name.is_empty()
@@ -270,10 +295,10 @@ impl Config {
                 || pool.memory_gib.is_nan()
                 || pool.memory_gib <= 0.0
             {
-                return bad("pools", pool.name.clone(), "each pool needs a name, cores > 0 and memory_gib > 0");
+                bad("pools", pool.name.clone(), "each pool needs a name, cores > 0 and memory_gib > 0");
             }
         }
-        Ok(())
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { path: path.to_owned(), errors }) }
     }
 }
 
@@ -284,5 +309,28 @@ mod dur {
         parse_duration(&s)
             .map(Duration::from_secs_f64)
             .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration (e.g. 90s, 5m, 1h, 7d)")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_key_is_named_at_once_with_its_value() {
+        let mut c = Config { insecure_local: true, ..Config::default() };
+        c.validate("defaults").unwrap();
+        c.planning.mem_margin = 1.5;
+        c.planning.carbon_constant = -1.0;
+        c.planning.delay_cost = 2.0;
+        let ConfigError::Invalid { path, errors } = c.validate("x.toml").unwrap_err() else { panic!("not Invalid") };
+        assert_eq!(path, "x.toml");
+        let keys: Vec<(&str, &str)> = errors.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+        assert_eq!(
+            keys,
+            [("planning.mem_margin", "1.5"), ("planning.delay_cost", "2"), ("planning.carbon_constant", "-1")]
+        );
+        let text = c.validate("x.toml").unwrap_err().to_string();
+        assert!(text.starts_with("x.toml: planning.mem_margin = 1.5: must be in [0, 1)"), "{text}");
     }
 }

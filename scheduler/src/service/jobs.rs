@@ -309,14 +309,19 @@ impl JobService for Jobs {
         replay.sort_by_key(|e| e.revision);
         let mut seen = replay.last().map_or(req.since_revision, |e| e.revision);
         let (tx, out) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
+        let stop = self.0.shutdown.clone();
+        self.0.tasks.spawn(async move {
             for e in replay {
                 if tx.send(Ok(e)).await.is_err() {
                     return;
                 }
             }
             loop {
-                match rx.recv().await {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    () = stop.cancelled() => return,
+                };
+                match next {
                     Ok(e) if e.revision > seen && e.job.as_ref().is_some_and(&keep) => {
                         seen = e.revision;
                         if tx.send(Ok(e)).await.is_err() {

@@ -7,8 +7,14 @@
 //!   after the commit (a submission is acknowledged only once durable).
 //! - A job has at most one live attempt: a new attempt (after a requeue) gets a new
 //!   `attempt_id`, and events of older attempts are ignored.
-//! - If a commit fails, memory and disk disagree; the process exits and restarts
-//!   from disk rather than answer from a state that is not durable.
+//! - If a commit fails, memory and disk disagree: the service refuses every later
+//!   commit, cancels its shutdown token and `main` exits with
+//!   [`greenfill_runtime::EXIT_FATAL`], to restart from disk rather than answer
+//!   from a state that is not durable.
+//! - One shutdown path: the token in [`State::shutdown`] (SIGTERM, SIGINT, a
+//!   fatal error, or a test) stops the gRPC server, the agent sessions and
+//!   watches, and the planning loop; then the store writer commits what is
+//!   queued and stops ([`Running::stopped`]).
 
 pub mod agents;
 pub mod auth;
@@ -18,6 +24,7 @@ pub mod planning;
 
 use crate::store::{Snapshot, Write, Writer};
 use greenfill_proto::v1 as pb;
+use greenfill_runtime::{CancellationToken, TaskTracker};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -242,6 +249,13 @@ pub struct State {
     /// buckets, keyed by (buckets, last bucket start); recomputed only when a
     /// bucket closes, and outside the state lock.
     pub forecasts: Mutex<HashMap<String, CachedForecast>>,
+    /// Cancelled to stop the service; every long-lived task watches it.
+    pub shutdown: CancellationToken,
+    /// The service's long-lived tasks (server, planning loop, sessions, watches).
+    pub tasks: TaskTracker,
+    /// Why the service must stop and restart from disk, once something failed
+    /// that it cannot answer for (a commit).
+    fatal: Mutex<Option<String>>,
 }
 
 /// A queued commit: await it, then publish.
@@ -273,21 +287,41 @@ impl State {
             config,
             carbon,
             forecasts: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            fatal: Mutex::new(None),
         }))
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock is a bug; the state may be half-changed,
-        // so don't go on serving it.
-        self.inner.lock().unwrap_or_else(|_| {
-            tracing::error!("state lock poisoned; exiting");
-            std::process::exit(70)
+        // so nothing more is committed and the service stops.
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            self.fail("the state lock was poisoned by a panic".into());
+            poisoned.into_inner()
         })
+    }
+
+    /// Something failed that the service cannot answer for: refuse every later
+    /// commit and stop; `main` exits non-zero and the supervisor restarts it.
+    fn fail(&self, why: String) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fatal.is_none() {
+            tracing::error!(reason = %why, "stopping so that state is rebuilt from disk");
+            *fatal = Some(why);
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Why the service stopped itself, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Queue `writes` (call with the lock held, see the module's invariants).
     pub fn queue(&self, writes: Vec<Write>, events: Vec<pb::JobEvent>) -> Pending {
-        let rx = if writes.is_empty() { None } else { Some(self.writer.queue(writes)) };
+        // After a failed commit nothing more reaches the disk: memory is ahead of it.
+        let rx = if writes.is_empty() || self.fatal().is_some() { None } else { Some(self.writer.queue(writes)) };
         Pending { rx, events }
     }
 
@@ -297,11 +331,14 @@ impl State {
             match rx.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "commit failed; exiting so that state is rebuilt from disk");
-                    std::process::exit(70)
+                    self.fail(format!("commit failed: {e}"));
+                    return Err(tonic::Status::unavailable("commit failed; the scheduler is restarting"));
                 }
                 Err(_) => return Err(tonic::Status::unavailable("store writer stopped")),
             }
+        }
+        if self.fatal().is_some() {
+            return Err(tonic::Status::unavailable("the scheduler is restarting after a failed commit"));
         }
         for e in p.events {
             let _ = self.events.send(e);
@@ -315,11 +352,57 @@ impl State {
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub state: Arc<State>,
-    pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// How long the gRPC server gets to finish in-flight calls once stopping.
+const SERVER_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Running {
+    /// Stop, as SIGTERM does, and wait until everything is drained.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.state.shutdown.cancel();
+        self.stopped().await
+    }
+
+    /// Wait until the service stops (its token is cancelled), then drain: the
+    /// server finishes in-flight calls (at most [`SERVER_GRACE`]), the planning
+    /// loop, sessions and watches end, and the writer commits what is queued.
+    /// An error says why the service stopped itself (a failed commit).
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        let Running { state, mut server, .. } = self;
+        tokio::select! {
+            () = state.shutdown.cancelled() => {}
+            r = &mut server => {
+                state.fail(format!("the gRPC server stopped: {}", describe(r)));
+            }
+        }
+        if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
+            tracing::warn!(grace_s = SERVER_GRACE.as_secs(), "gRPC calls still open after the grace period; closing");
+            server.abort();
+        }
+        greenfill_runtime::drain(&state.tasks, SERVER_GRACE).await;
+        let writer = state.clone();
+        tokio::task::spawn_blocking(move || writer.writer.close()).await?;
+        tracing::info!("scheduler stopped; every acknowledged change is on disk");
+        match state.fatal() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn describe(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "ended".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Open the store, restore state, bind, and serve gRPC (jobs, plans, agents,
-/// health, reflection) and the planning loop until the task is dropped.
+/// health, reflection) and the planning loop until [`State::shutdown`] is
+/// cancelled; [`Running::stopped`] waits for the drain.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     use greenfill_proto::v1::agent_service_server::AgentServiceServer;
     use greenfill_proto::v1::job_service_server::JobServiceServer;
@@ -380,8 +463,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             move |r| agent_guard.check(r),
         ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tokio::spawn(router.serve_with_incoming(incoming));
-    tokio::spawn(planning::run(state.clone()));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
+    state.tasks.spawn(planning::run(state.clone()));
     tracing::info!(%addr, insecure_local = state.config.insecure_local, "scheduler serving");
     Ok(Running { addr, state, server })
 }

@@ -3,9 +3,11 @@
 //! the same planner the simulator uses, dispatch what starts now, record the plan.
 
 use super::{Inner, State, is_queued, now, ts};
-use crate::planner::{Placement, PlanJob, PlanOptions, PoolInput, Problem, WaitReason};
 use crate::store::Write;
 use greenfill_core::cluster::{Pool, PowerModel};
+use greenfill_planner::{
+    Built, Placement, Plan, PoolInput, Problem, ProblemBuilder, QueuedJob, RunningJob, SlotClock, WaitReason,
+};
 use greenfill_proto::v1 as pb;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
@@ -14,20 +16,32 @@ use std::time::Instant;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// Run until the process ends.
+/// Plan every interval (or soon after events) until the service stops. A round
+/// in progress is dropped at shutdown: its changes are applied under the lock
+/// and queued before any await, so what it did is committed and what it had not
+/// done yet is redone by the next start.
 pub async fn run(st: Arc<State>) {
     let cfg = st.config.planning.clone();
+    let stop = st.shutdown.clone();
     loop {
         tokio::select! {
             () = tokio::time::sleep(cfg.interval) => {}
             () = st.replan.notified() => {}
+            () = stop.cancelled() => break,
         }
-        match plan_once(&st).await {
-            Ok(s) => tracing::debug!(?s, "planned"),
-            Err(e) => tracing::error!(error = %e, "planning failed"),
+        tokio::select! {
+            r = plan_once(&st) => match r {
+                Ok(s) => tracing::debug!(?s, "planned"),
+                Err(e) => tracing::error!(error = %e, "planning failed"),
+            },
+            () = stop.cancelled() => break,
         }
-        tokio::time::sleep(cfg.min_gap).await;
+        tokio::select! {
+            () = tokio::time::sleep(cfg.min_gap) => {}
+            () = stop.cancelled() => break,
+        }
     }
+    tracing::debug!("planning loop stopped");
 }
 
 /// What one round did.
@@ -43,7 +57,7 @@ pub struct Round {
 
 /// Inputs gathered under the lock, solved outside it.
 struct Gathered {
-    problem: Problem,
+    builder: ProblemBuilder,
     /// Per planner pool, node names in planner order.
     pool_nodes: Vec<Vec<String>>,
     /// Per problem job: its id.
@@ -62,155 +76,162 @@ fn slots_ceil(secs: f64, slot_s: i64) -> usize {
     (secs / slot_s as f64).ceil().max(0.0) as usize
 }
 
-fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::CachedForecast>) -> Gathered {
-    let cfg = &st.config.planning;
+/// The planner's clock for a round at `t`, from the config.
+fn clock(cfg: &super::config::Planning, t: i64) -> SlotClock {
     let slot_s = i64::try_from(cfg.slot.as_secs().max(1)).unwrap_or(300);
     let slots = usize::try_from(cfg.horizon.as_secs() / cfg.slot.as_secs().max(1)).unwrap_or(288).max(1);
-    let stale = i64::try_from(cfg.stale_after.as_secs()).unwrap_or(900);
-    let bucket_s = i64::try_from(cfg.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
-    // Live nodes by pool.
+    SlotClock { start: t, slot_s, slots }
+}
+
+/// Live nodes by pool: connected, and heard from within `stale_after`.
+fn live_pools(inner: &Inner, t: i64, stale: i64) -> BTreeMap<String, Vec<(&String, &super::Node)>> {
     let mut pools: BTreeMap<String, Vec<(&String, &super::Node)>> = BTreeMap::new();
     for (name, n) in &inner.nodes {
         if n.session.is_some() && n.last_seen >= t - stale {
             pools.entry(n.register.pool.clone()).or_default().push((name, n));
         }
     }
-    // Batch already running, per node: (cores, memory bytes, seconds left).
-    let mut running: BTreeMap<&str, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for e in inner.jobs.values() {
-        if !e.job.node.is_empty() && !is_queued(e.job.state) && !super::is_terminal(e.job.state) {
+    pools
+}
+
+/// One pool's input: its nodes' online upper bounds per slot (the forecast, or
+/// the whole node when there is none yet), padded to the pool's largest node.
+fn pool_input(
+    st: &State,
+    name: &str,
+    nodes: &[(&String, &super::Node)],
+    clock: SlotClock,
+    forecasts: &HashMap<String, super::CachedForecast>,
+) -> PoolInput {
+    let bucket_s = i64::try_from(st.config.planning.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
+    let season = usize::try_from(86_400 / bucket_s).unwrap_or(288).max(2);
+    let slots = clock.slots;
+    #[allow(clippy::cast_precision_loss, reason = "slot arithmetic")]
+    let horizon_buckets = slots_ceil(slots as f64 * clock.slot_s as f64, bucket_s).max(1);
+    let max_cores = nodes.iter().map(|(_, n)| n.register.cpu_cores).fold(0.0, f64::max);
+    #[allow(clippy::cast_precision_loss, reason = "bytes")]
+    let max_mem = nodes.iter().map(|(_, n)| n.register.memory_bytes as f64).fold(0.0, f64::max);
+    let mut cpu = Vec::with_capacity(nodes.len() * slots);
+    let mut mem = Vec::with_capacity(nodes.len() * slots);
+    for (node, n) in nodes {
+        let mut mem_max = n.history.iter().rev().take(season).map(|h| h.2).fold(0.0, f64::max);
+        if let Some((_, _, m, k)) = n.bucket {
+            mem_max = mem_max.max(m / f64::from(k));
+        }
+        // Forecast step 0 is the bucket filling now (see `refresh_forecasts`);
+        // no forecast yet (no telemetry) = nothing for batch.
+        let upper = forecasts
+            .get(node.as_str())
+            .map(|(_, u)| u.clone())
+            .filter(|u| u.len() >= horizon_buckets)
+            .unwrap_or_else(|| vec![n.register.cpu_cores; horizon_buckets]);
+        let pad_cpu = max_cores - n.register.cpu_cores;
+        #[allow(clippy::cast_precision_loss, reason = "bytes")]
+        let pad_mem = max_mem - n.register.memory_bytes as f64;
+        for i in 0..slots {
+            #[allow(clippy::cast_precision_loss, reason = "slot arithmetic")]
+            let offset = i as f64 * clock.slot_s as f64;
+            let b = slots_ceil(offset + 1.0, bucket_s).saturating_sub(1).min(upper.len() - 1);
+            cpu.push((upper[b].max(0.0) + pad_cpu).min(max_cores));
+            mem.push(((mem_max + pad_mem) / GIB).min(max_mem / GIB));
+        }
+    }
+    PoolInput {
+        pool: Pool {
+            name: name.to_owned(),
+            nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            cores: max_cores,
+            memory_gib: max_mem / GIB,
+            power: PowerModel::Linear { idle_w: st.config.power.idle_w, max_w: st.config.power.max_w },
+            pue: st.config.power.pue,
+            always_on: true,
+            embodied_g_per_hour: 0.0,
+        },
+        online_cpu: cpu,
+        online_mem: mem,
+    }
+}
+
+/// Batch already running on a live node, as load until its expected end.
+fn running_jobs(inner: &Inner, t: i64, where_is: &HashMap<&str, (usize, usize)>) -> Vec<RunningJob> {
+    inner
+        .jobs
+        .values()
+        .filter(|e| !e.job.node.is_empty() && !is_queued(e.job.state) && !super::is_terminal(e.job.state))
+        .filter_map(|e| {
+            let &(pool, node) = where_is.get(e.job.node.as_str())?;
             let s = e.job.spec.as_ref();
             let dur = s.and_then(|s| s.expected_duration.as_ref()).map_or(0.0, super::duration_secs);
             let since = e.job.started_at.or(e.job.updated_at).map_or(t, |x| x.seconds);
-            #[allow(clippy::cast_precision_loss, reason = "seconds")]
-            let left = (dur - (t - since) as f64).max(slot_s as f64);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss, reason = "seconds")]
+            let ends_at = since + dur.ceil() as i64;
             #[allow(clippy::cast_precision_loss, reason = "bytes")]
-            running.entry(e.job.node.as_str()).or_default().push((
-                s.map_or(0.0, |s| s.cpu_cores),
-                s.map_or(0.0, |s| s.memory_bytes as f64),
-                left,
-            ));
-        }
-    }
-    let season = usize::try_from(86_400 / bucket_s).unwrap_or(288).max(2);
-    let horizon_buckets = slots_ceil(slots as f64 * slot_s as f64, bucket_s).max(1);
+            Some(RunningJob {
+                pool,
+                node,
+                cores: s.map_or(0.0, |s| s.cpu_cores),
+                mem_gib: s.map_or(0.0, |s| s.memory_bytes as f64) / GIB,
+                ends_at,
+            })
+        })
+        .collect()
+}
+
+/// A queued job for the builder (`None` when it names a pool with no live node).
+fn queued_job(id: &str, s: &pb::JobSpec, pool_index: &BTreeMap<String, usize>) -> Option<QueuedJob> {
+    let pool = if s.pool.is_empty() { None } else { Some(*pool_index.get(&s.pool)?) };
+    #[allow(clippy::cast_precision_loss, reason = "bytes")]
+    Some(QueuedJob {
+        id: id.to_owned(),
+        cores: s.cpu_cores,
+        mem_gib: s.memory_bytes as f64 / GIB,
+        not_before: s.not_before.map(|t| t.seconds),
+        deadline: s.deadline.map(|t| t.seconds),
+        duration_s: s.expected_duration.as_ref().map_or(1.0, super::duration_secs),
+        pausable: false,
+        pool,
+        priority: s.priority,
+    })
+}
+
+fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::CachedForecast>) -> Gathered {
+    let cfg = &st.config.planning;
+    let clock = clock(cfg, t);
+    let stale = i64::try_from(cfg.stale_after.as_secs()).unwrap_or(900);
+    let pools = live_pools(inner, t, stale);
     let mut pool_inputs = Vec::new();
     let mut pool_nodes = Vec::new();
     let mut pool_index = BTreeMap::new();
+    let mut where_is = HashMap::new();
     for (pname, nodes) in &pools {
-        let max_cores = nodes.iter().map(|(_, n)| n.register.cpu_cores).fold(0.0, f64::max);
-        #[allow(clippy::cast_precision_loss, reason = "bytes")]
-        let max_mem = nodes.iter().map(|(_, n)| n.register.memory_bytes as f64).fold(0.0, f64::max);
-        let mut cpu = Vec::with_capacity(nodes.len() * slots);
-        let mut mem = Vec::with_capacity(nodes.len() * slots);
-        for (name, n) in nodes {
-            let mut mem_max = n.history.iter().rev().take(season).map(|h| h.2).fold(0.0, f64::max);
-            if let Some((_, _, m, k)) = n.bucket {
-                mem_max = mem_max.max(m / f64::from(k));
-            }
-            // Forecast step 0 is the bucket filling now (see `refresh_forecasts`);
-            // no forecast yet (no telemetry) = nothing for batch.
-            let upper = forecasts
-                .get(name.as_str())
-                .map(|(_, u)| u.clone())
-                .filter(|u| u.len() >= horizon_buckets)
-                .unwrap_or_else(|| vec![n.register.cpu_cores; horizon_buckets]);
-            #[allow(clippy::cast_precision_loss, reason = "bytes")]
-            let pad_cpu = max_cores - n.register.cpu_cores;
-            #[allow(clippy::cast_precision_loss, reason = "bytes")]
-            let pad_mem = max_mem - n.register.memory_bytes as f64;
-            let jobs_here = running.get(name.as_str()).map_or(&[][..], Vec::as_slice);
-            for i in 0..slots {
-                let offset = i as f64 * slot_s as f64;
-                let b = slots_ceil(offset + 1.0, bucket_s).saturating_sub(1).min(upper.len() - 1);
-                let batch_cpu: f64 = jobs_here.iter().filter(|j| j.2 > offset).map(|j| j.0).sum();
-                let batch_mem: f64 = jobs_here.iter().filter(|j| j.2 > offset).map(|j| j.1).sum();
-                cpu.push((upper[b].max(0.0) + batch_cpu + pad_cpu).min(max_cores));
-                mem.push(((mem_max + batch_mem + pad_mem) / GIB).min(max_mem / GIB));
-            }
+        for (k, (name, _)) in nodes.iter().enumerate() {
+            where_is.insert(name.as_str(), (pool_inputs.len(), k));
         }
         pool_index.insert(pname.clone(), pool_inputs.len());
         pool_nodes.push(nodes.iter().map(|(name, _)| (*name).clone()).collect());
-        pool_inputs.push(PoolInput {
-            pool: Pool {
-                name: pname.clone(),
-                nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
-                cores: max_cores,
-                memory_gib: max_mem / GIB,
-                power: PowerModel::Linear { idle_w: st.config.power.idle_w, max_w: st.config.power.max_w },
-                pue: st.config.power.pue,
-                always_on: true,
-                embodied_g_per_hour: 0.0,
-            },
-            online_cpu: cpu,
-            online_mem: mem,
-        });
+        pool_inputs.push(pool_input(st, pname, nodes, clock, forecasts));
     }
-    let carbon = carbon_forecast(st, t, slot_s, slots);
-    let mut jobs = Vec::new();
+    let carbon = carbon_forecast(st, t, clock.slot_s, clock.slots);
+    let options = cfg.plan_options();
+    let mut builder = ProblemBuilder::new(clock, pool_inputs, carbon, options, cfg.guard_slack);
+    for job in running_jobs(inner, t, &where_is) {
+        // Indices come from the pools just built.
+        let _ = builder.running(&job);
+    }
     let mut job_ids = Vec::new();
     let mut no_pool = Vec::new();
     for id in inner.order.values() {
         let e = &inner.jobs[id];
-        if !is_queued(e.job.state) {
-            continue;
-        }
-        let Some(s) = &e.job.spec else { continue };
-        let pool = if s.pool.is_empty() {
-            None
-        } else if let Some(&p) = pool_index.get(&s.pool) {
-            Some(p)
-        } else {
-            no_pool.push(id.clone());
-            continue;
-        };
-        if pool_inputs.is_empty() {
-            no_pool.push(id.clone());
-            continue;
-        }
-        let dur = s.expected_duration.as_ref().map_or(1.0, super::duration_secs);
-        #[allow(clippy::cast_precision_loss, reason = "seconds")]
-        let release = s.not_before.map_or(0, |nb| slots_ceil((nb.seconds - t) as f64, slot_s));
-        #[allow(clippy::cast_precision_loss, reason = "seconds")]
-        let deadline = s.deadline.map(|d| {
-            let left = (d.seconds - t) as f64 / slot_s as f64;
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "clamped to >= 0")]
-            let slots = left.floor().max(0.0) as usize;
-            slots
-        });
-        #[allow(clippy::cast_precision_loss, reason = "bytes")]
-        jobs.push(
-            PlanJob {
-                id: id.clone(),
-                cores: s.cpu_cores,
-                mem_gib: s.memory_bytes as f64 / GIB,
-                release,
-                deadline,
-                duration: slots_ceil(dur, slot_s).max(1),
-                pausable: false,
-                pool,
-                priority: s.priority,
+        let Some(spec) = e.job.spec.as_ref().filter(|_| is_queued(e.job.state)) else { continue };
+        match queued_job(id, spec, &pool_index).filter(|_| !pools.is_empty()) {
+            Some(job) => {
+                builder.queue(job);
+                job_ids.push(id.clone());
             }
-            .aim_early(cfg.guard_slack),
-        );
-        job_ids.push(id.clone());
+            None => no_pool.push(id.clone()),
+        }
     }
-    let problem = Problem {
-        start: t,
-        slot_s,
-        slots,
-        pools: pool_inputs,
-        carbon,
-        jobs,
-        options: PlanOptions {
-            cpu_margin: cfg.cpu_margin,
-            delay_cost: cfg.delay_cost,
-            mem_margin: cfg.mem_margin,
-            time_limit: cfg.solve_limit,
-            ..PlanOptions::default()
-        },
-    };
-    Gathered { problem, pool_nodes, job_ids, no_pool }
+    Gathered { builder, pool_nodes, job_ids, no_pool }
 }
 
 /// Forecast each live node's online use whose history gained a bucket since
@@ -274,7 +295,7 @@ fn carbon_forecast(st: &State, t: i64, slot_s: i64, slots: usize) -> Vec<f64> {
         Some(series) if !series.values.is_empty() => {
             let span = series.step * i64::try_from(series.values.len()).unwrap_or(1);
             let offset = (t - series.start).rem_euclid(span.max(1));
-            let values = crate::input::slot_values(series, series.start + offset, slot_s, slots);
+            let values = greenfill_planner::input::slot_values(series, series.start + offset, slot_s, slots);
             values
                 .into_iter()
                 .map(|v| if v.is_finite() && v >= 0.0 { v } else { st.config.planning.carbon_constant })
@@ -294,15 +315,37 @@ fn wait_reason(r: WaitReason) -> pb::WaitReason {
     }
 }
 
-/// One planning round.
+/// One planning round: requeue the jobs of silent nodes, forecast, gather the
+/// problem under the lock, solve it outside, apply the plan under the lock.
 pub async fn plan_once(st: &Arc<State>) -> anyhow::Result<Round> {
     let started = Instant::now();
     let t = now();
-    let stale = i64::try_from(st.config.planning.stale_after.as_secs()).unwrap_or(900);
+    let mut round = Round { requeued: requeue_lost(st, t).await?, ..Round::default() };
+    refresh_forecasts(st, t).await?;
+    let g = {
+        let forecasts = st.forecasts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = st.lock();
+        gather(&inner, st, t, &forecasts)
+    };
+    round.nodes = g.pool_nodes.iter().map(Vec::len).sum();
+    round.queued = g.job_ids.len() + g.no_pool.len();
+    let Gathered { builder, pool_nodes, job_ids, no_pool } = g;
+    let solved = tokio::task::spawn_blocking(move || solve(builder)).await?;
+    round.solve_ms = solved.as_ref().map_or(0.0, |(_, plan)| plan.solve_ms);
+    metrics::histogram!("greenfill_plan_solve_seconds").record(round.solve_ms / 1e3);
+    let ctx = Applied { t, pool_nodes: &pool_nodes, job_ids: &job_ids, no_pool: &no_pool };
+    round.dispatched = apply(st, &ctx, solved.as_ref()).await?;
+    round.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    metrics::histogram!("greenfill_plan_round_seconds").record(round.total_ms / 1e3);
+    record_job_gauges(&st.lock());
+    Ok(round)
+}
 
-    // Requeue jobs on nodes that went silent, before planning.
-    let mut round = Round::default();
-    let requeue = {
+/// Requeue the jobs of nodes that went silent past `stale_after`; the node stops
+/// the old attempt first if it comes back. Returns how many were requeued.
+async fn requeue_lost(st: &Arc<State>, t: i64) -> anyhow::Result<usize> {
+    let stale = i64::try_from(st.config.planning.stale_after.as_secs()).unwrap_or(900);
+    let (pending, n) = {
         let mut inner = st.lock();
         let lost: Vec<(String, String, String)> = inner
             .jobs
@@ -322,227 +365,283 @@ pub async fn plan_once(st: &Arc<State>) -> anyhow::Result<Round> {
                 writes.extend(w);
                 events.push(e);
             }
-            // If the node comes back, it stops the old attempt first.
             let stop = pb::StopJob { job_id: id.clone(), attempt_id: attempt.clone(), grace: None, reason: why };
             writes.extend(inner.command(node, pb::scheduler_message::Body::Stop(stop)));
         }
-        round.requeued = lost.len();
-        st.queue(writes, events)
-    };
-    st.finish(requeue).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    refresh_forecasts(st, t).await?;
-    let g = {
-        let forecasts = st.forecasts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let inner = st.lock();
-        gather(&inner, st, t, &forecasts)
-    };
-    round.nodes = g.pool_nodes.iter().map(Vec::len).sum();
-    round.queued = g.job_ids.len() + g.no_pool.len();
-    let Gathered { problem, pool_nodes, job_ids, no_pool } = g;
-    let (problem, plan) = tokio::task::spawn_blocking(move || {
-        let plan = if problem.jobs.is_empty() || problem.pools.is_empty() || problem.validate().is_err() {
-            None
-        } else {
-            Some(problem.plan())
-        };
-        (problem, plan)
-    })
-    .await?;
-    if let Err(e) = problem.validate()
-        && !problem.jobs.is_empty()
-        && !problem.pools.is_empty()
-    {
-        tracing::error!(error = %e, "planning problem refused");
-    }
-    round.solve_ms = plan.as_ref().map_or(0.0, |p| p.solve_ms);
-    metrics::histogram!("greenfill_plan_solve_seconds").record(round.solve_ms / 1e3);
-
-    let pending = {
-        let mut inner = st.lock();
-        let mut writes = Vec::new();
-        let mut events = Vec::new();
-        let revision = inner.plan.as_ref().map_or(0, |p| p.revision) + 1;
-        let mut planned_jobs = Vec::new();
-        let slot_h = problem.slot_s as f64 / 3600.0;
-        for id in &no_pool {
-            if let Some(e) = inner.jobs.get_mut(id) {
-                let pool = e.job.spec.as_ref().map(|s| s.pool.clone()).unwrap_or_default();
-                e.explanation = Some(pb::JobExplanation {
-                    pool: pool.clone(),
-                    wait_reason: pb::WaitReason::NoMatchingPool as i32,
-                    detail: format!(
-                        "no live node in pool {pool:?} (none registered, or telemetry older than {stale} s)"
-                    ),
-                    ..Default::default()
-                });
-            }
-        }
-        if let Some(plan) = &plan {
-            for (i, place) in plan.placements.iter().enumerate() {
-                let id = &job_ids[i];
-                let job = &problem.jobs[i];
-                let Some(e) = inner.jobs.get(id) else { continue };
-                // The job may have been cancelled while the planner ran.
-                if !is_queued(e.job.state) {
-                    continue;
-                }
-                let run_carbon = |start: usize| {
-                    let n = job.duration.max(1);
-                    (start..start + n).map(|s| problem.carbon[s.min(problem.slots - 1)]).sum::<f64>() / n as f64
-                };
-                let pool_of = |p: usize| problem.pools[p].pool.clone();
-                let kwh = |p: &Pool| {
-                    (st.config.power.max_w - st.config.power.idle_w)
-                        * (job.cores / p.cores.max(1e-9))
-                        * job.duration as f64
-                        * slot_h
-                        * p.pue
-                        / 1000.0
-                };
-                match place {
-                    Placement::Run { pool, node, slots, late, delayed_by } => {
-                        let start = slots.first().copied().unwrap_or(0) as usize;
-                        let p = pool_of(*pool);
-                        let node_name = pool_nodes[*pool][*node as usize].clone();
-                        let energy = kwh(&p);
-                        let intensity = run_carbon(start);
-                        let when = t + i64::try_from(start).unwrap_or(0) * problem.slot_s;
-                        let explanation = pb::JobExplanation {
-                            pool: p.name.clone(),
-                            node: node_name.clone(),
-                            planned_start: Some(ts(when)),
-                            wait_reason: delayed_by.map_or(0, |r| wait_reason(r) as i32),
-                            detail: match (start, delayed_by) {
-                                (0, _) => format!("starts now on {node_name}"),
-                                (_, Some(WaitReason::CarbonWindow)) => format!(
-                                    "waits {} min for a cleaner window: {:.0} g/kWh then vs {:.0} g/kWh now",
-                                    start as i64 * problem.slot_s / 60,
-                                    intensity,
-                                    run_carbon(job.release)
-                                ),
-                                (_, r) => format!(
-                                    "starts in {} min on {node_name} ({r:?})",
-                                    start as i64 * problem.slot_s / 60
-                                ),
-                            },
-                            energy_kwh_estimate: energy,
-                            carbon_kg_estimate: energy * intensity / 1000.0,
-                            intensity_g_per_kwh: intensity,
-                            carbon_kg_if_started_now: energy * run_carbon(job.release) / 1000.0,
-                            ..Default::default()
-                        };
-                        planned_jobs.push(pb::PlannedJob {
-                            job_id: id.clone(),
-                            pool: p.name.clone(),
-                            node: node_name.clone(),
-                            start_slot: u32::try_from(start).unwrap_or(u32::MAX),
-                            planned_start: Some(ts(when)),
-                            wait_reason: explanation.wait_reason,
-                            carbon_kg: explanation.carbon_kg_estimate,
-                        });
-                        let connected = inner.nodes.get(&node_name).is_some_and(|n| n.session.is_some());
-                        if start == 0 && connected {
-                            let Some((w, ev)) = inner.change(
-                                id,
-                                pb::JobState::Dispatched,
-                                &format!("dispatched to {node_name}"),
-                                |e| {
-                                    e.job.attempts += 1;
-                                    e.attempt_id = format!("{}-{}", e.job.id, e.job.attempts);
-                                    e.job.node = node_name.clone();
-                                    e.job.planned_start = Some(ts(when));
-                                    e.explanation = Some(explanation);
-                                },
-                            ) else {
-                                continue;
-                            };
-                            writes.extend(w);
-                            events.push(ev);
-                            let e = &inner.jobs[id];
-                            let run = pb::RunJob {
-                                job_id: id.clone(),
-                                attempt_id: e.attempt_id.clone(),
-                                spec: e.job.spec.clone(),
-                            };
-                            writes.extend(inner.command(&node_name, pb::scheduler_message::Body::Run(run)));
-                            round.dispatched += 1;
-                        } else {
-                            let target = if *late { pb::JobState::Late } else { pb::JobState::Planned };
-                            let e = inner.jobs.get_mut(id).expect("checked");
-                            e.explanation = Some(explanation);
-                            e.job.planned_start = Some(ts(when));
-                            if e.job.state != target as i32 {
-                                let why = if *late { "cannot meet its deadline; runs late" } else { "planned" };
-                                if let Some((w, ev)) = inner.change(id, target, why, |_| {}) {
-                                    writes.extend(w);
-                                    events.push(ev);
-                                }
-                            }
-                        }
-                    }
-                    Placement::Wait { reason } => {
-                        let r = wait_reason(*reason);
-                        planned_jobs.push(pb::PlannedJob {
-                            job_id: id.clone(),
-                            wait_reason: r as i32,
-                            ..Default::default()
-                        });
-                        let e = inner.jobs.get_mut(id).expect("checked");
-                        e.explanation = Some(pb::JobExplanation {
-                            wait_reason: r as i32,
-                            detail: format!(
-                                "waits: {}",
-                                r.as_str_name().trim_start_matches("WAIT_REASON_").to_lowercase()
-                            ),
-                            ..Default::default()
-                        });
-                        let target = if *reason == WaitReason::DeadlineImpossible {
-                            pb::JobState::Late
-                        } else {
-                            pb::JobState::Queued
-                        };
-                        if e.job.state != target as i32 && e.job.state != pb::JobState::Evicted as i32 {
-                            if let Some((w, ev)) =
-                                inner.change(id, target, r.as_str_name(), |e| e.job.planned_start = None)
-                            {
-                                writes.extend(w);
-                                events.push(ev);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let record = plan.as_ref().map(|plan| pb::Plan {
-            revision,
-            created_at: Some(ts(t)),
-            horizon_start: Some(ts(t)),
-            slot: Some(prost_types::Duration { seconds: problem.slot_s, nanos: 0 }),
-            slots: u32::try_from(problem.slots).unwrap_or(u32::MAX),
-            jobs: planned_jobs,
-            pools: problem.pools.iter().enumerate().map(|(i, p)| pool_plan(&problem, plan, i, p)).collect(),
-            carbon_intensity: problem.carbon.clone(),
-            energy_kwh: plan.energy.energy_kwh,
-            idle_energy_kwh: plan.energy.idle_kwh,
-            dynamic_energy_kwh: plan.energy.dynamic_kwh,
-            carbon_kg: plan.energy.carbon_kg,
-            jobs_planned: u32::try_from(plan.jobs_planned()).unwrap_or(u32::MAX),
-            jobs_waiting: u32::try_from(plan.placements.len() - plan.jobs_planned()).unwrap_or(u32::MAX),
-            solve_ms: plan.solve_ms,
-        });
-        if let Some(r) = record {
-            writes.push(Write::Plan { revision, created_at: t, body: r.encode_to_vec() });
-            let keep = i64::try_from(st.config.planning.telemetry_retention.as_secs()).unwrap_or(i64::MAX);
-            writes.push(Write::Prune { telemetry_before: t.saturating_sub(keep), keep_plans: 100 });
-            inner.plan = Some(r);
-        }
-        st.queue(writes, events)
+        (st.queue(writes, events), lost.len())
     };
     st.finish(pending).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    round.total_ms = started.elapsed().as_secs_f64() * 1e3;
-    metrics::histogram!("greenfill_plan_round_seconds").record(round.total_ms / 1e3);
-    let inner = st.lock();
+    Ok(n)
+}
+
+/// Validate and plan (on a blocking thread). Nothing to plan is `None`; so is a
+/// problem the planner refuses, logged: the config was checked at start, so that
+/// is a bug, and the jobs keep their last state until the next round.
+fn solve(builder: ProblemBuilder) -> Option<(Built, Plan)> {
+    if builder.jobs().is_empty() {
+        return None;
+    }
+    match builder.build() {
+        Ok(built) if built.problem.pools.is_empty() => None,
+        Ok(built) => {
+            let plan = built.plan();
+            Some((built, plan))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "internal error: the planner refused the problem built from live state");
+            None
+        }
+    }
+}
+
+/// What a round's plan is applied to.
+struct Applied<'a> {
+    t: i64,
+    pool_nodes: &'a [Vec<String>],
+    job_ids: &'a [String],
+    no_pool: &'a [String],
+}
+
+/// Apply a plan under the lock: explanations, state changes, dispatches, and the
+/// plan record; then wait for the commit. Returns how many jobs were dispatched.
+async fn apply(st: &Arc<State>, ctx: &Applied<'_>, solved: Option<&(Built, Plan)>) -> anyhow::Result<usize> {
+    let mut dispatched = 0;
+    let pending = {
+        let mut inner = st.lock();
+        let mut out = Changes::default();
+        explain_no_pool(&mut inner, st, ctx.no_pool);
+        if let Some((built, plan)) = solved {
+            let problem: &Problem = &built.problem;
+            let mut planned_jobs = Vec::new();
+            for (i, place) in plan.placements.iter().enumerate() {
+                let id = &ctx.job_ids[i];
+                // The job may have been cancelled while the planner ran.
+                if !inner.jobs.get(id).is_some_and(|e| is_queued(e.job.state)) {
+                    continue;
+                }
+                let job = Decided { id, index: i, problem, t: ctx.t };
+                let row = match place {
+                    Placement::Run { pool, node, slots, late, .. } => {
+                        let node_name = &ctx.pool_nodes[*pool][*node as usize];
+                        let run = Run {
+                            place,
+                            pool: *pool,
+                            node: node_name,
+                            start: slots.first().copied().unwrap_or(0) as usize,
+                            late: *late,
+                        };
+                        let (row, sent) = apply_run(&mut inner, st, &job, &run, &mut out);
+                        dispatched += usize::from(sent);
+                        row
+                    }
+                    Placement::Wait { reason } => apply_wait(&mut inner, &job, *reason, &mut out),
+                };
+                planned_jobs.push(row);
+            }
+            record_plan(&mut inner, st, ctx.t, problem, plan, planned_jobs, &mut out);
+        }
+        st.queue(out.writes, out.events)
+    };
+    st.finish(pending).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(dispatched)
+}
+
+/// Writes and events a round queues.
+#[derive(Default)]
+struct Changes {
+    writes: Vec<Write>,
+    events: Vec<pb::JobEvent>,
+}
+
+impl Changes {
+    fn add(&mut self, change: Option<(Vec<Write>, pb::JobEvent)>) -> bool {
+        let Some((w, e)) = change else { return false };
+        self.writes.extend(w);
+        self.events.push(e);
+        true
+    }
+}
+
+/// A job the plan decided on.
+struct Decided<'a> {
+    id: &'a str,
+    index: usize,
+    problem: &'a Problem,
+    t: i64,
+}
+
+impl Decided<'_> {
+    /// Mean forecast intensity of a run of this job starting at `start`.
+    fn run_carbon(&self, start: usize) -> f64 {
+        let p = self.problem;
+        let n = p.jobs[self.index].duration.max(1);
+        #[allow(clippy::cast_precision_loss, reason = "slot counts")]
+        let mean = (start..start + n).map(|s| p.carbon[s.min(p.slots - 1)]).sum::<f64>() / n as f64;
+        mean
+    }
+}
+
+/// Where and when the plan runs a job.
+struct Run<'a> {
+    place: &'a Placement,
+    pool: usize,
+    node: &'a str,
+    start: usize,
+    late: bool,
+}
+
+fn explain_no_pool(inner: &mut Inner, st: &State, no_pool: &[String]) {
+    let stale = st.config.planning.stale_after.as_secs();
+    for id in no_pool {
+        if let Some(e) = inner.jobs.get_mut(id) {
+            let pool = e.job.spec.as_ref().map(|s| s.pool.clone()).unwrap_or_default();
+            e.explanation = Some(pb::JobExplanation {
+                pool: pool.clone(),
+                wait_reason: pb::WaitReason::NoMatchingPool as i32,
+                detail: format!("no live node in pool {pool:?} (none registered, or telemetry older than {stale} s)"),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// Why and where a placed job runs, with its energy and carbon estimates.
+fn run_explanation(st: &State, job: &Decided<'_>, run: &Run<'_>) -> pb::JobExplanation {
+    let Placement::Run { delayed_by, .. } = run.place else { return pb::JobExplanation::default() };
+    let problem = job.problem;
+    let planned = &problem.jobs[job.index];
+    let p = &problem.pools[run.pool].pool;
+    #[allow(clippy::cast_precision_loss, reason = "slot counts")]
+    let energy = (st.config.power.max_w - st.config.power.idle_w)
+        * (planned.cores / p.cores.max(1e-9))
+        * planned.duration as f64
+        * (problem.slot_s as f64 / 3600.0)
+        * p.pue
+        / 1000.0;
+    let intensity = job.run_carbon(run.start);
+    let minutes = i64::try_from(run.start).unwrap_or(0) * problem.slot_s / 60;
+    let node = run.node;
+    pb::JobExplanation {
+        pool: p.name.clone(),
+        node: node.to_owned(),
+        planned_start: Some(ts(job.t + i64::try_from(run.start).unwrap_or(0) * problem.slot_s)),
+        wait_reason: delayed_by.map_or(0, |r| wait_reason(r) as i32),
+        detail: match (run.start, delayed_by) {
+            (0, _) => format!("starts now on {node}"),
+            (_, Some(WaitReason::CarbonWindow)) => format!(
+                "waits {minutes} min for a cleaner window: {intensity:.0} g/kWh then vs {:.0} g/kWh now",
+                job.run_carbon(planned.release)
+            ),
+            (_, r) => format!("starts in {minutes} min on {node} ({r:?})"),
+        },
+        energy_kwh_estimate: energy,
+        carbon_kg_estimate: energy * intensity / 1000.0,
+        intensity_g_per_kwh: intensity,
+        carbon_kg_if_started_now: energy * job.run_carbon(planned.release) / 1000.0,
+        ..Default::default()
+    }
+}
+
+/// A placed job: dispatch it if it starts now on a connected node, else mark it
+/// planned (or late). Returns its plan row and whether it was dispatched.
+fn apply_run(
+    inner: &mut Inner,
+    st: &State,
+    job: &Decided<'_>,
+    run: &Run<'_>,
+    out: &mut Changes,
+) -> (pb::PlannedJob, bool) {
+    let explanation = run_explanation(st, job, run);
+    let row = pb::PlannedJob {
+        job_id: job.id.to_owned(),
+        pool: explanation.pool.clone(),
+        node: run.node.to_owned(),
+        start_slot: u32::try_from(run.start).unwrap_or(u32::MAX),
+        planned_start: explanation.planned_start,
+        wait_reason: explanation.wait_reason,
+        carbon_kg: explanation.carbon_kg_estimate,
+    };
+    let when = explanation.planned_start;
+    let connected = inner.nodes.get(run.node).is_some_and(|n| n.session.is_some());
+    if run.start == 0 && connected {
+        let node = run.node.to_owned();
+        let change = inner.change(job.id, pb::JobState::Dispatched, &format!("dispatched to {node}"), |e| {
+            e.job.attempts += 1;
+            e.attempt_id = format!("{}-{}", e.job.id, e.job.attempts);
+            e.job.node = node.clone();
+            e.job.planned_start = when;
+            e.explanation = Some(explanation);
+        });
+        if !out.add(change) {
+            return (row, false);
+        }
+        let e = &inner.jobs[job.id];
+        let cmd = pb::RunJob { job_id: job.id.to_owned(), attempt_id: e.attempt_id.clone(), spec: e.job.spec.clone() };
+        out.writes.extend(inner.command(run.node, pb::scheduler_message::Body::Run(cmd)));
+        return (row, true);
+    }
+    let target = if run.late { pb::JobState::Late } else { pb::JobState::Planned };
+    let e = inner.jobs.get_mut(job.id).expect("checked by the caller");
+    e.explanation = Some(explanation);
+    e.job.planned_start = when;
+    if e.job.state != target as i32 {
+        let why = if run.late { "cannot meet its deadline; runs late" } else { "planned" };
+        out.add(inner.change(job.id, target, why, |_| {}));
+    }
+    (row, false)
+}
+
+/// A job the plan leaves waiting: explain why, and mark it queued.
+fn apply_wait(inner: &mut Inner, job: &Decided<'_>, reason: WaitReason, out: &mut Changes) -> pb::PlannedJob {
+    let r = wait_reason(reason);
+    let e = inner.jobs.get_mut(job.id).expect("checked by the caller");
+    e.explanation = Some(pb::JobExplanation {
+        wait_reason: r as i32,
+        detail: format!("waits: {}", r.as_str_name().trim_start_matches("WAIT_REASON_").to_lowercase()),
+        ..Default::default()
+    });
+    let target = if reason == WaitReason::DeadlineImpossible { pb::JobState::Late } else { pb::JobState::Queued };
+    if e.job.state != target as i32 && e.job.state != pb::JobState::Evicted as i32 {
+        out.add(inner.change(job.id, target, r.as_str_name(), |e| e.job.planned_start = None));
+    }
+    pb::PlannedJob { job_id: job.id.to_owned(), wait_reason: r as i32, ..Default::default() }
+}
+
+/// Keep the plan in memory and queue it (and the pruning of old rows) to the store.
+fn record_plan(
+    inner: &mut Inner,
+    st: &State,
+    t: i64,
+    problem: &Problem,
+    plan: &Plan,
+    jobs: Vec<pb::PlannedJob>,
+    out: &mut Changes,
+) {
+    let revision = inner.plan.as_ref().map_or(0, |p| p.revision) + 1;
+    let record = pb::Plan {
+        revision,
+        created_at: Some(ts(t)),
+        horizon_start: Some(ts(t)),
+        slot: Some(prost_types::Duration { seconds: problem.slot_s, nanos: 0 }),
+        slots: u32::try_from(problem.slots).unwrap_or(u32::MAX),
+        jobs,
+        pools: problem.pools.iter().enumerate().map(|(i, p)| pool_plan(problem, plan, i, p)).collect(),
+        carbon_intensity: problem.carbon.clone(),
+        energy_kwh: plan.energy.energy_kwh,
+        idle_energy_kwh: plan.energy.idle_kwh,
+        dynamic_energy_kwh: plan.energy.dynamic_kwh,
+        carbon_kg: plan.energy.carbon_kg,
+        jobs_planned: u32::try_from(plan.jobs_planned()).unwrap_or(u32::MAX),
+        jobs_waiting: u32::try_from(plan.placements.len() - plan.jobs_planned()).unwrap_or(u32::MAX),
+        solve_ms: plan.solve_ms,
+    };
+    out.writes.push(Write::Plan { revision, created_at: t, body: record.encode_to_vec() });
+    let keep = i64::try_from(st.config.planning.telemetry_retention.as_secs()).unwrap_or(i64::MAX);
+    out.writes.push(Write::Prune { telemetry_before: t.saturating_sub(keep), keep_plans: 100 });
+    inner.plan = Some(record);
+}
+
+fn record_job_gauges(inner: &Inner) {
     for s in [
         pb::JobState::Queued,
         pb::JobState::Planned,
@@ -556,10 +655,9 @@ pub async fn plan_once(st: &Arc<State>) -> anyhow::Result<Round> {
         metrics::gauge!("greenfill_jobs", "state" => s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
             .set(n);
     }
-    Ok(round)
 }
 
-fn pool_plan(problem: &Problem, plan: &crate::planner::Plan, i: usize, p: &PoolInput) -> pb::PoolPlan {
+fn pool_plan(problem: &Problem, plan: &Plan, i: usize, p: &PoolInput) -> pb::PoolPlan {
     let n = p.pool.nodes as usize;
     let slots = problem.slots;
     let online: Vec<f64> = (0..slots).map(|t| (0..n).map(|k| p.online_cpu_at(slots, k, t)).sum()).collect();

@@ -1,7 +1,7 @@
-//! Turning trace records and series into planner inputs: times into slots,
+//! Turning trace records and series into planner inputs: offsets into times,
 //! bytes into GiB, series into per-slot values. Pure functions; no IO.
 
-use crate::planner::PlanJob;
+use crate::QueuedJob;
 use greenfill_core::Series;
 use greenfill_core::data::{JobMemory, JobRecord};
 
@@ -9,24 +9,20 @@ use greenfill_core::data::{JobMemory, JobRecord};
 /// start, as in GAIA and Alibaba traces, rather than timestamps.
 pub const OFFSET_LIMIT: i64 = 1_000_000_000;
 
-/// Planner jobs from trace records. `machine_gib` turns a machine-share memory
-/// request (Alibaba 2017) into GiB. A record with `instances > 1` becomes that many
-/// jobs (`id#k`), up to `max_jobs` in all.
-pub fn plan_jobs(
+/// Jobs for [`crate::ProblemBuilder::queue`] from trace records, with times made
+/// absolute: an arrival or deadline below [`OFFSET_LIMIT`] counts from `start`.
+/// `machine_gib` turns a machine-share memory request (Alibaba 2017) into GiB. A
+/// record with `instances > 1` becomes that many jobs (`id#k`), up to `max_jobs`
+/// in all.
+pub fn queued_jobs(
     records: &[JobRecord],
     start: i64,
-    slot_s: i64,
     machine_gib: f64,
     max_jobs: usize,
-) -> Result<Vec<PlanJob>, String> {
+) -> Result<Vec<QueuedJob>, String> {
     let mut out = Vec::with_capacity(records.len());
-    let to_slot = |t: i64| -> i64 { if t < OFFSET_LIMIT { t } else { t - start } };
+    let absolute = |t: i64| -> i64 { if t < OFFSET_LIMIT { start + t } else { t } };
     for r in records {
-        let rel = to_slot(r.arrival).max(0);
-        let release =
-            usize::try_from(rel.div_euclid(slot_s) + i64::from(rel.rem_euclid(slot_s) > 0)).unwrap_or(usize::MAX);
-        let duration = usize::try_from((r.duration + slot_s - 1) / slot_s).unwrap_or(usize::MAX).max(1);
-        let deadline = r.deadline.map(|d| usize::try_from(to_slot(d).div_euclid(slot_s)).unwrap_or(0));
         #[allow(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
         let mem_gib = match r.memory {
             Some(JobMemory::Bytes(b)) => b as f64 / f64::from(1u32 << 30),
@@ -42,13 +38,14 @@ pub fn plan_jobs(
         }
         for k in 0..n {
             let id = if n == 1 { r.id.clone() } else { format!("{}#{k}", r.id) };
-            out.push(PlanJob {
+            #[allow(clippy::cast_precision_loss, reason = "seconds")]
+            out.push(QueuedJob {
                 id,
                 cores: r.cpus,
                 mem_gib,
-                release,
-                deadline,
-                duration,
+                not_before: Some(absolute(r.arrival)),
+                deadline: r.deadline.map(absolute),
+                duration_s: r.duration as f64,
                 pausable: r.pausable,
                 pool: None,
                 priority: 0,
@@ -105,10 +102,13 @@ mod tests {
             instances: 2,
             line: 2,
         };
-        let j = plan_jobs(std::slice::from_ref(&r), 0, 900, 64.0, 10).unwrap();
+        let j = queued_jobs(std::slice::from_ref(&r), 5000, 64.0, 10).unwrap();
         assert_eq!(j.len(), 2);
-        assert_eq!((j[0].release, j[0].duration, j[0].deadline, j[0].mem_gib), (2, 3, Some(10), 2.0));
+        assert_eq!(
+            (j[0].not_before, j[0].deadline, j[0].duration_s, j[0].mem_gib),
+            (Some(6000), Some(14_000), 1801.0, 2.0)
+        );
         assert_eq!(j[1].id, "a#1");
-        assert!(plan_jobs(&[r], 0, 900, 64.0, 1).unwrap_err().contains("2 instances"));
+        assert!(queued_jobs(&[r], 0, 64.0, 1).unwrap_err().contains("2 instances"));
     }
 }

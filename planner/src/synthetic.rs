@@ -3,7 +3,7 @@
 //! curve, and a queue of batch jobs. The same seed gives the same instance, so
 //! tests, benchmarks and the exact-LP comparison run on identical inputs.
 
-use crate::planner::{PlanJob, PlanOptions, PoolInput, Problem};
+use crate::{PlanJob, PlanOptions, PoolInput, Problem};
 use greenfill_core::cluster::{Pool, PowerModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

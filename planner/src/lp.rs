@@ -5,8 +5,8 @@
 //! with at most 48 blocks that is at most ~60k columns, whatever the number of jobs
 //! or nodes.
 
-use super::place::{Context, window};
-use super::problem::Problem;
+use crate::place::{Context, window};
+use crate::problem::Problem;
 use good_lp::solvers::highs::highs;
 use good_lp::{Expression, ProblemVariables, Solution, SolutionStatus, SolverModel, Variable, constraint, variable};
 use std::collections::HashMap;

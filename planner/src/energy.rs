@@ -1,7 +1,7 @@
 //! Energy and carbon of a plan, from its placements alone.
 
-use super::place::Context;
-use super::problem::{Placement, Problem};
+use crate::place::Context;
+use crate::problem::{Placement, Problem};
 use serde::Serialize;
 
 /// Energy of a plan over the slots it covers (the horizon plus the tail of runs

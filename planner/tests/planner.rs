@@ -2,12 +2,17 @@
 //! instances, and its answers to bad input.
 
 use greenfill_core::cluster::{Pool, PowerModel};
-use greenfill_scheduler::synthetic::{Spec, generate};
-use greenfill_scheduler::{
-    Placement, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify,
+use greenfill_planner::synthetic::{Spec, generate};
+use greenfill_planner::{
+    Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify,
 };
 use proptest::prelude::*;
 use std::time::Duration;
+
+/// Validate and plan; the instances here are valid by construction.
+fn plan_of(p: &Problem) -> Plan {
+    p.clone().validate().expect("a valid instance").plan()
+}
 
 const STRATEGIES: [Strategy; 3] = [Strategy::Lp, Strategy::CarbonGreedy, Strategy::EarliestFit];
 
@@ -27,10 +32,10 @@ proptest! {
         load in 0.1f64..2.5,
     ) {
         let mut p = generate(&Spec { nodes, jobs, slots, slot_s: 900, seed, pausable, load });
-        prop_assert!(p.validate().is_ok());
+        prop_assert!(p.clone().validate().is_ok());
         for s in STRATEGIES {
             p.options.strategy = s;
-            let plan = p.plan();
+            let plan = plan_of(&p);
             let v = verify(&p, &plan.placements, plan.energy.slots);
             prop_assert_eq!(v.total(), 0, "{:?}: {:?}", s, v);
             prop_assert_eq!(plan.placements.len(), p.jobs.len());
@@ -47,7 +52,7 @@ proptest! {
     #[test]
     fn plans_are_deterministic(seed in 0u64..1000) {
         let p = generate(&Spec { nodes: 12, jobs: 40, slots: 24, seed, ..Spec::default() });
-        let (a, b) = (p.plan(), p.plan());
+        let (a, b) = (plan_of(&p), plan_of(&p));
         prop_assert_eq!(a.placements, b.placements);
         prop_assert_eq!(a.energy, b.energy);
     }
@@ -57,11 +62,11 @@ proptest! {
 fn carbon_within_two_percent_of_the_exact_optimum_and_below_earliest_fit() {
     for seed in 1..=3 {
         let mut p = generate(&Spec { nodes: 50, jobs: 200, slots: 24, seed, ..Spec::default() });
-        let exact = exact_lp(&p).unwrap();
+        let exact = exact_lp(&p.clone().validate().unwrap()).unwrap();
         assert_eq!(exact.status, "optimal");
-        let plan = p.plan();
+        let plan = plan_of(&p);
         p.options.strategy = Strategy::EarliestFit;
-        let greedy = p.plan();
+        let greedy = plan_of(&p);
         let gap = plan.energy.carbon_kg / exact.carbon_kg - 1.0;
         eprintln!(
             "seed {seed}: exact {:.3} kg, greenfill {:.3} kg ({:+.2} %), earliest-fit {:.3} kg; batch part: exact {:.3}, greenfill {:.3}, earliest-fit {:.3}",
@@ -138,8 +143,8 @@ fn every_job_gets_a_reason_when_it_cannot_run() {
         ],
         vec![100.0; 6],
     );
-    p.validate().unwrap();
-    let plan = p.plan();
+    p.clone().validate().unwrap();
+    let plan = plan_of(&p);
     let reason = |i: usize| match &plan.placements[i] {
         Placement::Wait { reason } => Some(*reason),
         Placement::Run { .. } => None,
@@ -161,7 +166,7 @@ fn an_overloaded_cluster_reports_late_and_waiting_jobs_instead_of_dropping_them(
         vec![50.0, 300.0, 50.0],
     );
     p.options.cpu_margin = 0.0;
-    let plan = p.plan();
+    let plan = plan_of(&p);
     let on_time = plan.placements.iter().filter(|x| matches!(x, Placement::Run { late: false, .. })).count();
     let late = plan.jobs_late();
     let waiting =
@@ -180,12 +185,12 @@ fn carbon_aware_timing_moves_work_to_the_clean_slot() {
     );
     for s in [Strategy::Lp, Strategy::CarbonGreedy] {
         p.options.strategy = s;
-        let plan = p.plan();
+        let plan = plan_of(&p);
         assert_eq!(plan.placements[0].start(), Some(2), "{s:?}");
         assert!(matches!(plan.placements[0], Placement::Run { delayed_by: Some(WaitReason::CarbonWindow), .. }));
     }
     p.options.strategy = Strategy::EarliestFit;
-    assert_eq!(p.plan().placements[0].start(), Some(0));
+    assert_eq!(plan_of(&p).placements[0].start(), Some(0));
 }
 
 #[test]
@@ -195,7 +200,7 @@ fn sleeping_nodes_stay_off_when_always_on_nodes_have_room() {
         (0..6).map(|i| job(&format!("j{i}"), 4.0, 0, 2, Some(6))).collect(),
         vec![200.0; 6],
     );
-    let plan = p.plan();
+    let plan = plan_of(&p);
     assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
     assert_eq!(plan.powered[0][0], 2);
 }
@@ -209,7 +214,7 @@ fn memory_binds_as_well_as_cpu() {
         vec![100.0, 100.0],
     );
     p.options.mem_margin = 0.0;
-    let plan = p.plan();
+    let plan = plan_of(&p);
     assert_eq!(plan.placements.iter().filter(|x| matches!(x, Placement::Run { late: false, .. })).count(), 6);
     let at0 = plan.placements.iter().filter(|x| x.start() == Some(0)).count();
     assert!(at0 <= 4, "{at0}");
@@ -220,7 +225,7 @@ fn memory_binds_as_well_as_cpu() {
 fn a_tiny_time_limit_still_gives_a_valid_plan() {
     let mut p = generate(&Spec { nodes: 200, jobs: 3000, slots: 96, slot_s: 900, ..Spec::default() });
     p.options.time_limit = Duration::from_millis(1);
-    let plan = p.plan();
+    let plan = plan_of(&p);
     assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
     assert!(plan.jobs_planned() > 0, "{}", plan.lp_status);
 }
@@ -230,22 +235,22 @@ fn validation_names_the_field_and_value() {
     let base = problem(vec![pool("a", 1, 8.0, 8.0, true)], vec![job("j", 1.0, 0, 1, None)], vec![100.0, 100.0]);
     let mut p = base.clone();
     p.jobs[0].cores = -1.0;
-    assert_eq!(p.validate().unwrap_err().to_string(), "job `j`: cores = -1: must be > 0");
+    assert_eq!(p.clone().validate().unwrap_err().to_string(), "job `j`: cores = -1: must be > 0");
     let mut p = base.clone();
     p.jobs[0].duration = 0;
-    assert!(p.validate().unwrap_err().to_string().contains("duration"));
+    assert!(p.clone().validate().unwrap_err().to_string().contains("duration"));
     let mut p = base.clone();
     p.carbon[1] = f64::NAN;
-    assert!(matches!(p.validate(), Err(ProblemError::CarbonValue { index: 1, .. })));
+    assert!(matches!(p.clone().validate(), Err(ProblemError::CarbonValue { index: 1, .. })));
     let mut p = base.clone();
     p.pools[0].pool.pue = 0.5;
-    assert_eq!(p.validate().unwrap_err().to_string(), "pool `a`: pue = 0.5: must be >= 1");
+    assert_eq!(p.clone().validate().unwrap_err().to_string(), "pool `a`: pue = 0.5: must be >= 1");
     let mut p = base.clone();
     p.pools[0].online_cpu = vec![1.0; 3];
-    assert!(p.validate().unwrap_err().to_string().contains("online_cpu = 3 values"));
+    assert!(p.clone().validate().unwrap_err().to_string().contains("online_cpu = 3 values"));
     let mut p = base;
     p.options.cpu_margin = 1.0;
-    assert!(p.validate().unwrap_err().to_string().contains("cpu_margin"));
+    assert!(p.clone().validate().unwrap_err().to_string().contains("cpu_margin"));
 }
 
 /// Flat carbon and ample room: every start costs the same, so a job starts at its
@@ -285,7 +290,7 @@ fn equal_costs_start_at_release() {
                 .collect(),
             options: PlanOptions::default(),
         };
-        let plan = p.plan();
+        let plan = plan_of(&p);
         for (i, place) in plan.placements.iter().enumerate() {
             assert_eq!(place.start(), Some(i), "{slots} slots, job {i}: {place:?}");
         }
@@ -307,19 +312,19 @@ fn must_wake(deadline: usize) -> Problem {
 #[test]
 fn a_job_that_must_wake_a_node_wakes_it_at_its_latest_start() {
     let mut p = must_wake(6);
-    let plan = p.plan();
+    let plan = plan_of(&p);
     assert!(matches!(plan.placements[0], Placement::Run { pool: 1, .. }), "{:?}", plan.placements[0]);
     assert_eq!(plan.placements[0].start(), Some(4), "latest start = deadline 6 − duration 2");
     // Planned to be executed as is, it wakes the node in the cleanest slot.
     p.options.lazy_wake = false;
-    assert_eq!(p.plan().placements[0].start(), Some(0));
+    assert_eq!(plan_of(&p).placements[0].start(), Some(0));
 }
 
 #[test]
 fn a_job_that_may_start_after_the_horizon_wakes_nothing() {
     // Deadline 20 in an 8-slot horizon: it waits for room in a later plan.
     let p = must_wake(20);
-    let plan = p.plan();
+    let plan = plan_of(&p);
     assert_eq!(plan.placements[0], Placement::Wait { reason: WaitReason::Capacity });
     assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
 }
@@ -333,19 +338,19 @@ fn a_job_waits_only_for_savings_worth_the_delay() {
         vec![400.0, 400.0, 399.8, 400.0],
     );
     // Default: waiting two hours must save more than 0.1 %/h; 0.05 % does not.
-    assert_eq!(tiny.plan().placements[0].start(), Some(0));
+    assert_eq!(plan_of(&tiny).placements[0].start(), Some(0));
     let mut pure = tiny.clone();
     pure.options.delay_cost = 0.0;
-    assert_eq!(pure.plan().placements[0].start(), Some(2), "carbon alone moves it");
+    assert_eq!(plan_of(&pure).placements[0].start(), Some(2), "carbon alone moves it");
     let big = problem(
         vec![pool("a", 1, 16.0, 64.0, true)],
         vec![job("j", 2.0, 0, 1, Some(4))],
         vec![400.0, 400.0, 400.0, 200.0],
     );
-    assert_eq!(big.plan().placements[0].start(), Some(3), "a real saving is worth the wait");
+    assert_eq!(plan_of(&big).placements[0].start(), Some(3), "a real saving is worth the wait");
     // The plan still accounts actual carbon, not the weighed one.
-    let plan = big.plan();
+    let plan = plan_of(&big);
     let mut flat = big.clone();
     flat.options.delay_cost = 0.0;
-    assert!((plan.energy.carbon_kg - flat.plan().energy.carbon_kg).abs() < 1e-12);
+    assert!((plan.energy.carbon_kg - plan_of(&flat).energy.carbon_kg).abs() < 1e-12);
 }

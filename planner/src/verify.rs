@@ -1,8 +1,8 @@
 //! An independent check of a plan: capacity use recomputed from the placements and
 //! the problem's raw inputs (not from the planner's own bookkeeping).
 
-use super::energy::batch_use;
-use super::problem::{Placement, Problem};
+use crate::energy::batch_use;
+use crate::problem::{Placement, Problem};
 use serde::Serialize;
 
 /// Counts of broken rules; all zero for a correct plan.

@@ -1,7 +1,7 @@
 //! Binding jobs to nodes and slots, exactly, per node and per slot.
 
-use super::lp::Quotas;
-use super::problem::{Placement, PlanJob, Problem, Strategy, WaitReason};
+use crate::lp::Quotas;
+use crate::problem::{Placement, PlanJob, Problem, Strategy, WaitReason};
 
 /// Per-node capacity left for batch, and the facts about pools the passes share.
 #[derive(Debug)]

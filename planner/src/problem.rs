@@ -28,11 +28,11 @@ impl PoolInput {
     }
 
     /// Online CPU on `node` at horizon slot `t < slots`.
-    pub(crate) fn online_cpu_at(&self, slots: usize, node: usize, t: usize) -> f64 {
+    pub fn online_cpu_at(&self, slots: usize, node: usize, t: usize) -> f64 {
         Self::at(&self.online_cpu, slots, node, t)
     }
 
-    pub(crate) fn online_mem_at(&self, slots: usize, node: usize, t: usize) -> f64 {
+    pub fn online_mem_at(&self, slots: usize, node: usize, t: usize) -> f64 {
         Self::at(&self.online_mem, slots, node, t)
     }
 }
@@ -136,8 +136,9 @@ impl Default for PlanOptions {
     }
 }
 
-/// Everything the planner needs. Build it, [`Problem::validate`] it, then
-/// [`Problem::plan`] it.
+/// Everything the planner needs. Build it (callers with live state use
+/// [`crate::ProblemBuilder`]), [`Problem::validate`] it into a [`ValidProblem`],
+/// then [`ValidProblem::plan`] it.
 #[derive(Debug, Clone)]
 pub struct Problem {
     /// Unix seconds of slot 0.
@@ -176,9 +177,65 @@ pub enum ProblemError {
     Option { field: &'static str, value: String, why: &'static str },
 }
 
+impl PlanOptions {
+    /// Every option out of range, each named with its value. The scheduler's
+    /// config, the simulator's scenario and [`Problem::validate`] all check
+    /// options here, so a bad margin is refused where it is read, not at the
+    /// first plan.
+    pub fn errors(&self) -> Vec<ProblemError> {
+        let mut out = Vec::new();
+        let mut bad = |field, value: f64, why| out.push(ProblemError::Option { field, value: value.to_string(), why });
+        for (field, v) in [("cpu_margin", self.cpu_margin), ("mem_margin", self.mem_margin)] {
+            if !(0.0..1.0).contains(&v) {
+                bad(field, v, "must be in [0, 1)");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.delay_cost) {
+            bad("delay_cost", self.delay_cost, "must be in [0, 1] (share of carbon per hour waited)");
+        }
+        if self.time_limit.is_zero() {
+            bad("time_limit", 0.0, "must be positive");
+        }
+        out
+    }
+}
+
+/// A carbon intensity given as a setting (a constant, a fallback): finite and
+/// >= 0 gCO2/kWh, or the error naming `field`.
+pub fn intensity_error(field: &'static str, value: f64) -> Option<ProblemError> {
+    (!(value.is_finite() && value >= 0.0)).then(|| ProblemError::Option {
+        field,
+        value: value.to_string(),
+        why: "must be a finite intensity >= 0 (gCO2/kWh)",
+    })
+}
+
+/// A [`Problem`] whose every field was checked: the only thing that can be
+/// planned. Read it through `Deref`; change it by taking the problem back out.
+#[derive(Debug, Clone)]
+pub struct ValidProblem(Problem);
+
+impl std::ops::Deref for ValidProblem {
+    type Target = Problem;
+    fn deref(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl ValidProblem {
+    pub fn into_problem(self) -> Problem {
+        self.0
+    }
+}
+
 impl Problem {
     /// Check every field; the first problem found is named with its value.
-    pub fn validate(&self) -> Result<(), ProblemError> {
+    pub fn validate(self) -> Result<ValidProblem, ProblemError> {
+        self.check()?;
+        Ok(ValidProblem(self))
+    }
+
+    fn check(&self) -> Result<(), ProblemError> {
         if self.slots == 0 {
             return Err(ProblemError::NoSlots(self.slots));
         }
@@ -191,10 +248,8 @@ impl Problem {
         if let Some((index, &value)) = self.carbon.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
             return Err(ProblemError::CarbonValue { index, value });
         }
-        for (field, v) in [("cpu_margin", self.options.cpu_margin), ("mem_margin", self.options.mem_margin)] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(ProblemError::Option { field, value: v.to_string(), why: "must be in [0, 1)" });
-            }
+        if let Some(e) = self.options.errors().into_iter().next() {
+            return Err(e);
         }
         for p in &self.pools {
             self.validate_pool(p)?;
@@ -322,10 +377,10 @@ pub struct Plan {
     pub placements: Vec<Placement>,
     /// Powered nodes per pool per slot (`pools × extended slots`).
     pub powered: Vec<Vec<u32>>,
-    pub energy: super::Energy,
+    pub energy: crate::Energy,
     /// The same cluster over the same slots with no batch work: `energy − baseline`
     /// is what the batch work costs.
-    pub baseline: super::Energy,
+    pub baseline: crate::Energy,
     pub build_ms: f64,
     pub lp_ms: f64,
     pub place_ms: f64,

@@ -1,4 +1,10 @@
-//! Where and when every batch job runs, and how many nodes stay powered.
+//! greenfill's planner: where and when every batch job runs, and how many nodes
+//! stay powered. The scheduler service, the simulator and `greenfill plan` all
+//! call this crate; none has a copy of it.
+//!
+//! Architecture invariant: the planner is a pure function of its [`Problem`]: no
+//! IO, no clock, no async. Same problem, same plan. This crate must not depend on
+//! tonic, hyper, tokio or rusqlite (`scripts/test.sh` checks `cargo tree`).
 //!
 //! # Shape
 //! 1. **Plan** ([`lp`]): an aggregated LP, solved by HiGHS with a time limit. Jobs
@@ -23,23 +29,29 @@
 
 mod energy;
 mod exact;
+pub mod input;
 mod lp;
 mod place;
 mod problem;
+pub mod synthetic;
 mod verify;
 
+mod build;
+
+pub use build::{Built, ProblemBuilder, QueuedJob, RunningJob, SlotClock};
 pub use energy::Energy;
 pub use exact::{ExactResult, exact_lp};
 pub use problem::{
-    GUARD_SLACK, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason,
+    GUARD_SLACK, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, ValidProblem,
+    WaitReason, intensity_error,
 };
 pub use verify::{Violations, verify};
 
 use std::time::Instant;
 
-impl Problem {
-    /// Plan this problem. Never panics on a validated problem; every job ends up
-    /// placed or waiting with a reason.
+impl ValidProblem {
+    /// Plan this problem. Never panics; every job ends up placed or waiting with
+    /// a reason.
     pub fn plan(&self) -> Plan {
         let t0 = Instant::now();
         let ctx = place::Context::new(self);

@@ -4,9 +4,9 @@
 //! any plan for the same problem. It does not scale (≈ 1 M columns at 1,000 jobs ×
 //! 100 nodes × 24 slots); use it to measure the planner on small instances.
 
-use super::energy::account;
-use super::place::{Context, window};
-use super::problem::{Placement, Problem, WaitReason};
+use crate::energy::account;
+use crate::place::{Context, window};
+use crate::problem::{Placement, WaitReason};
 use good_lp::solvers::highs::highs;
 use good_lp::{Expression, ProblemVariables, Solution, SolutionStatus, SolverModel, Variable, constraint, variable};
 use serde::Serialize;
@@ -26,7 +26,7 @@ pub struct ExactResult {
     pub status: String,
 }
 
-pub fn exact_lp(p: &Problem) -> Result<ExactResult, String> {
+pub fn exact_lp(p: &crate::ValidProblem) -> Result<ExactResult, String> {
     let t0 = Instant::now();
     let ctx = Context::new(p);
     let len = ctx.len;
