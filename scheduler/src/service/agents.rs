@@ -209,8 +209,8 @@ async fn handle(
 /// What a job event means for the job. Events of an attempt that is not the
 /// job's current one are stale (the job was requeued) and change nothing.
 fn apply_status(inner: &mut super::Inner, node: &str, s: &pb::JobStatus) -> (Vec<Write>, Vec<pb::JobEvent>) {
+    use super::lifecycle::Event;
     use pb::JobPhase as P;
-    use pb::JobState as S;
     let Some(e) = inner.jobs.get(&s.job_id) else { return (vec![], vec![]) };
     if e.attempt_id != s.attempt_id || e.job.node != node || super::is_terminal(e.job.state) {
         tracing::debug!(job = %s.job_id, attempt = %s.attempt_id, "stale job event ignored");
@@ -224,34 +224,36 @@ fn apply_status(inner: &mut super::Inner, node: &str, s: &pb::JobStatus) -> (Vec
                 metrics::histogram!("greenfill_dispatch_latency_seconds")
                     .record((when.seconds - d.seconds).max(0) as f64);
             }
-            inner.change(&s.job_id, S::Running, "started", |e| e.job.started_at = Some(when))
+            inner.change(&s.job_id, Event::Started, "started", |e| e.job.started_at = Some(when))
         }
         P::Exited => {
             let (state, reason) = match (s.exit_code, s.signal, s.oom_killed) {
-                (_, _, true) => (S::Failed, "OOM-killed (over its memory limit)".to_owned()),
-                (Some(0), _, _) => (S::Succeeded, "exited 0".to_owned()),
-                (Some(c), _, _) => (S::Failed, format!("exited {c}")),
-                (None, Some(sig), _) => (S::Failed, format!("killed by signal {sig}")),
-                (None, None, _) => (S::Failed, format!("ended, status unknown: {}", s.message)),
+                (_, _, true) => (Event::Failed, "OOM-killed (over its memory limit)".to_owned()),
+                (Some(0), _, _) => (Event::Succeeded, "exited 0".to_owned()),
+                (Some(c), _, _) => (Event::Failed, format!("exited {c}")),
+                (None, Some(sig), _) => (Event::Failed, format!("killed by signal {sig}")),
+                (None, None, _) => (Event::Failed, format!("ended, status unknown: {}", s.message)),
             };
             inner.change(&s.job_id, state, &reason, |e| {
                 e.job.finished_at = Some(when);
                 e.job.exit_code = s.exit_code;
             })
         }
-        P::FailedToStart => inner.change(&s.job_id, S::Failed, &format!("failed to start: {}", s.message), |e| {
+        P::FailedToStart => inner.change(&s.job_id, Event::Failed, &format!("failed to start: {}", s.message), |e| {
             e.job.finished_at = Some(when);
         }),
-        P::Evicted => inner.change(&s.job_id, S::Evicted, &format!("evicted on {node}: {}", s.message), |e| {
+        P::Evicted => inner.change(&s.job_id, Event::Evicted, &format!("evicted on {node}: {}", s.message), |e| {
             e.job.node.clear();
             e.job.planned_start = None;
         }),
         // Stopped without a cancel (the agent restarted and could not keep it):
         // run it again.
-        P::Stopped => inner.change(&s.job_id, S::Queued, &format!("stopped on {node}: {}; requeued", s.message), |e| {
-            e.job.node.clear();
-            e.job.planned_start = None;
-        }),
+        P::Stopped => {
+            inner.change(&s.job_id, Event::Requeued, &format!("stopped on {node}: {}; requeued", s.message), |e| {
+                e.job.node.clear();
+                e.job.planned_start = None;
+            })
+        }
         P::Unspecified => None,
     };
     change.map_or((vec![], vec![]), |(w, e)| (w, vec![e]))

@@ -268,8 +268,8 @@ impl JobService for Jobs {
             let running = !is_queued(e.job.state) && !node.is_empty();
             let reason = if req.reason.is_empty() { "cancelled by user".to_owned() } else { req.reason.clone() };
             let (mut writes, event) = inner
-                .change(&req.id, pb::JobState::Cancelled, &reason, |e| e.job.finished_at = Some(ts(now())))
-                .expect("job exists");
+                .change(&req.id, super::lifecycle::Event::Cancelled, &reason, |e| e.job.finished_at = Some(ts(now())))
+                .ok_or_else(|| Status::failed_precondition(format!("job {} cannot be cancelled now", req.id)))?;
             if running {
                 let stop = pb::StopJob {
                     job_id: req.id.clone(),

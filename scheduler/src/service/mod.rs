@@ -20,6 +20,7 @@ pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod jobs;
+pub mod lifecycle;
 pub mod planning;
 
 use crate::store::{Snapshot, Write, Writer};
@@ -175,19 +176,26 @@ impl Inner {
         Ok(inner)
     }
 
-    /// Change a job (state and whatever `edit` does), bump its revision and return
-    /// the writes and the event to publish.
+    /// Apply a lifecycle event to a job (its new state from
+    /// [`lifecycle::TRANSITIONS`], and whatever `edit` does), bump its revision
+    /// and return the writes and the event to publish. `None` when the job does
+    /// not exist or the table does not allow the event in its state (logged).
     pub fn change(
         &mut self,
         id: &str,
-        state: pb::JobState,
+        event: lifecycle::Event,
         reason: &str,
         edit: impl FnOnce(&mut JobEntry),
     ) -> Option<(Vec<Write>, pb::JobEvent)> {
-        self.revision += 1;
-        let revision = self.revision;
         let e = self.jobs.get_mut(id)?;
         let previous_state = e.job.state;
+        let from = pb::JobState::try_from(previous_state).unwrap_or(pb::JobState::Unspecified);
+        let Some(state) = lifecycle::next(from, event) else {
+            tracing::warn!(job = id, state = ?from, ?event, reason, "refused: the lifecycle does not allow this change");
+            return None;
+        };
+        self.revision += 1;
+        let revision = self.revision;
         e.job.state = state as i32;
         e.job.state_reason = reason.to_owned();
         e.job.revision = revision;

@@ -2,6 +2,7 @@
 //! queue, the nodes' telemetry history and the carbon forecast into a plan with
 //! the same planner the simulator uses, dispatch what starts now, record the plan.
 
+use super::lifecycle::Event;
 use super::{Inner, State, is_queued, now, ts};
 use crate::store::Write;
 use greenfill_core::cluster::{Pool, PowerModel};
@@ -358,7 +359,7 @@ async fn requeue_lost(st: &Arc<State>, t: i64) -> anyhow::Result<usize> {
         let mut events = Vec::new();
         for (id, node, attempt) in &lost {
             let why = format!("node {node} silent for more than {stale} s; requeued");
-            if let Some((w, e)) = inner.change(id, pb::JobState::Queued, &why, |e| {
+            if let Some((w, e)) = inner.change(id, Event::Requeued, &why, |e| {
                 e.job.node.clear();
                 e.job.planned_start = None;
             }) {
@@ -565,7 +566,7 @@ fn apply_run(
     let connected = inner.nodes.get(run.node).is_some_and(|n| n.session.is_some());
     if run.start == 0 && connected {
         let node = run.node.to_owned();
-        let change = inner.change(job.id, pb::JobState::Dispatched, &format!("dispatched to {node}"), |e| {
+        let change = inner.change(job.id, Event::Dispatched, &format!("dispatched to {node}"), |e| {
             e.job.attempts += 1;
             e.attempt_id = format!("{}-{}", e.job.id, e.job.attempts);
             e.job.node = node.clone();
@@ -580,13 +581,14 @@ fn apply_run(
         out.writes.extend(inner.command(run.node, pb::scheduler_message::Body::Run(cmd)));
         return (row, true);
     }
-    let target = if run.late { pb::JobState::Late } else { pb::JobState::Planned };
+    let (target, event) =
+        if run.late { (pb::JobState::Late, Event::PlannedLate) } else { (pb::JobState::Planned, Event::Planned) };
     let e = inner.jobs.get_mut(job.id).expect("checked by the caller");
     e.explanation = Some(explanation);
     e.job.planned_start = when;
     if e.job.state != target as i32 {
         let why = if run.late { "cannot meet its deadline; runs late" } else { "planned" };
-        out.add(inner.change(job.id, target, why, |_| {}));
+        out.add(inner.change(job.id, event, why, |_| {}));
     }
     (row, false)
 }
@@ -600,9 +602,14 @@ fn apply_wait(inner: &mut Inner, job: &Decided<'_>, reason: WaitReason, out: &mu
         detail: format!("waits: {}", r.as_str_name().trim_start_matches("WAIT_REASON_").to_lowercase()),
         ..Default::default()
     });
-    let target = if reason == WaitReason::DeadlineImpossible { pb::JobState::Late } else { pb::JobState::Queued };
+    let (target, event) = if reason == WaitReason::DeadlineImpossible {
+        (pb::JobState::Late, Event::WaitsLate)
+    } else {
+        (pb::JobState::Queued, Event::Waits)
+    };
+    // An evicted job stays `evicted` while it waits (the table refuses the change).
     if e.job.state != target as i32 && e.job.state != pb::JobState::Evicted as i32 {
-        out.add(inner.change(job.id, target, r.as_str_name(), |e| e.job.planned_start = None));
+        out.add(inner.change(job.id, event, r.as_str_name(), |e| e.job.planned_start = None));
     }
     pb::PlannedJob { job_id: job.id.to_owned(), wait_reason: r as i32, ..Default::default() }
 }
