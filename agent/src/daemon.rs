@@ -12,6 +12,7 @@
 //! A job that vanished without a status while the agent was down is reported
 //! `STOPPED` and requeued: never lost, never running twice at once.
 
+use crate::cgroups::{Cgroups, HostCgroups};
 use crate::guard::{Guard, GuardConfig, GuardJob};
 use crate::runner::{self, Runner};
 use crate::telemetry::{self, LinearPowerModel, Roots, Sampler};
@@ -170,11 +171,12 @@ pub struct Agent {
 impl Agent {
     pub fn new(cfg: Config) -> anyhow::Result<Agent> {
         let core = Core::load(&cfg.state_dir)?;
-        let mut runner = Runner::new(&cfg.batch_root, &cfg.roots.cgroup);
+        let cgroups: Arc<dyn Cgroups> = Arc::new(HostCgroups::new(&cfg.roots.cgroup, &cfg.roots.proc));
+        let mut runner = Runner::new(&cfg.batch_root, cgroups.clone());
         if let Some(exe) = &cfg.shim {
             runner = runner.with_shim(exe.clone());
         }
-        let guard = Guard::new(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root);
+        let guard = Guard::with_cgroups(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root, cgroups);
         // What this node can measure, probed once for Register.
         let gpus = telemetry::Gpus::open().read().map_or(0, |g| g.len());
         let rapl = !telemetry::Rapl::discover(&cfg.roots.powercap).zones().is_empty();

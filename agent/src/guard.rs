@@ -14,9 +14,11 @@
 //!
 //! Every action is logged with its formula and numbers, and counted.
 
-use crate::telemetry::{CgroupLayout, Sample, cgroup_stats, detect, parse_pressure};
+use crate::cgroups::{Cgroups, HostCgroups};
+use crate::telemetry::{CgroupLayout, Sample, detect, parse_pressure};
 use greenfill_core::guard::{CapAction, CpuCapDecision, CpuCapInput, CpuCapPolicy};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -64,7 +66,10 @@ pub struct GuardJob {
 #[derive(Debug)]
 pub struct Guard {
     cfg: GuardConfig,
+    /// Where online cgroups' pressure is read.
     layout: CgroupLayout,
+    /// The batch root's quota and the jobs' memory.
+    cgroups: Arc<dyn Cgroups>,
     batch_root: PathBuf,
     /// The cap in force, cores (`None` before the first tick).
     limit: Option<f64>,
@@ -74,15 +79,23 @@ pub struct Guard {
     pub raises: u64,
     pub psi_cuts: u64,
     pub evictions: u64,
+    /// Quota writes the kernel refused.
+    pub write_errors: u64,
 }
 
-const PERIOD_US: u64 = 100_000;
-
 impl Guard {
+    /// A guard on the host's cgroups under `cgroup_root`.
     pub fn new(cfg: GuardConfig, cgroup_root: &Path, batch_root: &Path) -> Guard {
+        let host = Arc::new(HostCgroups::new(cgroup_root, Path::new("/proc")));
+        Guard::with_cgroups(cfg, cgroup_root, batch_root, host)
+    }
+
+    /// A guard writing the batch root's quota through `cgroups`.
+    pub fn with_cgroups(cfg: GuardConfig, cgroup_root: &Path, batch_root: &Path, cgroups: Arc<dyn Cgroups>) -> Guard {
         Guard {
             cfg,
             layout: detect(cgroup_root),
+            cgroups,
             batch_root: batch_root.to_owned(),
             limit: None,
             scheduler: None,
@@ -90,6 +103,7 @@ impl Guard {
             raises: 0,
             psi_cuts: 0,
             evictions: 0,
+            write_errors: 0,
         }
     }
 
@@ -103,55 +117,9 @@ impl Guard {
         self.scheduler = Some((cores.max(0.0), Instant::now() + valid));
     }
 
-    /// Where the batch root's CPU quota is written.
-    fn quota_file(&self) -> Option<(PathBuf, bool)> {
-        let v2_cpu = self.layout.v2_controllers.iter().any(|c| c == "cpu");
-        match (&self.layout.v1_cpu, &self.layout.v2) {
-            (Some(v1), _) if !v2_cpu => Some((v1.join(&self.batch_root).join("cpu.cfs_quota_us"), false)),
-            (_, Some(v2)) if v2_cpu => Some((v2.join(&self.batch_root).join("cpu.max"), true)),
-            _ => None,
-        }
-    }
-
     /// The quota in force on the batch root, cores (`None` = unlimited or unreadable).
     pub fn applied_quota(&self) -> Option<f64> {
-        let (file, v2) = self.quota_file()?;
-        let text = std::fs::read_to_string(file).ok()?;
-        #[allow(clippy::cast_precision_loss, reason = "quota in µs")]
-        let q = if v2 {
-            let mut it = text.split_whitespace();
-            let quota: u64 = it.next()?.parse().ok()?;
-            let period: u64 = it.next()?.parse().ok()?;
-            quota as f64 / period as f64
-        } else {
-            let quota: i64 = text.trim().parse().ok()?;
-            if quota < 0 {
-                return None;
-            }
-            quota as f64 / PERIOD_US as f64
-        };
-        Some(q)
-    }
-
-    fn write_quota(&self, cores: f64) -> std::io::Result<()> {
-        let Some((file, v2)) = self.quota_file() else { return Ok(()) };
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "bounded positive quota"
-        )]
-        let quota = ((cores * PERIOD_US as f64).round() as u64).max(1000);
-        if v2 {
-            std::fs::write(file, format!("{quota} {PERIOD_US}"))
-        } else {
-            // v1 needs the period set (it is per cgroup) before the quota.
-            std::fs::write(file.with_file_name("cpu.cfs_period_us"), PERIOD_US.to_string())?;
-            std::fs::write(file, quota.to_string())
-        }
+        self.cgroups.cpu_quota(&self.batch_root)
     }
 
     /// Highest CPU pressure among the online cgroups (or the node's when none is
@@ -205,8 +173,14 @@ impl Guard {
         let d = self.policy().decide(self.limit, &input);
         self.count(&d);
         if self.cfg.enforce && self.limit.is_none_or(|old| (old - d.cap).abs() > 1e-3) {
-            if let Err(e) = self.write_quota(d.cap) {
-                tracing::warn!(error = %e, "cannot write the batch root's CPU quota");
+            if let Err(e) = self.cgroups.set_cpu_quota(&self.batch_root, d.cap) {
+                // Named with the file and the value; counted; the next tick retries
+                // (the cap in memory stays the old one, so it is written again).
+                self.write_errors += 1;
+                metrics::counter!("greenfill_guard_write_errors_total").increment(1);
+                tracing::warn!(error = %e, cap = d.cap, "the kernel refused the batch root's CPU quota");
+                metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(self.limit.unwrap_or(d.cap));
+                return self.memory(s, jobs);
             }
         }
         self.limit = Some(d.cap);
@@ -253,7 +227,7 @@ impl Guard {
             .iter()
             .map(|j| {
                 #[allow(clippy::cast_precision_loss, reason = "bytes")]
-                let m = cgroup_stats(&self.layout, &j.cgroup).memory_bytes.unwrap_or(0) as f64;
+                let m = self.cgroups.usage(&j.cgroup).memory_bytes.unwrap_or(0) as f64;
                 (j.priority, m, j)
             })
             .collect();

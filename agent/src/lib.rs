@@ -8,6 +8,7 @@
 //! host mounts and tests at fixture trees. Parsers are pure `&str → Option<T>`
 //! functions; a missing or garbled file makes a field `None`, never a panic.
 
+pub mod cgroups;
 pub mod daemon;
 pub mod guard;
 pub mod runner;

@@ -4,22 +4,19 @@
 //! shares, so online work wins any contention below the quota) and a hard memory
 //! limit. The process runs as the spec's uid/gid (default `nobody`, never root
 //! unless asked), with no shell unless the spec asks, and its stdout and stderr
-//! go to size-capped files. cgroups-rs creates the cgroups and writes the limits;
-//! statistics are read with this crate's own readers (REFERENCE §4).
+//! go to size-capped files. Every cgroup access goes through [`Cgroups`] (the
+//! host's hierarchies under the injected roots, or an in-memory fake in tests).
 
-use crate::telemetry::{CgroupLayout, cgroup_stats, detect};
-use cgroups_rs::CgroupPid;
-use cgroups_rs::fs::cgroup_builder::CgroupBuilder;
-use cgroups_rs::fs::{Cgroup, hierarchies};
+use crate::cgroups::{CgroupError, Cgroups, JobLimits};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The uid/gid jobs run as when the spec names none.
 pub const NOBODY: u32 = 65_534;
-const PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
@@ -45,6 +42,12 @@ pub enum RunError {
     Spec { id: String, field: &'static str, value: String, why: &'static str },
     #[error("job `{id}`: cgroup {path}: {message}")]
     Cgroup { id: String, path: String, message: String },
+    #[error("job `{id}`: {source}")]
+    CgroupIo {
+        id: String,
+        #[source]
+        source: CgroupError,
+    },
     #[error("job `{id}`: cannot start `{program}`: {source}")]
     Spawn {
         id: String,
@@ -82,7 +85,6 @@ pub struct Running {
     pub cgroup_path: PathBuf,
     /// Set when this process started it (and must reap it); `None` when adopted.
     child: Option<Child>,
-    cgroup: Cgroup,
     /// With a shim: where it writes the job's exit status.
     status_file: Option<PathBuf>,
     started: Instant,
@@ -93,8 +95,7 @@ pub struct Running {
 #[derive(Debug)]
 pub struct Runner {
     root: PathBuf,
-    cgroup_root: PathBuf,
-    layout: CgroupLayout,
+    cgroups: Arc<dyn Cgroups>,
     /// Start jobs through `<shim> shim` so they outlive this process (see [`shim_main`]).
     shim: Option<PathBuf>,
 }
@@ -213,10 +214,9 @@ fn copy_capped(mut from: impl Read, mut to: std::fs::File, cap: u64) {
 }
 
 impl Runner {
-    /// Jobs go under `root` (relative to each hierarchy); `cgroup_root` is where
-    /// the cgroup tree is mounted (normally `/sys/fs/cgroup`), for reading stats.
-    pub fn new(root: impl Into<PathBuf>, cgroup_root: &Path) -> Runner {
-        Runner { root: root.into(), cgroup_root: cgroup_root.to_owned(), layout: detect(cgroup_root), shim: None }
+    /// Jobs go under `root` (relative to each hierarchy) of `cgroups`.
+    pub fn new(root: impl Into<PathBuf>, cgroups: Arc<dyn Cgroups>) -> Runner {
+        Runner { root: root.into(), cgroups, shim: None }
     }
 
     /// Start jobs through `exe shim` (normally the agent's own binary), so they
@@ -249,37 +249,19 @@ impl Runner {
             return Err(bad("memory_bytes", "0".into(), "must be > 0"));
         }
         let rel = self.root.join(&spec.id);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss, reason = "quota is a few seconds of µs")]
-        let quota = ((spec.cpu_cores * PERIOD_US as f64).round() as i64).max(1000);
         let cg_err =
             |message: String| RunError::Cgroup { id: spec.id.clone(), path: rel.display().to_string(), message };
-        let cgroup = CgroupBuilder::new(&rel.to_string_lossy())
-            .set_specified_controllers(vec!["cpu".into(), "cpuacct".into(), "memory".into()])
-            .cpu()
-            .shares(2)
-            .period(PERIOD_US)
-            .quota(quota)
-            .done()
-            .memory()
-            .memory_hard_limit(i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX))
-            .done()
-            .build(hierarchies::auto())
-            .map_err(|e| cg_err(e.to_string()))?;
+        let io_err = |source| RunError::CgroupIo { id: spec.id.clone(), source };
+        let limits = JobLimits { cpu_cores: spec.cpu_cores, memory_bytes: spec.memory_bytes };
+        if let Err(e) = self.cgroups.create_job(&rel, &limits) {
+            let _ = self.cgroups.remove(&rel);
+            return Err(io_err(e));
+        }
         std::fs::create_dir_all(&spec.log_dir).map_err(|source| RunError::Log {
             id: spec.id.clone(),
             path: spec.log_dir.display().to_string(),
             source,
         })?;
-        // cgroup v2's SCHED_IDLE for the whole group, where the kernel has it
-        // (5.15+, cpu controller in v2): online work always preempts it.
-        if let Some(v2) = &self.layout.v2
-            && self.layout.v2_controllers.iter().any(|c| c == "cpu")
-        {
-            let idle = v2.join(&rel).join("cpu.idle");
-            if idle.exists() {
-                let _ = std::fs::write(idle, "1");
-            }
-        }
         let log_err = |source| RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source };
         let mut cmd = match &self.shim {
             Some(exe) => {
@@ -300,16 +282,16 @@ impl Runner {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(source) => {
-                let _ = cgroup.delete();
+                let _ = self.cgroups.remove(&rel);
                 let program = self.shim.as_ref().map_or_else(|| spec.argv[0].clone(), |e| e.display().to_string());
                 return Err(RunError::Spawn { id: spec.id.clone(), program, source });
             }
         };
-        if let Err(e) = cgroup.add_task_by_tgid(CgroupPid::from(u64::from(child.id()))) {
+        if let Err(e) = self.cgroups.add_process(&rel, child.id()) {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = cgroup.delete();
-            return Err(cg_err(format!("adding pid {}: {e}", child.id())));
+            let _ = self.cgroups.remove(&rel);
+            return Err(io_err(e));
         }
         let loggers = if self.shim.is_some() {
             // In the cgroup now: let the shim start the job.
@@ -317,7 +299,7 @@ impl Runner {
             if !matches!(go, Some(Ok(()))) {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = cgroup.delete();
+                let _ = self.cgroups.remove(&rel);
                 return Err(cg_err("the shim did not take the go signal".into()));
             }
             Vec::new()
@@ -329,7 +311,6 @@ impl Runner {
             pid: child.id(),
             cgroup_path: rel,
             child: Some(child),
-            cgroup,
             status_file: self.shim.as_ref().map(|_| status_path(spec)),
             started: Instant::now(),
             loggers,
@@ -342,17 +323,15 @@ impl Runner {
     pub fn adopt(&self, id: &str, pid: u32, log_dir: &Path) -> Option<Running> {
         let rel = self.root.join(id);
         let status_file = log_dir.join(format!("{id}.status.json"));
-        let alive = pid_in_cgroup(pid, &rel);
+        let alive = self.cgroups.contains(&rel, pid);
         if !alive && !status_file.exists() {
             return None;
         }
-        let cgroup = Cgroup::load(hierarchies::auto(), rel.to_string_lossy().as_ref());
         Some(Running {
             id: id.to_owned(),
             pid,
             cgroup_path: rel,
             child: None,
-            cgroup,
             status_file: Some(status_file),
             started: Instant::now(),
             loggers: Vec::new(),
@@ -361,8 +340,7 @@ impl Runner {
 
     /// CPU time of the job's cgroup so far, seconds.
     pub fn cpu_seconds(&self, r: &Running) -> Option<f64> {
-        #[allow(clippy::cast_precision_loss, reason = "ns of CPU time fit an f64 well enough")]
-        cgroup_stats(&self.layout, &r.cgroup_path).cpu_usage_ns.map(|ns| ns as f64 / 1e9)
+        self.cgroups.usage(&r.cgroup_path).cpu_seconds
     }
 
     /// Wait for the job to end, then report and remove its cgroup.
@@ -371,7 +349,7 @@ impl Runner {
             Some(c) => c.wait().ok(),
             None => {
                 // Adopted: not our child; the shim is gone once its pid leaves the cgroup.
-                while pid_in_cgroup(r.pid, &r.cgroup_path) {
+                while self.cgroups.contains(&r.cgroup_path, r.pid) {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 None
@@ -381,7 +359,9 @@ impl Runner {
             let _ = l.join();
         }
         let exit = self.exit(&r, status);
-        let _ = r.cgroup.delete();
+        if let Err(e) = self.cgroups.remove(&r.cgroup_path) {
+            tracing::warn!(job = %r.id, error = %e, "cannot remove the job's cgroup");
+        }
         if let Some(f) = &r.status_file {
             let _ = std::fs::remove_file(f);
         }
@@ -390,7 +370,7 @@ impl Runner {
 
     /// Kill the job (SIGKILL) and everything in its cgroup, then report.
     pub fn kill(&self, mut r: Running) -> Exit {
-        let _ = r.cgroup.kill();
+        self.signal_cgroup(&r.cgroup_path, nix::sys::signal::Signal::SIGKILL);
         if let Some(c) = r.child.as_mut() {
             let _ = c.kill();
         }
@@ -407,29 +387,13 @@ impl Runner {
                 .map_or((None, status.and_then(|s| s.signal())), |s| (s.code, s.signal)),
             None => (status.and_then(|s| s.code()), status.and_then(|s| s.signal())),
         };
-        let stats = cgroup_stats(&self.layout, &r.cgroup_path);
-        let mem_dir = match (&self.layout.v1_memory, &self.layout.v2) {
-            (Some(m), _) if !self.layout.v2_controllers.iter().any(|c| c == "memory") => {
-                Some((m.join(&r.cgroup_path), "memory.oom_control", "memory.max_usage_in_bytes"))
-            }
-            (_, Some(v2)) => Some((v2.join(&r.cgroup_path), "memory.events", "memory.peak")),
-            _ => None,
-        };
-        let read = |p: PathBuf| std::fs::read_to_string(p).ok();
-        let oom_killed = mem_dir
-            .as_ref()
-            .and_then(|(d, events, _)| read(d.join(events)))
-            .and_then(|t| crate::telemetry::keyed_value(&t, "oom_kill"))
-            .is_some_and(|n| n > 0);
-        let peak_memory_bytes =
-            mem_dir.as_ref().and_then(|(d, _, peak)| read(d.join(peak))).and_then(|t| t.trim().parse().ok());
-        #[allow(clippy::cast_precision_loss, reason = "ns of CPU time fit an f64 well enough")]
+        let usage = self.cgroups.usage(&r.cgroup_path);
         Exit {
             code,
             signal,
-            oom_killed,
-            cpu_seconds: stats.cpu_usage_ns.map(|ns| ns as f64 / 1e9),
-            peak_memory_bytes,
+            oom_killed: usage.oom_killed,
+            cpu_seconds: usage.cpu_seconds,
+            peak_memory_bytes: usage.peak_memory_bytes,
             wall_seconds: r.started.elapsed().as_secs_f64(),
         }
     }
@@ -444,19 +408,12 @@ impl Runner {
     /// [`Runner::signal_cgroup`], sparing `except` (the shim, so it can record
     /// how the job ended).
     pub fn signal_cgroup_except(&self, rel: &Path, sig: nix::sys::signal::Signal, except: Option<u32>) -> usize {
-        let mut pids: Vec<i32> = Vec::new();
-        let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
-        for base in bases.into_iter().flatten() {
-            if let Ok(t) = std::fs::read_to_string(base.join(rel).join("cgroup.procs")) {
-                pids.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        let except = except.and_then(|e| i32::try_from(e).ok());
-        pids.iter()
-            .filter(|p| **p > 1 && Some(**p) != except)
-            .filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(**p), sig).is_ok())
+        self.cgroups
+            .processes(rel)
+            .into_iter()
+            .filter(|p| *p > 1 && Some(*p) != except)
+            .filter_map(|p| i32::try_from(p).ok())
+            .filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig).is_ok())
             .count()
     }
 
@@ -465,7 +422,7 @@ impl Runner {
     pub fn kill_job(&self, rel: &Path, shim: u32) -> usize {
         let n = self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, Some(shim));
         for _ in 0..100 {
-            if !pid_in_cgroup(shim, rel) {
+            if !self.cgroups.contains(rel, shim) {
                 return n;
             }
             self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, Some(shim));
@@ -478,49 +435,32 @@ impl Runner {
     /// and remove it. Returns how many processes were killed.
     pub fn kill_cgroup(&self, rel: &Path) -> usize {
         let n = self.signal_cgroup(rel, nix::sys::signal::Signal::SIGKILL);
-        let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
         for _ in 0..50 {
             if self.signal_cgroup(rel, nix::sys::signal::Signal::SIGKILL) == 0 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        for base in bases.into_iter().flatten() {
-            let _ = std::fs::remove_dir(base.join(rel));
+        if let Err(e) = self.cgroups.remove(rel) {
+            tracing::warn!(error = %e, "cannot remove a job's cgroup");
         }
         n
     }
 
-    pub fn cgroup_root(&self) -> &Path {
-        &self.cgroup_root
+    /// The batch root, relative to each hierarchy.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
-    /// Remove the batch root's own cgroups (and empty parents up to the hierarchy
-    /// root) in every hierarchy; cgroups still holding jobs are left alone.
+    /// Remove the batch root's own cgroups and their empty parents up to the
+    /// hierarchy roots; cgroups still holding jobs are left alone.
     pub fn remove_root(&self) {
-        let bases = [&self.layout.v1_cpu, &self.layout.v1_cpuacct, &self.layout.v1_memory, &self.layout.v2];
-        for base in bases.into_iter().flatten() {
-            let mut dir = self.root.clone();
-            loop {
-                if std::fs::remove_dir(base.join(&dir)).is_err() {
-                    break;
-                }
-                match dir.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => dir = p.to_owned(),
-                    _ => break,
-                }
+        let mut dir = self.root.clone();
+        while self.cgroups.remove(&dir).is_ok() {
+            match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => dir = p.to_owned(),
+                _ => break,
             }
         }
     }
-}
-
-/// `pid` is alive and a member of the job cgroup `rel` (guards against a reused pid).
-fn pid_in_cgroup(pid: u32, rel: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
-    let want = format!("/{}", rel.display());
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
-        .unwrap_or(true);
-    !zombie && text.lines().any(|l| l.rsplit(':').next().is_some_and(|p| p == want))
 }

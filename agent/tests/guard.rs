@@ -152,19 +152,12 @@ fn a_scheduler_cap_applies_while_valid() {
     assert!((g.limit().unwrap() - 1.5).abs() < 1e-9, "rises by 0.5 once the cap expires: {:?}", g.limit());
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().next() == Some("0"))))
-        .unwrap_or(false)
-}
-
 /// On this machine: CPU burners start in an "online" cgroup; the guard, ticking
 /// every second on real telemetry, must cut the batch root's real quota within 2 s.
 #[test]
 fn the_real_loop_cuts_batch_quota_within_two_seconds_of_online_load() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create cgroups");
+    if !greenfill_core::testing::is_root() {
+        greenfill_core::testing::cannot_run("the_real_loop_cuts", "needs root to create cgroups");
         return;
     }
     let cg = Path::new("/sys/fs/cgroup");
@@ -225,4 +218,26 @@ fn cleanup(cg: &Path, base: &str) {
             let _ = std::fs::remove_dir(cg.join(h).join(base).join(d));
         }
     }
+}
+
+/// A quota the kernel refuses is an error with its file and value, counted, and
+/// retried: the cap in force is not changed by a write that did not happen.
+#[test]
+fn a_refused_quota_write_is_counted_and_retried_not_taken_as_done() {
+    use greenfill_agent::cgroups::{Cgroups, FakeCgroups};
+    use std::sync::Arc;
+    let fake = Arc::new(FakeCgroups::default());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GuardConfig { online_cgroups: vec![], ..GuardConfig::default() };
+    let mut g = Guard::with_cgroups(cfg, dir.path(), Path::new("greenfill/batch"), fake.clone());
+    fake.fail_writes.store(true, std::sync::atomic::Ordering::Relaxed);
+    g.step(&sample(16, 6.0, 2.0, 10, 0.0), &[]);
+    assert_eq!((g.write_errors, g.limit()), (1, None), "a refused write is not a cap in force");
+    g.step(&sample(16, 6.0, 2.0, 10, 0.0), &[]);
+    assert_eq!(g.write_errors, 2, "retried at the next tick");
+    fake.fail_writes.store(false, std::sync::atomic::Ordering::Relaxed);
+    g.step(&sample(16, 6.0, 2.0, 10, 0.0), &[]);
+    // 0.9 × 16 − 4 = 10.4 cores.
+    assert!((fake.cpu_quota(Path::new("greenfill/batch")).unwrap() - 10.4).abs() < 1e-9);
+    assert!((g.limit().unwrap() - 10.4).abs() < 1e-9);
 }

@@ -1,20 +1,20 @@
-//! Jobs in real cgroups on this machine. They need root (to create cgroups and
-//! switch uid) and skip with a printed reason otherwise.
+//! Jobs in real cgroups on this machine (they need root, to create cgroups and
+//! switch uid: off CI they skip with a printed reason), and the runner's logic on
+//! in-memory cgroups, which runs anywhere.
 
+use greenfill_agent::cgroups::{FakeCgroups, HostCgroups, JobLimits};
 use greenfill_agent::runner::{JobSpec, NOBODY, Runner};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Root, or a printed reason (and a failure under CI, which runs as root).
 fn root_or_skip() -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().next().unwrap_or("").to_owned()))
-    });
-    if uid.as_deref() == Some("0") {
-        true
-    } else {
-        eprintln!("skipped: needs root to create cgroups and run jobs as another uid");
-        false
+    let root = greenfill_core::testing::is_root();
+    if !root {
+        greenfill_core::testing::cannot_run("runner", "needs root to create cgroups and run jobs as another uid");
     }
+    root
 }
 
 fn spec(id: &str, argv: &[&str], shell: bool, cores: f64, mem: u64, logs: &Path) -> JobSpec {
@@ -34,7 +34,60 @@ fn spec(id: &str, argv: &[&str], shell: bool, cores: f64, mem: u64, logs: &Path)
 }
 
 fn runner(test: &str) -> Runner {
-    Runner::new(format!("greenfill-test/{test}-{}", std::process::id()), Path::new("/sys/fs/cgroup"))
+    let host = HostCgroups::new(Path::new("/sys/fs/cgroup"), Path::new("/proc"));
+    Runner::new(format!("greenfill-test/{test}-{}", std::process::id()), Arc::new(host))
+}
+
+/// This process's uid and gid, so a job may "switch" to them without root.
+fn me() -> (u32, u32) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| -> u32 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+#[test]
+fn on_fake_cgroups_a_job_gets_its_limits_its_process_and_is_cleaned_up() {
+    let fake = Arc::new(FakeCgroups::default());
+    let r = Runner::new("greenfill/batch", fake.clone());
+    let logs = tempfile::tempdir().unwrap();
+    let (uid, gid) = me();
+    let mut s = spec("j1", &["echo hello; sleep 0.3; exit 3"], true, 0.5, 64 << 20, logs.path());
+    (s.uid, s.gid) = (Some(uid), Some(gid));
+    let job = r.start(&s).unwrap();
+    let group = fake.group(Path::new("greenfill/batch/j1")).expect("the job's cgroup");
+    assert_eq!(group.limits, Some(JobLimits { cpu_cores: 0.5, memory_bytes: 64 << 20 }));
+    assert_eq!(group.processes, [job.pid], "the job's process was put in its cgroup");
+    let exit = r.wait(job);
+    assert_eq!(exit.code, Some(3));
+    assert_eq!(std::fs::read_to_string(logs.path().join("j1.out")).unwrap(), "hello\n");
+    assert!(fake.group(Path::new("greenfill/batch/j1")).is_none(), "the cgroup is removed after the job");
+
+    // kill signals every process of the group.
+    let mut s = spec("j2", &["sleep", "30"], false, 0.5, 64 << 20, logs.path());
+    (s.uid, s.gid) = (Some(uid), Some(gid));
+    let job = r.start(&s).unwrap();
+    let started = std::time::Instant::now();
+    let exit = r.kill(job);
+    assert_eq!(exit.signal, Some(9));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_cgroup_write_the_kernel_refuses_fails_the_start_naming_the_file_and_value() {
+    let fake = Arc::new(FakeCgroups::default());
+    fake.fail_writes.store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = Runner::new("greenfill/batch", fake.clone());
+    let logs = tempfile::tempdir().unwrap();
+    let (uid, gid) = me();
+    let mut s = spec("j3", &["true"], false, 1.5, 64 << 20, logs.path());
+    (s.uid, s.gid) = (Some(uid), Some(gid));
+    let err = r.start(&s).unwrap_err().to_string();
+    assert!(err.contains("job `j3`") && err.contains("/fake/greenfill/batch/j3/cpu.max"), "{err}");
+    assert!(err.contains("value \"150000\"") && err.contains("Invalid argument"), "{err}");
+    assert!(fake.group(Path::new("greenfill/batch/j3")).is_none(), "nothing left behind");
 }
 
 #[test]
@@ -115,8 +168,12 @@ fn exit_codes_uid_and_capped_logs() {
     let err = r.start(&spec("../escape", &["true"], false, 1.0, 64 << 20, logs.path())).unwrap_err().to_string();
     assert!(err.contains("id = \"../escape\""), "{err}");
     r.remove_root();
-    let left = Path::new("/sys/fs/cgroup/cpu/greenfill-test").join(format!("exit-{}", std::process::id()));
-    assert!(!left.exists(), "{} is left behind", left.display());
+    // Every hierarchy the runner may have used: v1 controllers and the v2 tree.
+    let leaf = Path::new("greenfill-test").join(format!("exit-{}", std::process::id()));
+    for h in ["cpu", "cpu,cpuacct", "cpuacct", "memory", "pids", "unified", ""] {
+        let left = Path::new("/sys/fs/cgroup").join(h).join(&leaf);
+        assert!(!left.exists(), "{} is left behind", left.display());
+    }
 }
 
 /// Through the shim, a job outlives the runner that started it: a new runner
@@ -131,12 +188,12 @@ fn a_shimmed_job_is_re_adopted_by_a_new_runner_with_its_exit_status() {
     let first = runner("adopt").with_shim(shim.clone());
     let s = spec("adoptee", &["sh", "-c", "sleep 1; echo still here; exit 7"], false, 0.5, 64 << 20, logs.path());
     let running = first.start(&s).unwrap();
-    let (pid, root) = (running.pid, first.cgroup_root().to_owned());
+    let (pid, root) = (running.pid, first.root().to_owned());
     // The "agent" goes away without waiting: its handles are dropped, the job runs on.
     drop(running);
     drop(first);
     let second = runner("adopt").with_shim(shim);
-    assert_eq!(second.cgroup_root(), root);
+    assert_eq!(second.root(), root);
     let adopted = second.adopt("adoptee", pid, logs.path()).expect("the job is still there to adopt");
     let exit = second.wait(adopted);
     assert_eq!(exit.code, Some(7), "{exit:?}");

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod data;
 pub mod guard;
 mod series;
+pub mod testing;
 pub mod time;
 pub mod units;
 

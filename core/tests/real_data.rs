@@ -13,7 +13,8 @@ fn shared(p: &str) -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!("skipped: {} is absent (research-only data lives in ../shared/data)", path.display());
+        let why = format!("{} is absent (research-only data lives in ../shared/data)", path.display());
+        greenfill_core::testing::cannot_run("real_data", &why);
         None
     }
 }

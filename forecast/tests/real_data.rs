@@ -7,7 +7,7 @@ use std::path::Path;
 
 fn run(path: &Path) -> Option<Vec<(String, f64, f64)>> {
     if !path.exists() {
-        eprintln!("skipped: {} is absent", path.display());
+        greenfill_core::testing::cannot_run("real_data", &format!("{} is absent", path.display()));
         return None;
     }
     let t = load_usage(path, &UsageOptions { step: Some(300), keep_gaps: true, ..UsageOptions::default() }).unwrap();

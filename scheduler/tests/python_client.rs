@@ -8,7 +8,7 @@ use std::time::Duration;
 #[test]
 fn a_python_grpcio_client_submits_reads_and_is_refused_like_any_other() {
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("SKIP python client: no python3 on this machine");
+        greenfill_core::testing::cannot_run("python client", "no python3 on this machine");
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -37,7 +37,10 @@ fn a_python_grpcio_client_submits_reads_and_is_refused_like_any_other() {
     let _ = server.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(77) {
-        eprintln!("SKIP python client: could not install grpcio/grpcio-tools:\n{stderr}");
+        greenfill_core::testing::cannot_run(
+            "python client",
+            &format!("could not install grpcio/grpcio-tools:\n{stderr}"),
+        );
         return;
     }
     assert!(out.status.success(), "python client failed:\n{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
