@@ -21,8 +21,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== dependency rules (scripts/check-deps.sh)"
-scripts/check-deps.sh
+echo "== architecture rules (scripts/check-rules.sh)"
+scripts/check-rules.sh
 echo "== deploy manifests (kubernetes-validate)"
 scripts/validate-deploy.sh
 echo "== tests"

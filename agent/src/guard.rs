@@ -86,7 +86,8 @@ pub struct Guard {
 impl Guard {
     /// A guard on the host's cgroups under `cgroup_root`.
     pub fn new(cfg: GuardConfig, cgroup_root: &Path, batch_root: &Path) -> Guard {
-        let host = Arc::new(HostCgroups::new(cgroup_root, Path::new("/proc")));
+        // The guard reads no processes: the default proc root is never used.
+        let host = Arc::new(HostCgroups::new(cgroup_root, &crate::Roots::default().proc));
         Guard::with_cgroups(cfg, cgroup_root, batch_root, host)
     }
 
