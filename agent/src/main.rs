@@ -136,8 +136,36 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned())
 }
 
-fn run(a: RunArgs) -> Result<()> {
+/// Why `run` ended with an error.
+enum Failed {
+    Start(anyhow::Error),
+    Serving(anyhow::Error),
+}
+
+fn run(a: RunArgs) -> Result<(), Failed> {
     greenfill_runtime::init_logging(a.log_json);
+    let (cfg, metrics_listen) = configure(a).map_err(Failed::Start)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::Start(e.into()))?;
+    rt.block_on(async move {
+        if let Some(addr) = metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| Failed::Start(anyhow::anyhow!("--metrics-listen {addr}: {e}")))?;
+        }
+        let signals = greenfill_runtime::shutdown().map_err(|e| Failed::Start(e.into()))?;
+        let agent = daemon::Agent::new(cfg).map_err(Failed::Start)?;
+        let stop = agent.shutdown_token();
+        tokio::spawn(async move {
+            signals.cancelled().await;
+            stop.cancel();
+        });
+        agent.run().await.map_err(Failed::Serving)
+    })
+}
+
+/// The daemon's config from the flags, checked.
+fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>)> {
     if !(a.cpu_threshold > 0.0 && a.cpu_threshold <= 1.0) {
         anyhow::bail!("--cpu-threshold {}: need 0 < threshold <= 1", a.cpu_threshold);
     }
@@ -170,23 +198,7 @@ fn run(a: RunArgs) -> Result<()> {
         guard,
         shim: Some(std::env::current_exe()?),
     };
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        if let Some(addr) = a.metrics_listen {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
-                .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
-        }
-        let signals = greenfill_runtime::shutdown()?;
-        let agent = daemon::Agent::new(cfg)?;
-        let stop = agent.shutdown_token();
-        tokio::spawn(async move {
-            signals.cancelled().await;
-            stop.cancel();
-        });
-        agent.run().await
-    })
+    Ok((cfg, a.metrics_listen))
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -203,17 +215,26 @@ fn interval(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(a) => run(*a),
+    // The one exit site of each command: 1 when it could not start (flags, state
+    // dir, port), 70 when the daemon stopped itself (its state could not be saved).
+    let (code, e) = match cli.command {
+        Command::Run(a) => match run(*a) {
+            Ok(()) => return,
+            Err(Failed::Start(e)) => (1, e),
+            Err(Failed::Serving(e)) => (greenfill_runtime::EXIT_FATAL, e),
+        },
         Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
-        Command::Sample { once, interval, json, machine, watch } => sample(once, interval, json, &machine, watch),
+        Command::Sample { once, interval, json, machine, watch } => match sample(once, interval, json, &machine, watch)
+        {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("greenfill-agent: {e:#}");
+                std::process::exit(1);
+            }
+        },
     };
-    // The one fatal exit: bad flags, an unusable state dir, or state that could not be saved.
-    if let Err(e) = result {
-        tracing::error!("{e:#}");
-        eprintln!("greenfill-agent: {e:#}");
-        std::process::exit(greenfill_runtime::EXIT_FATAL);
-    }
+    tracing::error!("{e:#}");
+    std::process::exit(code);
 }
 
 fn sample(once: bool, interval: Duration, json: bool, machine: &MachineArgs, watch: Option<PathBuf>) -> Result<()> {

@@ -46,18 +46,46 @@ struct Args {
 fn main() {
     let args = Args::parse();
     greenfill_runtime::init_logging(args.log_json);
-    match run(args) {
-        Ok(()) => {}
-        // The one fatal exit: a bad config, a port in use, or a failed commit.
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("greenfill-scheduler: {e:#}");
-            std::process::exit(greenfill_runtime::EXIT_FATAL);
-        }
+    // The one exit site: 1 when it could not start (config, port, data dir), 70
+    // when it stopped itself while serving (a failed commit): restart it.
+    if let Err(failed) = run(args) {
+        let (code, e) = match failed {
+            Failed::Start(e) => (1, e),
+            Failed::Serving(e) => (greenfill_runtime::EXIT_FATAL, e),
+        };
+        tracing::error!("{e:#}");
+        std::process::exit(code);
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// Why `run` ended with an error.
+enum Failed {
+    Start(anyhow::Error),
+    Serving(anyhow::Error),
+}
+
+fn run(args: Args) -> Result<(), Failed> {
+    let (config, rt) = configure(args).map_err(Failed::Start)?;
+    rt.block_on(async move {
+        let signals = greenfill_runtime::shutdown().map_err(|e| Failed::Start(e.into()))?;
+        if let Some(addr) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| Failed::Start(anyhow::anyhow!("metrics_listen {addr}: {e}")))?;
+        }
+        let running = service::start(config).await.map_err(Failed::Start)?;
+        let stop = running.state.shutdown.clone();
+        tokio::spawn(async move {
+            signals.cancelled().await;
+            stop.cancel();
+        });
+        running.stopped().await.map_err(Failed::Serving)
+    })
+}
+
+/// The config from the file, the flags and the environment, validated; and the runtime.
+fn configure(args: Args) -> anyhow::Result<(Config, tokio::runtime::Runtime)> {
     let mut config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -80,21 +108,5 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.user_tokens.extend(args.user_tokens.into_iter().filter(|t| !t.is_empty()));
     config.agent_tokens.extend(args.agent_tokens.into_iter().filter(|t| !t.is_empty()));
     config.validate(&args.config.as_ref().map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()))?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let signals = greenfill_runtime::shutdown()?;
-        if let Some(addr) = config.metrics_listen {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
-                .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
-        }
-        let running = service::start(config).await?;
-        let stop = running.state.shutdown.clone();
-        tokio::spawn(async move {
-            signals.cancelled().await;
-            stop.cancel();
-        });
-        running.stopped().await
-    })
+    Ok((config, tokio::runtime::Runtime::new()?))
 }

@@ -201,3 +201,25 @@ async fn sigkill_during_submissions_loses_and_duplicates_nothing() {
     assert!(acked_ids.contains(&run.job_id), "dispatched {} which was never acknowledged", run.job_id);
     assert!(killed_mid_flight >= 8, "the kill should land mid-submission in most rounds ({killed_mid_flight} of 10)");
 }
+
+/// A config the planner could not use is refused at start, every bad key named
+/// with its value, exit code 1 (not a crash loop of "planning problem refused").
+#[test]
+fn a_bad_config_is_refused_at_start_naming_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "insecure_local = true\n[planning]\nmem_margin = 1.5\ncarbon_constant = -3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_greenfill-scheduler"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("db"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("planning.mem_margin = 1.5: must be in [0, 1)"), "{stderr}");
+    assert!(stderr.contains("planning.carbon_constant = -3"), "{stderr}");
+    assert!(!stderr.contains("\u{1b}["), "no colour codes when stderr is not a terminal: {stderr}");
+    assert!(!dir.path().join("db").exists(), "nothing was opened");
+}
