@@ -9,9 +9,11 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# The qos benchmark's latency-critical service (and its CI smoke run).
+command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
 
 if ((${#need[@]})); then
-  echo "setup: installing ${need[*]} (needed to build HiGHS)" >&2
+  echo "setup: installing ${need[*]} (HiGHS is built from source; memcached is the qos benchmark's service)" >&2
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive

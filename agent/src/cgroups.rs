@@ -43,13 +43,15 @@ pub struct CgroupError {
     pub op: &'static str,
     pub path: PathBuf,
     pub value: Option<String>,
-    #[source]
+    /// In the message already, so not a `#[source]` (a chain would say it twice).
     pub source: std::io::Error,
 }
 
 /// The agent's access to its cgroups. `rel` is a path relative to each
 /// hierarchy's root, e.g. `greenfill/batch/<attempt>`.
 pub trait Cgroups: Send + Sync + std::fmt::Debug {
+    /// Create `rel`, with no limits of its own, in every hierarchy in use.
+    fn create(&self, rel: &Path) -> Result<(), CgroupError>;
     /// Create the job cgroup `rel` with `limits` in every hierarchy in use.
     fn create_job(&self, rel: &Path, limits: &JobLimits) -> Result<(), CgroupError>;
     /// Move process `pid` into `rel`.
@@ -65,6 +67,13 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn set_cpu_quota(&self, rel: &Path, cores: f64) -> Result<(), CgroupError>;
     /// The CPU quota in force on `rel`, cores; `None` = unlimited or unreadable.
     fn cpu_quota(&self, rel: &Path) -> Option<f64>;
+    /// A parent's CPU quota may not go below a child's (cgroup v1's rule).
+    fn quota_bounded_by_children(&self) -> bool;
+    /// Give `rel` the kernel's lowest CPU priority against its siblings:
+    /// `cpu.idle = 1` where the kernel has it (5.15+, v1 or v2: minimal weight,
+    /// and any non-idle task preempts an idle one at wake-up), else the minimal
+    /// weight (v1 `cpu.shares = 2`, v2 `cpu.weight = 1`). Returns what it wrote.
+    fn prioritise_idle(&self, rel: &Path) -> Result<&'static str, CgroupError>;
 }
 
 /// A quota in µs per [`PERIOD_US`] for `cores`, at least 1 ms.
@@ -160,7 +169,7 @@ impl HostCgroups {
 }
 
 impl Cgroups for HostCgroups {
-    fn create_job(&self, rel: &Path, limits: &JobLimits) -> Result<(), CgroupError> {
+    fn create(&self, rel: &Path) -> Result<(), CgroupError> {
         for base in self.bases() {
             let dir = base.join(rel);
             std::fs::create_dir_all(&dir).map_err(|source| CgroupError {
@@ -175,6 +184,11 @@ impl Cgroups for HostCgroups {
                 self.enable_v2_controllers(v2, rel)?;
             }
         }
+        Ok(())
+    }
+
+    fn create_job(&self, rel: &Path, limits: &JobLimits) -> Result<(), CgroupError> {
+        self.create(rel)?;
         if let Some((base, v2)) = self.cpu_base() {
             let dir = base.join(rel);
             let quota = quota_us(limits.cpu_cores);
@@ -287,6 +301,31 @@ impl Cgroups for HostCgroups {
         }
     }
 
+    fn quota_bounded_by_children(&self) -> bool {
+        self.cpu_base().is_some_and(|(_, v2)| !v2)
+    }
+
+    fn prioritise_idle(&self, rel: &Path) -> Result<&'static str, CgroupError> {
+        let Some((base, v2)) = self.cpu_base() else { return Ok("nothing (no cpu controller)") };
+        let dir = base.join(rel);
+        std::fs::create_dir_all(&dir).map_err(|source| CgroupError {
+            op: "create",
+            path: dir.clone(),
+            value: None,
+            source,
+        })?;
+        if dir.join("cpu.idle").exists() {
+            write(dir.join("cpu.idle"), "1".into(), "write")?;
+            Ok("cpu.idle = 1")
+        } else if v2 {
+            write(dir.join("cpu.weight"), "1".into(), "write")?;
+            Ok("cpu.weight = 1")
+        } else {
+            write(dir.join("cpu.shares"), "2".into(), "write")?;
+            Ok("cpu.shares = 2")
+        }
+    }
+
     fn cpu_quota(&self, rel: &Path) -> Option<f64> {
         let (base, v2) = self.cpu_base()?;
         let dir = base.join(rel);
@@ -311,6 +350,7 @@ pub struct FakeGroup {
     pub limits: Option<JobLimits>,
     pub processes: Vec<u32>,
     pub cpu_quota: Option<f64>,
+    pub idle: bool,
     pub usage: JobUsage,
 }
 
@@ -322,6 +362,8 @@ pub struct FakeGroup {
 pub struct FakeCgroups {
     pub groups: Mutex<BTreeMap<PathBuf, FakeGroup>>,
     pub fail_writes: std::sync::atomic::AtomicBool,
+    /// Refuse a parent quota below a child's, as cgroup v1 does.
+    pub v1_quota_rule: bool,
 }
 
 impl FakeCgroups {
@@ -354,6 +396,11 @@ fn alive(pid: u32) -> bool {
 }
 
 impl Cgroups for FakeCgroups {
+    fn create(&self, rel: &Path) -> Result<(), CgroupError> {
+        self.groups().entry(rel.to_owned()).or_default();
+        Ok(())
+    }
+
     fn create_job(&self, rel: &Path, limits: &JobLimits) -> Result<(), CgroupError> {
         self.check(rel, "cpu.max", quota_us(limits.cpu_cores).to_string())?;
         let mut g = self.groups();
@@ -400,11 +447,33 @@ impl Cgroups for FakeCgroups {
 
     fn set_cpu_quota(&self, rel: &Path, cores: f64) -> Result<(), CgroupError> {
         self.check(rel, "cpu.max", format!("{} {PERIOD_US}", quota_us(cores)))?;
-        self.groups().entry(rel.to_owned()).or_default().cpu_quota = Some(cores);
+        let mut g = self.groups();
+        let parent = rel.parent().and_then(|p| g.get(p)).and_then(|p| p.cpu_quota);
+        let child_above =
+            g.iter().any(|(k, v)| k.parent() == Some(rel) && v.cpu_quota.is_some_and(|q| q > cores + 1e-9));
+        if self.v1_quota_rule && (parent.is_some_and(|p| cores > p + 1e-9) || child_above) {
+            return Err(CgroupError {
+                op: "write",
+                path: Path::new("/fake").join(rel).join("cpu.cfs_quota_us"),
+                value: Some(quota_us(cores).to_string()),
+                source: std::io::Error::from_raw_os_error(22),
+            });
+        }
+        g.entry(rel.to_owned()).or_default().cpu_quota = Some(cores);
         Ok(())
     }
 
     fn cpu_quota(&self, rel: &Path) -> Option<f64> {
         self.groups().get(rel).and_then(|g| g.cpu_quota)
+    }
+
+    fn quota_bounded_by_children(&self) -> bool {
+        self.v1_quota_rule
+    }
+
+    fn prioritise_idle(&self, rel: &Path) -> Result<&'static str, CgroupError> {
+        self.check(rel, "cpu.idle", "1".into())?;
+        self.groups().entry(rel.to_owned()).or_default().idle = true;
+        Ok("cpu.idle = 1")
     }
 }

@@ -68,6 +68,9 @@ struct LocalJob {
     cgroup: PathBuf,
     #[serde(default)]
     priority: i32,
+    /// The job's own CPU limit (the guard may hold its quota lower on cgroup v1).
+    #[serde(default)]
+    cpu_cores: f64,
 }
 
 #[derive(Debug)]
@@ -177,6 +180,13 @@ impl Agent {
             runner = runner.with_shim(exe.clone());
         }
         let guard = Guard::with_cgroups(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root, cgroups);
+        // A kernel priority under batch first; the guard's quota works on top of it.
+        match runner.prioritise() {
+            Ok((top, what)) => {
+                tracing::info!(cgroup = %top.display(), "batch gets the kernel's lowest CPU priority: {what}")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot give batch the kernel's lowest CPU priority"),
+        }
         // What this node can measure, probed once for Register.
         let gpus = telemetry::Gpus::open().read().map_or(0, |g| g.len());
         let rapl = !telemetry::Rapl::discover(&cfg.roots.powercap).zones().is_empty();
@@ -477,6 +487,7 @@ impl Agent {
                     pid: running.pid,
                     cgroup: running.cgroup_path.clone(),
                     priority: spec.priority,
+                    cpu_cores: spec.cpu_cores,
                 },
             );
             core.emit(pb::JobStatus {
@@ -539,7 +550,12 @@ impl Agent {
                     .p
                     .jobs
                     .iter()
-                    .map(|(a, j)| GuardJob { attempt: a.clone(), cgroup: j.cgroup.clone(), priority: j.priority })
+                    .map(|(a, j)| GuardJob {
+                        attempt: a.clone(),
+                        cgroup: j.cgroup.clone(),
+                        priority: j.priority,
+                        cpu_cores: j.cpu_cores,
+                    })
                     .collect();
                 g.step(&s, &jobs)
             };

@@ -17,6 +17,8 @@ use std::time::Instant;
 
 /// The uid/gid jobs run as when the spec names none.
 pub const NOBODY: u32 = 65_534;
+/// A job's PATH unless its spec sets one.
+const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
@@ -42,12 +44,8 @@ pub enum RunError {
     Spec { id: String, field: &'static str, value: String, why: &'static str },
     #[error("job `{id}`: cgroup {path}: {message}")]
     Cgroup { id: String, path: String, message: String },
-    #[error("job `{id}`: {source}")]
-    CgroupIo {
-        id: String,
-        #[source]
-        source: CgroupError,
-    },
+    #[error("job `{id}`: {error}")]
+    CgroupIo { id: String, error: CgroupError },
     #[error("job `{id}`: cannot start `{program}`: {source}")]
     Spawn {
         id: String,
@@ -124,7 +122,7 @@ fn job_command(spec: &JobSpec) -> Command {
         c
     };
     cmd.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PATH", JOB_PATH)
         .envs(spec.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -135,6 +133,50 @@ fn job_command(spec: &JobSpec) -> Command {
         cmd.current_dir(d);
     }
     cmd
+}
+
+/// The job behind a gate, for runs without the shim: a shell waits for a line on
+/// its stdin, sent once it is in the job's cgroup, then becomes the job (`exec`).
+/// Without it a job that forks at once could leave children outside its cgroup,
+/// beyond its limits and the guard (the qos benchmark found two spinners so).
+/// A program that cannot be found is refused here, before anything starts.
+fn gated_command(spec: &JobSpec) -> std::io::Result<Command> {
+    let mut argv: Vec<String> =
+        if spec.shell { vec!["/bin/sh".into(), "-c".into(), spec.argv.join(" ")] } else { spec.argv.clone() };
+    let path = spec.env.iter().rev().find(|(k, _)| k == "PATH").map_or(JOB_PATH, |(_, v)| v.as_str());
+    argv[0] = resolve(&argv[0], path)?.display().to_string();
+    let mut gated = Command::new("/bin/sh");
+    gated
+        .arg("-c")
+        .arg("read -r _ && exec \"$@\"")
+        .arg("greenfill-gate")
+        .args(&argv)
+        .env_clear()
+        .env("PATH", JOB_PATH)
+        .envs(spec.env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .uid(spec.uid.unwrap_or(NOBODY))
+        .gid(spec.gid.unwrap_or(NOBODY));
+    if let Some(d) = &spec.cwd {
+        gated.current_dir(d);
+    }
+    Ok(gated)
+}
+
+/// `program` as an executable file, found on `path` when it names no directory.
+fn resolve(program: &str, path: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if runnable(&p) { Ok(p) } else { Err(std::io::Error::from(std::io::ErrorKind::NotFound)) };
+    }
+    path.split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| runnable(p))
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
 }
 
 fn spawn_loggers(spec: &JobSpec, child: &mut Child) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -251,18 +293,8 @@ impl Runner {
         let rel = self.root.join(&spec.id);
         let cg_err =
             |message: String| RunError::Cgroup { id: spec.id.clone(), path: rel.display().to_string(), message };
-        let io_err = |source| RunError::CgroupIo { id: spec.id.clone(), source };
-        let limits = JobLimits { cpu_cores: spec.cpu_cores, memory_bytes: spec.memory_bytes };
-        if let Err(e) = self.cgroups.create_job(&rel, &limits) {
-            let _ = self.cgroups.remove(&rel);
-            return Err(io_err(e));
-        }
-        std::fs::create_dir_all(&spec.log_dir).map_err(|source| RunError::Log {
-            id: spec.id.clone(),
-            path: spec.log_dir.display().to_string(),
-            source,
-        })?;
-        let log_err = |source| RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source };
+        let io_err = |error| RunError::CgroupIo { id: spec.id.clone(), error };
+        // The command first: a program that cannot be found leaves nothing behind.
         let mut cmd = match &self.shim {
             Some(exe) => {
                 let _ = std::fs::remove_file(status_path(spec));
@@ -277,8 +309,28 @@ impl Runner {
                     .process_group(0);
                 c
             }
-            None => job_command(spec),
+            None => gated_command(spec).map_err(|source| RunError::Spawn {
+                id: spec.id.clone(),
+                program: spec.argv[0].clone(),
+                source,
+            })?,
         };
+        // Under cgroup v1 a child's quota may not exceed its parent's: while the
+        // guard holds the batch root below this job's limit, the job starts at the
+        // root's quota, and the guard gives it its own back when the cap rises.
+        let root_quota = self.cgroups.quota_bounded_by_children().then(|| self.cgroups.cpu_quota(&self.root)).flatten();
+        let cpu_cores = root_quota.map_or(spec.cpu_cores, |q| spec.cpu_cores.min(q));
+        let limits = JobLimits { cpu_cores, memory_bytes: spec.memory_bytes };
+        if let Err(e) = self.cgroups.create_job(&rel, &limits) {
+            let _ = self.cgroups.remove(&rel);
+            return Err(io_err(e));
+        }
+        std::fs::create_dir_all(&spec.log_dir).map_err(|source| RunError::Log {
+            id: spec.id.clone(),
+            path: spec.log_dir.display().to_string(),
+            source,
+        })?;
+        let log_err = |source| RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source };
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(source) => {
@@ -293,19 +345,17 @@ impl Runner {
             let _ = self.cgroups.remove(&rel);
             return Err(io_err(e));
         }
-        let loggers = if self.shim.is_some() {
-            // In the cgroup now: let the shim start the job.
-            let go = child.stdin.take().map(|mut i| i.write_all(b"g"));
-            if !matches!(go, Some(Ok(()))) {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = self.cgroups.remove(&rel);
-                return Err(cg_err("the shim did not take the go signal".into()));
-            }
-            Vec::new()
-        } else {
-            spawn_loggers(spec, &mut child).map_err(log_err)?
-        };
+        // In the cgroup now: let the shim (or the gate) start the job. Its stdin
+        // closes after the go, so the job reads an empty stdin.
+        let go = child.stdin.take().map(|mut i| i.write_all(b"g\n"));
+        if !matches!(go, Some(Ok(()))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = self.cgroups.remove(&rel);
+            return Err(cg_err("the job's gate did not take the go signal".into()));
+        }
+        let loggers =
+            if self.shim.is_some() { Vec::new() } else { spawn_loggers(spec, &mut child).map_err(log_err)? };
         Ok(Running {
             id: spec.id.clone(),
             pid: child.id(),
@@ -450,6 +500,20 @@ impl Runner {
     /// The batch root, relative to each hierarchy.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Put the whole batch subtree under the kernel's idle priority, on the
+    /// batch root's top cgroup (the one that meets online services as a sibling):
+    /// `greenfill` for `greenfill/batch`. Under a Kubernetes root (`kubepods…`)
+    /// the top is online's own, so the batch root itself is marked, which ranks it
+    /// below its siblings there only. Returns the cgroup and what was written.
+    pub fn prioritise(&self) -> Result<(PathBuf, &'static str), CgroupError> {
+        let top: PathBuf = match self.root.components().next() {
+            Some(c) if !c.as_os_str().to_string_lossy().starts_with("kubepods") => PathBuf::from(c.as_os_str()),
+            _ => self.root.clone(),
+        };
+        let what = self.cgroups.prioritise_idle(&top)?;
+        Ok((top, what))
     }
 
     /// Remove the batch root's own cgroups and their empty parents up to the

@@ -108,17 +108,35 @@ fn agent_and_simulator_cap_a_recorded_series_alike() {
 fn online_pressure_halves_the_cap_and_memory_pressure_evicts_lowest_priority_then_largest() {
     let dir = tempfile::tempdir().unwrap();
     v2_tree(dir.path());
-    let cfg = GuardConfig { online_cgroups: vec![], psi_threshold: 20.0, ..GuardConfig::default() };
+    // Online's own pressure, in its cgroup (v2 `cpu.pressure`).
+    let online = dir.path().join("kubepods");
+    std::fs::create_dir_all(&online).unwrap();
+    let pressure = |avg10: f64| {
+        std::fs::write(online.join("cpu.pressure"), format!("some avg10={avg10:.2} avg60=0.00 avg300=0.00 total=1\n"))
+            .unwrap();
+    };
+    pressure(5.0);
+    let cfg = GuardConfig { online_cgroups: vec!["kubepods".into()], psi_threshold: 20.0, ..GuardConfig::default() };
     let mut g = Guard::new(cfg, dir.path(), Path::new("greenfill/batch"));
-    g.step(&sample(16, 4.0, 0.0, 10, 5.0), &[]);
+    // Node-wide pressure of 35 % (batch waiting on itself) cuts nothing.
+    g.step(&sample(16, 4.0, 0.0, 10, 35.0), &[]);
     let before = g.limit().unwrap();
     g.step(&sample(16, 4.0, 0.0, 10, 35.0), &[]);
+    assert!((g.limit().unwrap() - before).abs() < 1e-9, "node-wide PSI is not online's");
+    assert_eq!(g.psi_cuts, 0);
+    pressure(35.0);
+    g.step(&sample(16, 4.0, 0.0, 10, 0.0), &[]);
     assert!((g.limit().unwrap() - before / 2.0).abs() < 1e-9, "{:?}", g.limit());
     assert_eq!(g.psi_cuts, 1);
 
     let jobs: Vec<GuardJob> = [("a", 0), ("b", 0), ("c", -5)]
         .into_iter()
-        .map(|(j, p)| GuardJob { attempt: j.into(), cgroup: PathBuf::from("greenfill/batch").join(j), priority: p })
+        .map(|(j, p)| GuardJob {
+            attempt: j.into(),
+            cgroup: PathBuf::from("greenfill/batch").join(j),
+            priority: p,
+            cpu_cores: 1.0,
+        })
         .collect();
     // 85 % used: under the high watermark, nothing happens.
     assert!(g.step(&sample(16, 4.0, 0.0, 85, 0.0), &jobs).is_empty());
@@ -240,4 +258,90 @@ fn a_refused_quota_write_is_counted_and_retried_not_taken_as_done() {
     // 0.9 × 16 − 4 = 10.4 cores.
     assert!((fake.cpu_quota(Path::new("greenfill/batch")).unwrap() - 10.4).abs() < 1e-9);
     assert!((g.limit().unwrap() - 10.4).abs() < 1e-9);
+}
+
+fn jobs_under(root: &Path, cores: f64, ids: &[&str]) -> Vec<GuardJob> {
+    ids.iter()
+        .map(|id| GuardJob { attempt: (*id).into(), cgroup: root.join(id), priority: 0, cpu_cores: cores })
+        .collect()
+}
+
+/// cgroup v1's rule (a parent's quota may not go below a child's) on the fake:
+/// the cut lowers the jobs' quotas first and reaches the formula's value; the
+/// rise restores each job's own limit after the root's.
+#[test]
+fn on_v1_rules_a_cut_reaches_the_formula_while_jobs_run() {
+    use greenfill_agent::cgroups::{Cgroups, FakeCgroups};
+    use std::sync::Arc;
+    let fake = Arc::new(FakeCgroups { v1_quota_rule: true, ..FakeCgroups::default() });
+    let root = Path::new("greenfill/batch");
+    for id in ["a", "b"] {
+        fake.set_cpu_quota(&root.join(id), 0.9).unwrap();
+    }
+    let jobs = jobs_under(root, 0.9, &["a", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GuardConfig { online_cgroups: vec![], ..GuardConfig::default() };
+    let mut g = Guard::with_cgroups(cfg, dir.path(), root, fake.clone());
+    // 2 CPUs: 0.9 × 2 − 0 = 1.8; then online 1.5 → 0.3.
+    g.step(&sample(2, 1.8, 1.8, 10, 0.0), &jobs);
+    g.step(&sample(2, 3.3, 1.8, 10, 0.0), &jobs);
+    assert_eq!(g.write_errors, 0);
+    let q = |rel: &Path| fake.cpu_quota(rel).unwrap();
+    assert!((q(root) - 0.3).abs() < 1e-9, "{}", q(root));
+    assert!((q(&root.join("a")) - 0.3).abs() < 1e-9 && (q(&root.join("b")) - 0.3).abs() < 1e-9);
+    // Online leaves: the cap rises 0.5 a tick, and the jobs get their 0.9 back.
+    for _ in 0..4 {
+        g.step(&sample(2, 0.6, 0.6, 10, 0.0), &jobs);
+    }
+    assert_eq!(g.write_errors, 0);
+    assert!((q(root) - 1.8).abs() < 1e-9, "{}", q(root));
+    assert!((q(&root.join("a")) - 0.9).abs() < 1e-9);
+}
+
+/// The same on this machine's real cgroups, with two spinning jobs under the
+/// batch root (the case the shipped guard failed: EINVAL once a second).
+#[test]
+fn the_real_guard_cuts_below_a_running_jobs_limit() {
+    use greenfill_agent::cgroups::{Cgroups, HostCgroups};
+    use greenfill_agent::runner::{JobSpec, Runner};
+    use std::sync::Arc;
+    if !greenfill_core::testing::is_root() {
+        greenfill_core::testing::cannot_run("the_real_guard_cuts_below", "needs root to create cgroups");
+        return;
+    }
+    let cg = Path::new("/sys/fs/cgroup");
+    let base = format!("greenfill-guardjobs-{}", std::process::id());
+    let root = PathBuf::from(&base).join("batch");
+    let host = Arc::new(HostCgroups::new(cg, Path::new("/proc")));
+    let runner = Runner::new(&root, host.clone());
+    let logs = tempfile::tempdir().unwrap();
+    let spin = |id: &str| JobSpec {
+        id: id.into(),
+        argv: vec!["while :; do :; done".into()],
+        shell: true,
+        env: vec![],
+        cwd: None,
+        cpu_cores: 0.9,
+        memory_bytes: 64 << 20,
+        uid: None,
+        gid: None,
+        log_dir: logs.path().to_owned(),
+        log_cap_bytes: 1000,
+    };
+    let a = runner.start(&spin("a")).unwrap();
+    let b = runner.start(&spin("b")).unwrap();
+    let jobs = jobs_under(&root, 0.9, &["a", "b"]);
+    let cfg = GuardConfig { online_cgroups: vec![], ..GuardConfig::default() };
+    let mut g = Guard::with_cgroups(cfg, cg, &root, host.clone());
+    g.step(&sample(2, 1.8, 1.8, 10, 0.0), &jobs);
+    g.step(&sample(2, 3.3, 1.8, 10, 0.0), &jobs);
+    let (root_q, job_q) = (host.cpu_quota(&root), host.cpu_quota(&root.join("a")));
+    let errors = g.write_errors;
+    runner.kill(a);
+    runner.kill(b);
+    runner.remove_root();
+    let _ = std::fs::remove_dir(cg.join("cpu").join(&base));
+    assert_eq!(errors, 0, "the kernel refused a quota");
+    assert!((root_q.unwrap() - 0.3).abs() < 1e-6, "batch root quota {root_q:?}");
+    assert!((job_q.unwrap() - 0.3).abs() < 1e-6, "job quota {job_q:?}");
 }

@@ -471,3 +471,65 @@ fn the_example_config_lists_valid_keys() {
     let e = Config::load(&bad).unwrap_err().to_string();
     assert!(e.contains("planning.guard_slack") && e.contains("0.75"), "{e}");
 }
+
+/// The loop measured in issue 15, reproduced: an agent that evicts every attempt
+/// at once. The job backs off (1 s, then 2 s) between attempts and fails at its
+/// third eviction with a reason that says so, instead of coming straight back.
+#[tokio::test]
+async fn an_evicted_job_backs_off_and_fails_at_the_retry_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.planning.eviction_backoff = Duration::from_secs(1);
+    c.planning.max_evictions = 3;
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut s = spec();
+    s.pool = "web".into();
+    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "ev".into(), spec: Some(s) })).await;
+    let id = job.unwrap().into_inner().job.unwrap().id;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let register = pb::Register {
+        node_name: "n1".into(),
+        pool: "web".into(),
+        cpu_cores: 16.0,
+        memory_bytes: 64 << 30,
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(register)) })
+        .await
+        .unwrap();
+    let sample = pb::TelemetrySample { time: ts(now()), online_cpu_cores: Some(2.0), ..Default::default() };
+    tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(sample)) }).await.unwrap();
+    let mut agents = AgentServiceClient::new(ch.clone());
+    let mut inbound =
+        agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    let mut runs = Vec::new();
+    let mut seq = 0;
+    let started = std::time::Instant::now();
+    while runs.len() < 4 && started.elapsed() < Duration::from_secs(12) {
+        let Ok(m) = tokio::time::timeout(Duration::from_millis(500), inbound.message()).await else { continue };
+        let m = m.unwrap().unwrap();
+        let Some(pb::scheduler_message::Body::Run(r)) = m.body else { continue };
+        runs.push(started.elapsed());
+        for phase in [pb::JobPhase::Started, pb::JobPhase::Evicted] {
+            seq += 1;
+            let status = pb::JobStatus {
+                job_id: id.clone(),
+                attempt_id: r.attempt_id.clone(),
+                phase: phase as i32,
+                message: "node memory 93.0% > high 90%".into(),
+                ..Default::default()
+            };
+            let body = Some(pb::agent_message::Body::JobStatus(status));
+            tx.send(pb::AgentMessage { seq, ack: m.seq, body }).await.unwrap();
+        }
+    }
+    assert_eq!(runs.len(), 3, "three attempts, then no more: {runs:?}");
+    assert!(runs[1] - runs[0] >= Duration::from_secs(1), "backed off 1 s: {runs:?}");
+    assert!(runs[2] - runs[1] >= Duration::from_secs(2), "then 2 s: {runs:?}");
+    let j = jobs.get_job(authed(USER, pb::GetJobRequest { id: id.clone() })).await.unwrap().into_inner();
+    assert_eq!(j.state, pb::JobState::Failed as i32, "{j:?}");
+    assert_eq!(j.evictions, 3);
+    assert!(j.state_reason.contains("evicted 3 times (planning.max_evictions = 3)"), "{}", j.state_reason);
+}

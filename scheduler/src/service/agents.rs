@@ -185,7 +185,7 @@ async fn handle(
                         node.event_seq = m.seq;
                     }
                     writes.push(node.row(name));
-                    let (w, e) = apply_status(&mut inner, name, &s);
+                    let (w, e) = apply_status(&mut inner, &st.config.planning, name, &s);
                     writes.extend(w);
                     events.extend(e);
                 }
@@ -208,7 +208,54 @@ async fn handle(
 
 /// What a job event means for the job. Events of an attempt that is not the
 /// job's current one are stale (the job was requeued) and change nothing.
-fn apply_status(inner: &mut super::Inner, node: &str, s: &pb::JobStatus) -> (Vec<Write>, Vec<pb::JobEvent>) {
+/// An eviction: back off before the job may run again (doubling each time), or
+/// fail it at `planning.max_evictions`, so a node that keeps running short of
+/// memory does not get the same job back every round.
+fn evicted(
+    inner: &mut super::Inner,
+    planning: &super::config::Planning,
+    node: &str,
+    s: &pb::JobStatus,
+    when: prost_types::Timestamp,
+) -> Option<(Vec<Write>, pb::JobEvent)> {
+    use super::lifecycle::Event;
+    let n = inner.jobs.get(&s.job_id).map_or(0, |e| e.job.evictions) + 1;
+    if n >= planning.max_evictions {
+        let why = format!(
+            "evicted {n} times (planning.max_evictions = {}); last on {node}: {}",
+            planning.max_evictions, s.message
+        );
+        return inner.change(&s.job_id, Event::Failed, &why, |e| {
+            e.job.evictions = n;
+            e.job.finished_at = Some(when);
+        });
+    }
+    let wait = planning.eviction_backoff.mul_f64(f64::from(1u32 << (n - 1).min(5)));
+    // From the scheduler's own clock (the agent's event time has whole seconds),
+    // rounded up, so the job waits at least `wait`.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
+    let after = (now_ms + wait_ms + 999).div_euclid(1000);
+    let why = format!(
+        "evicted on {node} ({n} of {}): {}; may run again in {} s",
+        planning.max_evictions,
+        s.message,
+        wait.as_secs()
+    );
+    inner.change(&s.job_id, Event::Evicted, &why, |e| {
+        e.job.evictions = n;
+        e.job.retry_after = Some(prost_types::Timestamp { seconds: after, nanos: 0 });
+        e.job.node.clear();
+        e.job.planned_start = None;
+    })
+}
+
+fn apply_status(
+    inner: &mut super::Inner,
+    planning: &super::config::Planning,
+    node: &str,
+    s: &pb::JobStatus,
+) -> (Vec<Write>, Vec<pb::JobEvent>) {
     use super::lifecycle::Event;
     use pb::JobPhase as P;
     let Some(e) = inner.jobs.get(&s.job_id) else { return (vec![], vec![]) };
@@ -242,10 +289,7 @@ fn apply_status(inner: &mut super::Inner, node: &str, s: &pb::JobStatus) -> (Vec
         P::FailedToStart => inner.change(&s.job_id, Event::Failed, &format!("failed to start: {}", s.message), |e| {
             e.job.finished_at = Some(when);
         }),
-        P::Evicted => inner.change(&s.job_id, Event::Evicted, &format!("evicted on {node}: {}", s.message), |e| {
-            e.job.node.clear();
-            e.job.planned_start = None;
-        }),
+        P::Evicted => evicted(inner, planning, node, s, when),
         // Stopped without a cancel (the agent restarted and could not keep it):
         // run it again.
         P::Stopped => {

@@ -87,6 +87,12 @@ pub struct Planning {
     /// LP time limit.
     #[serde(with = "dur")]
     pub solve_limit: Duration,
+    /// An evicted job waits this long before it may run again, doubled at each
+    /// further eviction (at most 32×).
+    #[serde(with = "dur")]
+    pub eviction_backoff: Duration,
+    /// A job evicted this many times fails with a reason that says so.
+    pub max_evictions: u32,
 }
 
 impl Planning {
@@ -162,6 +168,8 @@ impl Default for Planning {
             carbon_constant: 400.0,
             carbon_file: None,
             solve_limit: Duration::from_secs(10),
+            eviction_backoff: Duration::from_secs(60),
+            max_evictions: 3,
         }
     }
 }
@@ -284,6 +292,12 @@ impl Config {
         }
         if !(self.power.idle_w >= 0.0 && self.power.max_w >= self.power.idle_w && self.power.pue >= 1.0) {
             bad("power", format!("{:?}", self.power), "need 0 <= idle_w <= max_w and pue >= 1");
+        }
+        if p.max_evictions == 0 {
+            bad("planning.max_evictions", "0".into(), "must be >= 1 (the eviction that fails the job)");
+        }
+        if p.eviction_backoff.is_zero() {
+            bad("planning.eviction_backoff", "0s".into(), "must be positive");
         }
         if self.limits.requests_per_second == 0 {
             bad("limits.requests_per_second", "0".into(), "must be > 0");

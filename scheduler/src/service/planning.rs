@@ -179,14 +179,15 @@ fn running_jobs(inner: &Inner, t: i64, where_is: &HashMap<&str, (usize, usize)>)
 }
 
 /// A queued job for the builder (`None` when it names a pool with no live node).
-fn queued_job(id: &str, s: &pb::JobSpec, pool_index: &BTreeMap<String, usize>) -> Option<QueuedJob> {
+fn queued_job(id: &str, job: &pb::Job, s: &pb::JobSpec, pool_index: &BTreeMap<String, usize>) -> Option<QueuedJob> {
     let pool = if s.pool.is_empty() { None } else { Some(*pool_index.get(&s.pool)?) };
     #[allow(clippy::cast_precision_loss, reason = "bytes")]
     Some(QueuedJob {
         id: id.to_owned(),
         cores: s.cpu_cores,
         mem_gib: s.memory_bytes as f64 / GIB,
-        not_before: s.not_before.map(|t| t.seconds),
+        // An evicted job backs off before it runs again.
+        not_before: s.not_before.map(|t| t.seconds).max(job.retry_after.map(|t| t.seconds)),
         deadline: s.deadline.map(|t| t.seconds),
         duration_s: s.expected_duration.as_ref().map_or(1.0, super::duration_secs),
         pausable: false,
@@ -224,7 +225,7 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
     for id in inner.order.values() {
         let e = &inner.jobs[id];
         let Some(spec) = e.job.spec.as_ref().filter(|_| is_queued(e.job.state)) else { continue };
-        match queued_job(id, spec, &pool_index).filter(|_| !pools.is_empty()) {
+        match queued_job(id, &e.job, spec, &pool_index).filter(|_| !pools.is_empty()) {
             Some(job) => {
                 builder.queue(job);
                 job_ids.push(id.clone());

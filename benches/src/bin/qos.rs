@@ -1,0 +1,658 @@
+//! `qos`: a real latency-critical service beside greenfill's batch, on this
+//! machine. memcached (Debian's) runs in an "online" cgroup; an open-loop load
+//! generator (Poisson arrivals at a fixed rate, latency from each request's
+//! *intended* send time, so queueing is not hidden by coordinated omission) drives
+//! it at shares of its measured peak; batch CPU work runs through the agent's own
+//! runner and guard. Inside each run batch is switched on and off in short
+//! segments, so each "on" segment is compared with the "off" one before it on the
+//! same machine a moment earlier (paired ratios beat the noise of a shared VM).
+//!
+//! Conditions: `alone` (no batch), `unprotected` (batch at normal priority, no
+//! guard), `priority` (the batch subtree at the kernel's idle priority, no guard),
+//! `guard-only` (the guard's quota loop without kernel priority: the layout
+//! greenfill shipped before, less its node-wide PSI rule) and `greenfill` (both,
+//! as the agent now runs).
+//!
+//! Needs root (cgroups) and memcached. The client's threads run SCHED_FIFO
+//! (`chrt -f -p 10` on each thread), so batch cannot delay the client itself;
+//! memcached and batch run at the normal policy.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use greenfill_agent::cgroups::{Cgroups, HostCgroups};
+use greenfill_agent::guard::{Guard, GuardConfig, GuardJob};
+use greenfill_agent::runner::{JobSpec, Runner, Running};
+use greenfill_agent::telemetry::{LinearPowerModel, Roots, Sampler};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// memcached beside greenfill's batch: tail latency per condition and load.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Online load levels, % of the server's measured peak.
+    #[arg(long, value_delimiter = ',', default_value = "20,40,60")]
+    levels: Vec<f64>,
+    /// Conditions to run (alone, unprotected, priority, guard-only, greenfill).
+    #[arg(long, value_delimiter = ',', default_value = "alone,unprotected,priority,guard-only,greenfill")]
+    conditions: Vec<String>,
+    /// Length of one batch-off or batch-on segment.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    segment: Duration,
+    /// Off/on pairs per condition and level.
+    #[arg(long, default_value_t = 6)]
+    pairs: usize,
+    /// Client connections (one thread each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// memcached worker threads.
+    #[arg(long, default_value_t = 2)]
+    server_threads: usize,
+    /// memcached binary.
+    #[arg(long, default_value = "/usr/bin/memcached")]
+    memcached: PathBuf,
+    /// TCP port for memcached on 127.0.0.1 (0 = a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// A few seconds in all: one level, two conditions, one pair of short
+    /// segments (CI runs this to check that the harness runs and measures).
+    #[arg(long)]
+    smoke: bool,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    greenfill_core::time::parse_duration(s)
+        .filter(|v| *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 500ms, 2s)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    Alone,
+    Unprotected,
+    Priority,
+    GuardOnly,
+    Greenfill,
+}
+
+impl Condition {
+    fn parse(s: &str) -> Result<Condition> {
+        Ok(match s {
+            "alone" => Condition::Alone,
+            "unprotected" => Condition::Unprotected,
+            "priority" => Condition::Priority,
+            "guard-only" => Condition::GuardOnly,
+            "greenfill" => Condition::Greenfill,
+            _ => bail!("--conditions: `{s}` is not one of alone, unprotected, priority, guard-only, greenfill"),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Condition::Alone => "alone",
+            Condition::Unprotected => "unprotected",
+            Condition::Priority => "priority",
+            Condition::GuardOnly => "guard-only",
+            Condition::Greenfill => "greenfill",
+        }
+    }
+
+    fn idle_priority(self) -> bool {
+        matches!(self, Condition::Priority | Condition::Greenfill)
+    }
+
+    fn guard(self) -> bool {
+        matches!(self, Condition::GuardOnly | Condition::Greenfill)
+    }
+}
+
+/// One condition at one load level.
+#[derive(Debug, Serialize)]
+struct Row {
+    condition: &'static str,
+    level_pct: f64,
+    target_rate: f64,
+    achieved_rate: f64,
+    /// Latency with batch on, µs (for `alone`: every segment).
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    /// The same in the batch-off segments of the same run.
+    off_p99_us: u64,
+    off_p999_us: u64,
+    /// Median over pairs of p99(on) / p99(off before it).
+    paired_p99_ratio: f64,
+    paired_p999_ratio: f64,
+    /// Batch CPU done while on, core-seconds, and its share of the CPU that
+    /// online work and the client left idle.
+    batch_cpu_s: f64,
+    harvested_pct: f64,
+    /// (online + client + batch) / CPUs while batch was on.
+    machine_util_pct: f64,
+    guard_cuts: u64,
+    guard_write_errors: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("qos: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(mut args: Args) -> Result<()> {
+    let mut conditions: Vec<Condition> = args.conditions.iter().map(|c| Condition::parse(c)).collect::<Result<_>>()?;
+    if !greenfill_core::testing::is_root() {
+        bail!("needs root, to create cgroups for memcached and the batch jobs");
+    }
+    if !args.memcached.exists() {
+        bail!("{} not found: apt-get install memcached (or give --memcached)", args.memcached.display());
+    }
+    if args.smoke {
+        args.levels = vec![20.0];
+        args.pairs = 1;
+        args.segment = Duration::from_millis(500);
+        conditions = vec![Condition::Alone, Condition::Greenfill];
+    }
+    let mut h = Harness::start(&args)?;
+    let peak = h.peak(if args.smoke { Duration::from_millis(500) } else { Duration::from_secs(3) })?;
+    eprintln!("memcached peak (closed loop, {} connections): {peak:.0} gets/s", args.connections);
+    let mut rows = Vec::new();
+    for &level in &args.levels {
+        for &c in &conditions {
+            let row = h.measure(&args, c, level, peak * level / 100.0)?;
+            eprintln!(
+                "{:<12} {:>3.0} %  p99 {:>6} µs (off {:>6})  paired p99 ×{:.2} p99.9 ×{:.2}  harvest {:>5.1} %",
+                row.condition,
+                level,
+                row.p99_us,
+                row.off_p99_us,
+                row.paired_p99_ratio,
+                row.paired_p999_ratio,
+                row.harvested_pct
+            );
+            rows.push(row);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<12} {:>5} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8} {:>6}",
+        "condition",
+        "load",
+        "rate/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "off p99",
+        "p99 ×",
+        "p99.9 ×",
+        "harvest",
+        "util",
+        "cuts"
+    );
+    for r in rows {
+        println!(
+            "{:<12} {:>4.0}% {:>9.0} {:>8} {:>8} {:>8} {:>9} {:>8.2} {:>9.2} {:>7.1}% {:>7.1}% {:>6}",
+            r.condition,
+            r.level_pct,
+            r.achieved_rate,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.off_p99_us,
+            r.paired_p99_ratio,
+            r.paired_p999_ratio,
+            r.harvested_pct,
+            r.machine_util_pct,
+            r.guard_cuts
+        );
+    }
+    if let Some(u) = rows.iter().find(|r| r.condition == "unprotected")
+        && u.paired_p99_ratio < 1.1
+    {
+        println!(
+            "insensitive: unprotected batch raised p99 by less than 10 %; this run shows no interference to protect against"
+        );
+    }
+}
+
+/// memcached, the cgroups and the batch runner; all of it removed on drop.
+struct Harness {
+    /// The batch subtree's top (`<base>/batch` is the batch root); online is a
+    /// sibling of it, as on a real node.
+    base: PathBuf,
+    online: PathBuf,
+    batch: PathBuf,
+    cgroups: Arc<HostCgroups>,
+    runner: Runner,
+    server: Child,
+    port: u16,
+    cpus: f64,
+    connections: usize,
+    logs: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        for id in ["qos-a", "qos-b"] {
+            self.runner.signal_cgroup(&self.batch.join(id), nix::sys::signal::Signal::SIGCONT);
+            self.runner.kill_cgroup(&self.batch.join(id));
+        }
+        self.runner.remove_root();
+        let _ = self.cgroups.remove(&self.online);
+        let _ = self.cgroups.remove(&self.base);
+    }
+}
+
+fn free_port(asked: u16) -> Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", asked))
+        .with_context(|| format!("port {asked} on 127.0.0.1 is busy (give another with --port)"))?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Harness {
+    fn start(args: &Args) -> Result<Harness> {
+        let base = PathBuf::from(format!("greenfill-qos-{}", std::process::id()));
+        let cgroups = Arc::new(HostCgroups::new(Path::new("/sys/fs/cgroup"), Path::new("/proc")));
+        let port = free_port(args.port)?;
+        let online = PathBuf::from(format!("greenfill-qos-{}-online", std::process::id()));
+        cgroups.create(&online).context("creating the online cgroup")?;
+        let server = Command::new(&args.memcached)
+            .args(["-u", "nobody", "-l", "127.0.0.1", "-U", "0", "-m", "64", "-c", "1024"])
+            .args(["-p", &port.to_string(), "-t", &args.server_threads.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", args.memcached.display()))?;
+        let batch = base.join("batch");
+        let runner = Runner::new(&batch, cgroups.clone());
+        #[allow(clippy::cast_precision_loss, reason = "a CPU count")]
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as f64;
+        let logs = tempfile::tempdir()?;
+        let h =
+            Harness { base, online, batch, cgroups, runner, server, port, cpus, connections: args.connections, logs };
+        h.cgroups.add_process(&h.online, h.server.id()).context("moving memcached into its cgroup")?;
+        h.wait_ready()?;
+        let mut c = Client::connect(h.port)?;
+        c.set("k", &[b'x'; 100])?;
+        Ok(h)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > until {
+                bail!("memcached did not listen on 127.0.0.1:{} within 5 s", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Closed-loop gets/s over `time` with every connection busy.
+    fn peak(&self, time: Duration) -> Result<f64> {
+        let threads: Vec<_> = (0..self.connections)
+            .map(|_| {
+                let port = self.port;
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut c = Client::connect(port)?;
+                    let until = Instant::now() + time;
+                    let mut n = 0;
+                    while Instant::now() < until {
+                        c.get("k")?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in threads {
+            total += t.join().map_err(|_| anyhow::anyhow!("a peak thread panicked"))??;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a count")]
+        Ok(total as f64 / time.as_secs_f64())
+    }
+
+    /// Two batch jobs, each allowed the whole machine, each with a spinner per CPU.
+    fn start_batch(&self, c: Condition) -> Result<(Vec<Running>, Vec<GuardJob>)> {
+        if c.idle_priority() {
+            self.runner.prioritise()?;
+        } else {
+            // Normal priority for the whole batch subtree.
+            let top = self.cgroups.layout().v1_cpu.clone().or(self.cgroups.layout().v2.clone());
+            if let Some(dir) = top.map(|t| t.join(&self.base)) {
+                let _ = std::fs::write(dir.join("cpu.idle"), "0");
+                let _ = std::fs::write(dir.join("cpu.shares"), "1024");
+            }
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a CPU count")]
+        let spinners = vec!["(while :; do :; done) &"; self.cpus as usize].join(" ");
+        let (mut running, mut jobs) = (Vec::new(), Vec::new());
+        for id in ["qos-a", "qos-b"] {
+            let spec = JobSpec {
+                id: id.into(),
+                argv: vec!["sh".into(), "-c".into(), format!("{spinners} wait")],
+                shell: false,
+                env: vec![],
+                cwd: None,
+                cpu_cores: self.cpus,
+                memory_bytes: 64 << 20,
+                uid: None,
+                gid: None,
+                log_dir: self.logs.path().to_owned(),
+                log_cap_bytes: 4096,
+            };
+            let r = self.runner.start(&spec)?;
+            jobs.push(GuardJob {
+                attempt: id.into(),
+                cgroup: r.cgroup_path.clone(),
+                priority: 0,
+                cpu_cores: self.cpus,
+            });
+            running.push(r);
+        }
+        Ok((running, jobs))
+    }
+
+    /// Kill the jobs and remove the batch root, so the next condition starts
+    /// with no quota left by the guard.
+    fn stop_batch(&self, running: Vec<Running>) {
+        for r in running {
+            self.runner.signal_cgroup(&r.cgroup_path, nix::sys::signal::Signal::SIGCONT);
+            self.runner.kill(r);
+        }
+        self.runner.remove_root();
+    }
+
+    fn pause_batch(&self, jobs: &[GuardJob], on: bool) {
+        let sig = if on { nix::sys::signal::Signal::SIGCONT } else { nix::sys::signal::Signal::SIGSTOP };
+        for j in jobs {
+            self.runner.signal_cgroup(&j.cgroup, sig);
+        }
+    }
+
+    fn measure(&mut self, args: &Args, c: Condition, level: f64, rate: f64) -> Result<Row> {
+        let (running, jobs) = if c == Condition::Alone { (Vec::new(), Vec::new()) } else { self.start_batch(c)? };
+        self.pause_batch(&jobs, false);
+        let stop_guard = Arc::new(AtomicBool::new(false));
+        let guard = c.guard().then(|| self.spawn_guard(jobs.clone(), stop_guard.clone()));
+        let segments = 2 * args.pairs;
+        let seg = args.segment;
+        let t0 = Instant::now() + Duration::from_millis(200);
+        let load = {
+            let (port, conns) = (self.port, args.connections);
+            std::thread::spawn(move || open_loop(port, conns, rate, t0, seg, segments))
+        };
+        let mut usage = Vec::with_capacity(segments + 1);
+        for k in 0..=segments {
+            let at = t0 + seg * u32::try_from(k).unwrap_or(0);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            usage.push(self.cpu_now());
+            if k < segments {
+                self.pause_batch(&jobs, k % 2 == 1);
+            }
+        }
+        let hists = load.join().map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+        stop_guard.store(true, Ordering::Relaxed);
+        let (cuts, write_errors) = match guard {
+            Some(g) => g.join().map_err(|_| anyhow::anyhow!("the guard thread panicked"))?,
+            None => (0, 0),
+        };
+        self.stop_batch(running);
+        Ok(summarise(c, level, rate, &hists, &usage, seg, self.cpus, cuts, write_errors))
+    }
+
+    /// The agent's guard on real telemetry, ticking every second.
+    fn spawn_guard(&self, jobs: Vec<GuardJob>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+        let cgroups: Arc<dyn Cgroups> = self.cgroups.clone();
+        let batch = self.batch.clone();
+        std::thread::spawn(move || {
+            let roots =
+                Roots { proc: "/proc".into(), cgroup: "/sys/fs/cgroup".into(), powercap: "/nonexistent".into() };
+            let mut sampler = Sampler::new(roots, LinearPowerModel { idle_w_per_cpu: 0.74, max_w_per_cpu: 3.5 });
+            sampler.watch(&batch);
+            sampler.sample();
+            let cfg = GuardConfig { online_cgroups: vec![], ..GuardConfig::default() };
+            let mut g = Guard::with_cgroups(cfg, Path::new("/sys/fs/cgroup"), &batch, cgroups);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                g.step(&sampler.sample(), &jobs);
+            }
+            (g.cuts, g.write_errors)
+        })
+    }
+
+    /// CPU seconds so far: (online cgroup, batch root, this process).
+    fn cpu_now(&self) -> CpuNow {
+        let own = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
+        #[allow(clippy::cast_precision_loss, reason = "clock ticks")]
+        CpuNow {
+            online: self.cgroups.usage(&self.online).cpu_seconds.unwrap_or(0.0),
+            batch: self.cgroups.usage(&self.batch).cpu_seconds.unwrap_or(0.0),
+            client: own.map_or(0.0, |t| t as f64 / 100.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuNow {
+    online: f64,
+    batch: f64,
+    client: f64,
+}
+
+/// Put the calling thread under SCHED_FIFO (priority 10), so batch cannot delay
+/// the client; says so once if it cannot.
+fn realtime() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()));
+    let ok = tid.is_some_and(|tid| {
+        Command::new("chrt").args(["-f", "-p", "10", &tid]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    if !ok && !WARNED.swap(true, Ordering::Relaxed) {
+        eprintln!("qos: cannot make the client real-time (chrt); batch may delay the client itself");
+    }
+}
+
+/// One histogram per segment (even = batch off, odd = on) and the requests done.
+struct Load {
+    segments: Vec<Histogram<u64>>,
+    done: u64,
+    elapsed_s: f64,
+}
+
+fn open_loop(port: u16, conns: usize, rate: f64, t0: Instant, seg: Duration, segments: usize) -> Result<Load> {
+    #[allow(clippy::cast_precision_loss, reason = "a count")]
+    let per_conn = rate / conns as f64;
+    let end = t0 + seg * u32::try_from(segments).unwrap_or(0);
+    let threads: Vec<_> = (0..conns)
+        .map(|i| {
+            std::thread::spawn(move || -> Result<(Vec<Histogram<u64>>, u64)> {
+                realtime();
+                let mut c = Client::connect(port)?;
+                let mut hists: Vec<Histogram<u64>> =
+                    (0..segments).map(|_| Histogram::new_with_bounds(1, 10_000_000, 3)).collect::<Result<_, _>>()?;
+                let mut rng = Lcg(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
+                let mut intended = t0;
+                let mut done = 0;
+                loop {
+                    intended += Duration::from_secs_f64(-rng.unit().ln() / per_conn);
+                    if intended >= end {
+                        break;
+                    }
+                    std::thread::sleep(intended.saturating_duration_since(Instant::now()));
+                    c.get("k")?;
+                    let latency = Instant::now().duration_since(intended);
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a segment index")]
+                    let k = (intended.duration_since(t0).as_secs_f64() / seg.as_secs_f64()) as usize;
+                    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 10_000_000);
+                    hists[k.min(segments - 1)].saturating_record(us);
+                    done += 1;
+                }
+                Ok((hists, done))
+            })
+        })
+        .collect();
+    let mut segments_out: Vec<Histogram<u64>> =
+        (0..segments).map(|_| Histogram::new_with_bounds(1, 10_000_000, 3)).collect::<Result<_, _>>()?;
+    let mut done = 0;
+    for t in threads {
+        let (hists, n) = t.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        for (out, h) in segments_out.iter_mut().zip(&hists) {
+            out.add(h)?;
+        }
+        done += n;
+    }
+    Ok(Load { segments: segments_out, done, elapsed_s: end.duration_since(t0).as_secs_f64() })
+}
+
+#[allow(clippy::too_many_arguments, reason = "one row's inputs")]
+fn summarise(
+    c: Condition,
+    level: f64,
+    rate: f64,
+    load: &Load,
+    usage: &[CpuNow],
+    seg: Duration,
+    cpus: f64,
+    guard_cuts: u64,
+    guard_write_errors: u64,
+) -> Row {
+    let merge = |odd: bool| {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid bounds");
+        for (k, s) in load.segments.iter().enumerate() {
+            if c == Condition::Alone || (k % 2 == 1) == odd {
+                let _ = h.add(s);
+            }
+        }
+        h
+    };
+    let (on, off) = (merge(true), merge(false));
+    let ratio = |q: f64| {
+        let mut r: Vec<f64> = load
+            .segments
+            .chunks(2)
+            .filter(|p| p.len() == 2 && !p[0].is_empty() && !p[1].is_empty())
+            .map(|p| ratio_of(p[1].value_at_quantile(q), p[0].value_at_quantile(q)))
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    // CPU while batch was on (odd segments).
+    let (mut batch, mut other, mut on_s) = (0.0, 0.0, 0.0);
+    for k in (1..usage.len()).filter(|k| (k - 1) % 2 == 1) {
+        let (a, b) = (usage[k - 1], usage[k]);
+        batch += b.batch - a.batch;
+        other += (b.online - a.online) + (b.client - a.client);
+        on_s += seg.as_secs_f64();
+    }
+    let idle = (cpus * on_s - other).max(1e-9);
+    #[allow(clippy::cast_precision_loss, reason = "a count")]
+    let achieved = load.done as f64 / load.elapsed_s;
+    Row {
+        condition: c.name(),
+        level_pct: level,
+        target_rate: rate,
+        achieved_rate: achieved,
+        p50_us: on.value_at_quantile(0.5),
+        p99_us: on.value_at_quantile(0.99),
+        p999_us: on.value_at_quantile(0.999),
+        off_p99_us: off.value_at_quantile(0.99),
+        off_p999_us: off.value_at_quantile(0.999),
+        paired_p99_ratio: if c == Condition::Alone { 1.0 } else { ratio(0.99) },
+        paired_p999_ratio: if c == Condition::Alone { 1.0 } else { ratio(0.999) },
+        batch_cpu_s: batch,
+        harvested_pct: if on_s > 0.0 { 100.0 * batch / idle } else { 0.0 },
+        machine_util_pct: if on_s > 0.0 { 100.0 * (batch + other) / (cpus * on_s) } else { 0.0 },
+        guard_cuts,
+        guard_write_errors,
+    }
+}
+
+#[allow(clippy::cast_precision_loss, reason = "latencies in µs")]
+fn ratio_of(a: u64, b: u64) -> f64 {
+    a as f64 / b.max(1) as f64
+}
+
+/// A seeded generator for the arrival times (uniform in (0, 1]).
+struct Lcg(u64);
+
+impl Lcg {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        #[allow(clippy::cast_precision_loss, reason = "53 bits of a u64")]
+        let u = ((self.0 >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        u
+    }
+}
+
+/// memcached's text protocol, enough for set and get.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Result<Client> {
+        let stream =
+            TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Client { stream, buf: Vec::with_capacity(256) })
+    }
+
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        write!(self.stream, "set {key} 0 0 {}\r\n", value.len())?;
+        self.stream.write_all(value)?;
+        self.stream.write_all(b"\r\n")?;
+        self.read_until(b"STORED\r\n")
+    }
+
+    fn get(&mut self, key: &str) -> Result<()> {
+        write!(self.stream, "get {key}\r\n")?;
+        self.read_until(b"END\r\n")
+    }
+
+    fn read_until(&mut self, end: &[u8]) -> Result<()> {
+        self.buf.clear();
+        let mut chunk = [0u8; 512];
+        while !self.buf.ends_with(end) {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                bail!("memcached closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    }
+}
