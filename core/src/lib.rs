@@ -14,4 +14,4 @@ pub mod testing;
 pub mod time;
 pub mod units;
 
-pub use series::{Series, SeriesStats, fill_gaps};
+pub use series::{MAX_POINTS, Series, SeriesStats, fill_gaps, points_needed};

@@ -84,13 +84,11 @@ impl Series {
     pub fn binned(id: String, step: i64, samples: &[(i64, f64)]) -> Option<Series> {
         assert!(step > 0, "step must be positive");
         let observed: Vec<(i64, f64)> = samples.iter().copied().filter(|(_, v)| v.is_finite()).collect();
-        let first = samples.first()?.0;
-        let last = samples.last()?.0;
         if observed.is_empty() {
             return None;
         }
-        let start = first.div_euclid(step) * step;
-        let n = usize::try_from((last - start) / step + 1).ok()?;
+        let n = points_needed(samples, step).ok()?;
+        let start = samples.iter().map(|s| s.0).min()?.div_euclid(step) * step;
         let mut sum = vec![0.0; n];
         let mut cnt = vec![0u32; n];
         for &(t, v) in &observed {
@@ -101,6 +99,24 @@ impl Series {
         let values: Vec<f64> =
             sum.iter().zip(&cnt).map(|(&s, &c)| if c > 0 { s / f64::from(c) } else { f64::NAN }).collect();
         Some(Series { id, start, step, values, filled: 0 })
+    }
+}
+
+/// Most values one series read from a file may hold (a year at one second is
+/// 31.5 M): past it a reader refuses the file instead of trying to allocate.
+pub const MAX_POINTS: usize = 50_000_000;
+
+/// How many values `samples` need at `step`, from the step holding the earliest
+/// to the latest; `Err` with the count when that is more than [`MAX_POINTS`].
+pub fn points_needed(samples: &[(i64, f64)], step: i64) -> Result<usize, u128> {
+    let (Some(first), Some(last)) = (samples.iter().map(|s| s.0).min(), samples.iter().map(|s| s.0).max()) else {
+        return Ok(0);
+    };
+    let start = i128::from(first.div_euclid(step)) * i128::from(step);
+    let n = (i128::from(last) - start) / i128::from(step) + 1;
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_POINTS => Ok(n),
+        _ => Err(u128::try_from(n).unwrap_or(u128::MAX)),
     }
 }
 

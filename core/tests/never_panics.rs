@@ -97,3 +97,15 @@ proptest! {
         }
     }
 }
+
+/// Found by `usage_reader_never_panics` in CI: two timestamps 2^62 s apart made
+/// the reader ask for 10^14 bytes and abort. A span past MAX_POINTS is an error.
+#[test]
+fn a_span_no_file_can_mean_is_refused_not_allocated() {
+    let text = "timestamp,cpu_usage,assigned_mem\n0,1,1\n300,1,1\n600,1,1\n4611686018427387904,2,2\n";
+    let e = read_usage("x_300_seconds.csv", text.as_bytes(), &UsageOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("more than 50000000 values"), "{e}");
+    let carbon = "timestamp,avg_CI\n0,100\n4611686018427387904,200\n";
+    let e = read_carbon("c.csv", carbon.as_bytes(), &CarbonOptions { step: Some(3600), ..CarbonOptions::default() });
+    assert!(e.unwrap_err().to_string().contains("more than 50000000 values"));
+}

@@ -67,6 +67,11 @@ struct Args {
     /// Print the rows as JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of the table: the load-step run (online 20 → 60 → 20 % of peak,
+    /// this long each, greenfill's batch on): the worst 100 ms window's p99 after
+    /// the step and how long the guard's cap takes to reach the formula's value.
+    #[arg(long, value_parser = duration)]
+    step: Option<Duration>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -171,6 +176,26 @@ fn run(mut args: Args) -> Result<()> {
     let mut h = Harness::start(&args)?;
     let peak = h.peak(if args.smoke { Duration::from_millis(500) } else { Duration::from_secs(3) })?;
     eprintln!("memcached peak (closed loop, {} connections): {peak:.0} gets/s", args.connections);
+    if let Some(phase) = args.step {
+        let row = h.step_run(peak, phase)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&row)?);
+        } else {
+            println!(
+                "step {:.0} → {:.0} → {:.0} %: p99 before {} µs, worst 100 ms window after the step {} µs; \
+                 cap at the formula ({:.2} cores) {} after the step; caps after the step down: {:?}",
+                row.low_pct,
+                row.high_pct,
+                row.low_pct,
+                row.before_p99_us,
+                row.worst_window_p99_us,
+                row.formula_cap,
+                row.seconds_to_formula.map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s")),
+                row.caps_after.iter().map(|c| (c * 100.0).round() / 100.0).collect::<Vec<_>>()
+            );
+        }
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for &level in &args.levels {
         for &c in &conditions {
@@ -406,7 +431,7 @@ impl Harness {
         let t0 = Instant::now() + Duration::from_millis(200);
         let load = {
             let (port, conns) = (self.port, args.connections);
-            std::thread::spawn(move || open_loop(port, conns, rate, t0, seg, segments))
+            std::thread::spawn(move || open_loop(port, conns, &vec![rate; segments], t0, seg))
         };
         let mut usage = Vec::with_capacity(segments + 1);
         for k in 0..=segments {
@@ -420,15 +445,67 @@ impl Harness {
         let hists = load.join().map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
         stop_guard.store(true, Ordering::Relaxed);
         let (cuts, write_errors) = match guard {
-            Some(g) => g.join().map_err(|_| anyhow::anyhow!("the guard thread panicked"))?,
+            Some(g) => {
+                let run = g.join().map_err(|_| anyhow::anyhow!("the guard thread panicked"))?;
+                (run.cuts, run.write_errors)
+            }
             None => (0, 0),
         };
         self.stop_batch(running);
         Ok(summarise(c, level, rate, &hists, &usage, seg, self.cpus, cuts, write_errors))
     }
 
+    /// Online 20 → 60 → 20 % for `phase` each, batch on throughout, the agent as
+    /// it runs (priority and guard).
+    fn step_run(&mut self, peak: f64, phase: Duration) -> Result<StepRow> {
+        let (low, high) = (20.0, 60.0);
+        let window = Duration::from_millis(100);
+        let per_phase = usize::try_from(phase.as_millis() / window.as_millis()).unwrap_or(50).max(10);
+        let mut rates = vec![peak * low / 100.0; per_phase];
+        rates.extend(vec![peak * high / 100.0; per_phase]);
+        rates.extend(vec![peak * low / 100.0; per_phase]);
+        let (running, jobs) = self.start_batch(Condition::Greenfill)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let guard = self.spawn_guard(jobs, stop.clone());
+        // Let the guard settle on the low load first.
+        std::thread::sleep(Duration::from_secs(3));
+        let t0 = Instant::now() + Duration::from_millis(100);
+        let (port, conns) = (self.port, self.connections);
+        let load = std::thread::spawn(move || open_loop(port, conns, &rates, t0, window));
+        let load = load.join().map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let run = guard.join().map_err(|_| anyhow::anyhow!("the guard thread panicked"))?;
+        self.stop_batch(running);
+        let up = t0 + window * u32::try_from(per_phase).unwrap_or(0);
+        let down = up + window * u32::try_from(per_phase).unwrap_or(0);
+        let mut before: Vec<u64> = load.segments[..per_phase].iter().map(|h| h.value_at_quantile(0.99)).collect();
+        before.sort_unstable();
+        let after_up = &load.segments[per_phase..(per_phase + 20).min(load.segments.len())];
+        // The formula at the high load, from the online use the guard measured in its last second there.
+        let high_online =
+            run.caps.iter().filter(|(t, _, _)| *t > up && *t <= down).map(|c| c.2).next_back().unwrap_or(0.0);
+        #[allow(clippy::cast_precision_loss, reason = "a CPU count")]
+        let formula =
+            (GuardConfig::default().threshold * self.cpus - high_online).max(GuardConfig::default().floor_cores);
+        let reached = run
+            .caps
+            .iter()
+            .find(|(t, cap, _)| *t > up && *cap <= formula + greenfill_core::guard::DEAD_BAND_CORES)
+            .map(|(t, _, _)| t.duration_since(up).as_secs_f64());
+        Ok(StepRow {
+            low_pct: low,
+            high_pct: high,
+            before_p99_us: before.get(before.len() / 2).copied().unwrap_or(0),
+            worst_window_p99_us: after_up.iter().map(|h| h.value_at_quantile(0.99)).max().unwrap_or(0),
+            seconds_to_formula: reached,
+            formula_cap: formula,
+            caps_after: run.caps.iter().filter(|(t, _, _)| *t > down).map(|c| c.1).collect(),
+        })
+    }
+
     /// The agent's guard on real telemetry, ticking every second.
-    fn spawn_guard(&self, jobs: Vec<GuardJob>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    fn spawn_guard(&self, jobs: Vec<GuardJob>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<GuardRun> {
         let cgroups: Arc<dyn Cgroups> = self.cgroups.clone();
         let batch = self.batch.clone();
         std::thread::spawn(move || {
@@ -439,11 +516,15 @@ impl Harness {
             sampler.sample();
             let cfg = GuardConfig { online_cgroups: vec![], ..GuardConfig::default() };
             let mut g = Guard::with_cgroups(cfg, Path::new("/sys/fs/cgroup"), &batch, cgroups);
+            let mut caps = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                g.step(&sampler.sample(), &jobs);
+                let sample = sampler.sample();
+                g.step(&sample, &jobs);
+                let online = sample.node.cpu_cores_used.unwrap_or(0.0) - sample.workloads.cpu_cores.unwrap_or(0.0);
+                caps.push((Instant::now(), g.limit().unwrap_or(f64::NAN), online.max(0.0)));
             }
-            (g.cuts, g.write_errors)
+            GuardRun { cuts: g.cuts, write_errors: g.write_errors, caps }
         })
     }
 
@@ -460,6 +541,31 @@ impl Harness {
             client: own.map_or(0.0, |t| t as f64 / 100.0),
         }
     }
+}
+
+/// What the guard did in a run: its counters and, per tick, (time, cap, online
+/// cores it measured).
+struct GuardRun {
+    cuts: u64,
+    write_errors: u64,
+    caps: Vec<(Instant, f64, f64)>,
+}
+
+/// The load-step run: online 20 → 60 → 20 % of peak with greenfill's batch on.
+#[derive(Debug, Serialize)]
+struct StepRow {
+    low_pct: f64,
+    high_pct: f64,
+    /// Median p99 of the 100 ms windows before the step, µs.
+    before_p99_us: u64,
+    /// The worst 100 ms window's p99 in the 2 s after the step up, µs.
+    worst_window_p99_us: u64,
+    /// From the step up to the first guard tick whose cap is within the dead
+    /// band of the formula's value at the high load (`threshold × cpus − online`).
+    seconds_to_formula: Option<f64>,
+    formula_cap: f64,
+    /// The cap after the step back down (it rises at most 0.5 core a tick).
+    caps_after: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -491,12 +597,15 @@ struct Load {
     elapsed_s: f64,
 }
 
-fn open_loop(port: u16, conns: usize, rate: f64, t0: Instant, seg: Duration, segments: usize) -> Result<Load> {
-    #[allow(clippy::cast_precision_loss, reason = "a count")]
-    let per_conn = rate / conns as f64;
+/// Open-loop load: `rates[k]` gets/s (over all connections) in segment `k` of
+/// length `seg` from `t0`; one histogram per segment.
+fn open_loop(port: u16, conns: usize, rates: &[f64], t0: Instant, seg: Duration) -> Result<Load> {
+    let segments = rates.len();
     let end = t0 + seg * u32::try_from(segments).unwrap_or(0);
+    let rates: Arc<Vec<f64>> = Arc::new(rates.to_vec());
     let threads: Vec<_> = (0..conns)
         .map(|i| {
+            let rates = rates.clone();
             std::thread::spawn(move || -> Result<(Vec<Histogram<u64>>, u64)> {
                 realtime();
                 let mut c = Client::connect(port)?;
@@ -506,6 +615,10 @@ fn open_loop(port: u16, conns: usize, rate: f64, t0: Instant, seg: Duration, seg
                 let mut intended = t0;
                 let mut done = 0;
                 loop {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a segment index")]
+                    let now_k = (intended.duration_since(t0).as_secs_f64() / seg.as_secs_f64()) as usize;
+                    #[allow(clippy::cast_precision_loss, reason = "a count")]
+                    let per_conn = rates[now_k.min(segments - 1)] / conns as f64;
                     intended += Duration::from_secs_f64(-rng.unit().ln() / per_conn);
                     if intended >= end {
                         break;

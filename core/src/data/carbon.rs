@@ -79,8 +79,12 @@ pub fn read_carbon(path: &str, input: impl Read, opts: &CarbonOptions) -> Result
         path: path.to_owned(),
         problem: format!("no value in column `{}`", table.column_name(value_col)),
     })?;
+    crate::data::check_span(path, &samples, step)?;
     let id = table.column_name(value_col);
-    let series = Series::from_samples(id, step, &samples).expect("stats found a finite sample");
+    let series = Series::from_samples(id, step, &samples).ok_or_else(|| DataError::File {
+        path: path.to_owned(),
+        problem: format!("no value in column `{}`", table.column_name(value_col)),
+    })?;
     Ok(CarbonTrace { series, rows: table.rows.len(), stats })
 }
 

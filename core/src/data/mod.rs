@@ -26,6 +26,18 @@ pub use wide::{load_wide, read_wide};
 use std::path::Path;
 
 /// Open `path` for reading, naming it in the error.
+/// Refuse samples that would make a series longer than [`crate::MAX_POINTS`]
+/// (a reader must not try to allocate for a span the file cannot mean).
+pub(crate) fn check_span(path: &str, samples: &[(i64, f64)], step: i64) -> Result<(), DataError> {
+    crate::points_needed(samples, step).map(|_| ()).map_err(|n| DataError::File {
+        path: path.to_owned(),
+        problem: format!(
+            "the times span {n} steps of {step} s, more than {} values: timestamps mixed with offsets, or a wrong step?",
+            crate::MAX_POINTS
+        ),
+    })
+}
+
 pub(crate) fn open(path: &Path) -> Result<std::fs::File, DataError> {
     std::fs::File::open(path).map_err(|source| DataError::Io { path: path.display().to_string(), source })
 }

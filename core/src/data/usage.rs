@@ -116,6 +116,9 @@ fn finish(
 ) -> Result<UsageTrace, DataError> {
     let stats = SeriesStats::of(per_id.values().flatten().map(|(_, v)| *v))
         .ok_or_else(|| DataError::File { path: path.to_owned(), problem: "no usage value in any row".into() })?;
+    for samples in per_id.values() {
+        crate::data::check_span(path, samples, step)?;
+    }
     let series = per_id
         .into_iter()
         .filter_map(|(id, samples)| {

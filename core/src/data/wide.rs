@@ -26,6 +26,9 @@ pub fn read_wide(path: &str, input: impl Read, step: Option<i64>) -> Result<Vec<
     table.check_increasing(&times, tcol)?;
     let bare: Vec<i64> = times.iter().map(|(_, t)| *t).collect();
     let step = step.or_else(|| infer_step(&bare)).unwrap_or(300);
+    for s in &samples {
+        crate::data::check_span(path, s, step)?;
+    }
     cols.iter()
         .zip(samples)
         .map(|(&c, s)| {
