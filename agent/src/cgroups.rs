@@ -95,6 +95,15 @@ pub struct HostCgroups {
     proc_root: PathBuf,
 }
 
+fn mkdir(dir: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(dir).map_err(|source| CgroupError {
+        op: "create",
+        path: dir.to_owned(),
+        value: None,
+        source,
+    })
+}
+
 fn write(path: PathBuf, value: String, op: &'static str) -> Result<(), CgroupError> {
     std::fs::write(&path, &value).map_err(|source| CgroupError { op, path, value: Some(value), source })
 }
@@ -172,12 +181,7 @@ impl Cgroups for HostCgroups {
     fn create(&self, rel: &Path) -> Result<(), CgroupError> {
         for base in self.bases() {
             let dir = base.join(rel);
-            std::fs::create_dir_all(&dir).map_err(|source| CgroupError {
-                op: "create",
-                path: dir,
-                value: None,
-                source,
-            })?;
+            mkdir(&dir)?;
             if let Some(v2) = &self.layout.v2
                 && base == v2.as_path()
             {
@@ -285,12 +289,7 @@ impl Cgroups for HostCgroups {
     fn set_cpu_quota(&self, rel: &Path, cores: f64) -> Result<(), CgroupError> {
         let Some((base, v2)) = self.cpu_base() else { return Ok(()) };
         let dir = base.join(rel);
-        std::fs::create_dir_all(&dir).map_err(|source| CgroupError {
-            op: "create",
-            path: dir.clone(),
-            value: None,
-            source,
-        })?;
+        mkdir(&dir)?;
         let quota = quota_us(cores);
         if v2 {
             write(dir.join("cpu.max"), format!("{quota} {PERIOD_US}"), "write")
@@ -308,12 +307,7 @@ impl Cgroups for HostCgroups {
     fn prioritise_idle(&self, rel: &Path) -> Result<&'static str, CgroupError> {
         let Some((base, v2)) = self.cpu_base() else { return Ok("nothing (no cpu controller)") };
         let dir = base.join(rel);
-        std::fs::create_dir_all(&dir).map_err(|source| CgroupError {
-            op: "create",
-            path: dir.clone(),
-            value: None,
-            source,
-        })?;
+        mkdir(&dir)?;
         if dir.join("cpu.idle").exists() {
             write(dir.join("cpu.idle"), "1".into(), "write")?;
             Ok("cpu.idle = 1")
