@@ -72,6 +72,10 @@ struct Args {
     /// the step and how long the guard's cap takes to reach the formula's value.
     #[arg(long, value_parser = duration)]
     step: Option<Duration>,
+    /// The guard's threshold (the agent's `--cpu-threshold`): share of the CPUs
+    /// online and batch may use together.
+    #[arg(long, default_value_t = 0.9)]
+    cpu_threshold: f64,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -160,6 +164,9 @@ fn main() {
 }
 
 fn run(mut args: Args) -> Result<()> {
+    if !(args.cpu_threshold > 0.0 && args.cpu_threshold <= 1.0) {
+        bail!("--cpu-threshold {}: need 0 < threshold <= 1", args.cpu_threshold);
+    }
     let mut conditions: Vec<Condition> = args.conditions.iter().map(|c| Condition::parse(c)).collect::<Result<_>>()?;
     if !greenfill_core::testing::is_root() {
         bail!("needs root, to create cgroups for memcached and the batch jobs");
@@ -276,6 +283,7 @@ struct Harness {
     port: u16,
     cpus: f64,
     connections: usize,
+    threshold: f64,
     logs: tempfile::TempDir,
 }
 
@@ -318,8 +326,8 @@ impl Harness {
         #[allow(clippy::cast_precision_loss, reason = "a CPU count")]
         let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as f64;
         let logs = tempfile::tempdir()?;
-        let h =
-            Harness { base, online, batch, cgroups, runner, server, port, cpus, connections: args.connections, logs };
+        let (connections, threshold) = (args.connections, args.cpu_threshold);
+        let h = Harness { base, online, batch, cgroups, runner, server, port, cpus, connections, threshold, logs };
         h.cgroups.add_process(&h.online, h.server.id()).context("moving memcached into its cgroup")?;
         h.wait_ready()?;
         let mut c = Client::connect(h.port)?;
@@ -486,8 +494,7 @@ impl Harness {
         let high_online =
             run.caps.iter().filter(|(t, _, _)| *t > up && *t <= down).map(|c| c.2).next_back().unwrap_or(0.0);
         #[allow(clippy::cast_precision_loss, reason = "a CPU count")]
-        let formula =
-            (GuardConfig::default().threshold * self.cpus - high_online).max(GuardConfig::default().floor_cores);
+        let formula = (self.threshold * self.cpus - high_online).max(GuardConfig::default().floor_cores);
         let reached = run
             .caps
             .iter()
@@ -508,13 +515,14 @@ impl Harness {
     fn spawn_guard(&self, jobs: Vec<GuardJob>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<GuardRun> {
         let cgroups: Arc<dyn Cgroups> = self.cgroups.clone();
         let batch = self.batch.clone();
+        let threshold = self.threshold;
         std::thread::spawn(move || {
             let roots =
                 Roots { proc: "/proc".into(), cgroup: "/sys/fs/cgroup".into(), powercap: "/nonexistent".into() };
             let mut sampler = Sampler::new(roots, LinearPowerModel { idle_w_per_cpu: 0.74, max_w_per_cpu: 3.5 });
             sampler.watch(&batch);
             sampler.sample();
-            let cfg = GuardConfig { online_cgroups: vec![], ..GuardConfig::default() };
+            let cfg = GuardConfig { threshold, online_cgroups: vec![], ..GuardConfig::default() };
             let mut g = Guard::with_cgroups(cfg, Path::new("/sys/fs/cgroup"), &batch, cgroups);
             let mut caps = Vec::new();
             while !stop.load(Ordering::Relaxed) {
