@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use greenfill_agent::guard::GuardConfig;
 use greenfill_agent::telemetry::LinearPowerModel;
 use greenfill_agent::{Roots, Sampler, daemon};
+use greenfill_runtime::Failure;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -136,31 +137,20 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned())
 }
 
-/// Why `run` ended with an error.
-enum Failed {
-    Start(anyhow::Error),
-    Serving(anyhow::Error),
-}
-
-fn run(a: RunArgs) -> Result<(), Failed> {
+fn run(a: RunArgs) -> Result<(), Failure<anyhow::Error>> {
     greenfill_runtime::init_logging(a.log_json);
-    let (cfg, metrics_listen) = configure(a).map_err(Failed::Start)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::Start(e.into()))?;
+    let (cfg, metrics_listen) = configure(a).map_err(Failure::Start)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Failure::Start(e.into()))?;
     rt.block_on(async move {
         if let Some(addr) = metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
                 .install()
-                .map_err(|e| Failed::Start(anyhow::anyhow!("--metrics-listen {addr}: {e}")))?;
+                .map_err(|e| Failure::Start(anyhow::anyhow!("--metrics-listen {addr}: {e}")))?;
         }
-        let signals = greenfill_runtime::shutdown().map_err(|e| Failed::Start(e.into()))?;
-        let agent = daemon::Agent::new(cfg).map_err(Failed::Start)?;
-        let stop = agent.shutdown_token();
-        tokio::spawn(async move {
-            signals.cancelled().await;
-            stop.cancel();
-        });
-        agent.run().await.map_err(Failed::Serving)
+        let agent = daemon::Agent::new(cfg).map_err(Failure::Start)?;
+        greenfill_runtime::cancel_on_signal(agent.shutdown_token()).map_err(|e| Failure::Start(e.into()))?;
+        agent.run().await.map_err(Failure::Serving)
     })
 }
 
@@ -217,24 +207,21 @@ fn main() {
     let cli = Cli::parse();
     // The one exit site of each command: 1 when it could not start (flags, state
     // dir, port), 70 when the daemon stopped itself (its state could not be saved).
-    let (code, e) = match cli.command {
-        Command::Run(a) => match run(*a) {
-            Ok(()) => return,
-            Err(Failed::Start(e)) => (1, e),
-            Err(Failed::Serving(e)) => (greenfill_runtime::EXIT_FATAL, e),
-        },
+    match cli.command {
+        Command::Run(a) => {
+            if let Err(failed) = run(*a) {
+                greenfill_runtime::exit(failed);
+            }
+        }
         Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
-        Command::Sample { once, interval, json, machine, watch } => match sample(once, interval, json, &machine, watch)
-        {
-            Ok(()) => return,
-            Err(e) => {
+        Command::Sample { once, interval, json, machine, watch } => {
+            // No logging is set up for `sample`: its error goes to stderr as is.
+            if let Err(e) = sample(once, interval, json, &machine, watch) {
                 eprintln!("greenfill-agent: {e:#}");
                 std::process::exit(1);
             }
-        },
-    };
-    tracing::error!("{e:#}");
-    std::process::exit(code);
+        }
+    }
 }
 
 fn sample(once: bool, interval: Duration, json: bool, machine: &MachineArgs, watch: Option<PathBuf>) -> Result<()> {

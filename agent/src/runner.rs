@@ -121,10 +121,18 @@ fn job_command(spec: &JobSpec) -> Command {
         c.args(&spec.argv[1..]);
         c
     };
+    as_the_job(&mut cmd, spec, Stdio::null());
+    cmd
+}
+
+/// What every process of a job starts with: only its own environment (and a
+/// PATH), its uid and gid (never root by default), its working directory, and
+/// piped stdout and stderr.
+fn as_the_job(cmd: &mut Command, spec: &JobSpec, stdin: Stdio) {
     cmd.env_clear()
         .env("PATH", JOB_PATH)
         .envs(spec.env.iter().cloned())
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .uid(spec.uid.unwrap_or(NOBODY))
@@ -132,7 +140,6 @@ fn job_command(spec: &JobSpec) -> Command {
     if let Some(d) = &spec.cwd {
         cmd.current_dir(d);
     }
-    cmd
 }
 
 /// The job behind a gate, for runs without the shim: a shell waits for a line on
@@ -146,22 +153,8 @@ fn gated_command(spec: &JobSpec) -> std::io::Result<Command> {
     let path = spec.env.iter().rev().find(|(k, _)| k == "PATH").map_or(JOB_PATH, |(_, v)| v.as_str());
     argv[0] = resolve(&argv[0], path)?.display().to_string();
     let mut gated = Command::new("/bin/sh");
-    gated
-        .arg("-c")
-        .arg("read -r _ && exec \"$@\"")
-        .arg("greenfill-gate")
-        .args(&argv)
-        .env_clear()
-        .env("PATH", JOB_PATH)
-        .envs(spec.env.iter().cloned())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .uid(spec.uid.unwrap_or(NOBODY))
-        .gid(spec.gid.unwrap_or(NOBODY));
-    if let Some(d) = &spec.cwd {
-        gated.current_dir(d);
-    }
+    gated.arg("-c").arg("read -r _ && exec \"$@\"").arg("greenfill-gate").args(&argv);
+    as_the_job(&mut gated, spec, Stdio::piped());
     Ok(gated)
 }
 

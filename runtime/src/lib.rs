@@ -1,9 +1,11 @@
 //! What `greenfill-scheduler` and `greenfill-agent` share as processes: one way to
 //! stop and one way to log.
 //!
-//! - [`shutdown`]: SIGTERM (what Kubernetes sends a pod to stop it) and SIGINT
-//!   cancel one [`CancellationToken`]; every long-lived task of a daemon stops on
-//!   it, and `main` waits for them within a grace period.
+//! - [`cancel_on_signal`]: SIGTERM (what Kubernetes sends a pod to stop it) and
+//!   SIGINT cancel the daemon's [`CancellationToken`]; every long-lived task stops
+//!   on it, and `main` waits for them within a grace period.
+//! - [`exit`]: the one exit site of a daemon that failed, with the code that says
+//!   how ([`Failure`]).
 //! - [`init_logging`]: `RUST_LOG`-style filtering (default `info`), to stderr;
 //!   colour only when stderr is a terminal (journald and `kubectl logs` get plain
 //!   text); JSON lines when asked.
@@ -30,14 +32,33 @@ pub fn init_logging(json: bool) {
     }
 }
 
-/// A token cancelled at the first SIGTERM or SIGINT. Must be called inside a
-/// tokio runtime. A second signal while draining ends the process at once.
-pub fn shutdown() -> std::io::Result<CancellationToken> {
+/// Why a daemon ended with an error, which sets its exit code.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// It could not start (config, flags, port, data dir): exit 1.
+    Start(E),
+    /// It stopped itself while serving, because it could not keep a promise (a
+    /// failed commit, state that could not be saved): exit [`EXIT_FATAL`].
+    Serving(E),
+}
+
+/// Log the failure (`{:#}`, with its causes) and exit with its code.
+pub fn exit<E: std::fmt::Display>(failure: Failure<E>) -> ! {
+    let (code, e) = match failure {
+        Failure::Start(e) => (1, e),
+        Failure::Serving(e) => (EXIT_FATAL, e),
+    };
+    tracing::error!("{e:#}");
+    std::process::exit(code)
+}
+
+/// Cancel `token` at the first SIGTERM or SIGINT. Must be called inside a tokio
+/// runtime. A second signal while draining ends the process at once.
+pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let cancel = token.clone();
+    let cancel = token;
     tokio::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -52,7 +73,7 @@ pub fn shutdown() -> std::io::Result<CancellationToken> {
         tracing::warn!("second signal while shutting down: exiting now");
         std::process::exit(130);
     });
-    Ok(token)
+    Ok(())
 }
 
 /// Wait for every task of `tasks` to end (call `tasks.close()` first), at most

@@ -1,6 +1,7 @@
 //! `greenfill-scheduler`: the cluster's scheduler service.
 
 use clap::Parser;
+use greenfill_runtime::Failure;
 use greenfill_scheduler::service::{self, Config};
 use std::path::PathBuf;
 
@@ -49,38 +50,22 @@ fn main() {
     // The one exit site: 1 when it could not start (config, port, data dir), 70
     // when it stopped itself while serving (a failed commit): restart it.
     if let Err(failed) = run(args) {
-        let (code, e) = match failed {
-            Failed::Start(e) => (1, e),
-            Failed::Serving(e) => (greenfill_runtime::EXIT_FATAL, e),
-        };
-        tracing::error!("{e:#}");
-        std::process::exit(code);
+        greenfill_runtime::exit(failed);
     }
 }
 
-/// Why `run` ended with an error.
-enum Failed {
-    Start(anyhow::Error),
-    Serving(anyhow::Error),
-}
-
-fn run(args: Args) -> Result<(), Failed> {
-    let (config, rt) = configure(args).map_err(Failed::Start)?;
+fn run(args: Args) -> Result<(), Failure<anyhow::Error>> {
+    let (config, rt) = configure(args).map_err(Failure::Start)?;
     rt.block_on(async move {
-        let signals = greenfill_runtime::shutdown().map_err(|e| Failed::Start(e.into()))?;
         if let Some(addr) = config.metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
                 .install()
-                .map_err(|e| Failed::Start(anyhow::anyhow!("metrics_listen {addr}: {e}")))?;
+                .map_err(|e| Failure::Start(anyhow::anyhow!("metrics_listen {addr}: {e}")))?;
         }
-        let running = service::start(config).await.map_err(Failed::Start)?;
-        let stop = running.state.shutdown.clone();
-        tokio::spawn(async move {
-            signals.cancelled().await;
-            stop.cancel();
-        });
-        running.stopped().await.map_err(Failed::Serving)
+        let running = service::start(config).await.map_err(Failure::Start)?;
+        greenfill_runtime::cancel_on_signal(running.state.shutdown.clone()).map_err(|e| Failure::Start(e.into()))?;
+        running.stopped().await.map_err(Failure::Serving)
     })
 }
 
