@@ -169,12 +169,23 @@ fn run_one(a: &RunArgs) -> Result<()> {
 fn print_table(s: &Summary) {
     println!("{}: {} nodes, {} jobs, {} steps of {} s", s.scenario, s.nodes, s.jobs, s.steps, s.step_s);
     println!(
-        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9} {:>8}",
-        "policy", "MWh", "t CO2", "util %", "+drain %", "done", "late", "unfin", "overload", "throttled", "run s"
+        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>8}",
+        "policy",
+        "MWh",
+        "t CO2",
+        "util %",
+        "+drain %",
+        "done",
+        "late",
+        "unfin",
+        "overload",
+        "throttled",
+        "wakes",
+        "run s"
     );
     for (name, p) in &s.policies {
         println!(
-            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>9} {:>8.1}",
+            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>8.1}",
             name,
             p.energy_kwh / 1000.0,
             p.carbon_kg / 1000.0,
@@ -185,6 +196,7 @@ fn print_table(s: &Summary) {
             p.jobs_unfinished,
             p.online_overload_steps,
             p.guard_throttled_steps,
+            p.resumes,
             p.run_ms / 1000.0
         );
     }
@@ -205,4 +217,7 @@ fn print_table(s: &Summary) {
     line("dedicated", &s.saved.vs_dedicated);
     line("asap", &s.saved.vs_asap);
     line("coloc", &s.saved.vs_coloc);
+    for (what, why) in &s.saved.not_compared {
+        println!("  greenfill vs {what}: no comparison: {why}");
+    }
 }

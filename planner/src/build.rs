@@ -166,6 +166,39 @@ impl ProblemBuilder {
         Ok(())
     }
 
+    /// A node that cannot run new work before `ready_at` (unix seconds; `None`:
+    /// not in this horizon): a sleeping node's wake latency, a failed node. Its
+    /// CPU and memory are held whole until the slot it is ready in, so the LP
+    /// and the placement both see it as capacity from then on.
+    pub fn unavailable_until(&mut self, pool: usize, node: usize, ready_at: Option<i64>) -> Result<(), ProblemError> {
+        let slots = self.clock.slots;
+        let held = ready_at.map_or(slots, |t| self.clock.release(t).min(slots));
+        if held == 0 {
+            return Ok(());
+        }
+        let Some(input) = self.pools.get_mut(pool) else {
+            return Err(ProblemError::Job {
+                job: "(node)".into(),
+                field: "pool",
+                value: pool.to_string(),
+                why: "no such pool",
+            });
+        };
+        let nodes = input.pool.nodes as usize;
+        if node >= nodes {
+            return Err(ProblemError::Pool {
+                pool: input.pool.name.clone(),
+                field: "node",
+                value: node.to_string(),
+                why: "an unavailable node past the pool's size",
+            });
+        }
+        let (cores, mem) = (input.pool.cores, input.pool.memory_gib);
+        per_node(&mut input.online_cpu, nodes, slots)[node * slots..node * slots + held].fill(cores);
+        per_node(&mut input.online_mem, nodes, slots)[node * slots..node * slots + held].fill(mem);
+        Ok(())
+    }
+
     /// Queue a job for the plan; returns its index in the problem's jobs.
     pub fn queue(&mut self, job: QueuedJob) -> usize {
         let release = job.not_before.map_or(0, |t| self.clock.release(t));
@@ -300,6 +333,25 @@ mod tests {
         let mut bad = ProblemBuilder::new(CLOCK, vec![pool(1)], vec![100.0; 8], PlanOptions::default(), 0.0);
         let e = bad.running(&RunningJob { pool: 0, node: 1, cores: 1.0, mem_gib: 0.0, ends_at: 5000 }).unwrap_err();
         assert!(e.to_string().contains("node = 1"), "{e}");
+    }
+
+    #[test]
+    fn a_waking_node_is_capacity_from_its_ready_slot() {
+        let mut b = ProblemBuilder::new(CLOCK, vec![pool(3)], vec![100.0; 8], PlanOptions::default(), 0.0);
+        // Ready 2.1 slots from now: slots 0..3 held; a failed node: all; ready now: none.
+        b.unavailable_until(0, 0, Some(1000 + 1900)).unwrap();
+        b.unavailable_until(0, 1, None).unwrap();
+        b.unavailable_until(0, 2, Some(500)).unwrap();
+        assert!(b.unavailable_until(0, 3, None).is_err());
+        b.queue(queued("a", None));
+        let built = b.build().unwrap();
+        let p = &built.problem.pools[0];
+        assert_eq!(&p.online_cpu[..8], &[8.0, 8.0, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&p.online_cpu[8..16], &[8.0; 8]);
+        assert_eq!(&p.online_mem[..4], &[32.0, 32.0, 32.0, 0.0]);
+        assert_eq!(&p.online_cpu[16..], &[0.0; 8]);
+        let plan = built.plan();
+        assert!(matches!(plan.placements[0], Placement::Run { node: 2, .. }), "{:?}", plan.placements[0]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod exact;
 pub mod input;
 mod lp;
 mod place;
+pub mod power;
 mod problem;
 pub mod synthetic;
 mod verify;

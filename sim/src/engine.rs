@@ -10,6 +10,7 @@
 
 use crate::guard::GuardModel;
 use crate::inputs::Inputs;
+use crate::power::Power;
 use crate::scenario::Resolved;
 use greenfill_core::guard::CpuCapPolicy;
 use greenfill_forecast::{Forecaster, by_name};
@@ -96,6 +97,9 @@ pub struct PolicyResult {
     /// Batch CPU the guard took back, core-hours (work that ran later instead).
     pub guard_throttled_core_hours: f64,
     pub batch_core_hours: f64,
+    /// Suspends and resumes the power-state model made (0 with `power.model = "instant"`).
+    pub suspends: usize,
+    pub resumes: usize,
     /// Wall-clock time of this policy's run.
     pub run_ms: f64,
     #[serde(skip)]
@@ -202,6 +206,7 @@ pub(crate) fn run(
         GuardModel::new(policy, n, inp.step_s as f64)
     });
     let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);
+    let mut power = r.power.map(|m| Power::new(m, inp, inp.start, policy == Policy::Dedicated));
     let plan_every = usize::try_from(r.plan_every_s / r.step_s).unwrap_or(1).max(1);
     // Node order for first-fit: nodes that are on anyway, then the others.
     let mut order: Vec<usize> = (0..n).collect();
@@ -223,6 +228,8 @@ pub(crate) fn run(
         guard_throttled_steps: 0,
         guard_throttled_core_hours: 0.0,
         batch_core_hours: 0.0,
+        suspends: 0,
+        resumes: 0,
         run_ms: 0.0,
         steps: Vec::with_capacity(inp.steps),
     };
@@ -251,14 +258,23 @@ pub(crate) fn run(
             st.queue.push(next);
             next += 1;
         }
+        let now = inp.start + i64::try_from(t).unwrap_or(0) * inp.step_s;
+        if let Some(p) = power.as_mut() {
+            p.step(inp, now, &st.on_node);
+        }
         match policy {
             Policy::Greenfill => {
-                if t % plan_every == 0 && !st.queue.is_empty() {
-                    plan_and_start(inp, r, &mut st, t, forecaster.as_deref())
-                        .map_err(|source| PlanFailed { step: t, source })?;
+                if t % plan_every == 0 {
+                    if let Some(p) = power.as_mut() {
+                        p.wanted.fill(None);
+                    }
+                    if !st.queue.is_empty() {
+                        plan_and_start(inp, r, &mut st, t, forecaster.as_deref(), power.as_mut())
+                            .map_err(|source| PlanFailed { step: t, source })?;
+                    }
                 }
             }
-            _ => first_fit(inp, r, &mut st, t, policy, &order),
+            _ => first_fit(inp, r, &mut st, t, policy, &order, power.as_mut()),
         }
         // Accounting with the actual online load.
         let ci = inp.carbon[t];
@@ -271,7 +287,10 @@ pub(crate) fn run(
         for node in 0..n {
             let p = &inp.pools[inp.node_pool[node]];
             let mut b = st.batch_cpu[node];
-            let powered = p.always_on || policy == Policy::Dedicated || b > 0.0;
+            let powered = match &power {
+                Some(m) => m.powered(node),
+                None => p.always_on || policy == Policy::Dedicated || b > 0.0,
+            };
             if !powered {
                 continue;
             }
@@ -321,6 +340,9 @@ pub(crate) fn run(
         }
     }
     res.jobs_unfinished = inp.jobs.len() - res.jobs_completed;
+    if let Some(p) = &power {
+        (res.suspends, res.resumes) = (p.suspends, p.resumes);
+    }
     res.mean_cpu_util_powered = if cap_arrivals > 0.0 { used_arrivals / cap_arrivals } else { 0.0 };
     res.mean_cpu_util_powered_with_drain = if cap_sum > 0.0 { used_sum / cap_sum } else { 0.0 };
     res.run_ms = clock.elapsed().as_secs_f64() * 1000.0;
@@ -328,11 +350,25 @@ pub(crate) fn run(
     Ok(res)
 }
 
-/// Start queued jobs, oldest first, on the first node with room now.
-fn first_fit(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, policy: Policy, order: &[usize]) {
+/// Start queued jobs, oldest first, on the first node with room now. With the
+/// power-state model, only on nodes that take work; a job that fits on none of
+/// them wants the first sleeping node it would fit on (Slurm's resume on demand).
+fn first_fit(
+    inp: &Inputs,
+    r: &Resolved,
+    st: &mut State,
+    t: usize,
+    policy: Policy,
+    order: &[usize],
+    mut power: Option<&mut Power>,
+) {
+    if let Some(p) = power.as_deref_mut() {
+        p.wanted.fill(None);
+    }
     if st.queue.is_empty() {
         return;
     }
+    let now = inp.start + i64::try_from(t).unwrap_or(0) * inp.step_s;
     let s = &r.scenario;
     let m = s.safety_margin;
     let free_cpu = |st: &State, node: usize| -> f64 {
@@ -349,25 +385,62 @@ fn first_fit(inp: &Inputs, r: &Resolved, st: &mut State, t: usize, policy: Polic
         let p = &inp.pools[inp.node_pool[node]];
         p.memory_gib * (1.0 - m) - inp.online_mem(node) - st.batch_mem[node]
     };
+    let on: Vec<usize> = order.iter().copied().filter(|&i| power.as_deref().is_none_or(|p| p.takes_work(i))).collect();
     let queue = std::mem::take(&mut st.queue);
     let mut left = Vec::with_capacity(queue.len());
-    let mut room = order.iter().any(|&i| free_cpu(st, i) > 0.0);
+    let mut room = on.iter().any(|&i| free_cpu(st, i) > 0.0);
     for job in queue {
         if !room {
             left.push(job);
             continue;
         }
         let j = &inp.jobs[job];
-        match order.iter().copied().find(|&i| free_cpu(st, i) + 1e-9 >= j.cores && free_mem(st, i) + 1e-9 >= j.mem_gib)
-        {
+        match on.iter().copied().find(|&i| free_cpu(st, i) + 1e-9 >= j.cores && free_mem(st, i) + 1e-9 >= j.mem_gib) {
             Some(node) => {
                 st.start(inp, job, node, t);
-                room = order.iter().any(|&i| free_cpu(st, i) > 0.0);
+                if let Some(p) = power.as_deref_mut() {
+                    p.worked(node, now);
+                }
+                room = on.iter().any(|&i| free_cpu(st, i) > 0.0);
             }
             None => left.push(job),
         }
     }
     st.queue = left;
+    if let Some(p) = power {
+        want_sleeping(inp, st, order, p, now, |st, i| (free_cpu(st, i), free_mem(st, i)));
+    }
+}
+
+/// The queue's jobs that found no room, packed first-fit onto the nodes that do
+/// not take work yet (resuming ones first, as they are coming anyway): each node
+/// a job would fit on is wanted now.
+fn want_sleeping(
+    inp: &Inputs,
+    st: &State,
+    order: &[usize],
+    p: &mut Power,
+    now: i64,
+    free: impl Fn(&State, usize) -> (f64, f64),
+) {
+    use greenfill_planner::power::PowerState as S;
+    let rank = |s: S| match s {
+        S::Resuming => Some(0),
+        S::Draining => Some(1),
+        S::Off => Some(2),
+        _ => None,
+    };
+    let mut sleeping: Vec<usize> = order.iter().copied().filter(|&i| rank(p.nodes[i].state).is_some()).collect();
+    sleeping.sort_by_key(|&i| rank(p.nodes[i].state));
+    let mut room: Vec<(f64, f64)> = sleeping.iter().map(|&i| free(st, i)).collect();
+    for &job in &st.queue {
+        let j = &inp.jobs[job];
+        if let Some(k) = room.iter().position(|&(c, m)| c + 1e-9 >= j.cores && m + 1e-9 >= j.mem_gib) {
+            room[k].0 -= j.cores;
+            room[k].1 -= j.mem_gib;
+            p.wanted[sleeping[k]] = Some(now);
+        }
+    }
 }
 
 /// Re-plan the queue with forecasts and start what the plan starts now.
@@ -377,6 +450,7 @@ fn plan_and_start(
     st: &mut State,
     t: usize,
     forecaster: Option<&dyn Forecaster>,
+    mut power: Option<&mut Power>,
 ) -> Result<(), ProblemError> {
     let s = &r.scenario;
     let step = r.step_s;
@@ -440,6 +514,17 @@ fn plan_and_start(
         ..PlanOptions::default()
     };
     let mut builder = ProblemBuilder::new(clock, pools, carbon, options, s.guard_slack);
+    let now = clock.start;
+    if let Some(p) = power.as_deref() {
+        // Sleeping nodes are capacity from their expected ready time.
+        for node in 0..inp.nodes() {
+            let pool = inp.node_pool[node];
+            let ready = p.nodes[node].ready_at(p.settings(), now);
+            if ready != Some(now) {
+                builder.unavailable_until(pool, node - inp.pool_first[pool], ready)?;
+            }
+        }
+    }
     for (end, list) in st.ends.iter().enumerate().skip(t + 1) {
         for &(job, node) in list {
             let pool = inp.node_pool[node];
@@ -479,12 +564,34 @@ fn plan_and_start(
     let queue = std::mem::take(&mut st.queue);
     let mut left = Vec::with_capacity(queue.len());
     for (idx, job) in queue.into_iter().enumerate() {
-        match &plan.placements[idx] {
-            Placement::Run { pool, node, slots, .. } if slots.first().is_some_and(|s| *s < starts_before_next) => {
-                st.start(inp, job, inp.pool_first[*pool] + *node as usize, t);
+        let Placement::Run { pool, node, slots, .. } = &plan.placements[idx] else {
+            left.push(job);
+            continue;
+        };
+        let node = inp.pool_first[*pool] + *node as usize;
+        let start = slots.first().copied().unwrap_or(0);
+        let starts_now = start < starts_before_next;
+        let ready = match power.as_deref_mut() {
+            None => true,
+            Some(p) => {
+                if starts_now {
+                    let _ = p.nodes[node].undrain(node, now);
+                }
+                p.takes_work(node)
             }
-            _ => left.push(job),
+        };
+        if starts_now && ready {
+            st.start(inp, job, node, t);
+            if let Some(p) = power.as_deref_mut() {
+                p.worked(node, now);
+            }
+            continue;
         }
+        if let Some(p) = power.as_deref_mut() {
+            let at = clock.time_of(start as usize);
+            p.wanted[node] = Some(p.wanted[node].map_or(at, |w| w.min(at)));
+        }
+        left.push(job);
     }
     st.queue = left;
     Ok(())

@@ -11,6 +11,7 @@
 mod engine;
 mod guard;
 mod inputs;
+mod power;
 mod report;
 mod scenario;
 mod sweep;
@@ -18,8 +19,9 @@ mod sweep;
 pub use engine::{Policy, PolicyResult, StepRow};
 pub use guard::{GuardModel, TICK_S};
 pub use inputs::{Inputs, SimJob, load};
-pub use report::{Saved, Savings, Summary, summarize, write_outputs};
-pub use scenario::{POLICIES, Resolved, Scenario, ScenarioError, forecasts};
+pub use power::SimPower;
+pub use report::{LIKE_WORK, Saved, Savings, Summary, summarize, write_outputs};
+pub use scenario::{POLICIES, PowerSpec, Resolved, Scenario, ScenarioError, forecasts};
 pub use sweep::{SweepRow, sweep};
 
 /// Run every policy the scenario names; `progress(policy, share done)`.

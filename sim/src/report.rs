@@ -22,7 +22,9 @@ pub struct Savings {
     pub embodied_kg: f64,
 }
 
-/// What `greenfill` saves against the other policies.
+/// What `greenfill` saves against the other policies. A saving is given only
+/// between policies that did the same batch work: batch core-hours within
+/// [`LIKE_WORK`] of each other; otherwise `not_compared` says why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Saved {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +33,29 @@ pub struct Saved {
     pub vs_asap: Option<Savings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_coloc: Option<Savings>,
+    /// Policy → why greenfill is not compared with it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_compared: BTreeMap<String, String>,
+}
+
+/// Two policies did like work when their batch core-hours differ by at most
+/// this share of the larger (the drain lets every policy finish; jobs still
+/// running at the end differ by a few).
+pub const LIKE_WORK: f64 = 0.02;
+
+/// Why `ours` and `base` cannot be compared, if they cannot.
+fn unlike_work(base_name: &str, base: &PolicyResult, ours: &PolicyResult) -> Option<String> {
+    let (a, b) = (base.batch_core_hours, ours.batch_core_hours);
+    let most = a.max(b);
+    (most > 0.0 && (a - b).abs() > LIKE_WORK * most).then(|| {
+        format!(
+            "{base_name} did {a:.1} batch core-hours ({} jobs), greenfill {b:.1} ({} jobs): more than {:.0} % apart, so \
+             their energy is not for like work",
+            base.jobs_completed,
+            ours.jobs_completed,
+            LIKE_WORK * 100.0
+        )
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,7 +85,23 @@ fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
 pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Summary {
     let get = |p: Policy| results.iter().find(|(q, _)| *q == p).map(|(_, x)| x);
     let ours = get(Policy::Greenfill);
-    let vs = |p: Policy| ours.and_then(|o| get(p).map(|b| savings(b, o)));
+    let mut not_compared = BTreeMap::new();
+    let mut vs = |p: Policy| {
+        let (o, b) = (ours?, get(p)?);
+        match unlike_work(p.name(), b, o) {
+            Some(why) => {
+                not_compared.insert(p.name().to_owned(), why);
+                None
+            }
+            None => Some(savings(b, o)),
+        }
+    };
+    let saved = Saved {
+        vs_dedicated: vs(Policy::Dedicated),
+        vs_asap: vs(Policy::Asap),
+        vs_coloc: vs(Policy::Coloc),
+        not_compared,
+    };
     Summary {
         scenario: r.scenario.name.clone(),
         start: format_timestamp(inputs.start),
@@ -70,7 +111,7 @@ pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult
         jobs: inputs.jobs.len(),
         forecast: r.scenario.forecast.clone(),
         policies: results.iter().map(|(p, x)| (p.name().to_owned(), x.clone())).collect(),
-        saved: Saved { vs_dedicated: vs(Policy::Dedicated), vs_asap: vs(Policy::Asap), vs_coloc: vs(Policy::Coloc) },
+        saved,
     }
 }
 
@@ -245,7 +286,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
     for (p, x) in results {
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.0})</td><td>{:.0}</td></tr>",
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.0})</td><td>{:.0}</td><td>{} / {}</td></tr>",
             p.name(),
             x.energy_kwh / 1000.0,
             x.carbon_kg / 1000.0,
@@ -258,7 +299,9 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
             x.online_overload_steps,
             x.guard_throttled_steps,
             x.guard_throttled_core_hours,
-            x.batch_core_hours
+            x.batch_core_hours,
+            x.suspends,
+            x.resumes
         );
     }
     let headline = match (&s.saved.vs_dedicated, &s.saved.vs_asap) {
@@ -280,7 +323,10 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
             }
             h + "."
         }
-        _ => "Run with the dedicated and greenfill policies to see savings.".to_owned(),
+        _ => match s.saved.not_compared.get("dedicated") {
+            Some(why) => format!("No saving against dedicated machines: {why}."),
+            None => "Run with the dedicated and greenfill policies to see savings.".to_owned(),
+        },
     };
     format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>greenfill: {name}</title>
@@ -288,7 +334,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 <h1>What-if: {name}</h1>
 <p>{nodes} nodes, {jobs} batch jobs, {days:.1} days from {start} at {step} s steps; online forecast: {forecast}.</p>
 <p style="font-size:1.2em">{headline}</p>
-<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>node-steps the guard throttled batch (core-hours taken)</th><th>batch core-hours</th></tr>{rows}</table>
+<table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>node-steps the guard throttled batch (core-hours taken)</th><th>batch core-hours</th><th>suspends / wakes</th></tr>{rows}</table>
 {cb}{eb}{pw}{ut}{bt}{ci}
 <p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. Each co-located node runs the agent's guard: batch is capped at threshold × cores − online (threshold 1 − safety margin; coloc's own threshold for coloc), and throttled jobs finish later. An overload is a node-step whose online plus batch CPU use still exceeded its cores.</p>
 </body></html>

@@ -1,8 +1,10 @@
 //! The scenario file (TOML) and its validation. Unknown keys are refused with the
 //! keys that are allowed; every error names the key and the value.
 
+use crate::power::SimPower;
 use greenfill_core::cluster::{ClusterConfig, Pool};
 use greenfill_core::time::{parse_duration, parse_step, parse_timestamp};
+use greenfill_planner::power::PowerSettings;
 use greenfill_planner::{PlanOptions, ProblemError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,72 @@ pub struct Scenario {
     pub online: OnlineSpec,
     pub batch: BatchSpec,
     pub carbon: CarbonSpec,
+    /// How the batch machines that co-location leaves idle are powered off and on.
+    #[serde(default)]
+    pub power: PowerSpec,
+}
+
+/// The power-state model: the scheduler's own machine
+/// ([`greenfill_planner::power`]) with a machine's suspend and wake latencies,
+/// or `instant` (a node draws power exactly while it runs batch: no wake
+/// latency, no idle wait before a suspend, no minimum off time).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSpec {
+    /// `states` (default) or `instant`.
+    #[serde(default = "d_power_model")]
+    pub model: String,
+    /// From resume to running work (default 5m).
+    #[serde(default = "d_wake")]
+    pub wake: String,
+    /// From suspend to off (default 1m).
+    #[serde(default = "d_suspend")]
+    pub suspend: String,
+    /// An off node stays off at least this long (default 30m).
+    #[serde(default = "d_min_off")]
+    pub min_off: String,
+    /// No new work this long before a node is drained (default 10m).
+    #[serde(default = "d_suspend_after")]
+    pub suspend_after: String,
+    /// Idle nodes per pool kept powered for bursts (default 0).
+    #[serde(default)]
+    pub reserve: u32,
+    /// Suspends per node per day at most (default 12).
+    #[serde(default = "d_max_suspends")]
+    pub max_suspends_per_day: u32,
+}
+
+impl Default for PowerSpec {
+    fn default() -> Self {
+        PowerSpec {
+            model: d_power_model(),
+            wake: d_wake(),
+            suspend: d_suspend(),
+            min_off: d_min_off(),
+            suspend_after: d_suspend_after(),
+            reserve: 0,
+            max_suspends_per_day: d_max_suspends(),
+        }
+    }
+}
+
+fn d_power_model() -> String {
+    "states".into()
+}
+fn d_wake() -> String {
+    "5m".into()
+}
+fn d_suspend() -> String {
+    "1m".into()
+}
+fn d_min_off() -> String {
+    "30m".into()
+}
+fn d_suspend_after() -> String {
+    "10m".into()
+}
+fn d_max_suspends() -> u32 {
+    12
 }
 
 /// Pools as in a cluster file. Always-on pools carry the online load; the others
@@ -316,6 +384,8 @@ pub struct Resolved {
     pub generate: Option<Generate>,
     pub carbon_file: Option<PathBuf>,
     pub carbon_forecast_file: Option<PathBuf>,
+    /// The power-state model; `None` = `instant`.
+    pub power: Option<SimPower>,
 }
 
 impl Scenario {
@@ -486,7 +556,9 @@ impl Scenario {
                 s.carbon.forecast_error
             )));
         }
+        let power = resolve_power(&s.power, plan_every_s).map_err(bad)?;
         Ok(Resolved {
+            power,
             carbon_forecast_file: s.carbon.forecast_file.as_ref().map(|f| base.join(f)),
             online_file: base.join(&s.online.file),
             batch_file: s.batch.file.as_ref().map(|f| base.join(f)),
@@ -505,4 +577,38 @@ impl Scenario {
             deadline,
         })
     }
+}
+
+/// The `[power]` table as the machine's settings (`lead` = the planning
+/// interval); every bad key named at once.
+fn resolve_power(p: &PowerSpec, plan_every_s: i64) -> Result<Option<SimPower>, String> {
+    match p.model.as_str() {
+        "instant" => return Ok(None),
+        "states" => {}
+        m => return Err(format!("power.model = {m:?}: allowed values are states, instant")),
+    }
+    let mut errors = Vec::new();
+    let mut secs = |key: &str, v: &str| match (v, parse_step(v)) {
+        ("0", _) => 0,
+        (_, Some(s)) => s,
+        (_, None) => {
+            errors.push(format!("power.{key} = {v:?}: not a duration (e.g. 5m, 30m)"));
+            0
+        }
+    };
+    let wake_s = secs("wake", &p.wake);
+    let suspend_s = secs("suspend", &p.suspend);
+    let settings = PowerSettings {
+        suspend_after_s: secs("suspend_after", &p.suspend_after),
+        wake_s,
+        lead_s: plan_every_s,
+        // A simulated machine answers on time; the timeouts only bound it.
+        suspend_timeout_s: suspend_s.max(1) * 10,
+        resume_timeout_s: wake_s.max(1) * 10,
+        min_off_s: secs("min_off", &p.min_off),
+        reserve: p.reserve,
+        max_suspends_per_day: p.max_suspends_per_day,
+    };
+    errors.extend(settings.errors().into_iter().map(|e| format!("power.{e}")));
+    if errors.is_empty() { Ok(Some(SimPower { settings, suspend_s })) } else { Err(errors.join("; ")) }
 }

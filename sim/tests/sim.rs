@@ -145,6 +145,11 @@ fn bad_scenarios_name_the_key_and_the_allowed_values() {
             "quantile = 2: must be between 0.5 and 0.999; safety_margin = -0.1: must be in [0, 1); delay_cost = 3: must be in [0, 1]",
         ),
         (r#"slot = "7m""#, "slot = 420 s: must be a whole number of steps (300 s)"),
+        ("[power]\nmodel = \"magic\"", r#"power.model = "magic": allowed values are states, instant"#),
+        (
+            "[power]\nwake = \"soon\"\nmax_suspends_per_day = 0",
+            r#"power.wake = "soon": not a duration (e.g. 5m, 30m); power.max_suspends_per_day = 0: must be at least 1"#,
+        ),
     ];
     for (extra, want) in cases {
         let e = Scenario::parse("t.toml", &scenario(extra), repo()).unwrap_err().to_string();
@@ -363,4 +368,50 @@ fn deadlines_in_the_job_trace_are_the_jobs_own() {
     let (_, greenfill) = results.iter().find(|(p, _)| p.name() == "greenfill").unwrap();
     assert_eq!(greenfill.jobs_completed, 3);
     assert_eq!(greenfill.jobs_late, 0);
+}
+
+/// The scenario with `[power]` set to `body`.
+fn with_power(body: &str) -> greenfill_sim::Resolved {
+    Scenario::parse("t.toml", &scenario(&format!("[power]\n{body}")), repo()).unwrap()
+}
+
+#[test]
+fn the_power_state_model_sleeps_wakes_and_keeps_its_minimum_off_time() {
+    let instant = with_power(r#"model = "instant""#);
+    let inputs = load(&instant).unwrap();
+    let fast = run(&instant, &inputs, |_, _| {}).unwrap();
+    let states = run(&with_power(r#"wake = "15m""#), &inputs, |_, _| {}).unwrap();
+    let never_back = run(&with_power(r#"min_off = "30d""#), &inputs, |_, _| {}).unwrap();
+    for (((p, a), (_, b)), (_, c)) in fast.iter().zip(&states).zip(&never_back) {
+        assert_eq!((a.suspends, a.resumes), (0, 0), "{p:?}: the instant model has no transitions");
+        assert_eq!(b.jobs_unfinished, 0, "{p:?}: with wake latency every job still finishes");
+        if *p == greenfill_sim::Policy::Dedicated {
+            assert_eq!((b.suspends, b.energy_kwh), (0, a.energy_kwh), "dedicated machines are pinned on");
+            continue;
+        }
+        // Every batch node starts on and idle, so it sleeps at least once.
+        assert!(b.suspends >= 4 && b.resumes <= b.suspends, "{p:?}: {} suspends, {} resumes", b.suspends, b.resumes);
+        assert_eq!(c.resumes, 0, "{p:?}: off for 30 days means not woken within the run");
+        assert_eq!(c.jobs_unfinished, 0, "{p:?}: the online nodes carry the work");
+        // Powered node-hours: never fewer than the always-on nodes'.
+        assert!(b.node_hours >= 6.0 * inputs.steps as f64 * inputs.step_s as f64 / 3600.0 - 1e-6, "{p:?}");
+    }
+}
+
+#[test]
+fn savings_are_given_only_between_policies_that_did_like_work() {
+    // No batch machines: `dedicated` has nowhere to run batch and does none of it.
+    let text = scenario("").replace("name = \"batch\"\nnodes = 4", "name = \"batch\"\nnodes = 0");
+    let r = Scenario::parse("t.toml", &text, repo()).unwrap();
+    let inputs = load(&r).unwrap();
+    let results = run(&r, &inputs, |_, _| {}).unwrap();
+    let s = summarize(&r, &inputs, &results);
+    assert_eq!(s.policies["dedicated"].jobs_completed, 0);
+    assert!(s.saved.vs_dedicated.is_none());
+    let why = &s.saved.not_compared["dedicated"];
+    assert!(
+        why.contains("dedicated did 0.0 batch core-hours (0 jobs)") && why.contains("more than 2 % apart"),
+        "{why}"
+    );
+    assert!(s.saved.vs_asap.is_some(), "asap did the same work: {:?}", s.saved.not_compared);
 }
