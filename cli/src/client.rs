@@ -487,6 +487,8 @@ pub(crate) fn nodes(conn: &Conn, json: bool) -> Result<()> {
                     "online_cpu_cores": n.online_cpu_cores, "batch_cpu_cores": n.batch_cpu_cores,
                     "running_jobs": n.running_jobs, "history_buckets": n.history_buckets,
                     "power_w": n.power.iter().find(|p| p.component == "node").map(|p| p.watts),
+                    "power_state": n.power_state, "power_since": t(n.power_since.as_ref()),
+                    "power_reason": n.power_reason,
                 })
             })
             .collect();
@@ -494,13 +496,13 @@ pub(crate) fn nodes(conn: &Conn, json: bool) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
             println!(
-                "{:<20} {:<10} {:>6} {:>9} {:>8} {:>8} {:>5}  LAST SEEN",
-                "NAME", "POOL", "CORES", "CONNECTED", "ONLINE", "BATCH", "JOBS"
+                "{:<20} {:<10} {:>6} {:>9} {:>8} {:>8} {:>5}  {:<10} {:<20}  LAST SEEN",
+                "NAME", "POOL", "CORES", "CONNECTED", "ONLINE", "BATCH", "JOBS", "POWER", "SINCE"
             );
             for n in &r.nodes {
                 let f = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
                 println!(
-                    "{:<20} {:<10} {:>6} {:>9} {:>8} {:>8} {:>5}  {}{}",
+                    "{:<20} {:<10} {:>6} {:>9} {:>8} {:>8} {:>5}  {:<10} {:<20}  {}{}",
                     n.name,
                     n.pool,
                     n.cpu_cores,
@@ -508,6 +510,8 @@ pub(crate) fn nodes(conn: &Conn, json: bool) -> Result<()> {
                     f(n.online_cpu_cores),
                     f(n.batch_cpu_cores),
                     n.running_jobs,
+                    n.power_state,
+                    n.power_since.as_ref().map_or_else(|| "-".to_owned(), |x| t(Some(x))),
                     t(n.last_seen.as_ref()),
                     if n.stale { " (stale)" } else { "" }
                 );

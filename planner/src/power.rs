@@ -86,7 +86,9 @@ pub struct PowerSettings {
     /// resuming node as capacity from then).
     pub wake_s: i64,
     /// Resume this much earlier than the wake latency alone asks: the time
-    /// between two plans, so a wake decided at the next plan is not late.
+    /// between two plans plus one slot. A plan starts work only at a slot
+    /// boundary after the node's ready time, so without the slot a plan that
+    /// waits for a wake would put it one slot ahead at every round, forever.
     pub lead_s: i64,
     /// A node still registered this long after its suspend is `failed`.
     pub suspend_timeout_s: i64,

@@ -81,6 +81,11 @@ pub enum Write {
         created_at: i64,
         body: Vec<u8>,
     },
+    /// A node's power state (`body` = JSON of `greenfill_planner::power::NodePower`).
+    NodePower {
+        name: String,
+        body: String,
+    },
     /// Retention: drop telemetry buckets before `telemetry_before` and plans
     /// older than the newest `keep_plans`.
     Prune {
@@ -117,6 +122,8 @@ pub struct Snapshot {
     /// `(node, bucket, online_cpu, online_memory)` in time order per node.
     pub telemetry: Vec<(String, i64, f64, f64)>,
     pub plan: Option<(u64, Vec<u8>)>,
+    /// `(node, power state JSON)`.
+    pub power: Vec<(String, String)>,
 }
 
 pub trait Store: Send + 'static {
@@ -170,6 +177,11 @@ const MIGRATIONS: &[&str] = &[
         revision INTEGER PRIMARY KEY,
         created_at INTEGER NOT NULL,
         body BLOB NOT NULL
+    );",
+    // 2: node power states (#14).
+    "CREATE TABLE node_power (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
     );",
 ];
 
@@ -273,6 +285,9 @@ impl Store for Sqlite {
             })
             .optional()
             .map_err(&e)?;
+        let mut q = c.prepare("SELECT name, body FROM node_power ORDER BY name").map_err(&e)?;
+        snap.power =
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(&e)?.collect::<Result<_, _>>().map_err(&e)?;
         Ok(snap)
     }
 
@@ -312,6 +327,9 @@ impl Store for Sqlite {
                 Write::Plan { revision, created_at, body } => tx
                     .prepare_cached("INSERT OR REPLACE INTO plans VALUES (?1, ?2, ?3)")
                     .and_then(|mut s| s.execute(params![*revision as i64, created_at, body])),
+                Write::NodePower { name, body } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO node_power VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(params![name, body])),
                 Write::Prune { telemetry_before, keep_plans } => {
                     tx.execute("DELETE FROM telemetry WHERE bucket < ?1", params![telemetry_before]).and_then(|_| {
                         tx.execute(

@@ -19,7 +19,7 @@ fn config(dir: &std::path::Path) -> Config {
         data_dir: dir.to_owned(),
         user_tokens: vec![USER.into()],
         agent_tokens: vec![AGENT.into()],
-        pools: vec![PoolDecl { name: "web".into(), cores: 16.0, memory_gib: 64.0, gpus: 0 }],
+        pools: vec![PoolDecl { name: "web".into(), cores: 16.0, memory_gib: 64.0, gpus: 0, power: None }],
         ..Config::default()
     };
     c.planning.interval = Duration::from_millis(200);

@@ -556,7 +556,7 @@ impl Scenario {
                 s.carbon.forecast_error
             )));
         }
-        let power = resolve_power(&s.power, plan_every_s).map_err(bad)?;
+        let power = resolve_power(&s.power, plan_every_s + slot_s).map_err(bad)?;
         Ok(Resolved {
             power,
             carbon_forecast_file: s.carbon.forecast_file.as_ref().map(|f| base.join(f)),
@@ -580,8 +580,8 @@ impl Scenario {
 }
 
 /// The `[power]` table as the machine's settings (`lead` = the planning
-/// interval); every bad key named at once.
-fn resolve_power(p: &PowerSpec, plan_every_s: i64) -> Result<Option<SimPower>, String> {
+/// interval plus a slot); every bad key named at once.
+fn resolve_power(p: &PowerSpec, lead_s: i64) -> Result<Option<SimPower>, String> {
     match p.model.as_str() {
         "instant" => return Ok(None),
         "states" => {}
@@ -601,7 +601,7 @@ fn resolve_power(p: &PowerSpec, plan_every_s: i64) -> Result<Option<SimPower>, S
     let settings = PowerSettings {
         suspend_after_s: secs("suspend_after", &p.suspend_after),
         wake_s,
-        lead_s: plan_every_s,
+        lead_s,
         // A simulated machine answers on time; the timeouts only bound it.
         suspend_timeout_s: suspend_s.max(1) * 10,
         resume_timeout_s: wake_s.max(1) * 10,

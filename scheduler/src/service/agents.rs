@@ -56,6 +56,7 @@ impl AgentService for Agents {
             let node = inner.nodes.entry(name.clone()).or_insert_with(|| Node::new(reg.clone(), t));
             node.register = pb::Register { running_jobs: Vec::new(), ..reg.clone() };
             node.last_seen = t;
+            node.registered_at = t;
             // The agent applied everything up to last_command_seq.
             let mut writes = Vec::new();
             if reg.last_command_seq > node.command_acked {
@@ -116,6 +117,9 @@ impl AgentService for Agents {
             {
                 n.session = None;
             }
+            drop(inner);
+            // A node that went silent may be one that was asked to suspend.
+            st.replan.notify_one();
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

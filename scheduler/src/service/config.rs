@@ -46,6 +46,174 @@ pub struct PoolDecl {
     pub memory_gib: f64,
     #[serde(default)]
     pub gpus: u32,
+    /// How this pool's idle nodes are put to sleep and woken. Without it the
+    /// pool's nodes are never powered off (pools that run online services).
+    pub power: Option<PoolPowerDecl>,
+}
+
+/// `[pools.power]`: a sleepable pool (Slurm's power saving, per pool).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPowerDecl {
+    /// `exec` (default: site commands, like Slurm's `SuspendProgram`) or `redfish`.
+    #[serde(default = "d_driver")]
+    pub driver: String,
+    /// `exec`: argv run with the node's name appended.
+    #[serde(default)]
+    pub suspend_command: Vec<String>,
+    #[serde(default)]
+    pub resume_command: Vec<String>,
+    /// A driver call (a command, a BMC request) gets this long.
+    #[serde(default = "d_call_timeout")]
+    pub call_timeout: String,
+    /// Durations; defaults from `greenfill_planner::power::PowerSettings`.
+    pub suspend_after: Option<String>,
+    pub wake: Option<String>,
+    pub min_off: Option<String>,
+    pub suspend_timeout: Option<String>,
+    pub resume_timeout: Option<String>,
+    #[serde(default)]
+    pub reserve: u32,
+    pub max_suspends_per_day: Option<u32>,
+    /// Nodes of this pool that are never powered off (Slurm's `SuspendExcNodes`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub redfish: Option<RedfishDecl>,
+}
+
+/// `[pools.power.redfish]`: the BMCs, over HTTPS with basic auth.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedfishDecl {
+    pub username: String,
+    /// The password, or `password_env`: the variable that holds it.
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    /// A PEM CA certificate the BMCs' certificates chain to.
+    pub ca_cert: Option<PathBuf>,
+    /// Accept any certificate (BMCs ship self-signed ones); off by default.
+    #[serde(default)]
+    pub insecure_tls: bool,
+    /// Node name → its `ComputerSystem` URL, e.g.
+    /// `https://10.0.0.5/redfish/v1/Systems/1`.
+    pub systems: std::collections::BTreeMap<String, String>,
+}
+
+fn d_driver() -> String {
+    "exec".into()
+}
+fn d_call_timeout() -> String {
+    "60s".into()
+}
+
+/// A pool's power policy, checked.
+#[derive(Debug, Clone)]
+pub struct PoolPower {
+    pub settings: greenfill_planner::power::PowerSettings,
+    pub driver: DriverSpec,
+    pub call_timeout: Duration,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DriverSpec {
+    Exec { suspend: Vec<String>, resume: Vec<String> },
+    Redfish(RedfishDecl),
+}
+
+impl PoolPowerDecl {
+    /// Check every key (`key` is where the table is, e.g. `pools[1].power`),
+    /// with `lead` the planning interval plus a slot (see `PowerSettings::lead_s`).
+    pub fn resolve(&self, key: &str, lead: Duration) -> Result<PoolPower, Vec<Invalid>> {
+        let mut errors = Vec::new();
+        let mut bad = |k: &str, value: String, why: &str| {
+            errors.push(Invalid { key: format!("{key}.{k}"), value, why: why.to_owned() });
+        };
+        let defaults = greenfill_planner::power::PowerSettings::default();
+        let mut secs = |k: &str, v: &Option<String>, default: i64| -> i64 {
+            let Some(v) = v else { return default };
+            match parse_duration(v) {
+                _ if v.trim_start().starts_with('-') => {
+                    bad(k, format!("{v:?}"), "must not be negative");
+                    default
+                }
+                #[allow(clippy::cast_possible_truncation, reason = "durations far below i64::MAX s")]
+                Some(d) => d.ceil() as i64,
+                None => {
+                    bad(k, format!("{v:?}"), "not a duration (e.g. 90s, 5m, 1h)");
+                    default
+                }
+            }
+        };
+        let settings = greenfill_planner::power::PowerSettings {
+            suspend_after_s: secs("suspend_after", &self.suspend_after, defaults.suspend_after_s),
+            wake_s: secs("wake", &self.wake, defaults.wake_s),
+            lead_s: i64::try_from(lead.as_secs()).unwrap_or(60),
+            suspend_timeout_s: secs("suspend_timeout", &self.suspend_timeout, defaults.suspend_timeout_s),
+            resume_timeout_s: secs("resume_timeout", &self.resume_timeout, defaults.resume_timeout_s),
+            min_off_s: secs("min_off", &self.min_off, defaults.min_off_s),
+            reserve: self.reserve,
+            max_suspends_per_day: self.max_suspends_per_day.unwrap_or(defaults.max_suspends_per_day),
+        };
+        let call_timeout = secs("call_timeout", &Some(self.call_timeout.clone()), 60);
+        let mut bad = |k: &str, value: String, why: &str| {
+            errors.push(Invalid { key: format!("{key}.{k}"), value, why: why.to_owned() });
+        };
+        if call_timeout <= 0 {
+            bad("call_timeout", format!("{:?}", self.call_timeout), "must be positive");
+        }
+        for e in settings.errors() {
+            bad(e.key, e.value, e.why);
+        }
+        let driver = match self.driver.as_str() {
+            "exec" => {
+                for (k, argv) in [("suspend_command", &self.suspend_command), ("resume_command", &self.resume_command)]
+                {
+                    if argv.first().is_none_or(String::is_empty) {
+                        bad(
+                            k,
+                            format!("{argv:?}"),
+                            "the exec driver needs a command (argv; the node name is appended)",
+                        );
+                    }
+                }
+                DriverSpec::Exec { suspend: self.suspend_command.clone(), resume: self.resume_command.clone() }
+            }
+            "redfish" => match &self.redfish {
+                None => {
+                    bad("redfish", "(missing)".into(), "the redfish driver needs [..power.redfish] with systems");
+                    DriverSpec::Exec { suspend: Vec::new(), resume: Vec::new() }
+                }
+                Some(r) => {
+                    if r.systems.is_empty() {
+                        bad("redfish.systems", "{}".into(), "give each node's BMC address (node = URL of its System)");
+                    }
+                    for (node, url) in &r.systems {
+                        if !(url.starts_with("https://") || url.starts_with("http://")) {
+                            bad(&format!("redfish.systems.{node}"), format!("{url:?}"), "must be an https:// URL");
+                        }
+                    }
+                    if r.password.is_some() == r.password_env.is_some() {
+                        bad("redfish.password", "…".into(), "give exactly one of password or password_env");
+                    }
+                    DriverSpec::Redfish(r.clone())
+                }
+            },
+            other => {
+                bad("driver", format!("{other:?}"), "allowed values are exec, redfish");
+                DriverSpec::Exec { suspend: Vec::new(), resume: Vec::new() }
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(PoolPower {
+            settings,
+            driver,
+            call_timeout: Duration::from_secs(u64::try_from(call_timeout).unwrap_or(60)),
+            exclude: self.exclude.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +470,18 @@ impl Config {
         if self.limits.requests_per_second == 0 {
             bad("limits.requests_per_second", "0".into(), "must be > 0");
         }
+        for (i, pool) in self.pools.iter().enumerate() {
+            if let Some(Err(e)) = pool
+                .power
+                .as_ref()
+                .map(|p| p.resolve(&format!("pools[{i}].power"), self.planning.interval + self.planning.slot))
+            {
+                errors.extend(e);
+            }
+        }
+        let mut bad = |key: &str, value: String, why: &str| {
+            errors.push(Invalid { key: key.to_owned(), value, why: why.to_owned() });
+        };
         for pool in &self.pools {
             if pool.name.is_empty()
                 || pool.cores.is_nan()
@@ -313,6 +493,25 @@ impl Config {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { path: path.to_owned(), errors }) }
+    }
+}
+
+impl Config {
+    /// The power policy of each sleepable pool, by pool name (checked by
+    /// [`Config::validate`]).
+    pub fn pool_power(&self) -> std::collections::BTreeMap<String, PoolPower> {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let power = p
+                    .power
+                    .as_ref()?
+                    .resolve(&format!("pools[{i}].power"), self.planning.interval + self.planning.slot)
+                    .ok()?;
+                Some((p.name.clone(), power))
+            })
+            .collect()
     }
 }
 

@@ -409,6 +409,9 @@ impl PlanService for Plans {
                     power: s.map(|s| s.power.clone()).unwrap_or_default(),
                     agent_version: n.register.agent_version.clone(),
                     history_buckets: u32::try_from(n.history.len()).unwrap_or(u32::MAX),
+                    power_state: super::power::state_of(&inner, name).name().to_owned(),
+                    power_since: inner.power.get(name).map(|p| ts(p.since)),
+                    power_reason: inner.power.get(name).map(|p| p.reason.clone()).unwrap_or_default(),
                 }
             })
             .collect();

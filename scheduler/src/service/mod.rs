@@ -22,6 +22,8 @@ pub mod config;
 pub mod jobs;
 pub mod lifecycle;
 pub mod planning;
+pub mod power;
+pub mod redfish;
 
 use crate::store::{Snapshot, Write, Writer};
 use greenfill_proto::v1 as pb;
@@ -93,6 +95,8 @@ pub struct Node {
     /// Closed buckets: (bucket start, mean online cpu cores, mean online memory bytes).
     pub history: VecDeque<(i64, f64, f64)>,
     pub last_sample: Option<pb::TelemetrySample>,
+    /// When the open session began.
+    pub registered_at: i64,
 }
 
 impl Node {
@@ -108,6 +112,7 @@ impl Node {
             bucket: None,
             history: VecDeque::new(),
             last_sample: None,
+            registered_at: last_seen,
         }
     }
 
@@ -133,6 +138,10 @@ pub struct Inner {
     pub nodes: BTreeMap<String, Node>,
     pub plan: Option<pb::Plan>,
     pub next_session: u64,
+    /// Power states of the nodes of sleepable pools (`[pools.power]`).
+    pub power: BTreeMap<String, greenfill_planner::power::NodePower>,
+    /// When the last power round ran (for powered node-seconds).
+    pub power_round_at: Option<i64>,
 }
 
 impl Inner {
@@ -169,6 +178,9 @@ impl Inner {
             if let Some(node) = inner.nodes.get_mut(&name) {
                 node.history.push_back((bucket - bucket.rem_euclid(bucket_s), cpu, mem));
             }
+        }
+        for (name, body) in snap.power {
+            inner.power.insert(name, serde_json::from_str(&body)?);
         }
         if let Some((_, body)) = snap.plan {
             inner.plan = Some(pb::Plan::decode(body.as_slice())?);
@@ -257,6 +269,8 @@ pub struct State {
     /// buckets, keyed by (buckets, last bucket start); recomputed only when a
     /// bucket closes, and outside the state lock.
     pub forecasts: Mutex<HashMap<String, CachedForecast>>,
+    /// The sleepable pools' power policies and drivers.
+    pub power: power::PowerCtl,
     /// Cancelled to stop the service; every long-lived task watches it.
     pub shutdown: CancellationToken,
     /// The service's long-lived tasks (server, planning loop, sessions, watches).
@@ -287,7 +301,9 @@ impl State {
             None => None,
         };
         let (events, _) = broadcast::channel(4096);
+        let power = power::PowerCtl::new(config.pool_power())?;
         Ok(Arc::new(State {
+            power,
             inner: Mutex::new(inner),
             writer,
             events,

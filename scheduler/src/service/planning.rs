@@ -52,6 +52,7 @@ pub struct Round {
     pub queued: usize,
     pub dispatched: usize,
     pub requeued: usize,
+    pub power_transitions: usize,
     pub solve_ms: f64,
     pub total_ms: f64,
 }
@@ -84,11 +85,20 @@ fn clock(cfg: &super::config::Planning, t: i64) -> SlotClock {
     SlotClock { start: t, slot_s, slots }
 }
 
-/// Live nodes by pool: connected, and heard from within `stale_after`.
+/// Nodes the plan may use, by pool: live ones (connected, heard from within
+/// `stale_after`) that take work or are draining, and the sleeping nodes of
+/// sleepable pools (capacity from their ready time). Failed nodes are left out.
 fn live_pools(inner: &Inner, t: i64, stale: i64) -> BTreeMap<String, Vec<(&String, &super::Node)>> {
+    use greenfill_planner::power::PowerState as P;
     let mut pools: BTreeMap<String, Vec<(&String, &super::Node)>> = BTreeMap::new();
     for (name, n) in &inner.nodes {
-        if n.session.is_some() && n.last_seen >= t - stale {
+        let live = n.session.is_some() && n.last_seen >= t - stale;
+        let usable = match super::power::state_of(inner, name) {
+            P::On | P::Draining => live,
+            P::Off | P::Suspending | P::Resuming => true,
+            P::Failed => false,
+        };
+        if usable {
             pools.entry(n.register.pool.clone()).or_default().push((name, n));
         }
     }
@@ -107,6 +117,7 @@ fn pool_input(
     let bucket_s = i64::try_from(st.config.planning.telemetry_bucket.as_secs().max(1)).unwrap_or(300);
     let season = usize::try_from(86_400 / bucket_s).unwrap_or(288).max(2);
     let slots = clock.slots;
+    let sleeps = st.power.settings(name).is_some();
     #[allow(clippy::cast_precision_loss, reason = "slot arithmetic")]
     let horizon_buckets = slots_ceil(slots as f64 * clock.slot_s as f64, bucket_s).max(1);
     let max_cores = nodes.iter().map(|(_, n)| n.register.cpu_cores).fold(0.0, f64::max);
@@ -120,12 +131,14 @@ fn pool_input(
             mem_max = mem_max.max(m / f64::from(k));
         }
         // Forecast step 0 is the bucket filling now (see `refresh_forecasts`);
-        // no forecast yet (no telemetry) = nothing for batch.
+        // no forecast yet (no telemetry) = nothing for batch, except on a
+        // sleepable pool's nodes, which run no online services.
+        let unknown = if sleeps { 0.0 } else { n.register.cpu_cores };
         let upper = forecasts
             .get(node.as_str())
             .map(|(_, u)| u.clone())
             .filter(|u| u.len() >= horizon_buckets)
-            .unwrap_or_else(|| vec![n.register.cpu_cores; horizon_buckets]);
+            .unwrap_or_else(|| vec![unknown; horizon_buckets]);
         let pad_cpu = max_cores - n.register.cpu_cores;
         #[allow(clippy::cast_precision_loss, reason = "bytes")]
         let pad_mem = max_mem - n.register.memory_bytes as f64;
@@ -145,7 +158,7 @@ fn pool_input(
             memory_gib: max_mem / GIB,
             power: PowerModel::Linear { idle_w: st.config.power.idle_w, max_w: st.config.power.max_w },
             pue: st.config.power.pue,
-            always_on: true,
+            always_on: !sleeps,
             embodied_g_per_hour: 0.0,
         },
         online_cpu: cpu,
@@ -216,6 +229,18 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
     let carbon = carbon_forecast(st, t, clock.slot_s, clock.slots);
     let options = cfg.plan_options();
     let mut builder = ProblemBuilder::new(clock, pool_inputs, carbon, options, cfg.guard_slack);
+    for (pname, nodes) in &pools {
+        let Some(settings) = st.power.settings(pname) else { continue };
+        for (name, _) in nodes {
+            let Some(p) = inner.power.get(name.as_str()) else { continue };
+            let ready = p.ready_at(settings, t);
+            if ready != Some(t) {
+                let (pool, k) = where_is[name.as_str()];
+                // Indices come from the pools just built.
+                let _ = builder.unavailable_until(pool, k, ready);
+            }
+        }
+    }
     for job in running_jobs(inner, t, &where_is) {
         // Indices come from the pools just built.
         let _ = builder.running(&job);
@@ -323,6 +348,7 @@ pub async fn plan_once(st: &Arc<State>) -> anyhow::Result<Round> {
     let started = Instant::now();
     let t = now();
     let mut round = Round { requeued: requeue_lost(st, t).await?, ..Round::default() };
+    round.power_transitions = super::power::round(st, t).await?.len();
     refresh_forecasts(st, t).await?;
     let g = {
         let forecasts = st.forecasts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -553,7 +579,18 @@ fn apply_run(
     run: &Run<'_>,
     out: &mut Changes,
 ) -> (pb::PlannedJob, bool) {
-    let explanation = run_explanation(st, job, run);
+    let mut explanation = run_explanation(st, job, run);
+    let power = super::power::state_of(inner, run.node);
+    if !power.takes_work()
+        && let Some(at) = explanation.planned_start
+    {
+        let ready =
+            inner.power.get(run.node).zip(st.power.settings(&explanation.pool)).and_then(|(p, s)| p.ready_at(s, job.t));
+        let ready = chrono::DateTime::from_timestamp(ready.unwrap_or(at.seconds), 0)
+            .map(|d| d.to_rfc3339())
+            .unwrap_or_default();
+        explanation.detail = format!("waits for node {} to wake ({}; ready at {ready})", run.node, power.name());
+    }
     let row = pb::PlannedJob {
         job_id: job.id.to_owned(),
         pool: explanation.pool.clone(),
@@ -566,6 +603,17 @@ fn apply_run(
     let when = explanation.planned_start;
     let connected = inner.nodes.get(run.node).is_some_and(|n| n.session.is_some());
     if run.start == 0 && connected {
+        // A draining node the plan gives new work takes work again.
+        if let Some(p) = inner.power.get_mut(run.node)
+            && let Some(c) = p.undrain(0, job.t)
+            && let Ok(body) = serde_json::to_string(&*p)
+        {
+            tracing::info!(node = run.node, from = c.from.name(), to = c.to.name(), reason = %c.reason, "power transition");
+            out.writes.push(Write::NodePower { name: run.node.to_owned(), body });
+        }
+    }
+    let awake = super::power::state_of(inner, run.node).takes_work();
+    if run.start == 0 && connected && awake {
         let node = run.node.to_owned();
         let change = inner.change(job.id, Event::Dispatched, &format!("dispatched to {node}"), |e| {
             e.job.attempts += 1;
@@ -633,7 +681,22 @@ fn record_plan(
         slot: Some(prost_types::Duration { seconds: problem.slot_s, nanos: 0 }),
         slots: u32::try_from(problem.slots).unwrap_or(u32::MAX),
         jobs,
-        pools: problem.pools.iter().enumerate().map(|(i, p)| pool_plan(problem, plan, i, p)).collect(),
+        pools: problem
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let powered = inner
+                    .nodes
+                    .iter()
+                    .filter(|(name, n)| n.register.pool == p.pool.name && super::power::state_of(inner, name).powered())
+                    .count();
+                pb::PoolPlan {
+                    powered_now: u32::try_from(powered).unwrap_or(u32::MAX),
+                    ..pool_plan(problem, plan, i, p)
+                }
+            })
+            .collect(),
         carbon_intensity: problem.carbon.clone(),
         energy_kwh: plan.energy.energy_kwh,
         idle_energy_kwh: plan.energy.idle_kwh,
@@ -690,5 +753,6 @@ fn pool_plan(problem: &Problem, plan: &Plan, i: usize, p: &PoolInput) -> pb::Poo
         batch_cpu_capacity: online.iter().map(|o| (total * (1.0 - problem.options.cpu_margin) - o).max(0.0)).collect(),
         online_cpu_upper: online,
         batch_cpu_planned: planned,
+        powered_now: p.pool.nodes,
     }
 }

@@ -1,0 +1,256 @@
+//! Power actuation end to end: a scheduler and three agents in one sleepable pool,
+//! the `exec` driver, where "suspend" stops the node's agent (SIGTERM) and
+//! "resume" starts it again. An empty queue lets the nodes drain and sleep; a
+//! burst of jobs wakes them; every job runs once, on a node that is `on`.
+//! Needs root (jobs run in real cgroups).
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const NODES: [&str; 3] = ["p1", "p2", "p3"];
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_greenfill")).parent().unwrap().join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    port: u16,
+    metrics: u16,
+    scheduler: Option<std::process::Child>,
+    tag: String,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, metrics) = (free_port(), free_port());
+        let d = dir.path().display().to_string();
+        let tag = format!("greenfill-power-{}", std::process::id());
+        // The site's power program: log the call, then stop or start the agent.
+        std::fs::write(
+            dir.path().join("power.sh"),
+            format!(
+                "#!/bin/sh\nset -e\necho \"$1 $2 $(date +%s.%N)\" >> {d}/calls.log\n\
+                 case $1 in\n  suspend) kill -TERM \"$(cat {d}/$2.pid)\";;\n  resume) sh {d}/$2.start;;\nesac\n"
+            ),
+        )
+        .unwrap();
+        for node in NODES {
+            std::fs::write(
+                dir.path().join(format!("{node}.start")),
+                format!(
+                    "{agent} run --server http://127.0.0.1:{port} --node-name {node} --pool sleepy \
+                     --batch-root {tag}-{node}/batch --state-dir {d}/{node} </dev/null >>{d}/{node}.log 2>&1 &\n\
+                     echo $! > {d}/{node}.pid\n",
+                    agent = bin("greenfill-agent").display()
+                ),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            dir.path().join("scheduler.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\ninsecure_local = true\n\
+                 data_dir = \"{d}/scheduler\"\n\
+                 [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"10s\"\nhorizon = \"30m\"\n\
+                 [[pools]]\nname = \"sleepy\"\ncores = 2\nmemory_gib = 1\n\
+                 [pools.power]\ndriver = \"exec\"\n\
+                 suspend_command = [\"sh\", \"{d}/power.sh\", \"suspend\"]\n\
+                 resume_command = [\"sh\", \"{d}/power.sh\", \"resume\"]\n\
+                 suspend_after = \"2s\"\nwake = \"2s\"\nmin_off = \"3s\"\nsuspend_timeout = \"15s\"\n\
+                 resume_timeout = \"30s\"\nmax_suspends_per_day = 50\ncall_timeout = \"10s\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("scheduler.log")).unwrap();
+        let scheduler = Command::new(bin("greenfill-scheduler"))
+            .arg("--config")
+            .arg(dir.path().join("scheduler.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let site = Site { dir, port, metrics, scheduler: Some(scheduler), tag };
+        for node in NODES {
+            assert!(Command::new("sh").arg(site.path(&format!("{node}.start"))).status().unwrap().success());
+        }
+        site
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn greenfill(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(["--server", &format!("http://127.0.0.1:{}", self.port)])
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.greenfill(args) {
+                Ok(s) => return serde_json::from_str(&s).unwrap(),
+                Err(e) if Instant::now() > deadline => panic!("{args:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Poll `greenfill nodes --json` until `done`, or fail with the logs.
+    fn wait_nodes(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let nodes = self.json(&["nodes", "--json"]);
+            if done(&nodes) {
+                return nodes;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {nodes:#?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.path(f)).unwrap_or_default();
+        let tail = |s: String| s.lines().rev().take(25).collect::<Vec<_>>().join("\n");
+        format!("calls:\n{}\nscheduler log (newest first):\n{}", read("calls.log"), tail(read("scheduler.log")))
+    }
+
+    fn scrape(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for node in NODES {
+            if let Ok(pid) = std::fs::read_to_string(self.path(&format!("{node}.pid"))) {
+                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+            }
+        }
+        if let Some(mut s) = self.scheduler.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for node in NODES {
+            for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
+                let base = Path::new("/sys/fs/cgroup").join(h).join(format!("{}-{node}", self.tag));
+                let _ = std::fs::remove_dir(base.join("batch"));
+                let _ = std::fs::remove_dir(base);
+            }
+        }
+    }
+}
+
+fn power_states(nodes: &[Value]) -> Vec<&str> {
+    nodes.iter().map(|n| n["power_state"].as_str().unwrap()).collect()
+}
+
+fn calls(site: &Site) -> Vec<(String, String, f64)> {
+    std::fs::read_to_string(site.path("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn an_empty_queue_sleeps_the_pool_and_a_burst_wakes_it() {
+    if !greenfill_core::testing::is_root() {
+        greenfill_core::testing::cannot_run("power e2e", "needs root to create cgroups for jobs");
+        return;
+    }
+    let site = Site::new();
+    // 1. Three nodes register; with nothing to run they drain and sleep.
+    site.wait_nodes("three nodes off", Duration::from_secs(60), |n| {
+        n.len() == 3 && power_states(n).iter().all(|s| *s == "off")
+    });
+    let slept = calls(&site);
+    assert_eq!(slept.iter().filter(|c| c.0 == "suspend").count(), 3, "{}", site.logs());
+    // 2. A burst: six 1-core jobs of 3 s each, more than any one node holds.
+    let burst_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            site.greenfill(&[
+                "submit",
+                "--cpu",
+                "0.8",
+                "--memory",
+                "32Mi",
+                "--duration",
+                "3s",
+                "--name",
+                &format!("burst-{i}"),
+                "--",
+                "sleep",
+                "3",
+            ])
+            .unwrap()
+            .trim()
+            .to_owned()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let jobs = loop {
+        let jobs = site.json(&["jobs", "--json"]);
+        if jobs.len() == 6 && jobs.iter().all(|j| j["state"] == "succeeded") {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish: {jobs:#?}\n{}", site.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // 3. Every job ran exactly once, on a node of the pool: a dispatch to a node
+    // that is not on would have been requeued (its agent is gone) and run again.
+    for j in &jobs {
+        assert!(ids.contains(&j["id"].as_str().unwrap().to_owned()));
+        assert_eq!(j["attempts"], 1, "ran more than once: {j}");
+        assert!(NODES.contains(&j["node"].as_str().unwrap()), "{j}");
+    }
+    // 4. The queue empty again, they all sleep again.
+    site.wait_nodes("three nodes off again", Duration::from_secs(60), |n| power_states(n).iter().all(|s| *s == "off"));
+    let all = calls(&site);
+    let resumes: Vec<&(String, String, f64)> = all.iter().filter(|c| c.0 == "resume").collect();
+    assert!(!resumes.is_empty(), "the burst woke nobody: {}", site.logs());
+    let first_start = jobs.iter().filter_map(|j| j["started_at"].as_str()).min().map(|s| s.to_owned());
+    let metrics = site.scrape();
+    let powered: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("greenfill_powered_node_seconds_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert!(metrics.contains("greenfill_power_transitions_total"), "{metrics}");
+    assert!(metrics.contains("power_state=\"off\""), "{metrics}");
+    println!(
+        "power e2e: {} suspends, {} resumes; first resume {:.1} s after the burst; first job started {:?}; \
+         powered node-hours {:.4}",
+        all.iter().filter(|c| c.0 == "suspend").count(),
+        resumes.len(),
+        resumes[0].2 - burst_at,
+        first_start,
+        powered / 3600.0
+    );
+}
