@@ -11,6 +11,8 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 # The qos benchmark's latency-critical service (and its CI smoke run).
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
+# A Python venv for the Redfish emulator (below).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (HiGHS is built from source; memcached is the qos benchmark's service)" >&2
@@ -19,6 +21,15 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The Redfish emulator (sushy-tools, OpenStack's) the power driver's tests talk to.
+tools="${GREENFILL_TOOLS:-$HOME/.cache/greenfill/tools}"
+if [ ! -x "$tools/sushy/bin/sushy-emulator" ]; then
+  echo "setup: installing sushy-tools (Redfish emulator) in $tools/sushy" >&2
+  mkdir -p "$tools"
+  python3 -m venv "$tools/sushy"
+  "$tools/sushy/bin/pip" install -q --disable-pip-version-check "sushy-tools==2.2.0"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -546,4 +546,59 @@ mod tests {
         let text = c.validate("x.toml").unwrap_err().to_string();
         assert!(text.starts_with("x.toml: planning.mem_margin = 1.5: must be in [0, 1)"), "{text}");
     }
+
+    #[test]
+    fn bad_power_config_is_refused_naming_each_key() {
+        let text = r#"
+            insecure_local = true
+            [[pools]]
+            name = "a"
+            cores = 8
+            memory_gib = 16
+            [pools.power]
+            driver = "ipmi"
+            wake = "-5m"
+            resume_timeout = "0s"
+            [[pools]]
+            name = "b"
+            cores = 8
+            memory_gib = 16
+            [pools.power]
+            driver = "redfish"
+            [pools.power.redfish]
+            username = "root"
+            password = "x"
+            systems = {}
+            [[pools]]
+            name = "c"
+            cores = 8
+            memory_gib = 16
+            [pools.power]
+            suspend_command = []
+            resume_command = ["wake"]
+        "#;
+        let c: Config = toml::from_str(text).unwrap();
+        let ConfigError::Invalid { errors, .. } = c.validate("x.toml").unwrap_err() else { panic!("not Invalid") };
+        let keys: Vec<String> = errors.iter().map(|e| format!("{} = {}", e.key, e.value)).collect();
+        assert_eq!(
+            keys,
+            [
+                "pools[0].power.wake = \"-5m\"",
+                "pools[0].power.resume_timeout = 0s",
+                "pools[0].power.driver = \"ipmi\"",
+                "pools[1].power.redfish.systems = {}",
+                "pools[2].power.suspend_command = []",
+            ]
+        );
+        assert!(errors[2].why.contains("allowed values are exec, redfish"), "{:?}", errors[2]);
+        assert!(errors[3].why.contains("BMC address"), "{:?}", errors[3]);
+        // A good one resolves, its lead being the interval plus a slot.
+        let ok: Config = toml::from_str(&text.replace(
+            "driver = \"ipmi\"\n            wake = \"-5m\"\n            resume_timeout = \"0s\"",
+            "suspend_command = [\"s\"]\n            resume_command = [\"r\"]",
+        ))
+        .unwrap();
+        let power = ok.pool_power();
+        assert_eq!(power["a"].settings.lead_s, 60 + 300);
+    }
 }
