@@ -291,9 +291,9 @@ fn sigterm_stops_both_daemons_cleanly_and_keeps_every_acknowledged_job() {
     assert_eq!(code, Some(0), "the agent exits 0 on SIGTERM");
     eprintln!("agent stopped {took:?} after SIGTERM");
     let (code, took) = terminate(c.scheduler.as_mut().unwrap(), Duration::from_secs(5));
-    assert_eq!(code, Some(0), "the scheduler exits 0 on SIGTERM");
-    eprintln!("scheduler stopped {took:?} after SIGTERM");
     let log = std::fs::read_to_string(c.dir.path().join("scheduler.log")).unwrap();
+    assert_eq!(code, Some(0), "the scheduler exits 0 on SIGTERM; its log:\n{log}");
+    eprintln!("scheduler stopped {took:?} after SIGTERM");
     assert!(log.contains("shutting down") && log.contains("every acknowledged change is on disk"), "{log}");
     let agent_log = std::fs::read_to_string(c.dir.path().join("agent.log")).unwrap();
     assert!(agent_log.contains("agent stopped"), "{agent_log}");

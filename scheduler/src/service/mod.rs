@@ -271,6 +271,8 @@ pub struct State {
     pub forecasts: Mutex<HashMap<String, CachedForecast>>,
     /// The sleepable pools' power policies and drivers.
     pub power: power::PowerCtl,
+    /// Unix seconds this service started (for the reconnect grace after a restart).
+    pub started_at: i64,
     /// Cancelled to stop the service; every long-lived task watches it.
     pub shutdown: CancellationToken,
     /// The service's long-lived tasks (server, planning loop, sessions, watches).
@@ -304,6 +306,7 @@ impl State {
         let power = power::PowerCtl::new(config.pool_power())?;
         Ok(Arc::new(State {
             power,
+            started_at: now(),
             inner: Mutex::new(inner),
             writer,
             events,

@@ -107,10 +107,18 @@ pub fn state_of(inner: &Inner, node: &str) -> PowerState {
     inner.power.get(node).map_or(PowerState::On, |p| p.state)
 }
 
+/// After a restart, a node not heard from yet is taken to be as it was for this
+/// long: its agent reconnects within its longest backoff (30 s). Without it a
+/// node still suspending would look silent (off), reconnect (on), and be
+/// suspended a second time for one decision.
+pub const RECONNECT_GRACE_S: i64 = 45;
+
 /// What the round sees of one node.
-fn seen(inner: &Inner, name: &str, t: i64, stale: i64) -> Seen {
+fn seen(inner: &Inner, name: &str, t: i64, stale: i64, started_at: i64) -> Seen {
     let n = &inner.nodes[name];
-    let registered_at = (n.session.is_some() && n.last_seen >= t - stale).then_some(n.registered_at);
+    let present = n.session.is_some() && n.last_seen >= t - stale;
+    let unknown = n.session.is_none() && n.registered_at < started_at && t - started_at < RECONNECT_GRACE_S;
+    let registered_at = (present || unknown).then_some(n.registered_at);
     let mut running = 0;
     let mut wanted_at: Option<i64> = None;
     for e in inner.jobs.values() {
@@ -149,7 +157,7 @@ pub async fn round(st: &Arc<State>, t: i64) -> anyhow::Result<Vec<(String, Trans
         for (pool, (policy, _)) in &st.power.pools {
             let names: Vec<String> =
                 inner.nodes.iter().filter(|(_, n)| n.register.pool == *pool).map(|(k, _)| k.clone()).collect();
-            let seen: Vec<Seen> = names.iter().map(|n| seen(&inner, n, t, stale)).collect();
+            let seen: Vec<Seen> = names.iter().map(|n| seen(&inner, n, t, stale, st.started_at)).collect();
             let mut states: Vec<NodePower> = names
                 .iter()
                 .map(|n| inner.power.get(n).cloned().unwrap_or_else(|| NodePower::on(t, policy.exclude.contains(n))))
