@@ -49,6 +49,9 @@ pub struct Config {
     /// The shim executable (the agent's own binary); `None` runs jobs directly
     /// (they then die with the agent and are requeued).
     pub shim: Option<PathBuf>,
+    /// What a `PowerDown` runs (`sh -c`), e.g. `systemctl suspend`: it returns
+    /// when the machine wakes, and the agent registers again.
+    pub power_down: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -83,6 +86,8 @@ struct Core {
     /// Why the agent must stop (its state could not be saved), once it must.
     fatal: Option<String>,
     shutdown: CancellationToken,
+    /// A `PowerDown` was applied: its reason, until the command runs.
+    power_down: Option<String>,
 }
 
 impl Core {
@@ -94,7 +99,15 @@ impl Core {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
-        Ok(Core { p, path, out: None, stopping: HashMap::new(), fatal: None, shutdown: CancellationToken::new() })
+        Ok(Core {
+            p,
+            path,
+            out: None,
+            stopping: HashMap::new(),
+            fatal: None,
+            shutdown: CancellationToken::new(),
+            power_down: None,
+        })
     }
 
     /// Write the state atomically (temp file, fsync, rename). A failure here
@@ -291,6 +304,15 @@ impl Agent {
                 () = stop.cancelled() => break,
             }
             self.core().out = None;
+            let power_down = self.core().power_down.take();
+            if let Some(reason) = power_down {
+                tokio::select! {
+                    () = self.power_down(&reason) => {}
+                    () = stop.cancelled() => break,
+                }
+                backoff = Duration::from_millis(200);
+                continue;
+            }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(200);
             }
@@ -410,16 +432,55 @@ impl Agent {
                 let _ = tx.try_send(pb::AgentMessage { seq: 0, ack, body: None });
                 continue;
             }
-            self.apply(body).await;
-            let mut core = self.core();
-            core.p.last_command_seq = m.seq;
-            core.save();
-            if core.fatal.is_some() {
-                anyhow::bail!("not acknowledging command {}: the agent's state could not be saved", m.seq);
+            let power_down = match body {
+                Cmd::PowerDown(p) if p.valid_until.is_some_and(|v| v.seconds < now_ts().seconds) => {
+                    tracing::info!(reason = %p.reason, "a power-down past its validity: acknowledged, not run");
+                    None
+                }
+                Cmd::PowerDown(p) => Some(p.reason),
+                other => {
+                    self.apply(other).await;
+                    None
+                }
+            };
+            {
+                let mut core = self.core();
+                core.p.last_command_seq = m.seq;
+                core.save();
+                if core.fatal.is_some() {
+                    anyhow::bail!("not acknowledging command {}: the agent's state could not be saved", m.seq);
+                }
+                let _ = tx.try_send(pb::AgentMessage { seq: 0, ack: m.seq, body: None });
+                // Saved as applied before it runs: a resend after the wake is
+                // acknowledged, never run again.
+                core.power_down.clone_from(&power_down);
             }
-            let _ = tx.try_send(pb::AgentMessage { seq: 0, ack: m.seq, body: None });
+            if power_down.is_some() {
+                // Close the session (after the ack has gone) so the scheduler
+                // sees the node go silent.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// Run the power-down command; it returns when the machine is up again.
+    /// (Its validity was checked by the caller.)
+    async fn power_down(&self, reason: &str) {
+        tracing::info!(command = %self.cfg.power_down, reason, "powering down at the scheduler's request");
+        let status = tokio::process::Command::new("sh")
+            .args(["-c", &self.cfg.power_down])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => tracing::info!("up again after the power-down command; registering"),
+            Ok(s) => tracing::warn!(status = %s, command = %self.cfg.power_down, "the power-down command failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, command = %self.cfg.power_down, "the power-down command did not start")
+            }
+        }
     }
 
     async fn apply(&self, cmd: Cmd) {
@@ -436,7 +497,7 @@ impl Agent {
                     &s.reason,
                 );
             }
-            Cmd::RegisterAck(_) => {}
+            Cmd::RegisterAck(_) | Cmd::PowerDown(_) => {}
         }
     }
 

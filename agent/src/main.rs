@@ -128,6 +128,11 @@ struct RunArgs {
     /// Prometheus /metrics address, e.g. 0.0.0.0:9471.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// What the scheduler's `agent` power driver makes this node run to sleep
+    /// (`sh -c`): it should return when the machine wakes (a suspend does;
+    /// `poweroff` never returns), and the agent registers again.
+    #[arg(long, default_value = "systemctl suspend")]
+    power_down_command: String,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -187,6 +192,7 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
         log_cap_bytes: a.log_cap_bytes,
         guard,
         shim: Some(std::env::current_exe()?),
+        power_down: a.power_down_command,
     };
     Ok((cfg, a.metrics_listen))
 }

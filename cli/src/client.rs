@@ -531,7 +531,8 @@ pub(crate) fn live_plan(conn: &Conn, include_jobs: bool, json: bool) -> Result<(
             "jobs_planned": p.jobs_planned, "jobs_waiting": p.jobs_waiting, "solve_ms": p.solve_ms,
             "pools": p.pools.iter().map(|x| serde_json::json!({"pool": x.pool, "nodes": x.nodes,
                 "batch_cpu_planned": x.batch_cpu_planned, "batch_cpu_capacity": x.batch_cpu_capacity,
-                "online_cpu_upper": x.online_cpu_upper})).collect::<Vec<_>>(),
+                "online_cpu_upper": x.online_cpu_upper, "powered_nodes_planned": x.powered_nodes,
+                "powered_nodes_now": x.powered_now})).collect::<Vec<_>>(),
             "jobs": p.jobs.iter().map(|j| serde_json::json!({"job_id": j.job_id, "pool": j.pool, "node": j.node,
                 "planned_start": t(j.planned_start.as_ref()), "carbon_kg": j.carbon_kg})).collect::<Vec<_>>(),
         });
@@ -549,6 +550,15 @@ pub(crate) fn live_plan(conn: &Conn, include_jobs: bool, json: bool) -> Result<(
                 p.slots,
                 p.solve_ms
             );
+            for x in &p.pools {
+                println!(
+                    "  pool {}: {} nodes, {} powered now, plan powers {} in its first slot",
+                    x.pool,
+                    x.nodes,
+                    x.powered_now,
+                    x.powered_nodes.first().copied().unwrap_or(0)
+                );
+            }
         }
         Ok(())
     })

@@ -35,27 +35,34 @@ impl Site {
 
     /// `delay`: seconds the site's suspend program takes before it stops the agent.
     fn with_suspend_delay(delay: u32) -> Site {
+        Site::build(&|d| exec_power(d, delay, "-", 30), &|_, _| String::new())
+    }
+
+    /// A site whose pool has the `[pools.power]` body `power(dir)`, and whose
+    /// agents get `agent_flags(dir, node)`.
+    fn build(power: &dyn Fn(&str) -> String, agent_flags: &dyn Fn(&str, &str) -> String) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics) = (free_port(), free_port());
         let d = dir.path().display().to_string();
         let tag = format!("greenfill-power-{}", std::process::id());
-        // The site's power program: log the call, then stop or start the agent.
-        std::fs::write(
-            dir.path().join("power.sh"),
-            format!(
-                "#!/bin/sh\nset -e\necho \"$1 $2 $(date +%s.%N)\" >> {d}/calls.log\n\
-                 case $1 in\n  suspend) sleep {delay}; kill -TERM \"$(cat {d}/$2.pid)\";;\n  resume) sh {d}/$2.start;;\nesac\n"
-            ),
-        )
-        .unwrap();
         for node in NODES {
+            // The pool runs no online services: its online root cgroup is empty
+            // (else every other process on this machine, tests included, would
+            // count as online load and move the plan's capacity).
+            for h in ["cpu,cpuacct", "memory", "unified"] {
+                let base = Path::new("/sys/fs/cgroup").join(h);
+                if base.is_dir() {
+                    std::fs::create_dir_all(base.join(format!("{tag}-{node}/online"))).unwrap();
+                }
+            }
             std::fs::write(
                 dir.path().join(format!("{node}.start")),
                 format!(
                     "{agent} run --server http://127.0.0.1:{port} --node-name {node} --pool sleepy \
-                     --batch-root {tag}-{node}/batch --state-dir {d}/{node} </dev/null >>{d}/{node}.log 2>&1 &\n\
+                     --batch-root {tag}-{node}/batch --online-cgroup {tag}-{node}/online --state-dir {d}/{node} {flags} </dev/null >>{d}/{node}.log 2>&1 &\n\
                      echo $! > {d}/{node}.pid\n",
-                    agent = bin("greenfill-agent").display()
+                    agent = bin("greenfill-agent").display(),
+                    flags = agent_flags(&d, node),
                 ),
             )
             .unwrap();
@@ -67,11 +74,9 @@ impl Site {
                  data_dir = \"{d}/scheduler\"\n\
                  [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"10s\"\nhorizon = \"30m\"\n\
                  [[pools]]\nname = \"sleepy\"\ncores = 2\nmemory_gib = 1\n\
-                 [pools.power]\ndriver = \"exec\"\n\
-                 suspend_command = [\"sh\", \"{d}/power.sh\", \"suspend\"]\n\
-                 resume_command = [\"sh\", \"{d}/power.sh\", \"resume\"]\n\
-                 suspend_after = \"2s\"\nwake = \"2s\"\nmin_off = \"3s\"\nsuspend_timeout = \"15s\"\n\
-                 resume_timeout = \"30s\"\nmax_suspends_per_day = 50\ncall_timeout = \"10s\"\n"
+                 [pools.power]\nsuspend_after = \"2s\"\nwake = \"2s\"\nmin_off = \"3s\"\nsuspend_timeout = \"15s\"\n\
+                 max_suspends_per_day = 50\ncall_timeout = \"10s\"\n{}",
+                power(&d)
             ),
         )
         .unwrap();
@@ -139,7 +144,14 @@ impl Site {
     fn logs(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.path(f)).unwrap_or_default();
         let tail = |s: String| s.lines().rev().take(25).collect::<Vec<_>>().join("\n");
-        format!("calls:\n{}\nscheduler log (newest first):\n{}", read("calls.log"), tail(read("scheduler.log")))
+        let jobs = self.greenfill(&["jobs", "--json"]).unwrap_or_else(|e| e);
+        let plan = self.greenfill(&["plan", "--json"]).unwrap_or_else(|e| e);
+        let jobs = format!("{jobs}\nplan: {plan}");
+        format!(
+            "jobs: {jobs}\ncalls:\n{}\nscheduler log (newest first):\n{}",
+            read("calls.log"),
+            tail(read("scheduler.log"))
+        )
     }
 
     fn scrape(&self) -> String {
@@ -167,10 +179,29 @@ impl Drop for Site {
             for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
                 let base = Path::new("/sys/fs/cgroup").join(h).join(format!("{}-{node}", self.tag));
                 let _ = std::fs::remove_dir(base.join("batch"));
+                let _ = std::fs::remove_dir(base.join("online"));
                 let _ = std::fs::remove_dir(base);
             }
         }
     }
+}
+
+/// The `exec` driver with the site's power program: log the call, then stop
+/// (after `delay` seconds) or start the node's agent, except node `dead`'s,
+/// which never comes back.
+fn exec_power(d: &str, delay: u32, dead: &str, resume_timeout_s: u32) -> String {
+    std::fs::write(
+        format!("{d}/power.sh"),
+        format!(
+            "#!/bin/sh\nset -e\necho \"$1 $2 $(date +%s.%N)\" >> {d}/calls.log\n\
+             case $1 in\n  suspend) sleep {delay}; kill -TERM \"$(cat {d}/$2.pid)\";;\n  resume) [ \"$2\" = {dead} ] || sh {d}/$2.start;;\nesac\n"
+        ),
+    )
+    .unwrap();
+    format!(
+        "driver = \"exec\"\nsuspend_command = [\"sh\", \"{d}/power.sh\", \"suspend\"]\n\
+         resume_command = [\"sh\", \"{d}/power.sh\", \"resume\"]\nresume_timeout = \"{resume_timeout_s}s\"\n"
+    )
 }
 
 fn power_states(nodes: &[Value]) -> Vec<&str> {
@@ -247,7 +278,16 @@ fn an_empty_queue_sleeps_the_pool_and_a_burst_wakes_it() {
     let all = calls(&site);
     let resumes: Vec<&(String, String, f64)> = all.iter().filter(|c| c.0 == "resume").collect();
     assert!(!resumes.is_empty(), "the burst woke nobody: {}", site.logs());
-    let first_start = jobs.iter().filter_map(|j| j["started_at"].as_str()).min().map(|s| s.to_owned());
+    // started_at has whole seconds.
+    let first_start = jobs
+        .iter()
+        .filter_map(|j| chrono::DateTime::parse_from_rfc3339(j["started_at"].as_str()?).ok())
+        .map(|t| {
+            #[allow(clippy::cast_precision_loss, reason = "unix seconds fit f64")]
+            let secs = t.timestamp() as f64;
+            secs
+        })
+        .fold(f64::INFINITY, f64::min);
     let metrics = site.scrape();
     let powered: f64 = metrics
         .lines()
@@ -257,12 +297,12 @@ fn an_empty_queue_sleeps_the_pool_and_a_burst_wakes_it() {
     assert!(metrics.contains("greenfill_power_transitions_total"), "{metrics}");
     assert!(metrics.contains("power_state=\"off\""), "{metrics}");
     println!(
-        "power e2e: {} suspends, {} resumes; first resume {:.1} s after the burst; first job started {:?}; \
-         powered node-hours {:.4}",
+        "power e2e: {} suspends, {} resumes; first resume {:.1} s after the burst; first job started {:.0} s \
+         after it (whole seconds); powered node-hours {:.4}",
         all.iter().filter(|c| c.0 == "suspend").count(),
         resumes.len(),
         resumes[0].2 - burst_at,
-        first_start,
+        first_start - resumes[0].2,
         powered / 3600.0
     );
 }
@@ -297,4 +337,121 @@ fn a_scheduler_killed_mid_transition_reconciles_and_calls_nobody_twice() {
         assert!(suspends.contains(&node), "{node}: {suspends:?}");
     }
     assert!(all.iter().all(|c| c.0 == "suspend"), "nothing woken: {}", site.logs());
+}
+
+#[test]
+fn the_agent_driver_suspends_through_the_agent_and_wakes_it_by_wake_on_lan() {
+    if !greenfill_core::testing::is_root() {
+        greenfill_core::testing::cannot_run("power agent e2e", "needs root to create cgroups for jobs");
+        return;
+    }
+    // The "NIC": a UDP socket on loopback that takes magic packets and wakes the
+    // node whose MAC it carries (its power-down command waits for that, 90 s at
+    // most, so nothing outlives the test).
+    let nic = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wol = nic.local_addr().unwrap();
+    let macs: Vec<(String, [u8; 6])> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ((*n).to_owned(), [0x02, 0, 0, 0, 0, u8::try_from(i).unwrap() + 1]))
+        .collect();
+    let table: Vec<String> = macs
+        .iter()
+        .map(|(n, m)| format!("{n} = \"{}\"", m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")))
+        .collect();
+    let power = move |_: &str| {
+        format!(
+            "driver = \"agent\"\nresume_timeout = \"30s\"\n[pools.power.agent]\nbroadcast = \"{wol}\"\nmacs = {{ {} }}\n",
+            table.join(", ")
+        )
+    };
+    let flags = |d: &str, node: &str| {
+        format!(
+            "--power-down-command 'echo down >> {d}/{node}.power; \
+             for i in $(seq 900); do [ -f {d}/{node}.woke ] && break; sleep 0.1; done; \
+             rm -f {d}/{node}.woke; echo up >> {d}/{node}.power'"
+        )
+    };
+    let site = Site::build(&power, &flags);
+    let dir = site.dir.path().to_owned();
+    nic.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let woken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listener = {
+        let (stop, woken, macs) = (stop.clone(), woken.clone(), macs.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(n) = nic.recv(&mut buf) else { continue };
+                let p = &buf[..n];
+                assert_eq!(n, 102, "a magic packet is 102 bytes");
+                assert!(p[..6].iter().all(|b| *b == 0xFF), "{p:?}");
+                let mac = &p[6..12];
+                assert!(p[6..].chunks(6).all(|c| c == mac), "the MAC 16 times");
+                let (node, _) = macs.iter().find(|(_, m)| m == mac).expect("a MAC of the pool");
+                std::fs::write(dir.join(format!("{node}.woke")), "").unwrap();
+                woken.lock().unwrap().push(node.clone());
+            }
+        })
+    };
+    site.wait_nodes("three nodes off", Duration::from_secs(60), |n| {
+        n.len() == 3 && power_states(n).iter().all(|s| *s == "off")
+    });
+    let id = site
+        .greenfill(&["submit", "--cpu", "0.3", "--memory", "32Mi", "--duration", "2s", "--", "sleep", "2"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let jobs = site.json(&["jobs", "--json"]);
+        if let Some(j) = jobs.iter().find(|j| j["id"] == id.trim() && j["state"] == "succeeded") {
+            break j.clone();
+        }
+        assert!(Instant::now() < deadline, "the job did not run: {jobs:#?}\n{}", site.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
+    let node = job["node"].as_str().unwrap();
+    assert_eq!(job["attempts"], 1, "{job}");
+    let woken = woken.lock().unwrap().clone();
+    assert!(woken.contains(&node.to_owned()), "the node that ran it was woken by its magic packet: {woken:?}");
+    let log = std::fs::read_to_string(site.path(&format!("{node}.power"))).unwrap();
+    assert!(log.starts_with("down\nup\n"), "its agent ran the power-down command once, then woke: {log:?}");
+    println!("power agent e2e: woken {woken:?}; {node} ran the job");
+}
+
+#[test]
+fn a_node_that_does_not_wake_fails_and_its_work_runs_elsewhere() {
+    if !greenfill_core::testing::is_root() {
+        greenfill_core::testing::cannot_run("power failed-wake e2e", "needs root to create cgroups for jobs");
+        return;
+    }
+    // p1's resume "succeeds" but its machine never comes back.
+    let site = Site::build(&|d| exec_power(d, 0, "p1", 5), &|_, _| String::new());
+    site.wait_nodes("three nodes off", Duration::from_secs(60), |n| {
+        n.len() == 3 && power_states(n).iter().all(|s| *s == "off")
+    });
+    let id = site
+        .greenfill(&["submit", "--cpu", "0.3", "--memory", "32Mi", "--duration", "2s", "--", "sleep", "2"])
+        .unwrap();
+    let nodes = site.wait_nodes("p1 failed", Duration::from_secs(60), |n| {
+        n.iter().any(|n| n["name"] == "p1" && n["power_state"] == "failed")
+    });
+    let p1 = nodes.iter().find(|n| n["name"] == "p1").unwrap();
+    assert!(p1["power_reason"].as_str().unwrap().contains("resume_timeout 5 s"), "{p1}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let job = loop {
+        let jobs = site.json(&["jobs", "--json"]);
+        if let Some(j) = jobs.iter().find(|j| j["id"] == id.trim() && j["state"] == "succeeded") {
+            break j.clone();
+        }
+        assert!(Instant::now() < deadline, "the job did not run elsewhere: {jobs:#?}\n{}", site.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_ne!(job["node"], "p1", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    let resumes_of_p1 = calls(&site).iter().filter(|c| c.0 == "resume" && c.1 == "p1").count();
+    assert_eq!(resumes_of_p1, 1, "a failed node is not woken again: {}", site.logs());
+    let log = std::fs::read_to_string(site.path("scheduler.log")).unwrap();
+    assert_eq!(log.matches("power transition failed").count(), 1, "logged once");
 }

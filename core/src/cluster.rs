@@ -90,6 +90,11 @@ pub struct Pool {
     /// CO2e (default 0: operational carbon only).
     #[serde(default)]
     pub embodied_g_per_hour: f64,
+    /// Energy one wake of a sleeping node costs on top of its idle power while it
+    /// boots, Wh (default 0; a BMC's power log gives it). The planner weighs it
+    /// when it wakes a node and counts it in a plan's energy.
+    #[serde(default)]
+    pub wake_wh: f64,
 }
 
 fn default_pue() -> f64 {
@@ -201,6 +206,9 @@ impl ClusterConfig {
             }
             if !(p.embodied_g_per_hour.is_finite() && p.embodied_g_per_hour >= 0.0) {
                 return Err(err(format!("embodied_g_per_hour = {}: must be >= 0", p.embodied_g_per_hour)));
+            }
+            if !(p.wake_wh.is_finite() && p.wake_wh >= 0.0) {
+                return Err(err(format!("wake_wh = {}: must be >= 0", p.wake_wh)));
             }
             p.power.validate().map_err(|e| err(format!("power: {e}")))?;
         }

@@ -299,6 +299,7 @@ mod tests {
             pue: 1.0,
             always_on: true,
             embodied_g_per_hour: 0.0,
+            wake_wh: 0.0,
         })
     }
 

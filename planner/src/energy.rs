@@ -9,7 +9,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
 pub struct Energy {
     pub energy_kwh: f64,
-    /// Drawn by powered nodes at zero load.
+    /// Drawn by powered nodes at zero load, and by wakes (`Pool::wake_wh`).
     pub idle_kwh: f64,
     /// Drawn above idle by online and batch load.
     pub dynamic_kwh: f64,
@@ -49,12 +49,22 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
         let mut on = vec![0u32; len];
         let model = &pi.pool.power;
         let idle_w = model.idle_w();
+        let wake_kwh = pi.pool.wake_wh * pi.pool.pue / 1000.0;
         for n in 0..pi.pool.nodes as usize {
             let row = (ctx.node_base[pool] + n) * len;
             for (t, count) in on.iter_mut().enumerate() {
                 let b = batch[row + t];
                 if !pi.pool.always_on && b <= 0.0 {
                     continue;
+                }
+                // A sleeping node powered now and not the slot before (or with
+                // nothing running on it at the start) is woken: its wake energy.
+                let woken = !pi.pool.always_on
+                    && if t == 0 { pi.online_cpu_at(p.slots, n, 0) <= 0.0 } else { batch[row + t - 1] <= 0.0 };
+                if woken && wake_kwh > 0.0 {
+                    e.energy_kwh += wake_kwh;
+                    e.idle_kwh += wake_kwh;
+                    e.carbon_kg += wake_kwh * p.carbon_at(t) / 1000.0;
                 }
                 *count += 1;
                 let load = pi.online_cpu_at(p.slots, n, t % p.slots) + b;

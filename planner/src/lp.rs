@@ -87,11 +87,14 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
         return Ok((quotas_empty, "no jobs to plan".into()));
     }
 
-    // Capacity per pool and block in cores; memory turned into cores at the queue's
+    // Capacity per pool and block in cores, the mean over the block's slots (the
+    // quotas are core-slots spread over a block: a node that wakes in the
+    // block's second slot, or a one-slot online peak, takes only its share;
+    // placement checks every slot). Memory is turned into cores at the queue's
     // mean GiB per core, so a memory-bound pool offers fewer cores.
     let gib_per_core = if cores_sum > 0.0 { mem_sum / cores_sum } else { 0.0 };
     let len = ctx.len;
-    let mut cap = vec![f64::INFINITY; p.pools.len() * blocks];
+    let mut cap = vec![0.0; p.pools.len() * blocks];
     for (pool, pi) in p.pools.iter().enumerate() {
         let base = ctx.node_base[pool];
         let nodes = pi.pool.nodes as usize;
@@ -102,8 +105,9 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
                 mem += ctx.free_mem[n * len + t];
             }
             let cores = if gib_per_core > 0.0 { cpu.min(mem / gib_per_core) } else { cpu };
-            let c = &mut cap[pool * blocks + t / blk];
-            *c = c.min(cores);
+            #[allow(clippy::cast_precision_loss, reason = "block lengths are small")]
+            let share = cores / block_len(t / blk) as f64;
+            cap[pool * blocks + t / blk] += share;
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct Context {
     /// Per pool: kWh per slot of a node's idle power, and of one core's dynamic
     /// power (PUE included); times gCO2/kWh they give grams.
     pub(crate) idle_g_per_slot: Vec<f64>,
+    /// Per pool: kWh a wake costs (`Pool::wake_wh`, facility), × intensity = g.
+    pub(crate) wake_g: Vec<f64>,
     pub(crate) dyn_g_per_core_slot: Vec<f64>,
 }
 
@@ -36,7 +38,7 @@ impl Context {
         let mut free_cpu = Vec::with_capacity(total * len);
         let mut free_mem = Vec::with_capacity(total * len);
         let (mut node_cpu, mut node_mem, mut wpc) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut idle_g, mut dyn_g) = (Vec::new(), Vec::new());
+        let (mut idle_g, mut dyn_g, mut wake_g) = (Vec::new(), Vec::new(), Vec::new());
         let sh = p.slot_hours();
         for pi in &p.pools {
             node_base.push(free_cpu.len() / len.max(1));
@@ -58,6 +60,7 @@ impl Context {
             let wake = if pi.pool.always_on { 0.0 } else { per_core(pm.idle_w()) };
             wpc.push(pi.pool.pue * (dynamic + wake));
             idle_g.push(pm.idle_w() * pi.pool.pue * sh / 1000.0);
+            wake_g.push(pi.pool.wake_wh * pi.pool.pue / 1000.0);
             dyn_g.push(if dynamic.is_finite() { dynamic * pi.pool.pue * sh / 1000.0 } else { 0.0 });
         }
         let mut pool_order: Vec<usize> = (0..p.pools.len()).collect();
@@ -72,6 +75,7 @@ impl Context {
             watts_per_core: wpc,
             pool_order,
             idle_g_per_slot: idle_g,
+            wake_g,
             dyn_g_per_core_slot: dyn_g,
         }
     }
@@ -193,11 +197,16 @@ impl State<'_> {
                 best = Some((node, 0.0));
                 break;
             }
-            let wake: f64 = slots
+            let asleep = |t: usize| self.free_cpu[row + t] + EPS >= self.ctx.node_cpu[pool];
+            let mut wake: f64 = slots
                 .iter()
-                .filter(|&&t| self.free_cpu[row + t as usize] + EPS >= self.ctx.node_cpu[pool])
+                .filter(|&&t| asleep(t as usize))
                 .map(|&t| idle * self.p.weighed_carbon_at(t as usize))
                 .sum();
+            // Waking it from sleep costs its wake energy once.
+            if asleep(start) && (start == 0 || asleep(start - 1)) {
+                wake += self.ctx.wake_g[pool] * self.p.weighed_carbon_at(start);
+            }
             if best.is_none_or(|(_, w)| wake < w) {
                 best = Some((node, wake));
             }

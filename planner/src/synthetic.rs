@@ -59,6 +59,7 @@ pub fn generate(spec: &Spec) -> Problem {
             pue: rng.random_range(1.1..1.6),
             always_on,
             embodied_g_per_hour: 0.0,
+            wake_wh: 0.0,
         };
         let mut input = PoolInput::new(pool);
         if always_on {

@@ -95,6 +95,7 @@ fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolIn
         pue: 1.2,
         always_on,
         embodied_g_per_hour: 0.0,
+        wake_wh: 0.0,
     })
 }
 
@@ -268,6 +269,7 @@ fn equal_costs_start_at_release() {
             pue: 1.2,
             always_on: true,
             embodied_g_per_hour: 0.0,
+            wake_wh: 0.0,
         };
         let p = Problem {
             start: 0,
@@ -353,4 +355,57 @@ fn a_job_waits_only_for_savings_worth_the_delay() {
     let mut flat = big.clone();
     flat.options.delay_cost = 0.0;
     assert!((plan.energy.carbon_kg - plan_of(&flat).energy.carbon_kg).abs() < 1e-12);
+}
+
+#[test]
+fn a_wake_costs_its_energy_once_per_sleep_and_the_planner_weighs_it() {
+    // One sleeping node, two 1-slot jobs: back to back is one wake; the energy
+    // of each wake is counted in the plan (PUE 1.2: 100 Wh → 0.12 kWh).
+    let plan = |wake_wh: f64, jobs: Vec<PlanJob>| {
+        let mut p = pool("sleepy", 1, 8.0, 32.0, false);
+        p.pool.wake_wh = wake_wh;
+        problem(vec![p], jobs, vec![100.0; 6]).validate().unwrap().plan()
+    };
+    let jobs = || vec![job("a", 1.0, 0, 1, Some(1)), job("b", 1.0, 1, 1, Some(2))];
+    let (cheap, dear) = (plan(0.0, jobs()), plan(100.0, jobs()));
+    assert!((dear.energy.energy_kwh - cheap.energy.energy_kwh - 0.12).abs() < 1e-9, "one wake");
+    let apart = || vec![job("a", 1.0, 0, 1, Some(1)), job("b", 1.0, 3, 1, Some(4))];
+    let (cheap, dear) = (plan(0.0, apart()), plan(100.0, apart()));
+    assert!((dear.energy.energy_kwh - cheap.energy.energy_kwh - 0.24).abs() < 1e-9, "two wakes");
+    assert!((dear.energy.idle_kwh - cheap.energy.idle_kwh - 0.24).abs() < 1e-9, "wakes count as idle energy");
+}
+
+#[test]
+fn the_planner_weighs_a_wake_when_it_chooses_a_start() {
+    // Job a runs in slot 0. Job b is cleaner in slot 2 (100 g) than right after
+    // a in slot 1 (200 g), but slot 2 wakes the node again: a costly wake moves
+    // b next to a.
+    let start_of_b = |wake_wh: f64| {
+        let mut p = pool("sleepy", 1, 8.0, 32.0, false);
+        p.pool.wake_wh = wake_wh;
+        let mut prob = problem(
+            vec![p],
+            vec![job("a", 1.0, 0, 1, Some(1)), job("b", 1.0, 1, 1, Some(4))],
+            vec![100.0, 200.0, 100.0, 100.0, 100.0, 100.0],
+        );
+        prob.options.strategy = Strategy::CarbonGreedy;
+        prob.options.lazy_wake = false;
+        prob.validate().unwrap().plan().placements[1].start()
+    };
+    assert_eq!(start_of_b(0.0), Some(2));
+    assert_eq!(start_of_b(10_000.0), Some(1));
+}
+
+#[test]
+fn work_waiting_for_a_wake_starts_at_the_ready_slot() {
+    // Three sleeping nodes, all ready from slot 1 (waking), flat carbon: the job
+    // starts in slot 1, delayed by capacity, not pushed to the LP's next block
+    // (block capacity is the mean over its slots, not the minimum).
+    let mut p = pool("sleepy", 3, 2.0, 24.0, false);
+    p.online_cpu = (0..3).flat_map(|_| (0..180).map(|t| if t == 0 { 2.0 } else { 0.0 })).collect();
+    let mut prob = problem(vec![p], vec![job("a", 0.3, 0, 1, None)], vec![400.0; 180]);
+    prob.slot_s = 10;
+    let plan = prob.validate().unwrap().plan();
+    assert_eq!(plan.placements[0].start(), Some(1), "{:?} ({})", plan.placements[0], plan.lp_status);
+    assert!(matches!(plan.placements[0], Placement::Run { delayed_by: Some(WaitReason::Capacity), .. }));
 }

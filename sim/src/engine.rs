@@ -320,6 +320,15 @@ pub(crate) fn run(
             used += load.min(p.cores);
             cap += p.cores;
         }
+        // Wakes cost their pools' `wake_wh` in the step they start.
+        if let Some(m) = &power {
+            for &node in &m.woke {
+                let p = &inp.pools[inp.node_pool[node]];
+                let kwh = p.wake_wh * p.pue / 1000.0;
+                row.power_kw += kwh / sh;
+                res.idle_kwh += kwh;
+            }
+        }
         let kwh = row.power_kw * sh;
         res.energy_kwh += kwh;
         res.carbon_kg += kwh * ci / 1000.0;

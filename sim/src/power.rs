@@ -26,6 +26,8 @@ pub(crate) struct Power {
     pub(crate) wanted: Vec<Option<i64>>,
     pub(crate) suspends: usize,
     pub(crate) resumes: usize,
+    /// Nodes resumed in the last step (their pools' `wake_wh` is spent then).
+    pub(crate) woke: Vec<usize>,
 }
 
 impl Power {
@@ -40,6 +42,7 @@ impl Power {
             wanted: vec![None; n],
             suspends: 0,
             resumes: 0,
+            woke: Vec::new(),
         }
     }
 
@@ -64,6 +67,7 @@ impl Power {
     /// The machines' answers that are due, then one round of the machine per
     /// pool; calls are answered after the suspend or wake latency.
     pub(crate) fn step(&mut self, inp: &Inputs, now: i64, running: &[Vec<usize>]) {
+        self.woke.clear();
         for (reg, due) in self.registered.iter_mut().zip(&mut self.due) {
             if let Some((at, up)) = *due
                 && at <= now
@@ -93,6 +97,7 @@ impl Power {
                     }
                     Some(Call::Resume) => {
                         self.resumes += 1;
+                        self.woke.push(node);
                         self.due[node] = Some((now + self.model.settings.wake_s, true));
                     }
                     None => {}

@@ -55,7 +55,9 @@ pub struct PoolDecl {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPowerDecl {
-    /// `exec` (default: site commands, like Slurm's `SuspendProgram`) or `redfish`.
+    /// `exec` (default: site commands, like Slurm's `SuspendProgram`), `redfish`
+    /// (the nodes' BMCs) or `agent` (the node's agent suspends its machine;
+    /// Wake-on-LAN wakes it).
     #[serde(default = "d_driver")]
     pub driver: String,
     /// `exec`: argv run with the node's name appended.
@@ -75,10 +77,47 @@ pub struct PoolPowerDecl {
     #[serde(default)]
     pub reserve: u32,
     pub max_suspends_per_day: Option<u32>,
+    /// Energy a wake costs beyond idle power while booting, Wh (default 0),
+    /// weighed by the planner.
+    #[serde(default)]
+    pub wake_energy_wh: f64,
     /// Nodes of this pool that are never powered off (Slurm's `SuspendExcNodes`).
     #[serde(default)]
     pub exclude: Vec<String>,
     pub redfish: Option<RedfishDecl>,
+    pub agent: Option<AgentDecl>,
+}
+
+/// `[pools.power.agent]`: the nodes' agents run their `--power-down-command`;
+/// a Wake-on-LAN magic packet to each node's MAC wakes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDecl {
+    /// Where magic packets go (default the limited broadcast, port 9).
+    #[serde(default = "d_broadcast")]
+    pub broadcast: String,
+    /// Node name → MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub macs: std::collections::BTreeMap<String, String>,
+}
+
+fn d_broadcast() -> String {
+    "255.255.255.255:9".into()
+}
+
+/// A MAC address `aa:bb:cc:dd:ee:ff` (or with `-`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let mut out = [0u8; 6];
+    if parts.len() != 6 {
+        return None;
+    }
+    for (o, p) in out.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *o = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// `[pools.power.redfish]`: the BMCs, over HTTPS with basic auth.
@@ -110,6 +149,7 @@ fn d_call_timeout() -> String {
 #[derive(Debug, Clone)]
 pub struct PoolPower {
     pub settings: greenfill_planner::power::PowerSettings,
+    pub wake_wh: f64,
     pub driver: DriverSpec,
     pub call_timeout: Duration,
     pub exclude: Vec<String>,
@@ -119,6 +159,7 @@ pub struct PoolPower {
 pub enum DriverSpec {
     Exec { suspend: Vec<String>, resume: Vec<String> },
     Redfish(RedfishDecl),
+    Agent { broadcast: SocketAddr, macs: std::collections::BTreeMap<String, [u8; 6]> },
 }
 
 impl PoolPowerDecl {
@@ -165,6 +206,9 @@ impl PoolPowerDecl {
         for e in settings.errors() {
             bad(e.key, e.value, e.why);
         }
+        if !(self.wake_energy_wh.is_finite() && self.wake_energy_wh >= 0.0) {
+            bad("wake_energy_wh", self.wake_energy_wh.to_string(), "must be >= 0");
+        }
         let driver = match self.driver.as_str() {
             "exec" => {
                 for (k, argv) in [("suspend_command", &self.suspend_command), ("resume_command", &self.resume_command)]
@@ -199,8 +243,28 @@ impl PoolPowerDecl {
                     DriverSpec::Redfish(r.clone())
                 }
             },
+            "agent" => {
+                let a = self.agent.clone().unwrap_or(AgentDecl { broadcast: d_broadcast(), macs: Default::default() });
+                let broadcast = a.broadcast.parse::<SocketAddr>().unwrap_or_else(|_| {
+                    bad("agent.broadcast", format!("{:?}", a.broadcast), "not an address (e.g. 255.255.255.255:9)");
+                    SocketAddr::from(([255, 255, 255, 255], 9))
+                });
+                if a.macs.is_empty() {
+                    bad("agent.macs", "{}".into(), "Wake-on-LAN wakes the nodes: give each node's MAC address");
+                }
+                let mut macs = std::collections::BTreeMap::new();
+                for (node, mac) in &a.macs {
+                    match parse_mac(mac) {
+                        Some(m) => {
+                            macs.insert(node.clone(), m);
+                        }
+                        None => bad(&format!("agent.macs.{node}"), format!("{mac:?}"), "not a MAC (aa:bb:cc:dd:ee:ff)"),
+                    }
+                }
+                DriverSpec::Agent { broadcast, macs }
+            }
             other => {
-                bad("driver", format!("{other:?}"), "allowed values are exec, redfish");
+                bad("driver", format!("{other:?}"), "allowed values are exec, redfish, agent");
                 DriverSpec::Exec { suspend: Vec::new(), resume: Vec::new() }
             }
         };
@@ -209,6 +273,7 @@ impl PoolPowerDecl {
         }
         Ok(PoolPower {
             settings,
+            wake_wh: self.wake_energy_wh,
             driver,
             call_timeout: Duration::from_secs(u64::try_from(call_timeout).unwrap_or(60)),
             exclude: self.exclude.clone(),

@@ -160,6 +160,7 @@ fn pool_input(
             pue: st.config.power.pue,
             always_on: !sleeps,
             embodied_g_per_hour: 0.0,
+            wake_wh: st.power.pools.get(name).map_or(0.0, |(p, _)| p.wake_wh),
         },
         online_cpu: cpu,
         online_mem: mem,

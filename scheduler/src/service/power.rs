@@ -66,6 +66,40 @@ impl Driver for Exec {
     }
 }
 
+/// Wake-on-LAN: the magic packet (6 × `FF`, then the MAC 16 times) sent by UDP,
+/// how the `agent` driver wakes a machine whose agent suspended it.
+#[derive(Debug)]
+pub struct WakeOnLan {
+    pub broadcast: std::net::SocketAddr,
+    pub macs: BTreeMap<String, [u8; 6]>,
+}
+
+/// The 102-byte magic packet for `mac`.
+pub fn magic_packet(mac: [u8; 6]) -> Vec<u8> {
+    let mut p = vec![0xFF; 6];
+    for _ in 0..16 {
+        p.extend_from_slice(&mac);
+    }
+    p
+}
+
+impl Driver for WakeOnLan {
+    fn call(self: Arc<Self>, node: String, call: Call) -> CallFuture {
+        Box::pin(async move {
+            if call != Call::Resume {
+                return Err("Wake-on-LAN only wakes".into());
+            }
+            let mac = self.macs.get(&node).ok_or_else(|| format!("no MAC address for {node} in agent.macs"))?;
+            let sock = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await.map_err(|e| format!("UDP socket: {e}"))?;
+            sock.set_broadcast(true).map_err(|e| format!("UDP broadcast: {e}"))?;
+            sock.send_to(&magic_packet(*mac), self.broadcast)
+                .await
+                .map_err(|e| format!("magic packet to {}: {e}", self.broadcast))?;
+            Ok(())
+        })
+    }
+}
+
 /// The sleepable pools, with their policies and drivers.
 #[derive(Default)]
 pub struct PowerCtl {
@@ -85,6 +119,9 @@ impl PowerCtl {
             let driver: Arc<dyn Driver> = match &p.driver {
                 DriverSpec::Exec { suspend, resume } => {
                     Arc::new(Exec { suspend: suspend.clone(), resume: resume.clone(), timeout: p.call_timeout })
+                }
+                DriverSpec::Agent { broadcast, macs } => {
+                    Arc::new(WakeOnLan { broadcast: *broadcast, macs: macs.clone() })
                 }
                 DriverSpec::Redfish(d) => Arc::new(
                     super::redfish::Redfish::new(d, p.call_timeout)
@@ -227,8 +264,29 @@ fn powered_seconds(inner: &mut Inner, st: &State, t: i64) {
 }
 
 /// Call the driver outside the lock; an error fails the node with its answer.
+/// The `agent` driver suspends through the node's own session: a `PowerDown`
+/// command, kept until acknowledged like every command.
 fn spawn_call(st: &Arc<State>, d: Decided) {
-    let Some((_, driver)) = st.power.pools.get(&d.pool) else { return };
+    let Some((policy, driver)) = st.power.pools.get(&d.pool) else { return };
+    if d.call == Call::Suspend && matches!(policy.driver, DriverSpec::Agent { .. }) {
+        let pending = {
+            let mut inner = st.lock();
+            let cmd = greenfill_proto::v1::PowerDown {
+                reason: format!("power: {} suspends", d.pool),
+                valid_until: Some(super::ts(super::now() + policy.settings.suspend_timeout_s)),
+            };
+            let body = greenfill_proto::v1::scheduler_message::Body::PowerDown(cmd);
+            let writes: Vec<Write> = inner.command(&d.node, body).into_iter().collect();
+            st.queue(writes, vec![])
+        };
+        let st2 = st.clone();
+        st.tasks.spawn(async move {
+            if let Err(e) = st2.finish(pending).await {
+                tracing::error!(error = %e, "could not store a power-down command");
+            }
+        });
+        return;
+    }
     let fut = driver.clone().call(d.node.clone(), d.call);
     let st2 = st.clone();
     st.tasks.spawn(async move {
