@@ -100,6 +100,11 @@ pub struct PowerSettings {
     pub reserve: u32,
     /// Suspends per node in any 24 h at most.
     pub max_suspends_per_day: u32,
+    /// Driver calls per pool per minute at most (Slurm's `SuspendRate` and
+    /// `ResumeRate`; 0 = no limit): a BMC network or a site program is not hit
+    /// by a whole pool at once. The earliest-wanted nodes wake first.
+    pub suspend_rate: u32,
+    pub resume_rate: u32,
 }
 
 impl Default for PowerSettings {
@@ -113,6 +118,8 @@ impl Default for PowerSettings {
             min_off_s: 1800,
             reserve: 0,
             max_suspends_per_day: 12,
+            suspend_rate: 60,
+            resume_rate: 300,
         }
     }
 }
@@ -177,6 +184,9 @@ pub struct NodePower {
     pub suspends: Vec<i64>,
     /// The state `failed` was entered from (`suspending` or `resuming`).
     pub failed_during: Option<PowerState>,
+    /// When it was last resumed (for `resume_rate`).
+    #[serde(default)]
+    pub last_resume: Option<i64>,
     /// Why it is in its state, for people.
     pub reason: String,
 }
@@ -190,6 +200,7 @@ impl NodePower {
             last_work: now,
             suspends: Vec::new(),
             failed_during: None,
+            last_resume: None,
             reason: "registered".into(),
         }
     }
@@ -280,6 +291,8 @@ pub fn step(s: &PowerSettings, now: i64, nodes: &mut [NodePower], seen: &[Seen])
         }
     }
     let soon = |o: &Seen| o.wanted_at.is_some_and(|w| w < now + s.min_off_s + s.wake_s + s.lead_s);
+    let mut suspends =
+        budget(s.suspend_rate, nodes.iter().filter(|n| n.suspends.last().is_some_and(|&t| t > now - 60)));
     // Draining nodes wanted again take work again; drained ones suspend.
     for (i, (n, o)) in nodes.iter_mut().zip(seen).enumerate() {
         if n.state != PowerState::Draining {
@@ -287,14 +300,24 @@ pub fn step(s: &PowerSettings, now: i64, nodes: &mut [NodePower], seen: &[Seen])
         }
         if soon(o) {
             out.push(n.set(i, now, PowerState::On, "the plan wants it again".into(), None));
-        } else if o.running == 0 {
+        } else if o.running == 0 && suspends > 0 {
+            suspends -= 1;
             n.suspends.push(now);
             out.push(n.set(i, now, PowerState::Suspending, "drained".into(), Some(Call::Suspend)));
         }
     }
-    out.extend(drain(s, now, nodes, seen, &soon));
-    out.extend(resume(s, now, nodes, seen));
+    out.extend(drain(s, now, nodes, seen, &soon, suspends));
+    let resumes = budget(s.resume_rate, nodes.iter().filter(|n| n.last_resume.is_some_and(|t| t > now - 60)));
+    out.extend(resume(s, now, nodes, seen, resumes));
     out
+}
+
+/// Calls left this minute under `rate` (0 = no limit), given the nodes called in it.
+fn budget<'a>(rate: u32, called: impl Iterator<Item = &'a NodePower>) -> usize {
+    if rate == 0 {
+        return usize::MAX;
+    }
+    usize::try_from(rate).unwrap_or(usize::MAX).saturating_sub(called.count())
 }
 
 /// Registrations, silences and timeouts.
@@ -339,6 +362,7 @@ fn drain(
     nodes: &mut [NodePower],
     seen: &[Seen],
     soon: &dyn Fn(&Seen) -> bool,
+    calls: usize,
 ) -> Vec<Transition> {
     let cap = usize::try_from(s.max_suspends_per_day).unwrap_or(usize::MAX);
     let spare = |n: &NodePower, o: &Seen| n.state == PowerState::On && !n.pinned && !soon(o);
@@ -359,7 +383,8 @@ fn drain(
     // The longest idle go first; the most recently used stay warm.
     idle.sort_by_key(|&i| (nodes[i].last_work, i));
     let keep = usize::try_from(s.reserve).unwrap_or(usize::MAX);
-    let may = warm.saturating_sub(keep).min(idle.len());
+    // Idle nodes suspend at once, so they need a call this minute.
+    let may = warm.saturating_sub(keep).min(idle.len()).min(calls);
     let mut out = Vec::new();
     for i in idle.into_iter().take(may).chain(busy) {
         let n = &mut nodes[i];
@@ -375,18 +400,26 @@ fn drain(
 }
 
 /// Resume the off nodes the plan wants within their wake latency (and lead),
-/// and enough to refill the warm reserve.
-fn resume(s: &PowerSettings, now: i64, nodes: &mut [NodePower], seen: &[Seen]) -> Vec<Transition> {
+/// earliest wanted first and at most `calls`, then enough to refill the warm
+/// reserve.
+fn resume(s: &PowerSettings, now: i64, nodes: &mut [NodePower], seen: &[Seen], mut calls: usize) -> Vec<Transition> {
     let may = |n: &NodePower| n.state == PowerState::Off && now >= n.since + s.min_off_s;
     let mut out = Vec::new();
-    for (i, (n, o)) in nodes.iter_mut().zip(seen).enumerate() {
-        if let Some(w) = o.wanted_at
-            && may(n)
-            && w - s.wake_s - s.lead_s <= now
-        {
-            let why = format!("the plan runs work on it at {w} (wake {} s)", s.wake_s);
-            out.push(n.set(i, now, PowerState::Resuming, why, Some(Call::Resume)));
+    let mut due: Vec<(i64, usize)> = nodes
+        .iter()
+        .zip(seen)
+        .enumerate()
+        .filter_map(|(i, (n, o))| o.wanted_at.filter(|w| may(n) && w - s.wake_s - s.lead_s <= now).map(|w| (w, i)))
+        .collect();
+    due.sort_unstable();
+    for (w, i) in due {
+        if calls == 0 {
+            break;
         }
+        calls -= 1;
+        let why = format!("the plan runs work on it at {w} (wake {} s)", s.wake_s);
+        nodes[i].last_resume = Some(now);
+        out.push(nodes[i].set(i, now, PowerState::Resuming, why, Some(Call::Resume)));
     }
     let warm = nodes
         .iter()
@@ -399,8 +432,9 @@ fn resume(s: &PowerSettings, now: i64, nodes: &mut [NodePower], seen: &[Seen]) -
         })
         .count();
     let short = usize::try_from(s.reserve).unwrap_or(usize::MAX).saturating_sub(warm);
-    let refill: Vec<usize> = (0..nodes.len()).filter(|&i| may(&nodes[i])).take(short).collect();
+    let refill: Vec<usize> = (0..nodes.len()).filter(|&i| may(&nodes[i])).take(short.min(calls)).collect();
     for i in refill {
+        nodes[i].last_resume = Some(now);
         out.push(nodes[i].set(i, now, PowerState::Resuming, "refills the warm reserve".into(), Some(Call::Resume)));
     }
     out
@@ -419,6 +453,8 @@ mod tests {
         min_off_s: 1800,
         reserve: 0,
         max_suspends_per_day: 2,
+        suspend_rate: 0,
+        resume_rate: 0,
     };
 
     fn up(at: i64) -> Seen {
@@ -521,6 +557,25 @@ mod tests {
         m[0].last_work = 0;
         step(&S, 86_400 + 601, &mut m, &[up(0)]);
         assert_eq!(m[0].state, PowerState::Suspending);
+    }
+
+    #[test]
+    fn calls_per_minute_are_capped_and_the_earliest_wanted_wake_first() {
+        let s = PowerSettings { suspend_rate: 2, resume_rate: 1, ..S };
+        let mut n: Vec<NodePower> = (0..3).map(|_| NodePower::on(0, false)).collect();
+        let t = step(&s, 600, &mut n, &[up(0), up(0), up(0)]);
+        assert_eq!(t.iter().filter(|t| t.call == Some(Call::Suspend)).count(), 2, "two calls this minute");
+        assert_eq!(n[2].state, PowerState::On, "the third waits");
+        assert!(step(&s, 630, &mut n, &[Seen::default(), Seen::default(), up(0)]).iter().all(|t| t.call.is_none()));
+        let t = step(&s, 661, &mut n, &[Seen::default(), Seen::default(), up(0)]);
+        assert_eq!(t.iter().filter(|t| t.call == Some(Call::Suspend)).count(), 1, "a minute later: the third");
+        // Both off nodes wanted; one resume a minute, the earlier wanted first.
+        let want = |w| Seen { wanted_at: Some(w), ..Seen::default() };
+        let t = step(&s, 3000, &mut n, &[want(3200), want(3100), Seen::default()]);
+        let resumed: Vec<usize> = t.iter().filter(|t| t.call == Some(Call::Resume)).map(|t| t.node).collect();
+        assert_eq!(resumed, [1]);
+        let t = step(&s, 3061, &mut n, &[want(3200), Seen::default(), Seen::default()]);
+        assert_eq!(t.iter().filter(|t| t.call == Some(Call::Resume)).map(|t| t.node).collect::<Vec<_>>(), [0]);
     }
 
     #[test]

@@ -208,7 +208,14 @@ async fn sigkill_during_submissions_loses_and_duplicates_nothing() {
 fn a_bad_config_is_refused_at_start_naming_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "insecure_local = true\n[planning]\nmem_margin = 1.5\ncarbon_constant = -3\n").unwrap();
+    std::fs::write(
+        &config,
+        "insecure_local = true\n[planning]\nmem_margin = 1.5\ncarbon_constant = -3\n\
+         [[pools]]\nname = \"b\"\ncores = 8\nmemory_gib = 16\n[pools.power]\ndriver = \"ipmi\"\nsuspend_timeout = \"-1m\"\n\
+         [[pools]]\nname = \"c\"\ncores = 8\nmemory_gib = 16\n[pools.power]\ndriver = \"redfish\"\n\
+         [pools.power.redfish]\nusername = \"u\"\npassword = \"p\"\nsystems = {}\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_greenfill-scheduler"))
         .arg("--config")
         .arg(&config)
@@ -220,6 +227,10 @@ fn a_bad_config_is_refused_at_start_naming_every_key() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("planning.mem_margin = 1.5: must be in [0, 1)"), "{stderr}");
     assert!(stderr.contains("planning.carbon_constant = -3"), "{stderr}");
+    // Power: an unknown driver, a negative timeout, a redfish pool without BMC addresses.
+    assert!(stderr.contains("pools[0].power.driver = \"ipmi\": allowed values are exec, redfish, agent"), "{stderr}");
+    assert!(stderr.contains("pools[0].power.suspend_timeout = \"-1m\": must not be negative"), "{stderr}");
+    assert!(stderr.contains("pools[1].power.redfish.systems = {}"), "{stderr}");
     assert!(!stderr.contains("\u{1b}["), "no colour codes when stderr is not a terminal: {stderr}");
     assert!(!dir.path().join("db").exists(), "nothing was opened");
 }

@@ -106,6 +106,12 @@ pub struct PowerSpec {
     /// Suspends per node per day at most (default 12).
     #[serde(default = "d_max_suspends")]
     pub max_suspends_per_day: u32,
+    /// Suspends and resumes per pool per minute at most (Slurm's defaults, 60
+    /// and 300; 0 = no limit).
+    #[serde(default = "d_suspend_rate")]
+    pub suspend_rate: u32,
+    #[serde(default = "d_resume_rate")]
+    pub resume_rate: u32,
 }
 
 impl Default for PowerSpec {
@@ -118,6 +124,8 @@ impl Default for PowerSpec {
             suspend_after: d_suspend_after(),
             reserve: 0,
             max_suspends_per_day: d_max_suspends(),
+            suspend_rate: d_suspend_rate(),
+            resume_rate: d_resume_rate(),
         }
     }
 }
@@ -139,6 +147,12 @@ fn d_suspend_after() -> String {
 }
 fn d_max_suspends() -> u32 {
     12
+}
+fn d_suspend_rate() -> u32 {
+    60
+}
+fn d_resume_rate() -> u32 {
+    300
 }
 
 /// Pools as in a cluster file. Always-on pools carry the online load; the others
@@ -608,6 +622,8 @@ fn resolve_power(p: &PowerSpec, lead_s: i64) -> Result<Option<SimPower>, String>
         min_off_s: secs("min_off", &p.min_off),
         reserve: p.reserve,
         max_suspends_per_day: p.max_suspends_per_day,
+        suspend_rate: p.suspend_rate,
+        resume_rate: p.resume_rate,
     };
     errors.extend(settings.errors().into_iter().map(|e| format!("power.{e}")));
     if errors.is_empty() { Ok(Some(SimPower { settings, suspend_s })) } else { Err(errors.join("; ")) }

@@ -77,6 +77,10 @@ pub struct PoolPowerDecl {
     #[serde(default)]
     pub reserve: u32,
     pub max_suspends_per_day: Option<u32>,
+    /// Driver calls per minute for the pool (Slurm's `SuspendRate`/`ResumeRate`;
+    /// defaults 60 and 300, 0 = no limit).
+    pub suspend_rate: Option<u32>,
+    pub resume_rate: Option<u32>,
     /// Energy a wake costs beyond idle power while booting, Wh (default 0),
     /// weighed by the planner.
     #[serde(default)]
@@ -195,6 +199,8 @@ impl PoolPowerDecl {
             min_off_s: secs("min_off", &self.min_off, defaults.min_off_s),
             reserve: self.reserve,
             max_suspends_per_day: self.max_suspends_per_day.unwrap_or(defaults.max_suspends_per_day),
+            suspend_rate: self.suspend_rate.unwrap_or(defaults.suspend_rate),
+            resume_rate: self.resume_rate.unwrap_or(defaults.resume_rate),
         };
         let call_timeout = secs("call_timeout", &Some(self.call_timeout.clone()), 60);
         let mut bad = |k: &str, value: String, why: &str| {
