@@ -61,9 +61,22 @@ impl Cluster {
             agent: None,
             batch_root: format!("greenfill-test-{test}-{}/batch", std::process::id()),
         };
+        // The node runs no online services: its online root cgroup is empty
+        // (else every other process on this machine, the rest of the test suite
+        // included, counts as online load and takes the batch capacity away).
+        for h in ["cpu,cpuacct", "memory", "unified"] {
+            let base = Path::new("/sys/fs/cgroup").join(h);
+            if base.is_dir() {
+                let _ = std::fs::create_dir_all(base.join(c.online_root()));
+            }
+        }
         c.start_scheduler();
         c.start_agent();
         c
+    }
+
+    fn online_root(&self) -> String {
+        format!("{}/online", self.batch_root.trim_end_matches("/batch"))
     }
 
     fn start_scheduler(&mut self) {
@@ -90,6 +103,8 @@ impl Cluster {
                 "e2e",
                 "--batch-root",
                 &self.batch_root,
+                "--online-cgroup",
+                &self.online_root(),
             ])
             .arg("--state-dir")
             .arg(self.dir.path().join("agent"))
@@ -162,6 +177,7 @@ impl Drop for Cluster {
         for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
             let base = Path::new("/sys/fs/cgroup").join(h);
             let _ = std::fs::remove_dir(base.join(&self.batch_root));
+            let _ = std::fs::remove_dir(base.join(self.online_root()));
             let _ = std::fs::remove_dir(base.join(root));
         }
     }
