@@ -170,112 +170,29 @@ impl PoolPowerDecl {
     /// Check every key (`key` is where the table is, e.g. `pools[1].power`),
     /// with `lead` the planning interval plus a slot (see `PowerSettings::lead_s`).
     pub fn resolve(&self, key: &str, lead: Duration) -> Result<PoolPower, Vec<Invalid>> {
-        let mut errors = Vec::new();
-        let mut bad = |k: &str, value: String, why: &str| {
-            errors.push(Invalid { key: format!("{key}.{k}"), value, why: why.to_owned() });
-        };
-        let defaults = greenfill_planner::power::PowerSettings::default();
-        let mut secs = |k: &str, v: &Option<String>, default: i64| -> i64 {
-            let Some(v) = v else { return default };
-            match parse_duration(v) {
-                _ if v.trim_start().starts_with('-') => {
-                    bad(k, format!("{v:?}"), "must not be negative");
-                    default
-                }
-                #[allow(clippy::cast_possible_truncation, reason = "durations far below i64::MAX s")]
-                Some(d) => d.ceil() as i64,
-                None => {
-                    bad(k, format!("{v:?}"), "not a duration (e.g. 90s, 5m, 1h)");
-                    default
-                }
-            }
-        };
-        let settings = greenfill_planner::power::PowerSettings {
-            suspend_after_s: secs("suspend_after", &self.suspend_after, defaults.suspend_after_s),
-            wake_s: secs("wake", &self.wake, defaults.wake_s),
-            lead_s: i64::try_from(lead.as_secs()).unwrap_or(60),
-            suspend_timeout_s: secs("suspend_timeout", &self.suspend_timeout, defaults.suspend_timeout_s),
-            resume_timeout_s: secs("resume_timeout", &self.resume_timeout, defaults.resume_timeout_s),
-            min_off_s: secs("min_off", &self.min_off, defaults.min_off_s),
-            reserve: self.reserve,
-            max_suspends_per_day: self.max_suspends_per_day.unwrap_or(defaults.max_suspends_per_day),
-            suspend_rate: self.suspend_rate.unwrap_or(defaults.suspend_rate),
-            resume_rate: self.resume_rate.unwrap_or(defaults.resume_rate),
-        };
-        let call_timeout = secs("call_timeout", &Some(self.call_timeout.clone()), 60);
-        let mut bad = |k: &str, value: String, why: &str| {
-            errors.push(Invalid { key: format!("{key}.{k}"), value, why: why.to_owned() });
-        };
+        let mut e = Errors { prefix: key, list: Vec::new() };
+        let settings = self.settings(&mut e, lead);
+        let call_timeout = e.secs("call_timeout", &Some(self.call_timeout.clone()), 60);
         if call_timeout <= 0 {
-            bad("call_timeout", format!("{:?}", self.call_timeout), "must be positive");
+            e.bad("call_timeout", format!("{:?}", self.call_timeout), "must be positive");
         }
-        for e in settings.errors() {
-            bad(e.key, e.value, e.why);
+        for x in settings.errors() {
+            e.bad(x.key, x.value, x.why);
         }
         if !(self.wake_energy_wh.is_finite() && self.wake_energy_wh >= 0.0) {
-            bad("wake_energy_wh", self.wake_energy_wh.to_string(), "must be >= 0");
+            e.bad("wake_energy_wh", self.wake_energy_wh.to_string(), "must be >= 0");
         }
         let driver = match self.driver.as_str() {
-            "exec" => {
-                for (k, argv) in [("suspend_command", &self.suspend_command), ("resume_command", &self.resume_command)]
-                {
-                    if argv.first().is_none_or(String::is_empty) {
-                        bad(
-                            k,
-                            format!("{argv:?}"),
-                            "the exec driver needs a command (argv; the node name is appended)",
-                        );
-                    }
-                }
-                DriverSpec::Exec { suspend: self.suspend_command.clone(), resume: self.resume_command.clone() }
-            }
-            "redfish" => match &self.redfish {
-                None => {
-                    bad("redfish", "(missing)".into(), "the redfish driver needs [..power.redfish] with systems");
-                    DriverSpec::Exec { suspend: Vec::new(), resume: Vec::new() }
-                }
-                Some(r) => {
-                    if r.systems.is_empty() {
-                        bad("redfish.systems", "{}".into(), "give each node's BMC address (node = URL of its System)");
-                    }
-                    for (node, url) in &r.systems {
-                        if !(url.starts_with("https://") || url.starts_with("http://")) {
-                            bad(&format!("redfish.systems.{node}"), format!("{url:?}"), "must be an https:// URL");
-                        }
-                    }
-                    if r.password.is_some() == r.password_env.is_some() {
-                        bad("redfish.password", "…".into(), "give exactly one of password or password_env");
-                    }
-                    DriverSpec::Redfish(r.clone())
-                }
-            },
-            "agent" => {
-                let a = self.agent.clone().unwrap_or(AgentDecl { broadcast: d_broadcast(), macs: Default::default() });
-                let broadcast = a.broadcast.parse::<SocketAddr>().unwrap_or_else(|_| {
-                    bad("agent.broadcast", format!("{:?}", a.broadcast), "not an address (e.g. 255.255.255.255:9)");
-                    SocketAddr::from(([255, 255, 255, 255], 9))
-                });
-                if a.macs.is_empty() {
-                    bad("agent.macs", "{}".into(), "Wake-on-LAN wakes the nodes: give each node's MAC address");
-                }
-                let mut macs = std::collections::BTreeMap::new();
-                for (node, mac) in &a.macs {
-                    match parse_mac(mac) {
-                        Some(m) => {
-                            macs.insert(node.clone(), m);
-                        }
-                        None => bad(&format!("agent.macs.{node}"), format!("{mac:?}"), "not a MAC (aa:bb:cc:dd:ee:ff)"),
-                    }
-                }
-                DriverSpec::Agent { broadcast, macs }
-            }
+            "exec" => self.exec(&mut e),
+            "redfish" => self.redfish(&mut e),
+            "agent" => self.agent(&mut e),
             other => {
-                bad("driver", format!("{other:?}"), "allowed values are exec, redfish, agent");
+                e.bad("driver", format!("{other:?}"), "allowed values are exec, redfish, agent");
                 DriverSpec::Exec { suspend: Vec::new(), resume: Vec::new() }
             }
         };
-        if !errors.is_empty() {
-            return Err(errors);
+        if !e.list.is_empty() {
+            return Err(e.list);
         }
         Ok(PoolPower {
             settings,
@@ -284,6 +201,101 @@ impl PoolPowerDecl {
             call_timeout: Duration::from_secs(u64::try_from(call_timeout).unwrap_or(60)),
             exclude: self.exclude.clone(),
         })
+    }
+
+    fn settings(&self, e: &mut Errors<'_>, lead: Duration) -> greenfill_planner::power::PowerSettings {
+        let d = greenfill_planner::power::PowerSettings::default();
+        greenfill_planner::power::PowerSettings {
+            suspend_after_s: e.secs("suspend_after", &self.suspend_after, d.suspend_after_s),
+            wake_s: e.secs("wake", &self.wake, d.wake_s),
+            lead_s: i64::try_from(lead.as_secs()).unwrap_or(60),
+            suspend_timeout_s: e.secs("suspend_timeout", &self.suspend_timeout, d.suspend_timeout_s),
+            resume_timeout_s: e.secs("resume_timeout", &self.resume_timeout, d.resume_timeout_s),
+            min_off_s: e.secs("min_off", &self.min_off, d.min_off_s),
+            reserve: self.reserve,
+            max_suspends_per_day: self.max_suspends_per_day.unwrap_or(d.max_suspends_per_day),
+            suspend_rate: self.suspend_rate.unwrap_or(d.suspend_rate),
+            resume_rate: self.resume_rate.unwrap_or(d.resume_rate),
+        }
+    }
+
+    fn exec(&self, e: &mut Errors<'_>) -> DriverSpec {
+        for (k, argv) in [("suspend_command", &self.suspend_command), ("resume_command", &self.resume_command)] {
+            if argv.first().is_none_or(String::is_empty) {
+                e.bad(k, format!("{argv:?}"), "the exec driver needs a command (argv; the node name is appended)");
+            }
+        }
+        DriverSpec::Exec { suspend: self.suspend_command.clone(), resume: self.resume_command.clone() }
+    }
+
+    fn redfish(&self, e: &mut Errors<'_>) -> DriverSpec {
+        let Some(r) = &self.redfish else {
+            e.bad("redfish", "(missing)".into(), "the redfish driver needs [..power.redfish] with systems");
+            return DriverSpec::Exec { suspend: Vec::new(), resume: Vec::new() };
+        };
+        if r.systems.is_empty() {
+            e.bad("redfish.systems", "{}".into(), "give each node's BMC address (node = URL of its System)");
+        }
+        for (node, url) in &r.systems {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                e.bad(&format!("redfish.systems.{node}"), format!("{url:?}"), "must be an https:// URL");
+            }
+        }
+        if r.password.is_some() == r.password_env.is_some() {
+            e.bad("redfish.password", "…".into(), "give exactly one of password or password_env");
+        }
+        DriverSpec::Redfish(r.clone())
+    }
+
+    fn agent(&self, e: &mut Errors<'_>) -> DriverSpec {
+        let a = self.agent.clone().unwrap_or(AgentDecl { broadcast: d_broadcast(), macs: Default::default() });
+        let broadcast = a.broadcast.parse::<SocketAddr>().unwrap_or_else(|_| {
+            e.bad("agent.broadcast", format!("{:?}", a.broadcast), "not an address (e.g. 255.255.255.255:9)");
+            SocketAddr::from(([255, 255, 255, 255], 9))
+        });
+        if a.macs.is_empty() {
+            e.bad("agent.macs", "{}".into(), "Wake-on-LAN wakes the nodes: give each node's MAC address");
+        }
+        let mut macs = std::collections::BTreeMap::new();
+        for (node, mac) in &a.macs {
+            match parse_mac(mac) {
+                Some(m) => {
+                    macs.insert(node.clone(), m);
+                }
+                None => e.bad(&format!("agent.macs.{node}"), format!("{mac:?}"), "not a MAC (aa:bb:cc:dd:ee:ff)"),
+            }
+        }
+        DriverSpec::Agent { broadcast, macs }
+    }
+}
+
+/// Errors of one table, each key under `prefix`.
+struct Errors<'a> {
+    prefix: &'a str,
+    list: Vec<Invalid>,
+}
+
+impl Errors<'_> {
+    fn bad(&mut self, key: &str, value: String, why: &str) {
+        self.list.push(Invalid { key: format!("{}.{key}", self.prefix), value, why: why.to_owned() });
+    }
+
+    /// A duration in whole seconds (rounded up), or `default` when unset; a
+    /// negative or unparsable one is named.
+    fn secs(&mut self, key: &str, v: &Option<String>, default: i64) -> i64 {
+        let Some(v) = v else { return default };
+        if v.trim_start().starts_with('-') {
+            self.bad(key, format!("{v:?}"), "must not be negative");
+            return default;
+        }
+        match parse_duration(v) {
+            #[allow(clippy::cast_possible_truncation, reason = "durations far below i64::MAX s")]
+            Some(d) => d.ceil() as i64,
+            None => {
+                self.bad(key, format!("{v:?}"), "not a duration (e.g. 90s, 5m, 1h)");
+                default
+            }
+        }
     }
 }
 
