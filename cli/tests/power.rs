@@ -128,6 +128,19 @@ impl Site {
         }
     }
 
+    /// Poll `greenfill jobs --json` until job `id` has succeeded, or fail with the logs.
+    fn wait_succeeded(&self, id: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let jobs = self.json(&["jobs", "--json"]);
+            if let Some(j) = jobs.iter().find(|j| j["id"] == id.trim() && j["state"] == "succeeded") {
+                return j.clone();
+            }
+            assert!(Instant::now() < deadline, "job {id} did not succeed: {jobs:#?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// Poll `greenfill nodes --json` until `done`, or fail with the logs.
     fn wait_nodes(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + limit;
@@ -400,15 +413,7 @@ fn the_agent_driver_suspends_through_the_agent_and_wakes_it_by_wake_on_lan() {
     let id = site
         .greenfill(&["submit", "--cpu", "0.3", "--memory", "32Mi", "--duration", "2s", "--", "sleep", "2"])
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let jobs = site.json(&["jobs", "--json"]);
-        if let Some(j) = jobs.iter().find(|j| j["id"] == id.trim() && j["state"] == "succeeded") {
-            break j.clone();
-        }
-        assert!(Instant::now() < deadline, "the job did not run: {jobs:#?}\n{}", site.logs());
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let job = site.wait_succeeded(&id, Duration::from_secs(120));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     listener.join().unwrap();
     let node = job["node"].as_str().unwrap();
@@ -439,15 +444,7 @@ fn a_node_that_does_not_wake_fails_and_its_work_runs_elsewhere() {
     });
     let p1 = nodes.iter().find(|n| n["name"] == "p1").unwrap();
     assert!(p1["power_reason"].as_str().unwrap().contains("resume_timeout 5 s"), "{p1}");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let job = loop {
-        let jobs = site.json(&["jobs", "--json"]);
-        if let Some(j) = jobs.iter().find(|j| j["id"] == id.trim() && j["state"] == "succeeded") {
-            break j.clone();
-        }
-        assert!(Instant::now() < deadline, "the job did not run elsewhere: {jobs:#?}\n{}", site.logs());
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let job = site.wait_succeeded(&id, Duration::from_secs(90));
     assert_ne!(job["node"], "p1", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
     let resumes_of_p1 = calls(&site).iter().filter(|c| c.0 == "resume" && c.1 == "p1").count();

@@ -10,7 +10,7 @@ use super::config::{DriverSpec, PoolPower};
 use super::{Inner, State, is_queued, is_terminal};
 use crate::store::Write;
 use greenfill_planner::power::{self, Call, NodePower, PowerState, Seen, Transition};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -150,26 +150,39 @@ pub fn state_of(inner: &Inner, node: &str) -> PowerState {
 /// suspended a second time for one decision.
 pub const RECONNECT_GRACE_S: i64 = 45;
 
+/// Per node: batch jobs running on it, and the plan's first start of new work
+/// there. One pass over the jobs per round (not one per node).
+fn work_by_node(inner: &Inner) -> HashMap<&str, (usize, Option<i64>)> {
+    let mut out: HashMap<&str, (usize, Option<i64>)> = HashMap::new();
+    for e in inner.jobs.values() {
+        if !e.job.node.is_empty() && !is_queued(e.job.state) && !is_terminal(e.job.state) {
+            out.entry(e.job.node.as_str()).or_default().0 += 1;
+        }
+        if is_queued(e.job.state)
+            && let (Some(x), Some(at)) = (e.explanation.as_ref(), e.job.planned_start)
+            && !x.node.is_empty()
+        {
+            let w = &mut out.entry(x.node.as_str()).or_default().1;
+            *w = Some(w.map_or(at.seconds, |w| w.min(at.seconds)));
+        }
+    }
+    out
+}
+
 /// What the round sees of one node.
-fn seen(inner: &Inner, name: &str, t: i64, stale: i64, started_at: i64) -> Seen {
+fn seen(
+    inner: &Inner,
+    work: &HashMap<&str, (usize, Option<i64>)>,
+    name: &str,
+    t: i64,
+    stale: i64,
+    started_at: i64,
+) -> Seen {
     let n = &inner.nodes[name];
     let present = n.session.is_some() && n.last_seen >= t - stale;
     let unknown = n.session.is_none() && n.registered_at < started_at && t - started_at < RECONNECT_GRACE_S;
     let registered_at = (present || unknown).then_some(n.registered_at);
-    let mut running = 0;
-    let mut wanted_at: Option<i64> = None;
-    for e in inner.jobs.values() {
-        if e.job.node == name && !is_queued(e.job.state) && !is_terminal(e.job.state) {
-            running += 1;
-        }
-        let planned_here = e.explanation.as_ref().is_some_and(|x| x.node == name);
-        if is_queued(e.job.state)
-            && planned_here
-            && let Some(at) = e.job.planned_start
-        {
-            wanted_at = Some(wanted_at.map_or(at.seconds, |w| w.min(at.seconds)));
-        }
-    }
+    let (running, wanted_at) = work.get(name).copied().unwrap_or_default();
     Seen { registered_at, running, wanted_at }
 }
 
@@ -194,7 +207,10 @@ pub async fn round(st: &Arc<State>, t: i64) -> anyhow::Result<Vec<(String, Trans
         for (pool, (policy, _)) in &st.power.pools {
             let names: Vec<String> =
                 inner.nodes.iter().filter(|(_, n)| n.register.pool == *pool).map(|(k, _)| k.clone()).collect();
-            let seen: Vec<Seen> = names.iter().map(|n| seen(&inner, n, t, stale, st.started_at)).collect();
+            let seen: Vec<Seen> = {
+                let work = work_by_node(&inner);
+                names.iter().map(|n| seen(&inner, &work, n, t, stale, st.started_at)).collect()
+            };
             let mut states: Vec<NodePower> = names
                 .iter()
                 .map(|n| inner.power.get(n).cloned().unwrap_or_else(|| NodePower::on(t, policy.exclude.contains(n))))
