@@ -398,13 +398,20 @@ impl Running {
     /// An error says why the service stopped itself (a failed commit).
     pub async fn stopped(self) -> anyhow::Result<()> {
         let Running { state, mut server, .. } = self;
-        tokio::select! {
-            () = state.shutdown.cancelled() => {}
+        // `biased`: when both are ready (the token was cancelled and the server
+        // ended because of it) this is a stop, not a failure. The handle is
+        // polled again only if it has not completed.
+        let ended = tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => false,
             r = &mut server => {
-                state.fail(format!("the gRPC server stopped: {}", describe(r)));
+                if !state.shutdown.is_cancelled() {
+                    state.fail(format!("the gRPC server stopped: {}", describe(r)));
+                }
+                true
             }
-        }
-        if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
+        };
+        if !ended && tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
             tracing::warn!(grace_s = SERVER_GRACE.as_secs(), "gRPC calls still open after the grace period; closing");
             server.abort();
         }
