@@ -76,6 +76,10 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn prioritise_idle(&self, rel: &Path) -> Result<&'static str, CgroupError>;
 }
 
+/// What [`Cgroups::prioritise_idle`] returns when it set the kernel's idle
+/// priority (rather than a minimal weight).
+pub const IDLE_PRIORITY: &str = "cpu.idle = 1";
+
 /// A quota in µs per [`PERIOD_US`] for `cores`, at least 1 ms.
 pub fn quota_us(cores: f64) -> u64 {
     #[allow(
@@ -310,7 +314,7 @@ impl Cgroups for HostCgroups {
         mkdir(&dir)?;
         if dir.join("cpu.idle").exists() {
             write(dir.join("cpu.idle"), "1".into(), "write")?;
-            Ok("cpu.idle = 1")
+            Ok(IDLE_PRIORITY)
         } else if v2 {
             write(dir.join("cpu.weight"), "1".into(), "write")?;
             Ok("cpu.weight = 1")
@@ -468,6 +472,6 @@ impl Cgroups for FakeCgroups {
     fn prioritise_idle(&self, rel: &Path) -> Result<&'static str, CgroupError> {
         self.check(rel, "cpu.idle", "1".into())?;
         self.groups().entry(rel.to_owned()).or_default().idle = true;
-        Ok("cpu.idle = 1")
+        Ok(IDLE_PRIORITY)
     }
 }

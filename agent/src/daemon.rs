@@ -56,6 +56,10 @@ pub struct Config {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Persisted {
+    /// This agent's id, made once per state dir: the scheduler refuses a
+    /// second instance claiming a node whose session is live.
+    #[serde(default)]
+    instance_id: String,
     last_command_seq: u64,
     event_seq: u64,
     /// `(seq, encoded JobStatus)`, not yet acknowledged.
@@ -94,12 +98,16 @@ impl Core {
     fn load(dir: &Path) -> anyhow::Result<Core> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?;
         let path = dir.join("state.json");
-        let p = match std::fs::read(&path) {
+        let mut p: Persisted = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
-        Ok(Core {
+        let fresh = p.instance_id.is_empty();
+        if fresh {
+            p.instance_id = format!("{:032x}", rand::random::<u128>());
+        }
+        let mut core = Core {
             p,
             path,
             out: None,
@@ -107,7 +115,14 @@ impl Core {
             fatal: None,
             shutdown: CancellationToken::new(),
             power_down: None,
-        })
+        };
+        if fresh {
+            core.save();
+            if let Some(why) = core.fatal.take() {
+                anyhow::bail!("{why}");
+            }
+        }
+        Ok(core)
     }
 
     /// Write the state atomically (temp file, fsync, rename). A failure here
@@ -184,6 +199,9 @@ pub struct Agent {
     guard: Arc<Mutex<Guard>>,
 }
 
+/// How often the PSI trigger looks for online cgroups that came or went.
+const PRESSURE_RESCAN: Duration = Duration::from_secs(10);
+
 impl Agent {
     pub fn new(cfg: Config) -> anyhow::Result<Agent> {
         let core = Core::load(&cfg.state_dir)?;
@@ -192,11 +210,17 @@ impl Agent {
         if let Some(exe) = &cfg.shim {
             runner = runner.with_shim(exe.clone());
         }
-        let guard = Guard::with_cgroups(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root, cgroups);
-        // A kernel priority under batch first; the guard's quota works on top of it.
+        let mut guard = Guard::with_cgroups(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root, cgroups);
+        // A kernel priority under batch first; the guard works on top of it.
         match runner.prioritise() {
             Ok((top, what)) => {
-                tracing::info!(cgroup = %top.display(), "batch gets the kernel's lowest CPU priority: {what}")
+                guard.set_idle_priority(what == crate::cgroups::IDLE_PRIORITY);
+                let quota_loop = guard.policy().quota_loop;
+                tracing::info!(
+                    cgroup = %top.display(),
+                    quota_loop,
+                    "batch gets the kernel's lowest CPU priority: {what}"
+                );
             }
             Err(e) => tracing::warn!(error = %e, "cannot give batch the kernel's lowest CPU priority"),
         }
@@ -293,6 +317,8 @@ impl Agent {
         let stop = self.shutdown_token();
         let me = self.clone();
         let telemetry = std::thread::Builder::new().name("telemetry".into()).spawn(move || me.telemetry_loop())?;
+        let me = self.clone();
+        let pressure = std::thread::Builder::new().name("psi-trigger".into()).spawn(move || me.pressure_loop())?;
         let mut backoff = Duration::from_millis(200);
         while !stop.is_cancelled() {
             let started = Instant::now();
@@ -326,6 +352,7 @@ impl Agent {
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
         self.core().out = None;
+        let _ = tokio::task::spawn_blocking(move || pressure.join()).await;
         tokio::task::spawn_blocking(move || telemetry.join())
             .await?
             .map_err(|_| anyhow::anyhow!("telemetry thread panicked"))?;
@@ -372,6 +399,7 @@ impl Agent {
                 .map(|(a, j)| pb::RunningJob { job_id: j.job_id.clone(), attempt_id: a.clone(), pid: j.pid })
                 .collect(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            instance_id: core.p.instance_id.clone(),
             labels: Default::default(),
         }
     }
@@ -587,6 +615,76 @@ impl Agent {
         self.runner.kill_job(&job.cgroup, job.pid);
     }
 
+    fn guard_jobs(&self) -> Vec<GuardJob> {
+        let core = self.core();
+        core.p
+            .jobs
+            .iter()
+            .map(|(a, j)| GuardJob {
+                attempt: a.clone(),
+                cgroup: j.cgroup.clone(),
+                priority: j.priority,
+                cpu_cores: j.cpu_cores,
+            })
+            .collect()
+    }
+
+    /// Sub-second reaction to online CPU pressure: a PSI trigger on the online
+    /// cgroups (stalled `psi_threshold` % of a 500 ms window, or of 2 s without
+    /// `CAP_SYS_RESOURCE`) cuts batch between the guard's ticks, as soon as that
+    /// much stall has accrued. The set of online cgroups is looked at again every
+    /// [`PRESSURE_RESCAN`] (pods come and go); none, or a kernel without
+    /// triggers, leaves the `avg10` rule of each tick.
+    fn pressure_loop(&self) {
+        let stop = self.shutdown_token();
+        let share = self.cfg.guard.psi_threshold / 100.0;
+        let (mut trigger, mut files, mut scanned): (Option<telemetry::PsiTrigger>, Vec<PathBuf>, Option<Instant>) =
+            (None, Vec::new(), None);
+        while !stop.is_cancelled() {
+            if scanned.is_none_or(|t| t.elapsed() > PRESSURE_RESCAN) {
+                scanned = Some(Instant::now());
+                // At idle priority with `--cpu-suppress auto` there is no quota loop to cut.
+                let g = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = if g.policy().quota_loop { g.pressure_files() } else { Vec::new() };
+                drop(g);
+                if now != files {
+                    files = now;
+                    trigger = match telemetry::PsiTrigger::open(&files, share, telemetry::psi::MIN_WINDOW) {
+                        Ok(t) if !files.is_empty() => {
+                            tracing::info!(
+                                files = ?files,
+                                window_ms = t.window().as_millis(),
+                                stalled_pct = share * 100.0,
+                                "online CPU pressure trigger armed"
+                            );
+                            Some(t)
+                        }
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no online CPU pressure trigger; the guard reads avg10 each tick");
+                            None
+                        }
+                    };
+                }
+            }
+            let Some(t) = trigger.as_ref() else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            match t.wait(Duration::from_millis(100)) {
+                Ok(true) => {
+                    let jobs = self.guard_jobs();
+                    self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pressure_event(&jobs);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "online CPU pressure trigger stopped; looking again");
+                    (trigger, files) = (None, Vec::new());
+                }
+            }
+        }
+    }
+
     fn telemetry_loop(&self) {
         let stop = self.shutdown_token();
         let mut sampler = Sampler::new(self.cfg.roots.clone(), self.cfg.model);
@@ -604,22 +702,8 @@ impl Agent {
                 break;
             }
             let s = sampler.sample();
-            let evict = {
-                let mut g = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let jobs: Vec<GuardJob> = self
-                    .core()
-                    .p
-                    .jobs
-                    .iter()
-                    .map(|(a, j)| GuardJob {
-                        attempt: a.clone(),
-                        cgroup: j.cgroup.clone(),
-                        priority: j.priority,
-                        cpu_cores: j.cpu_cores,
-                    })
-                    .collect();
-                g.step(&s, &jobs)
-            };
+            let jobs = self.guard_jobs();
+            let evict = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).step(&s, &jobs);
             for (attempt, why) in evict {
                 self.evict(&attempt, &why);
             }

@@ -1,12 +1,17 @@
 //! The local guard: protects online services within a second, with no scheduler.
 //!
+//! - Kernel priority first: the batch subtree runs at `cpu.idle = 1` where the
+//!   kernel has it (the daemon sets it and tells the guard).
 //! - CPU suppress (Koordinator's formula): batch may use at most
 //!   `threshold × cpus − online`, never less than `floor`; a rise is limited to
 //!   `step_up` cores per tick, a cut is immediate. Written as the batch root's CFS
 //!   quota (cgroup v1 `cpu.cfs_quota_us`, or v2 `cpu.max`), which caps every job
-//!   below it.
+//!   below it. By default ([`Suppress::Auto`]) only where batch lacks idle
+//!   priority: on top of it the formula made online latency worse (measured).
 //! - Interference: when the CPU pressure (PSI `some avg10`) of an online cgroup
-//!   passes `psi_threshold`, the cap is halved each tick until it falls back.
+//!   passes `psi_threshold`, the cap is halved each tick until it falls back; a
+//!   PSI trigger on those cgroups halves it within its window (500 ms), between
+//!   ticks ([`Guard::pressure_event`]).
 //! - Memory: above `memory_high` of the node's memory, batch jobs are evicted
 //!   (lowest priority, then largest) until the node is projected under
 //!   `memory_low`; the scheduler requeues them.
@@ -16,6 +21,7 @@
 
 use crate::cgroups::{Cgroups, HostCgroups};
 use crate::telemetry::{CgroupLayout, Sample, detect, parse_pressure};
+pub use greenfill_core::guard::Suppress;
 use greenfill_core::guard::{CapAction, CpuCapDecision, CpuCapInput, CpuCapPolicy};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +36,8 @@ pub struct GuardConfig {
     pub floor_cores: f64,
     /// Largest rise of the cap per tick, cores.
     pub step_up_cores: f64,
+    /// When the usage formula caps batch.
+    pub suppress: Suppress,
     /// Online cgroups (relative to the hierarchy) whose CPU pressure is watched.
     pub online_cgroups: Vec<PathBuf>,
     /// PSI `some avg10` (%) above which batch is cut further.
@@ -46,6 +54,7 @@ impl Default for GuardConfig {
             threshold: 0.9,
             floor_cores: 0.1,
             step_up_cores: 0.5,
+            suppress: Suppress::Auto,
             online_cgroups: vec![PathBuf::from("kubepods.slice"), PathBuf::from("kubepods")],
             psi_threshold: 20.0,
             memory_high: 0.90,
@@ -77,6 +86,10 @@ pub struct Guard {
     /// The cap in force, cores (`None` before the first tick).
     limit: Option<f64>,
     scheduler: Option<(f64, Instant)>,
+    /// The last tick's input, for a pressure event between ticks.
+    last_input: Option<CpuCapInput>,
+    /// The batch subtree runs at the kernel's idle priority (`cpu.idle = 1`).
+    idle_priority: bool,
     /// Counters of actions, for metrics and tests.
     pub cuts: u64,
     pub raises: u64,
@@ -103,6 +116,8 @@ impl Guard {
             batch_root: batch_root.to_owned(),
             limit: None,
             scheduler: None,
+            last_input: None,
+            idle_priority: false,
             cuts: 0,
             raises: 0,
             psi_cuts: 0,
@@ -113,6 +128,20 @@ impl Guard {
 
     pub fn limit(&self) -> Option<f64> {
         self.limit
+    }
+
+    /// Whether the batch subtree got the kernel's idle priority (what
+    /// [`crate::runner::Runner::prioritise`] wrote); with [`Suppress::Auto`] it
+    /// turns the usage formula off.
+    pub fn set_idle_priority(&mut self, idle: bool) {
+        self.idle_priority = idle;
+    }
+
+    /// The online cgroups' `cpu.pressure` files (cgroup v2, or the unified
+    /// hierarchy beside v1 controllers), for a PSI trigger.
+    pub fn pressure_files(&self) -> Vec<PathBuf> {
+        let Some(v2) = self.layout.v2.as_ref() else { return vec![] };
+        self.cfg.online_cgroups.iter().map(|c| v2.join(c).join("cpu.pressure")).filter(|p| p.exists()).collect()
     }
 
     /// A cap from the scheduler, valid for `valid`.
@@ -146,6 +175,7 @@ impl Guard {
         let c = &self.cfg;
         CpuCapPolicy {
             threshold: c.threshold,
+            quota_loop: c.suppress.quota_loop(self.idle_priority),
             floor_cores: c.floor_cores,
             step_up_cores: c.step_up_cores,
             psi_threshold: c.psi_threshold,
@@ -158,38 +188,56 @@ impl Guard {
         let Some(cpus) = s.node.cpus else { return vec![] };
         let Some(node) = s.node.cpu_cores_used else { return vec![] };
         let batch = s.workloads.cpu_cores.unwrap_or(0.0);
-        let scheduler_cap = match self.scheduler {
+        #[allow(clippy::cast_precision_loss, reason = "cpu counts")]
+        let input = CpuCapInput {
+            cpus: cpus as f64,
+            online: (node - batch).max(0.0),
+            online_psi: self.online_pressure(),
+            scheduler_cap: self.scheduler_cap_now(),
+            ticks: 1.0,
+            pressure_event: false,
+        };
+        self.decide_and_apply(&input, jobs);
+        self.last_input = Some(input);
+        self.memory(s, jobs)
+    }
+
+    /// A PSI trigger on an online cgroup fired: halve the cap now, between
+    /// ticks, from the last tick's measurement.
+    pub fn pressure_event(&mut self, jobs: &[GuardJob]) {
+        let Some(last) = self.last_input else { return };
+        let input = CpuCapInput { pressure_event: true, scheduler_cap: self.scheduler_cap_now(), ticks: 0.0, ..last };
+        self.decide_and_apply(&input, jobs);
+    }
+
+    fn scheduler_cap_now(&mut self) -> Option<f64> {
+        match self.scheduler {
             Some((cap, until)) if Instant::now() < until => Some(cap),
             Some(_) => {
                 self.scheduler = None;
                 None
             }
             None => None,
-        };
-        #[allow(clippy::cast_precision_loss, reason = "cpu counts")]
-        let input = CpuCapInput {
-            cpus: cpus as f64,
-            online: (node - batch).max(0.0),
-            online_psi: self.online_pressure(),
-            scheduler_cap,
-            ticks: 1.0,
-        };
-        let d = self.policy().decide(self.limit, &input);
+        }
+    }
+
+    fn decide_and_apply(&mut self, input: &CpuCapInput, jobs: &[GuardJob]) {
+        let d = self.policy().decide(self.limit, input);
         self.count(&d);
-        if self.cfg.enforce && self.limit.is_none_or(|old| (old - d.cap).abs() > 1e-3) {
-            if let Err(e) = self.apply_cap(d.cap, jobs) {
-                // Named with the file and the value; counted; the next tick retries
-                // (the cap in memory stays the old one, so it is written again).
-                self.write_errors += 1;
-                metrics::counter!("greenfill_guard_write_errors_total").increment(1);
-                tracing::warn!(error = %e, cap = d.cap, "the kernel refused the batch root's CPU quota");
-                metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(self.limit.unwrap_or(d.cap));
-                return self.memory(s, jobs);
-            }
+        if self.cfg.enforce
+            && self.limit.is_none_or(|old| (old - d.cap).abs() > 1e-3)
+            && let Err(e) = self.apply_cap(d.cap, jobs)
+        {
+            // Named with the file and the value; counted; the next tick retries
+            // (the cap in memory stays the old one, so it is written again).
+            self.write_errors += 1;
+            metrics::counter!("greenfill_guard_write_errors_total").increment(1);
+            tracing::warn!(error = %e, cap = d.cap, "the kernel refused the batch root's CPU quota");
+            metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(self.limit.unwrap_or(d.cap));
+            return;
         }
         self.limit = Some(d.cap);
         metrics::gauge!("greenfill_guard_batch_cpu_limit_cores").set(d.cap);
-        self.memory(s, jobs)
     }
 
     /// Write `cap` as the batch root's quota. Where a parent's quota may not go

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use greenfill_agent::guard::GuardConfig;
+use greenfill_agent::guard::{GuardConfig, Suppress};
 use greenfill_agent::telemetry::LinearPowerModel;
 use greenfill_agent::{Roots, Sampler, daemon};
 use greenfill_runtime::Failure;
@@ -114,6 +114,13 @@ struct RunArgs {
     /// work the plan counted on; keep the two in step.
     #[arg(long, default_value_t = 0.9)]
     cpu_threshold: f64,
+    /// When that share caps batch: `auto` only where batch lacks the kernel's
+    /// idle priority (`cpu.idle`, Linux 5.15+; with it every online task preempts
+    /// batch at once, and a quota on top only left CPUs idle and raised online
+    /// latency in greenfill's measurements), `always`, or `never` (only online
+    /// pressure and the scheduler cut batch).
+    #[arg(long, default_value = "auto", value_parser = suppress)]
+    cpu_suppress: Suppress,
     /// Online cgroups whose CPU pressure is watched (repeatable).
     #[arg(long = "online-cgroup")]
     online_cgroups: Vec<PathBuf>,
@@ -136,6 +143,10 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+}
+
+fn suppress(s: &str) -> Result<Suppress, String> {
+    Suppress::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, always, never"))
 }
 
 fn hostname() -> String {
@@ -169,6 +180,7 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
     }
     let mut guard = GuardConfig {
         threshold: a.cpu_threshold,
+        suppress: a.cpu_suppress,
         psi_threshold: a.psi_threshold,
         memory_high: a.memory_high,
         memory_low: a.memory_low,

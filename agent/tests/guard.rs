@@ -345,3 +345,82 @@ fn the_real_guard_cuts_below_a_running_jobs_limit() {
     assert!((root_q.unwrap() - 0.3).abs() < 1e-6, "batch root quota {root_q:?}");
     assert!((job_q.unwrap() - 0.3).abs() < 1e-6, "job quota {job_q:?}");
 }
+
+/// At the kernel's idle priority (what the daemon finds on a 5.15+ kernel) the
+/// quota loop is off by default: online near every CPU, and online pressure,
+/// leave batch's cap alone. With `always` the formula applies, and a PSI
+/// trigger's event halves the cap at once, between ticks.
+#[test]
+fn at_idle_priority_the_quota_loop_is_off_unless_asked_and_a_trigger_event_halves_at_once() {
+    use greenfill_agent::guard::Suppress;
+    let dir = tempfile::tempdir().unwrap();
+    v2_tree(dir.path());
+    let cfg = GuardConfig { online_cgroups: vec![], threshold: 1.0, ..GuardConfig::default() };
+    let mut g = Guard::new(cfg.clone(), dir.path(), Path::new("greenfill/batch"));
+    g.set_idle_priority(true);
+    // 16 CPUs, node 15.5 busy, 0.5 of it batch: online 15.
+    g.step(&sample(16, 15.5, 0.5, 10, 0.0), &[]);
+    assert_eq!(quota(dir.path()), "1600000 100000");
+    g.pressure_event(&[]);
+    assert_eq!((quota(dir.path()).as_str(), g.psi_cuts), ("1600000 100000", 0));
+    let always = GuardConfig { suppress: Suppress::Always, ..cfg };
+    let mut g = Guard::new(always, dir.path(), Path::new("greenfill/batch"));
+    g.set_idle_priority(true);
+    // Online 8: 1.0 × 16 − 8.
+    g.step(&sample(16, 8.5, 0.5, 10, 0.0), &[]);
+    assert_eq!(quota(dir.path()), "800000 100000");
+    g.pressure_event(&[]);
+    assert_eq!((quota(dir.path()).as_str(), g.psi_cuts), ("400000 100000", 1));
+}
+
+/// A real PSI trigger on an online cgroup's `cpu.pressure` (cgroup v2, or the
+/// unified hierarchy beside v1 controllers): quiet while the cgroup is empty,
+/// fires once its tasks stall on CPU (twice as many spinners as CPUs).
+#[test]
+fn a_psi_trigger_fires_when_an_online_cgroup_stalls() {
+    use greenfill_agent::telemetry::PsiTrigger;
+    use greenfill_agent::telemetry::psi::MIN_WINDOW;
+    if !greenfill_core::testing::is_root() {
+        greenfill_core::testing::cannot_run("a_psi_trigger_fires", "needs root to create cgroups");
+        return;
+    }
+    let cg = Path::new("/sys/fs/cgroup");
+    let Some(v2) = detect(cg).v2 else {
+        greenfill_core::testing::cannot_run("a_psi_trigger_fires", "no cgroup v2 (or unified) hierarchy");
+        return;
+    };
+    let base = format!("greenfill-psi-{}", std::process::id());
+    let online = v2.join(&base).join("online");
+    std::fs::create_dir_all(&online).unwrap();
+    let trigger = PsiTrigger::open(&[online.join("cpu.pressure")], 0.2, MIN_WINDOW);
+    let trigger = match trigger {
+        Ok(t) => t,
+        Err(e) => {
+            cleanup(cg, &base);
+            panic!("the kernel refused a PSI trigger: {e}");
+        }
+    };
+    let quiet = trigger.wait(Duration::from_secs(1)).unwrap();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<std::process::Child> = (0..2 * cpus)
+        .map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
+        .collect();
+    for s in &spinners {
+        std::fs::write(online.join("cgroup.procs"), s.id().to_string()).unwrap();
+    }
+    let started = Instant::now();
+    let mut fired = false;
+    while !fired && started.elapsed() < Duration::from_secs(6) {
+        fired = trigger.wait(Duration::from_millis(200)).unwrap();
+    }
+    let (took, window) = (started.elapsed(), trigger.window());
+    for mut s in spinners {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    drop(trigger);
+    cleanup(cg, &base);
+    assert!(!quiet, "the trigger fired on an empty cgroup");
+    assert!(fired, "no trigger within {took:?} of {} spinners on {cpus} CPUs", 2 * cpus);
+    eprintln!("PSI trigger fired {took:?} after the stall began (window {window:?})");
+}

@@ -2,17 +2,21 @@
 //! the accounting uses the actual trace: power, carbon, overloads.
 //!
 //! Each powered node runs the agent's local guard, as deployed — the same policy
-//! ([`crate::GuardModel`]): batch may use at most `threshold × cores − online`
-//! (never below the agent's floor, with its dead band), so a rise of online load
-//! the plan did not foresee slows batch down instead of starving online services. A throttled job's end moves later by the share of
-//! the step it lost. The threshold is `1 − safety_margin` (asap, greenfill: the
-//! planner's own limit) or `coloc_threshold` (coloc, Koordinator's).
+//! ([`crate::GuardModel`]), so a rise of online load the plan did not foresee
+//! slows batch down instead of starving online services. A throttled job's end
+//! moves later by the share of the step it lost.
+//! - coloc (Koordinator's): batch may use at most `coloc_threshold × cores −
+//!   online` (never below the agent's floor, with its dead band).
+//! - asap and greenfill, as the agent runs: batch at the kernel's idle priority
+//!   gets what online leaves, `cores − online` (`guard_suppress = "auto"` with
+//!   `idle_priority`); with `guard_suppress = "always"` (or no idle priority) the
+//!   formula with threshold `1 − safety_margin`, the planner's own limit.
 
 use crate::guard::GuardModel;
 use crate::inputs::Inputs;
 use crate::power::Power;
 use crate::scenario::Resolved;
-use greenfill_core::guard::CpuCapPolicy;
+use greenfill_core::guard::{CpuCapPolicy, Suppress};
 use greenfill_forecast::{Forecaster, by_name};
 use greenfill_planner::{
     Placement, PlanOptions, PoolInput, ProblemBuilder, ProblemError, QueuedJob, RunningJob, SlotClock, Strategy,
@@ -196,13 +200,15 @@ pub(crate) fn run(
         lost: vec![0.0; inp.jobs.len()],
         on_node: vec![Vec::new(); n],
     };
-    let guard_threshold = match policy {
-        Policy::Coloc => s.coloc_threshold,
-        _ => 1.0 - s.safety_margin,
+    let (guard_threshold, quota_loop) = match policy {
+        Policy::Coloc => (s.coloc_threshold, true),
+        _ => {
+            (1.0 - s.safety_margin, Suppress::parse(&s.guard_suppress).unwrap_or_default().quota_loop(s.idle_priority))
+        }
     };
     #[allow(clippy::cast_precision_loss, reason = "a step in seconds")]
     let mut guard = s.guard.then(|| {
-        let policy = CpuCapPolicy { threshold: guard_threshold, ..CpuCapPolicy::default() };
+        let policy = CpuCapPolicy { threshold: guard_threshold, quota_loop, ..CpuCapPolicy::default() };
         GuardModel::new(policy, n, inp.step_s as f64)
     });
     let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);

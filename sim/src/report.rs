@@ -336,7 +336,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 <p style="font-size:1.2em">{headline}</p>
 <table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>node-steps the guard throttled batch (core-hours taken)</th><th>batch core-hours</th><th>suspends / wakes</th></tr>{rows}</table>
 {cb}{eb}{pw}{ut}{bt}{ci}
-<p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. Each co-located node runs the agent's guard: batch is capped at threshold × cores − online (threshold 1 − safety margin; coloc's own threshold for coloc), and throttled jobs finish later. An overload is a node-step whose online plus batch CPU use still exceeded its cores.</p>
+<p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. Each co-located node runs the agent's guard: for asap and greenfill (by default) batch runs at the kernel's idle priority and gets the CPU online leaves (cores − online); coloc caps it at its threshold × cores − online; throttled jobs finish later. An overload is a node-step whose online plus batch CPU use still exceeded its cores.</p>
 </body></html>
 "#,
         name = s.scenario,

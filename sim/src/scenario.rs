@@ -50,6 +50,16 @@ pub struct Scenario {
     /// excess shows up only as online overloads.
     #[serde(default = "d_true")]
     pub guard: bool,
+    /// When the guard's formula caps batch (asap, greenfill), as the agent's
+    /// `--cpu-suppress`: `auto` (default) only where batch lacks the kernel's
+    /// idle priority, `always`, `never`. Without the formula batch gets what
+    /// online leaves (`cores − online`). coloc always uses its formula.
+    #[serde(default = "d_suppress")]
+    pub guard_suppress: String,
+    /// The nodes' kernel has `cpu.idle` (Linux 5.15+), so the agent runs batch at
+    /// idle priority (default true).
+    #[serde(default = "d_true")]
+    pub idle_priority: bool,
     /// greenfill plans each job to end this share of its duration before its
     /// deadline, for the guard slowing it (default: the scheduler's, 0.05).
     #[serde(default = "d_guard_slack")]
@@ -324,6 +334,10 @@ fn d_policies() -> Vec<String> {
 fn d_one() -> f64 {
     1.0
 }
+fn d_suppress() -> String {
+    "auto".into()
+}
+
 fn d_guard_slack() -> f64 {
     greenfill_planner::GUARD_SLACK
 }
@@ -452,6 +466,12 @@ impl Scenario {
                     POLICIES.join(", ")
                 )));
             }
+        }
+        if greenfill_core::guard::Suppress::parse(&s.guard_suppress).is_none() {
+            return Err(bad(format!(
+                "guard_suppress = {:?}: allowed values are auto, always, never",
+                s.guard_suppress
+            )));
         }
         let mut out_of_range = Vec::new();
         for (key, v, lo, hi) in [

@@ -3,7 +3,7 @@
 mod cgroup;
 mod power;
 mod proc;
-mod psi;
+pub mod psi;
 mod rapl;
 
 mod gpu;
@@ -11,7 +11,7 @@ pub use cgroup::{CgroupLayout, CgroupStats, CgroupVersion, cgroup_stats, detect,
 pub use gpu::{GpuPower, Gpus};
 pub use power::{LinearPowerModel, PowerReading, PowerSource};
 pub use proc::{CpuTicks, cpu_ticks, meminfo};
-pub use psi::{Pressure, parse_pressure};
+pub use psi::{Pressure, PsiTrigger, parse_pressure};
 pub use rapl::{Rapl, RaplZone, unwrap_delta};
 
 use serde::Serialize;

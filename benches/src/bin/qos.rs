@@ -10,8 +10,13 @@
 //! Conditions: `alone` (no batch), `unprotected` (batch at normal priority, no
 //! guard), `priority` (the batch subtree at the kernel's idle priority, no guard),
 //! `guard-only` (the guard's quota loop without kernel priority: the layout
-//! greenfill shipped before, less its node-wide PSI rule) and `greenfill` (both,
-//! as the agent now runs).
+//! greenfill shipped before, less its node-wide PSI rule), `formula` (idle
+//! priority and the usage formula's quota: `--cpu-suppress always`) and
+//! `greenfill` (the agent as it runs: idle priority, the guard with its PSI
+//! trigger on the online cgroup, the formula off where idle priority holds).
+//!
+//! `--repeats` runs the whole sweep again, conditions interleaved, and pools the
+//! pairs; each row also shows the spread of the per-repeat ratios.
 //!
 //! Needs root (cgroups) and memcached. The client's threads run SCHED_FIFO
 //! (`chrt -f -p 10` on each thread), so batch cannot delay the client itself;
@@ -20,9 +25,9 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use greenfill_agent::cgroups::{Cgroups, HostCgroups};
-use greenfill_agent::guard::{Guard, GuardConfig, GuardJob};
+use greenfill_agent::guard::{Guard, GuardConfig, GuardJob, Suppress};
 use greenfill_agent::runner::{JobSpec, Runner, Running};
-use greenfill_agent::telemetry::{LinearPowerModel, Roots, Sampler};
+use greenfill_agent::telemetry::{LinearPowerModel, PsiTrigger, Roots, Sampler};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -39,9 +44,12 @@ struct Args {
     /// Online load levels, % of the server's measured peak.
     #[arg(long, value_delimiter = ',', default_value = "20,40,60")]
     levels: Vec<f64>,
-    /// Conditions to run (alone, unprotected, priority, guard-only, greenfill).
-    #[arg(long, value_delimiter = ',', default_value = "alone,unprotected,priority,guard-only,greenfill")]
+    /// Conditions to run (alone, unprotected, priority, guard-only, formula, greenfill).
+    #[arg(long, value_delimiter = ',', default_value = "alone,unprotected,priority,guard-only,formula,greenfill")]
     conditions: Vec<String>,
+    /// Sweeps of every level and condition; their pairs are pooled.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
     /// Length of one batch-off or batch-on segment.
     #[arg(long, default_value = "2s", value_parser = duration)]
     segment: Duration,
@@ -72,6 +80,9 @@ struct Args {
     /// the step and how long the guard's cap takes to reach the formula's value.
     #[arg(long, value_parser = duration)]
     step: Option<Duration>,
+    /// The condition of the load-step run (formula shows the formula's reaction).
+    #[arg(long, default_value = "greenfill")]
+    step_condition: String,
     /// The guard's threshold (the agent's `--cpu-threshold`): share of the CPUs
     /// online and batch may use together.
     #[arg(long, default_value_t = 0.9)]
@@ -91,6 +102,7 @@ enum Condition {
     Unprotected,
     Priority,
     GuardOnly,
+    Formula,
     Greenfill,
 }
 
@@ -101,8 +113,11 @@ impl Condition {
             "unprotected" => Condition::Unprotected,
             "priority" => Condition::Priority,
             "guard-only" => Condition::GuardOnly,
+            "formula" => Condition::Formula,
             "greenfill" => Condition::Greenfill,
-            _ => bail!("--conditions: `{s}` is not one of alone, unprotected, priority, guard-only, greenfill"),
+            _ => {
+                bail!("--conditions: `{s}` is not one of alone, unprotected, priority, guard-only, formula, greenfill")
+            }
         })
     }
 
@@ -112,16 +127,22 @@ impl Condition {
             Condition::Unprotected => "unprotected",
             Condition::Priority => "priority",
             Condition::GuardOnly => "guard-only",
+            Condition::Formula => "formula",
             Condition::Greenfill => "greenfill",
         }
     }
 
     fn idle_priority(self) -> bool {
-        matches!(self, Condition::Priority | Condition::Greenfill)
+        matches!(self, Condition::Priority | Condition::Formula | Condition::Greenfill)
     }
 
-    fn guard(self) -> bool {
-        matches!(self, Condition::GuardOnly | Condition::Greenfill)
+    /// The guard runs, and when its usage formula applies.
+    fn guard(self) -> Option<Suppress> {
+        match self {
+            Condition::GuardOnly | Condition::Formula => Some(Suppress::Always),
+            Condition::Greenfill => Some(Suppress::Auto),
+            _ => None,
+        }
     }
 }
 
@@ -139,9 +160,12 @@ struct Row {
     /// The same in the batch-off segments of the same run.
     off_p99_us: u64,
     off_p999_us: u64,
-    /// Median over pairs of p99(on) / p99(off before it).
+    /// Median over pairs (of every repeat) of p99(on) / p99(off before it).
     paired_p99_ratio: f64,
     paired_p999_ratio: f64,
+    /// The lowest and highest of the per-repeat medians.
+    p99_ratio_range: [f64; 2],
+    repeats: usize,
     /// Batch CPU done while on, core-seconds, and its share of the CPU that
     /// online work and the client left idle.
     batch_cpu_s: f64,
@@ -149,7 +173,41 @@ struct Row {
     /// (online + client + batch) / CPUs while batch was on.
     machine_util_pct: f64,
     guard_cuts: u64,
+    /// Cuts for online CPU pressure (avg10 or the trigger).
+    guard_psi_cuts: u64,
     guard_write_errors: u64,
+}
+
+/// Set by SIGINT / SIGTERM: the run stops at the next segment and the harness
+/// removes what it made (memcached, batch jobs, cgroups) as it does on an error.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// A thread that waits for SIGINT or SIGTERM (tokio's handler) and sets
+/// [`INTERRUPTED`].
+fn on_signals() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let (mut int, mut term) = rt.block_on(async {
+        Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+    })?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("qos: interrupted; stopping and cleaning up");
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    });
+    Ok(())
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted; memcached, the batch jobs and the cgroups are removed");
+    }
+    Ok(())
 }
 
 fn main() {
@@ -180,35 +238,46 @@ fn run(mut args: Args) -> Result<()> {
         args.segment = Duration::from_millis(500);
         conditions = vec![Condition::Alone, Condition::Greenfill];
     }
+    on_signals()?;
     let mut h = Harness::start(&args)?;
     let peak = h.peak(if args.smoke { Duration::from_millis(500) } else { Duration::from_secs(3) })?;
     eprintln!("memcached peak (closed loop, {} connections): {peak:.0} gets/s", args.connections);
     if let Some(phase) = args.step {
-        let row = h.step_run(peak, phase)?;
+        let row = h.step_run(peak, phase, Condition::parse(&args.step_condition)?)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&row)?);
         } else {
+            let formula = match (row.formula_cap, row.seconds_to_formula) {
+                (None, _) => "no quota loop (idle priority)".to_owned(),
+                (Some(f), None) => format!("cap never reached the formula ({f:.2} cores)"),
+                (Some(f), Some(t)) => format!("cap at the formula ({f:.2} cores) {t:.1} s after the step"),
+            };
             println!(
-                "step {:.0} → {:.0} → {:.0} %: p99 before {} µs, worst 100 ms window after the step {} µs; \
-                 cap at the formula ({:.2} cores) {} after the step; caps after the step down: {:?}",
+                "{} step {:.0} → {:.0} → {:.0} %: p99 before {} µs, worst 100 ms window after the step {} µs; \
+                 {formula}; pressure cuts {}; caps after the step down: {:?}",
+                row.condition,
                 row.low_pct,
                 row.high_pct,
                 row.low_pct,
                 row.before_p99_us,
                 row.worst_window_p99_us,
-                row.formula_cap,
-                row.seconds_to_formula.map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s")),
+                row.psi_cuts,
                 row.caps_after.iter().map(|c| (c * 100.0).round() / 100.0).collect::<Vec<_>>()
             );
         }
         return Ok(());
     }
-    let mut rows = Vec::new();
-    for &level in &args.levels {
-        for &c in &conditions {
-            let row = h.measure(&args, c, level, peak * level / 100.0)?;
+    let cells: Vec<(f64, Condition)> =
+        args.levels.iter().flat_map(|&l| conditions.iter().map(move |&c| (l, c))).collect();
+    let mut pooled: Vec<Vec<Measured>> = cells.iter().map(|_| Vec::new()).collect();
+    for repeat in 0..args.repeats.max(1) {
+        for (&(level, c), runs) in cells.iter().zip(&mut pooled) {
+            let m = h.measure(&args, c, peak * level / 100.0)?;
+            let row = m.row(c, level, peak * level / 100.0, h.cpus, &[]);
             eprintln!(
-                "{:<12} {:>3.0} %  p99 {:>6} µs (off {:>6})  paired p99 ×{:.2} p99.9 ×{:.2}  harvest {:>5.1} %",
+                "[{}/{}] {:<12} {:>3.0} %  p99 {:>6} µs (off {:>6})  paired p99 ×{:.2} p99.9 ×{:.2}  harvest {:>5.1} %",
+                repeat + 1,
+                args.repeats.max(1),
                 row.condition,
                 level,
                 row.p99_us,
@@ -217,9 +286,14 @@ fn run(mut args: Args) -> Result<()> {
                 row.paired_p999_ratio,
                 row.harvested_pct
             );
-            rows.push(row);
+            runs.push(m);
         }
     }
+    let rows: Vec<Row> = cells
+        .iter()
+        .zip(&pooled)
+        .map(|(&(level, c), runs)| Measured::pool(runs).row(c, level, peak * level / 100.0, h.cpus, runs))
+        .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -298,6 +372,9 @@ impl Drop for Harness {
         self.runner.remove_root();
         let _ = self.cgroups.remove(&self.online);
         let _ = self.cgroups.remove(&self.base);
+        if let Some(v2) = self.cgroups.layout().v2.clone() {
+            let _ = std::fs::remove_dir(v2.join(&self.online));
+        }
     }
 }
 
@@ -329,10 +406,25 @@ impl Harness {
         let (connections, threshold) = (args.connections, args.cpu_threshold);
         let h = Harness { base, online, batch, cgroups, runner, server, port, cpus, connections, threshold, logs };
         h.cgroups.add_process(&h.online, h.server.id()).context("moving memcached into its cgroup")?;
+        h.join_unified()?;
         h.wait_ready()?;
         let mut c = Client::connect(h.port)?;
         c.set("k", &[b'x'; 100])?;
         Ok(h)
+    }
+
+    /// Beside v1 controllers the unified hierarchy (`/sys/fs/cgroup/unified`)
+    /// has no controllers but does account pressure per cgroup: memcached joins
+    /// an online cgroup there too, so its `cpu.pressure` (and a PSI trigger) exist,
+    /// as they do for systemd's slices on such a node.
+    fn join_unified(&self) -> Result<()> {
+        let Some(v2) = self.cgroups.layout().v2.clone() else { return Ok(()) };
+        let dir = v2.join(&self.online);
+        if !dir.exists() {
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(dir.join("cgroup.procs"), self.server.id().to_string())
+            .with_context(|| format!("moving memcached into {}", dir.display()))
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -429,11 +521,12 @@ impl Harness {
         }
     }
 
-    fn measure(&mut self, args: &Args, c: Condition, level: f64, rate: f64) -> Result<Row> {
+    fn measure(&mut self, args: &Args, c: Condition, rate: f64) -> Result<Measured> {
         let (running, jobs) = if c == Condition::Alone { (Vec::new(), Vec::new()) } else { self.start_batch(c)? };
         self.pause_batch(&jobs, false);
         let stop_guard = Arc::new(AtomicBool::new(false));
-        let guard = c.guard().then(|| self.spawn_guard(jobs.clone(), stop_guard.clone()));
+        let guard =
+            c.guard().map(|suppress| self.spawn_guard(jobs.clone(), suppress, c.idle_priority(), stop_guard.clone()));
         let segments = 2 * args.pairs;
         let seg = args.segment;
         let t0 = Instant::now() + Duration::from_millis(200);
@@ -445,6 +538,9 @@ impl Harness {
         for k in 0..=segments {
             let at = t0 + seg * u32::try_from(k).unwrap_or(0);
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                break;
+            }
             usage.push(self.cpu_now());
             if k < segments {
                 self.pause_batch(&jobs, k % 2 == 1);
@@ -452,29 +548,28 @@ impl Harness {
         }
         let hists = load.join().map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
         stop_guard.store(true, Ordering::Relaxed);
-        let (cuts, write_errors) = match guard {
-            Some(g) => {
-                let run = g.join().map_err(|_| anyhow::anyhow!("the guard thread panicked"))?;
-                (run.cuts, run.write_errors)
-            }
-            None => (0, 0),
+        let run = match guard {
+            Some(g) => g.join().map_err(|_| anyhow::anyhow!("the guard thread panicked"))?,
+            None => GuardRun::default(),
         };
         self.stop_batch(running);
-        Ok(summarise(c, level, rate, &hists, &usage, seg, self.cpus, cuts, write_errors))
+        check_interrupted()?;
+        Ok(Measured::new(c, &hists, &usage, seg, &run))
     }
 
     /// Online 20 → 60 → 20 % for `phase` each, batch on throughout, the agent as
     /// it runs (priority and guard).
-    fn step_run(&mut self, peak: f64, phase: Duration) -> Result<StepRow> {
+    fn step_run(&mut self, peak: f64, phase: Duration, c: Condition) -> Result<StepRow> {
         let (low, high) = (20.0, 60.0);
         let window = Duration::from_millis(100);
         let per_phase = usize::try_from(phase.as_millis() / window.as_millis()).unwrap_or(50).max(10);
         let mut rates = vec![peak * low / 100.0; per_phase];
         rates.extend(vec![peak * high / 100.0; per_phase]);
         rates.extend(vec![peak * low / 100.0; per_phase]);
-        let (running, jobs) = self.start_batch(Condition::Greenfill)?;
+        let (running, jobs) = self.start_batch(c)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let guard = self.spawn_guard(jobs, stop.clone());
+        let suppress = c.guard().unwrap_or(Suppress::Never);
+        let guard = self.spawn_guard(jobs, suppress, c.idle_priority(), stop.clone());
         // Let the guard settle on the low load first.
         std::thread::sleep(Duration::from_secs(3));
         let t0 = Instant::now() + Duration::from_millis(100);
@@ -493,14 +588,18 @@ impl Harness {
         // The formula at the high load, from the online use the guard measured in its last second there.
         let high_online =
             run.caps.iter().filter(|(t, _, _)| *t > up && *t <= down).map(|c| c.2).next_back().unwrap_or(0.0);
-        #[allow(clippy::cast_precision_loss, reason = "a CPU count")]
-        let formula = (self.threshold * self.cpus - high_online).max(GuardConfig::default().floor_cores);
-        let reached = run
-            .caps
-            .iter()
-            .find(|(t, cap, _)| *t > up && *cap <= formula + greenfill_core::guard::DEAD_BAND_CORES)
-            .map(|(t, _, _)| t.duration_since(up).as_secs_f64());
+        let formula = suppress
+            .quota_loop(c.idle_priority())
+            .then(|| (self.threshold * self.cpus - high_online).max(GuardConfig::default().floor_cores));
+        let reached = formula.and_then(|formula| {
+            run.caps
+                .iter()
+                .find(|(t, cap, _)| *t > up && *cap <= formula + greenfill_core::guard::DEAD_BAND_CORES)
+                .map(|(t, _, _)| t.duration_since(up).as_secs_f64())
+        });
         Ok(StepRow {
+            condition: c.name(),
+            psi_cuts: run.psi_cuts,
             low_pct: low,
             high_pct: high,
             before_p99_us: before.get(before.len() / 2).copied().unwrap_or(0),
@@ -511,28 +610,45 @@ impl Harness {
         })
     }
 
-    /// The agent's guard on real telemetry, ticking every second.
-    fn spawn_guard(&self, jobs: Vec<GuardJob>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<GuardRun> {
+    /// The agent's guard on real telemetry, ticking every second, with its PSI
+    /// trigger on the online cgroup where the kernel has one (cgroup v2, or
+    /// the unified hierarchy beside v1).
+    fn spawn_guard(
+        &self,
+        jobs: Vec<GuardJob>,
+        suppress: Suppress,
+        idle_priority: bool,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<GuardRun> {
         let cgroups: Arc<dyn Cgroups> = self.cgroups.clone();
         let batch = self.batch.clone();
-        let threshold = self.threshold;
+        let (threshold, online) = (self.threshold, self.online.clone());
         std::thread::spawn(move || {
             let roots =
                 Roots { proc: "/proc".into(), cgroup: "/sys/fs/cgroup".into(), powercap: "/nonexistent".into() };
             let mut sampler = Sampler::new(roots, LinearPowerModel { idle_w_per_cpu: 0.74, max_w_per_cpu: 3.5 });
             sampler.watch(&batch);
             sampler.sample();
-            let cfg = GuardConfig { threshold, online_cgroups: vec![], ..GuardConfig::default() };
+            let cfg = GuardConfig { threshold, suppress, online_cgroups: vec![online], ..GuardConfig::default() };
+            let psi_threshold = cfg.psi_threshold;
             let mut g = Guard::with_cgroups(cfg, Path::new("/sys/fs/cgroup"), &batch, cgroups);
+            g.set_idle_priority(idle_priority);
+            let g = Arc::new(std::sync::Mutex::new(g));
+            let trigger = spawn_trigger(&g, &jobs, psi_threshold, &stop);
             let mut caps = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 let sample = sampler.sample();
+                let mut g = g.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 g.step(&sample, &jobs);
                 let online = sample.node.cpu_cores_used.unwrap_or(0.0) - sample.workloads.cpu_cores.unwrap_or(0.0);
                 caps.push((Instant::now(), g.limit().unwrap_or(f64::NAN), online.max(0.0)));
             }
-            GuardRun { cuts: g.cuts, write_errors: g.write_errors, caps }
+            if let Some(t) = trigger {
+                let _ = t.join();
+            }
+            let g = g.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            GuardRun { cuts: g.cuts, psi_cuts: g.psi_cuts, write_errors: g.write_errors, caps }
         })
     }
 
@@ -551,10 +667,43 @@ impl Harness {
     }
 }
 
+/// The agent's PSI trigger (its `pressure_loop`): the guard cuts between
+/// ticks when the online cgroup stalls `psi_threshold` % of a 500 ms window.
+fn spawn_trigger(
+    g: &Arc<std::sync::Mutex<Guard>>,
+    jobs: &[GuardJob],
+    psi_threshold: f64,
+    stop: &Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let files = {
+        let g = g.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.policy().quota_loop { g.pressure_files() } else { return None }
+    };
+    let window = greenfill_agent::telemetry::psi::MIN_WINDOW;
+    let trigger = match PsiTrigger::open(&files, psi_threshold / 100.0, window) {
+        Ok(t) if !files.is_empty() => t,
+        Ok(_) => return None,
+        Err(e) => {
+            eprintln!("qos: no PSI trigger on the online cgroup ({e}); the guard reads avg10 each tick");
+            return None;
+        }
+    };
+    let (g, jobs, stop) = (g.clone(), jobs.to_vec(), stop.clone());
+    Some(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if trigger.wait(Duration::from_millis(100)).unwrap_or(false) {
+                g.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pressure_event(&jobs);
+            }
+        }
+    }))
+}
+
 /// What the guard did in a run: its counters and, per tick, (time, cap, online
 /// cores it measured).
+#[derive(Default)]
 struct GuardRun {
     cuts: u64,
+    psi_cuts: u64,
     write_errors: u64,
     caps: Vec<(Instant, f64, f64)>,
 }
@@ -562,6 +711,9 @@ struct GuardRun {
 /// The load-step run: online 20 → 60 → 20 % of peak with greenfill's batch on.
 #[derive(Debug, Serialize)]
 struct StepRow {
+    condition: &'static str,
+    /// Cuts for online CPU pressure during the run.
+    psi_cuts: u64,
     low_pct: f64,
     high_pct: f64,
     /// Median p99 of the 100 ms windows before the step, µs.
@@ -569,9 +721,10 @@ struct StepRow {
     /// The worst 100 ms window's p99 in the 2 s after the step up, µs.
     worst_window_p99_us: u64,
     /// From the step up to the first guard tick whose cap is within the dead
-    /// band of the formula's value at the high load (`threshold × cpus − online`).
+    /// band of the formula's value at the high load (`threshold × cpus − online`);
+    /// `None` where the formula is off (greenfill at idle priority) or never reached.
     seconds_to_formula: Option<f64>,
-    formula_cap: f64,
+    formula_cap: Option<f64>,
     /// The cap after the step back down (it rises at most 0.5 core a tick).
     caps_after: Vec<f64>,
 }
@@ -628,7 +781,7 @@ fn open_loop(port: u16, conns: usize, rates: &[f64], t0: Instant, seg: Duration)
                     #[allow(clippy::cast_precision_loss, reason = "a count")]
                     let per_conn = rates[now_k.min(segments - 1)] / conns as f64;
                     intended += Duration::from_secs_f64(-rng.unit().ln() / per_conn);
-                    if intended >= end {
+                    if intended >= end || INTERRUPTED.load(Ordering::Relaxed) {
                         break;
                     }
                     std::thread::sleep(intended.saturating_duration_since(Instant::now()));
@@ -657,66 +810,136 @@ fn open_loop(port: u16, conns: usize, rates: &[f64], t0: Instant, seg: Duration)
     Ok(Load { segments: segments_out, done, elapsed_s: end.duration_since(t0).as_secs_f64() })
 }
 
-#[allow(clippy::too_many_arguments, reason = "one row's inputs")]
-fn summarise(
-    c: Condition,
-    level: f64,
-    rate: f64,
-    load: &Load,
-    usage: &[CpuNow],
-    seg: Duration,
-    cpus: f64,
-    guard_cuts: u64,
-    guard_write_errors: u64,
-) -> Row {
-    let merge = |odd: bool| {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid bounds");
+/// What one or more runs of a condition at a level measured.
+struct Measured {
+    /// Latency with batch on (for `alone`: every segment) and off.
+    on: Histogram<u64>,
+    off: Histogram<u64>,
+    /// Per pair: p99 and p99.9 on / off.
+    ratios_99: Vec<f64>,
+    ratios_999: Vec<f64>,
+    /// Core-seconds while batch was on: batch, online + client; and seconds on.
+    batch_s: f64,
+    other_s: f64,
+    on_s: f64,
+    done: u64,
+    elapsed_s: f64,
+    cuts: u64,
+    psi_cuts: u64,
+    write_errors: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000, 3).expect("valid bounds")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+impl Measured {
+    fn new(c: Condition, load: &Load, usage: &[CpuNow], seg: Duration, run: &GuardRun) -> Measured {
+        let (mut on, mut off) = (histogram(), histogram());
         for (k, s) in load.segments.iter().enumerate() {
-            if c == Condition::Alone || (k % 2 == 1) == odd {
-                let _ = h.add(s);
-            }
+            let _ = if c == Condition::Alone || k % 2 == 1 { on.add(s) } else { off.add(s) };
         }
-        h
-    };
-    let (on, off) = (merge(true), merge(false));
-    let ratio = |q: f64| {
-        let mut r: Vec<f64> = load
-            .segments
-            .chunks(2)
-            .filter(|p| p.len() == 2 && !p[0].is_empty() && !p[1].is_empty())
-            .map(|p| ratio_of(p[1].value_at_quantile(q), p[0].value_at_quantile(q)))
-            .collect();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    // CPU while batch was on (odd segments).
-    let (mut batch, mut other, mut on_s) = (0.0, 0.0, 0.0);
-    for k in (1..usage.len()).filter(|k| (k - 1) % 2 == 1) {
-        let (a, b) = (usage[k - 1], usage[k]);
-        batch += b.batch - a.batch;
-        other += (b.online - a.online) + (b.client - a.client);
-        on_s += seg.as_secs_f64();
+        let pairs = |q: f64| -> Vec<f64> {
+            if c == Condition::Alone {
+                return vec![1.0];
+            }
+            load.segments
+                .chunks(2)
+                .filter(|p| p.len() == 2 && !p[0].is_empty() && !p[1].is_empty())
+                .map(|p| ratio_of(p[1].value_at_quantile(q), p[0].value_at_quantile(q)))
+                .collect()
+        };
+        // CPU while batch was on (odd segments).
+        let (mut batch_s, mut other_s, mut on_s) = (0.0, 0.0, 0.0);
+        for k in (1..usage.len()).filter(|k| (k - 1) % 2 == 1) {
+            let (a, b) = (usage[k - 1], usage[k]);
+            batch_s += b.batch - a.batch;
+            other_s += (b.online - a.online) + (b.client - a.client);
+            on_s += seg.as_secs_f64();
+        }
+        Measured {
+            on,
+            off,
+            ratios_99: pairs(0.99),
+            ratios_999: pairs(0.999),
+            batch_s,
+            other_s,
+            on_s,
+            done: load.done,
+            elapsed_s: load.elapsed_s,
+            cuts: run.cuts,
+            psi_cuts: run.psi_cuts,
+            write_errors: run.write_errors,
+        }
     }
-    let idle = (cpus * on_s - other).max(1e-9);
-    #[allow(clippy::cast_precision_loss, reason = "a count")]
-    let achieved = load.done as f64 / load.elapsed_s;
-    Row {
-        condition: c.name(),
-        level_pct: level,
-        target_rate: rate,
-        achieved_rate: achieved,
-        p50_us: on.value_at_quantile(0.5),
-        p99_us: on.value_at_quantile(0.99),
-        p999_us: on.value_at_quantile(0.999),
-        off_p99_us: off.value_at_quantile(0.99),
-        off_p999_us: off.value_at_quantile(0.999),
-        paired_p99_ratio: if c == Condition::Alone { 1.0 } else { ratio(0.99) },
-        paired_p999_ratio: if c == Condition::Alone { 1.0 } else { ratio(0.999) },
-        batch_cpu_s: batch,
-        harvested_pct: if on_s > 0.0 { 100.0 * batch / idle } else { 0.0 },
-        machine_util_pct: if on_s > 0.0 { 100.0 * (batch + other) / (cpus * on_s) } else { 0.0 },
-        guard_cuts,
-        guard_write_errors,
+
+    /// Every run's pairs and CPU together.
+    fn pool(runs: &[Measured]) -> Measured {
+        let mut out = Measured {
+            on: histogram(),
+            off: histogram(),
+            ratios_99: vec![],
+            ratios_999: vec![],
+            batch_s: 0.0,
+            other_s: 0.0,
+            on_s: 0.0,
+            done: 0,
+            elapsed_s: 0.0,
+            cuts: 0,
+            psi_cuts: 0,
+            write_errors: 0,
+        };
+        for m in runs {
+            let _ = (out.on.add(&m.on), out.off.add(&m.off));
+            out.ratios_99.extend(&m.ratios_99);
+            out.ratios_999.extend(&m.ratios_999);
+            (out.batch_s, out.other_s, out.on_s) =
+                (out.batch_s + m.batch_s, out.other_s + m.other_s, out.on_s + m.on_s);
+            (out.done, out.elapsed_s) = (out.done + m.done, out.elapsed_s + m.elapsed_s);
+            (out.cuts, out.psi_cuts, out.write_errors) =
+                (out.cuts + m.cuts, out.psi_cuts + m.psi_cuts, out.write_errors + m.write_errors);
+        }
+        out
+    }
+
+    /// The row; `runs` (the pooled ones, if any) give the spread of the ratio.
+    fn row(&self, c: Condition, level: f64, rate: f64, cpus: f64, runs: &[Measured]) -> Row {
+        let per_run: Vec<f64> = runs.iter().map(|m| median(m.ratios_99.clone())).collect();
+        let p99 = median(self.ratios_99.clone());
+        let range = if per_run.is_empty() {
+            [p99, p99]
+        } else {
+            [per_run.iter().copied().fold(f64::INFINITY, f64::min), per_run.iter().copied().fold(0.0, f64::max)]
+        };
+        let idle = (cpus * self.on_s - self.other_s).max(1e-9);
+        let on = self.on_s > 0.0;
+        Row {
+            condition: c.name(),
+            level_pct: level,
+            target_rate: rate,
+            #[allow(clippy::cast_precision_loss, reason = "a count")]
+            achieved_rate: self.done as f64 / self.elapsed_s.max(1e-9),
+            p50_us: self.on.value_at_quantile(0.5),
+            p99_us: self.on.value_at_quantile(0.99),
+            p999_us: self.on.value_at_quantile(0.999),
+            off_p99_us: self.off.value_at_quantile(0.99),
+            off_p999_us: self.off.value_at_quantile(0.999),
+            paired_p99_ratio: p99,
+            paired_p999_ratio: median(self.ratios_999.clone()),
+            p99_ratio_range: range,
+            repeats: runs.len().max(1),
+            batch_cpu_s: self.batch_s,
+            harvested_pct: if on { 100.0 * self.batch_s / idle } else { 0.0 },
+            machine_util_pct: if on { 100.0 * (self.batch_s + self.other_s) / (cpus * self.on_s) } else { 0.0 },
+            guard_cuts: self.cuts,
+            guard_psi_cuts: self.psi_cuts,
+            guard_write_errors: self.write_errors,
+        }
     }
 }
 
