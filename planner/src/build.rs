@@ -199,6 +199,35 @@ impl ProblemBuilder {
         Ok(())
     }
 
+    /// A node with no memory for new work before `until` (unix seconds): one
+    /// that just evicted batch for memory cools down. Its memory is held whole
+    /// until the slot `until` falls in; its CPU stays (work with no memory may
+    /// still go there), and running jobs keep running.
+    pub fn no_new_memory_until(&mut self, pool: usize, node: usize, until: i64) -> Result<(), ProblemError> {
+        let slots = self.clock.slots;
+        let held = self.clock.release(until).min(slots);
+        let Some(input) = self.pools.get_mut(pool) else {
+            return Err(ProblemError::Job {
+                job: "(node)".into(),
+                field: "pool",
+                value: pool.to_string(),
+                why: "no such pool",
+            });
+        };
+        let nodes = input.pool.nodes as usize;
+        if node >= nodes {
+            return Err(ProblemError::Pool {
+                pool: input.pool.name.clone(),
+                field: "node",
+                value: node.to_string(),
+                why: "a cooling node past the pool's size",
+            });
+        }
+        let mem = input.pool.memory_gib;
+        per_node(&mut input.online_mem, nodes, slots)[node * slots..node * slots + held].fill(mem);
+        Ok(())
+    }
+
     /// Queue a job for the plan; returns its index in the problem's jobs.
     pub fn queue(&mut self, job: QueuedJob) -> usize {
         let release = job.not_before.map_or(0, |t| self.clock.release(t));
@@ -353,6 +382,23 @@ mod tests {
         assert_eq!(&p.online_cpu[16..], &[0.0; 8]);
         let plan = built.plan();
         assert!(matches!(plan.placements[0], Placement::Run { node: 2, .. }), "{:?}", plan.placements[0]);
+    }
+
+    #[test]
+    fn a_cooling_node_has_no_memory_for_new_work_but_keeps_its_cpu() {
+        let mut b = ProblemBuilder::new(CLOCK, vec![pool(2)], vec![100.0; 8], PlanOptions::default(), 0.0);
+        // Evicted: no new memory until 1.2 slots from now (slots 0 and 1).
+        b.no_new_memory_until(0, 0, 1000 + 1100).unwrap();
+        assert!(b.no_new_memory_until(0, 2, 5000).is_err());
+        b.queue(QueuedJob { mem_gib: 4.0, ..queued("a", None) });
+        let built = b.build().unwrap();
+        let p = &built.problem.pools[0];
+        assert_eq!(&p.online_mem[..3], &[32.0, 32.0, 0.0]);
+        // The CPU is not held (an untouched input stays empty: all zero).
+        assert!(p.online_cpu.iter().all(|c| *c == 0.0), "{:?}", p.online_cpu);
+        let plan = built.plan();
+        assert!(matches!(plan.placements[0], Placement::Run { node: 1, .. }), "{:?}", plan.placements[0]);
+        assert_eq!(plan.placements[0].start(), Some(0));
     }
 
     #[test]

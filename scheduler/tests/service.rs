@@ -481,6 +481,8 @@ async fn an_evicted_job_backs_off_and_fails_at_the_retry_limit() {
     let mut c = config(dir.path());
     c.planning.eviction_backoff = Duration::from_secs(1);
     c.planning.max_evictions = 3;
+    // One node: this test is about the job's backoff, not the node's cool-down.
+    c.planning.eviction_cooldown = Duration::ZERO;
     let srv = service::start(c).await.unwrap();
     let ch = channel(srv.addr).await;
     let mut jobs = JobServiceClient::new(ch.clone());
@@ -532,4 +534,299 @@ async fn an_evicted_job_backs_off_and_fails_at_the_retry_limit() {
     assert_eq!(j.state, pb::JobState::Failed as i32, "{j:?}");
     assert_eq!(j.evictions, 3);
     assert!(j.state_reason.contains("evicted 3 times (planning.max_evictions = 3)"), "{}", j.state_reason);
+}
+
+/// A node that evicted cools down: the job's next attempt goes to the other
+/// node, though the planner would pick the one that evicted first (same
+/// forecast, first in order), instead of filling it again.
+#[tokio::test]
+async fn after_an_eviction_the_next_attempt_goes_to_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.planning.eviction_backoff = Duration::from_secs(1);
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut s = spec();
+    s.pool = "web".into();
+    s.memory_bytes = 2 << 30;
+    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "cool".into(), spec: Some(s) })).await;
+    let id = job.unwrap().into_inner().job.unwrap().id;
+    let mut agents = AgentServiceClient::new(ch.clone());
+    let mut sessions = Vec::new();
+    for name in ["n1", "n2"] {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let register = pb::Register {
+            node_name: name.into(),
+            pool: "web".into(),
+            cpu_cores: 16.0,
+            memory_bytes: 64 << 30,
+            ..Default::default()
+        };
+        tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(register)) })
+            .await
+            .unwrap();
+        let sample = pb::TelemetrySample { time: ts(now()), online_cpu_cores: Some(2.0), ..Default::default() };
+        let body = Some(pb::agent_message::Body::Telemetry(sample));
+        tx.send(pb::AgentMessage { seq: 0, ack: 0, body }).await.unwrap();
+        let inbound =
+            agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+        sessions.push((name, tx, inbound));
+    }
+    // Whichever node gets the first attempt evicts it; the second attempt must
+    // go to the other one.
+    let mut runs: Vec<&str> = Vec::new();
+    let started = std::time::Instant::now();
+    while runs.len() < 2 && started.elapsed() < Duration::from_secs(15) {
+        for (name, tx, inbound) in &mut sessions {
+            let Ok(m) = tokio::time::timeout(Duration::from_millis(200), inbound.message()).await else { continue };
+            let m = m.unwrap().unwrap();
+            let Some(pb::scheduler_message::Body::Run(r)) = m.body else { continue };
+            runs.push(name);
+            let phases: &[pb::JobPhase] = if runs.len() == 1 {
+                &[pb::JobPhase::Started, pb::JobPhase::Evicted]
+            } else {
+                &[pb::JobPhase::Started]
+            };
+            for (k, phase) in phases.iter().enumerate() {
+                let status = pb::JobStatus {
+                    job_id: id.clone(),
+                    attempt_id: r.attempt_id.clone(),
+                    phase: *phase as i32,
+                    message: "node memory 93.0% > high 90%".into(),
+                    ..Default::default()
+                };
+                let body = Some(pb::agent_message::Body::JobStatus(status));
+                tx.send(pb::AgentMessage { seq: k as u64 + 1, ack: m.seq, body }).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(runs.len(), 2, "two attempts: {runs:?}");
+    assert_ne!(runs[0], runs[1], "the second attempt went back to the node that evicted: {runs:?}");
+    let j = jobs.get_job(authed(USER, pb::GetJobRequest { id })).await.unwrap().into_inner();
+    assert_eq!((j.state, j.evictions), (pb::JobState::Running as i32, 1), "{j:?}");
+}
+
+/// An agent session over a channel: what it sends and what it receives.
+struct FakeAgent {
+    tx: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::SchedulerMessage>,
+}
+
+fn register(node: &str, instance: &str, running: Vec<pb::RunningJob>, last_command_seq: u64) -> pb::AgentMessage {
+    let register = pb::Register {
+        node_name: node.into(),
+        pool: "web".into(),
+        cpu_cores: 16.0,
+        memory_bytes: 64 << 30,
+        instance_id: instance.into(),
+        running_jobs: running,
+        last_command_seq,
+        ..Default::default()
+    };
+    pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(register)) }
+}
+
+async fn connect_agent(ch: &Channel, first: pb::AgentMessage) -> Result<FakeAgent, tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let sample = pb::TelemetrySample { time: ts(now()), online_cpu_cores: Some(2.0), ..Default::default() };
+    tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(sample)) }).await.unwrap();
+    let mut agents = AgentServiceClient::new(ch.clone());
+    let inbound = agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await?.into_inner();
+    Ok(FakeAgent { tx, inbound })
+}
+
+impl FakeAgent {
+    /// The next command of the kind `pick` accepts, within `within`.
+    async fn next<T>(
+        &mut self,
+        within: Duration,
+        pick: impl Fn(pb::scheduler_message::Body) -> Option<T>,
+    ) -> Option<(u64, T)> {
+        tokio::time::timeout(within, async {
+            loop {
+                let m = self.inbound.message().await.ok()??;
+                if let Some(t) = m.body.and_then(&pick) {
+                    return Some((m.seq, t));
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// Issue 19's duplicate: a second agent instance claiming a node whose session
+/// is live is refused, naming the node and the other instance; the same
+/// instance reconnecting replaces its old session, which is closed with the
+/// reason.
+#[tokio::test]
+async fn a_second_instance_for_a_live_node_is_refused_and_a_reconnect_closes_the_old_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut first = connect_agent(&ch, register("n1", "instance-a", vec![], 0)).await.unwrap();
+    let e =
+        connect_agent(&ch, register("n1", "instance-b", vec![], 0)).await.err().expect("a second instance is refused");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    assert!(
+        e.message().contains("node n1") && e.message().contains("instance-a") && e.message().contains("instance-b"),
+        "{}",
+        e.message()
+    );
+    let _again = connect_agent(&ch, register("n1", "instance-a", vec![], 0)).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match first.inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    })
+    .await
+    .expect("the old session ends");
+    let closed = closed.expect("with a status");
+    assert_eq!(closed.code(), Code::Aborted, "{closed:?}");
+    assert!(closed.message().contains("replaced by a newer session of node n1"), "{}", closed.message());
+}
+
+/// Register reconciles: an attempt the agent runs that the scheduler does not
+/// run there is stopped; an attempt the scheduler runs there that an agent
+/// (restarted with a wiped state dir) does not report is requeued as lost after
+/// `reconcile_grace`, and runs again.
+#[tokio::test]
+async fn register_stops_strays_and_requeues_what_the_agent_no_longer_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.planning.reconcile_grace = Duration::from_secs(1);
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut s = spec();
+    s.pool = "web".into();
+    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "rec".into(), spec: Some(s) })).await;
+    let id = job.unwrap().into_inner().job.unwrap().id;
+    let stray = pb::RunningJob { job_id: "no-such-job".into(), attempt_id: "no-such-job-1".into(), pid: 4242 };
+    let mut a = connect_agent(&ch, register("n1", "instance-a", vec![stray], 0)).await.unwrap();
+    let stop = |b| match b {
+        pb::scheduler_message::Body::Stop(s) => Some(s),
+        _ => None,
+    };
+    let run = |b| match b {
+        pb::scheduler_message::Body::Run(r) => Some(r),
+        _ => None,
+    };
+    let (_, s) = a.next(Duration::from_secs(5), stop).await.expect("a StopJob for the stray attempt");
+    assert_eq!(s.attempt_id, "no-such-job-1");
+    assert!(s.reason.contains("the scheduler has no such job"), "{}", s.reason);
+    let (seq, r) = a.next(Duration::from_secs(10), run).await.expect("the job is dispatched");
+    let started = pb::JobStatus {
+        job_id: id.clone(),
+        attempt_id: r.attempt_id.clone(),
+        phase: pb::JobPhase::Started as i32,
+        ..Default::default()
+    };
+    a.tx.send(pb::AgentMessage { seq: 1, ack: seq, body: Some(pb::agent_message::Body::JobStatus(started)) })
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while jobs.get_job(authed(USER, pb::GetJobRequest { id: id.clone() })).await.unwrap().into_inner().state
+        != pb::JobState::Running as i32
+    {
+        assert!(std::time::Instant::now() < until, "the job never showed running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The agent dies and comes back with a wiped state dir: a new instance that
+    // runs nothing. It is admitted once the old session is gone.
+    drop(a);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut b = loop {
+        match connect_agent(&ch, register("n1", "instance-c", vec![], 0)).await {
+            Ok(b) => break b,
+            Err(e) if e.code() == Code::AlreadyExists && std::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let (_, again) = b.next(Duration::from_secs(10), run).await.expect("the lost job runs again");
+    assert_ne!(again.attempt_id, r.attempt_id);
+    let j = jobs.get_job(authed(USER, pb::GetJobRequest { id })).await.unwrap().into_inner();
+    assert_eq!(j.attempts, 2, "{j:?}");
+}
+
+/// Issue 19's cancel that did not reach the process: a cancel is `cancelling`
+/// until the agent reports the process gone. One sent to a node that is away is
+/// resent when it registers again (reporting the attempt still running), and
+/// only then does the job become `cancelled`.
+#[tokio::test]
+async fn a_cancel_is_cancelling_until_the_agent_confirms_even_across_a_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut s = spec();
+    s.pool = "web".into();
+    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "can".into(), spec: Some(s) })).await;
+    let id = job.unwrap().into_inner().job.unwrap().id;
+    let run = |b| match b {
+        pb::scheduler_message::Body::Run(r) => Some(r),
+        _ => None,
+    };
+    let stop = |b| match b {
+        pb::scheduler_message::Body::Stop(s) => Some(s),
+        _ => None,
+    };
+    let mut a = connect_agent(&ch, register("n1", "instance-a", vec![], 0)).await.unwrap();
+    let (run_seq, r) = a.next(Duration::from_secs(10), run).await.expect("the job is dispatched");
+    let status = |phase: pb::JobPhase, signal: Option<i32>| pb::JobStatus {
+        job_id: id.clone(),
+        attempt_id: r.attempt_id.clone(),
+        phase: phase as i32,
+        signal,
+        ..Default::default()
+    };
+    let body = Some(pb::agent_message::Body::JobStatus(status(pb::JobPhase::Started, None)));
+    a.tx.send(pb::AgentMessage { seq: 1, ack: run_seq, body }).await.unwrap();
+    // The node goes away, then the user cancels.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = || authed(USER, pb::CancelJobRequest { id: id.clone(), reason: "not needed".into() });
+    let j = jobs.cancel_job(cancel()).await.unwrap().into_inner();
+    assert_eq!(j.state, pb::JobState::Cancelling as i32, "{j:?}");
+    assert_eq!(j.state_reason, "not needed; stopping on n1");
+    // Asked again: the same answer, not an error.
+    assert_eq!(jobs.cancel_job(cancel()).await.unwrap().into_inner().state, pb::JobState::Cancelling as i32);
+    // Back, with the process still running: the stop arrives.
+    let running = pb::RunningJob { job_id: id.clone(), attempt_id: r.attempt_id.clone(), pid: 99 };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut b = loop {
+        match connect_agent(&ch, register("n1", "instance-a", vec![running.clone()], run_seq)).await {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() < until => {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let (stop_seq, s) = b.next(Duration::from_secs(5), stop).await.expect("the stop is resent");
+    assert_eq!(s.attempt_id, r.attempt_id);
+    let still = jobs.get_job(authed(USER, pb::GetJobRequest { id: id.clone() })).await.unwrap().into_inner();
+    assert_eq!(still.state, pb::JobState::Cancelling as i32, "not cancelled before the agent says so: {still:?}");
+    let body = Some(pb::agent_message::Body::JobStatus(status(pb::JobPhase::Exited, Some(15))));
+    b.tx.send(pb::AgentMessage { seq: 2, ack: stop_seq, body }).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let done = loop {
+        let j = jobs.get_job(authed(USER, pb::GetJobRequest { id: id.clone() })).await.unwrap().into_inner();
+        if j.state != pb::JobState::Cancelling as i32 || std::time::Instant::now() > until {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, pb::JobState::Cancelled as i32, "{done:?}");
+    assert_eq!(done.state_reason, "not needed; stopped on n1 (killed by signal 15)");
 }

@@ -27,6 +27,7 @@ impl AgentService for Agents {
     type SessionStream = OutStream;
 
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<OutStream>, Status> {
+        let peer = req.remote_addr().map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
         let mut input = req.into_inner();
         let first = match input.next().await {
             Some(Ok(m)) => m,
@@ -54,6 +55,8 @@ impl AgentService for Agents {
             let session = inner.next_session;
             let t = now();
             let node = inner.nodes.entry(name.clone()).or_insert_with(|| Node::new(reg.clone(), t));
+            admit(node, &name, &reg, &peer, t)?;
+            (node.instance_id, node.peer) = (reg.instance_id.clone(), peer.clone());
             node.register = pb::Register { running_jobs: Vec::new(), ..reg.clone() };
             node.last_seen = t;
             node.registered_at = t;
@@ -76,10 +79,10 @@ impl AgentService for Agents {
             for m in node.pending.iter().filter(|m| m.seq > reg.last_command_seq) {
                 let _ = tx.try_send(Ok(m.clone()));
             }
-            if let Some((old, _)) = node.session.replace((session, tx.clone())) {
-                tracing::info!(node = %name, old, "a new session replaces the old one");
-            }
+            node.session = Some((session, tx.clone()));
             writes.push(node.row(&name));
+            let grace = i64::try_from(st.config.planning.reconcile_grace.as_secs()).unwrap_or(15);
+            writes.extend(reconcile(&mut inner, &name, &reg, grace, t));
             (session, st.queue(writes, vec![]))
         };
         st.finish(pending).await?;
@@ -97,6 +100,12 @@ impl AgentService for Agents {
                     }
                 };
                 let Some(msg) = msg else { break };
+                let current = st.lock().nodes.get(&name).and_then(|n| n.session.as_ref().map(|(s, _)| *s));
+                if current != Some(session) {
+                    // Replaced: what this stream says is no longer the node's word.
+                    tracing::info!(node = %name, session, "message on a replaced session dropped; closing it");
+                    break;
+                }
                 match msg {
                     Ok(m) => {
                         if let Err(e) = handle(&st, &name, &tx, m).await {
@@ -123,6 +132,87 @@ impl AgentService for Agents {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
+}
+
+/// How recently a session must have been heard from to count as live: while
+/// it is, a second agent instance claiming the node is refused.
+const SESSION_LIVE_S: i64 = 30;
+
+/// One live agent per node. A different instance claiming a node whose session
+/// is live is refused (ALREADY_EXISTS, naming both). Otherwise an old session
+/// (the same instance reconnecting, or one gone quiet) is closed with the reason,
+/// so that side knows. Agents without an instance id (older) are not compared.
+fn admit(node: &mut Node, name: &str, reg: &pb::Register, peer: &str, t: i64) -> Result<(), Status> {
+    let live = node.session.is_some() && node.last_seen >= t - SESSION_LIVE_S;
+    let other = !node.instance_id.is_empty() && !reg.instance_id.is_empty() && node.instance_id != reg.instance_id;
+    if live && other {
+        metrics::counter!("greenfill_agent_registrations_refused_total", "reason" => "duplicate_node").increment(1);
+        return Err(Status::already_exists(format!(
+            "node {name} is already served by agent instance {} at {} (session live, last heard {} s ago); this agent \
+             (instance {} at {peer}) claims the same name: give it its own --node-name, or stop the other",
+            node.instance_id,
+            node.peer,
+            t - node.last_seen,
+            reg.instance_id
+        )));
+    }
+    if let Some((old, tx)) = node.session.take() {
+        tracing::info!(node = %name, old, from = %node.peer, to = %peer, "a new session replaces the old one");
+        let _ = tx.try_send(Err(Status::aborted(format!(
+            "replaced by a newer session of node {name} (agent instance {} at {peer})",
+            reg.instance_id
+        ))));
+    }
+    Ok(())
+}
+
+/// What the agent reported at Register, against what the scheduler runs there.
+/// - An attempt the agent runs that is not its job's current attempt on this
+///   node (the job finished, was cancelled or requeued elsewhere, or is unknown),
+///   or whose job is being cancelled, is stopped (again).
+/// - An attempt the scheduler runs here whose RunJob the agent applied but did
+///   not report waits `grace` seconds for an event (unacknowledged events are
+///   replayed after Register), then is requeued as lost (`requeue_lost`).
+fn reconcile(inner: &mut super::Inner, name: &str, reg: &pb::Register, grace: i64, t: i64) -> Vec<Write> {
+    let reported: std::collections::HashSet<&str> = reg.running_jobs.iter().map(|r| r.attempt_id.as_str()).collect();
+    let stray: Vec<(pb::RunningJob, String)> = reg
+        .running_jobs
+        .iter()
+        .filter_map(|r| {
+            let why = match inner.jobs.get(&r.job_id) {
+                None => "the scheduler has no such job".to_owned(),
+                Some(e) if super::is_terminal(e.job.state) => format!("the job is {}", super::state_name(e.job.state)),
+                Some(e) if e.attempt_id != r.attempt_id => format!("the job's current attempt is {}", e.attempt_id),
+                Some(e) if e.job.node != name => format!("the job runs on {}", e.job.node),
+                Some(e) if e.job.state == pb::JobState::Cancelling as i32 => "the job is being cancelled".to_owned(),
+                Some(_) => return None,
+            };
+            Some((r.clone(), why))
+        })
+        .collect();
+    let unapplied = |n: &Node, attempt: &str| {
+        n.pending.iter().any(|m| matches!(&m.body, Some(Out::Run(r)) if r.attempt_id == attempt))
+    };
+    let missing: Vec<(String, String)> = inner.nodes.get(name).map_or_else(Vec::new, |n| {
+        inner
+            .jobs
+            .values()
+            .filter(|e| e.job.node == name && !super::is_queued(e.job.state) && !super::is_terminal(e.job.state))
+            .filter(|e| !reported.contains(e.attempt_id.as_str()) && !unapplied(n, &e.attempt_id))
+            .map(|e| (e.attempt_id.clone(), e.job.id.clone()))
+            .collect()
+    });
+    let mut writes = Vec::new();
+    for (r, why) in stray {
+        tracing::warn!(node = name, job = %r.job_id, attempt = %r.attempt_id, pid = r.pid, "{why}: stopping what the agent runs");
+        let reason = format!("the scheduler does not run this attempt on {name}: {why}");
+        let stop = pb::StopJob { job_id: r.job_id, attempt_id: r.attempt_id, grace: None, reason };
+        writes.extend(inner.command(name, Out::Stop(stop)));
+    }
+    if let Some(n) = inner.nodes.get_mut(name) {
+        n.unreported = missing.into_iter().map(|(attempt, job)| (attempt, (job, t + grace))).collect();
+    }
+    writes
 }
 
 async fn handle(
@@ -223,6 +313,9 @@ fn evicted(
     when: prost_types::Timestamp,
 ) -> Option<(Vec<Write>, pb::JobEvent)> {
     use super::lifecycle::Event;
+    if let Some(n) = inner.nodes.get_mut(node) {
+        n.evicted_at = Some(chrono::Utc::now().timestamp());
+    }
     let n = inner.jobs.get(&s.job_id).map_or(0, |e| e.job.evictions) + 1;
     if n >= planning.max_evictions {
         let why = format!(
@@ -254,6 +347,39 @@ fn evicted(
     })
 }
 
+/// An event of a cancelling job's attempt: once its process is gone (it
+/// exited, failed to start, was evicted or stopped) the cancel is done.
+fn stop_confirmed(
+    inner: &mut super::Inner,
+    node: &str,
+    s: &pb::JobStatus,
+    when: prost_types::Timestamp,
+) -> (Vec<Write>, Vec<pb::JobEvent>) {
+    use pb::JobPhase as P;
+    let gone = match P::try_from(s.phase).unwrap_or(P::Unspecified) {
+        P::Exited => match (s.exit_code, s.signal) {
+            (Some(c), _) => format!("exited {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "ended".to_owned(),
+        },
+        P::FailedToStart => "never started".to_owned(),
+        P::Evicted => "evicted".to_owned(),
+        P::Stopped => "stopped".to_owned(),
+        _ => return (vec![], vec![]),
+    };
+    // The reason reads "<why it was cancelled>; stopping on <node>" (`cancel_job`).
+    let reason = inner.jobs.get(&s.job_id).map(|e| e.job.state_reason.clone()).unwrap_or_default();
+    let asked = reason.strip_suffix(&format!("; stopping on {node}")).unwrap_or(&reason);
+    let why = format!("{asked}; stopped on {node} ({gone})");
+    match inner.change(&s.job_id, super::lifecycle::Event::StopConfirmed, &why, |e| {
+        e.job.finished_at = Some(when);
+        e.job.exit_code = s.exit_code;
+    }) {
+        Some((w, ev)) => (w, vec![ev]),
+        None => (vec![], vec![]),
+    }
+}
+
 fn apply_status(
     inner: &mut super::Inner,
     planning: &super::config::Planning,
@@ -262,12 +388,18 @@ fn apply_status(
 ) -> (Vec<Write>, Vec<pb::JobEvent>) {
     use super::lifecycle::Event;
     use pb::JobPhase as P;
+    if let Some(n) = inner.nodes.get_mut(node) {
+        n.unreported.remove(&s.attempt_id);
+    }
     let Some(e) = inner.jobs.get(&s.job_id) else { return (vec![], vec![]) };
     if e.attempt_id != s.attempt_id || e.job.node != node || super::is_terminal(e.job.state) {
         tracing::debug!(job = %s.job_id, attempt = %s.attempt_id, "stale job event ignored");
         return (vec![], vec![]);
     }
     let when = s.time.unwrap_or_else(|| ts(now()));
+    if e.job.state == pb::JobState::Cancelling as i32 {
+        return stop_confirmed(inner, node, s, when);
+    }
     let change = match P::try_from(s.phase).unwrap_or(P::Unspecified) {
         P::Started => {
             if let Some(d) = e.job.updated_at.as_ref() {

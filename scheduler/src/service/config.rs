@@ -344,6 +344,16 @@ pub struct Planning {
     pub eviction_backoff: Duration,
     /// A job evicted this many times fails with a reason that says so.
     pub max_evictions: u32,
+    /// A node that evicted batch for memory gets no new batch memory in the
+    /// plan for this long after its last eviction (0 = no cool-down), so the
+    /// next attempt goes to another node or waits, instead of filling the same
+    /// node again.
+    #[serde(with = "dur")]
+    pub eviction_cooldown: Duration,
+    /// An attempt the scheduler runs on a node whose agent registers without it
+    /// is requeued as lost after this long, unless an event for it arrives first.
+    #[serde(with = "dur")]
+    pub reconcile_grace: Duration,
 }
 
 impl Planning {
@@ -421,6 +431,8 @@ impl Default for Planning {
             solve_limit: Duration::from_secs(10),
             eviction_backoff: Duration::from_secs(60),
             max_evictions: 3,
+            eviction_cooldown: Duration::from_secs(300),
+            reconcile_grace: Duration::from_secs(15),
         }
     }
 }

@@ -257,6 +257,10 @@ impl JobService for Jobs {
         let (job, pending) = {
             let mut inner = st.lock();
             let Some(e) = inner.jobs.get(&req.id) else { return Err(Status::not_found(format!("job {}", req.id))) };
+            // Asked again while the stop is on its way: the same answer.
+            if e.job.state == pb::JobState::Cancelling as i32 {
+                return Ok(Response::new(e.job.clone()));
+            }
             if is_terminal(e.job.state) {
                 return Err(Status::failed_precondition(format!(
                     "job {} is already {}",
@@ -267,8 +271,15 @@ impl JobService for Jobs {
             let (node, attempt) = (e.job.node.clone(), e.attempt_id.clone());
             let running = !is_queued(e.job.state) && !node.is_empty();
             let reason = if req.reason.is_empty() { "cancelled by user".to_owned() } else { req.reason.clone() };
+            // On a node it is `cancelling` until the agent reports the process
+            // gone; waiting, it is `cancelled` at once.
+            let shown = if running { format!("{reason}; stopping on {node}") } else { reason.clone() };
             let (mut writes, event) = inner
-                .change(&req.id, super::lifecycle::Event::Cancelled, &reason, |e| e.job.finished_at = Some(ts(now())))
+                .change(&req.id, super::lifecycle::Event::Cancelled, &shown, |e| {
+                    if !running {
+                        e.job.finished_at = Some(ts(now()));
+                    }
+                })
                 .ok_or_else(|| Status::failed_precondition(format!("job {} cannot be cancelled now", req.id)))?;
             if running {
                 let stop = pb::StopJob {

@@ -11,7 +11,8 @@
 //!     │ stopped / node lost ◄── dispatched ──started──► running
 //!     │                         │   │                    │   │
 //!     └───────────── evicted ◄──┘   └─► failed ◄─────────┘   └─► succeeded
-//!   cancel: from any state that is not terminal → cancelled
+//!   cancel: waiting → cancelled; on a node → cancelling, then cancelled
+//!   once the agent reports the process gone (stop confirmed)
 //! ```
 
 use greenfill_proto::v1::JobState as S;
@@ -42,6 +43,9 @@ pub enum Event {
     Requeued,
     /// A user cancelled it.
     Cancelled,
+    /// The agent reports a cancelled job's process gone (it exited, was
+    /// stopped, or the agent registered without it).
+    StopConfirmed,
 }
 
 const WAITING: [S; 4] = [S::Queued, S::Planned, S::Late, S::Evicted];
@@ -60,7 +64,9 @@ pub const TRANSITIONS: &[(&[S], Event, S)] = &[
     (&ON_A_NODE, Event::Failed, S::Failed),
     (&ON_A_NODE, Event::Evicted, S::Evicted),
     (&ON_A_NODE, Event::Requeued, S::Queued),
-    (&[S::Queued, S::Planned, S::Late, S::Evicted, S::Dispatched, S::Running], Event::Cancelled, S::Cancelled),
+    (&WAITING, Event::Cancelled, S::Cancelled),
+    (&ON_A_NODE, Event::Cancelled, S::Cancelling),
+    (&[S::Cancelling], Event::StopConfirmed, S::Cancelled),
 ];
 
 /// The state `event` moves a job in `from` to, or `None` when it may not.
@@ -72,9 +78,19 @@ pub fn next(from: S, event: Event) -> Option<S> {
 mod tests {
     use super::*;
 
-    const ALL_STATES: [S; 9] =
-        [S::Queued, S::Planned, S::Dispatched, S::Running, S::Succeeded, S::Failed, S::Cancelled, S::Evicted, S::Late];
-    const ALL_EVENTS: [Event; 11] = [
+    const ALL_STATES: [S; 10] = [
+        S::Queued,
+        S::Planned,
+        S::Dispatched,
+        S::Running,
+        S::Succeeded,
+        S::Failed,
+        S::Cancelled,
+        S::Evicted,
+        S::Late,
+        S::Cancelling,
+    ];
+    const ALL_EVENTS: [Event; 12] = [
         Event::Planned,
         Event::PlannedLate,
         Event::Waits,
@@ -86,23 +102,25 @@ mod tests {
         Event::Evicted,
         Event::Requeued,
         Event::Cancelled,
+        Event::StopConfirmed,
     ];
 
     /// The whole table, state by state: `-` is refused.
     #[test]
     fn the_lifecycle_table() {
         #[rustfmt::skip]
-        let expected: [(S, [Option<S>; 11]); 9] = [
-            //              Planned          PlannedLate   Waits            WaitsLate     Dispatched          Started          Succeeded          Failed          Evicted          Requeued         Cancelled
-            (S::Queued, [Some(S::Planned), Some(S::Late), Some(S::Queued), Some(S::Late), Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled)]),
-            (S::Planned, [Some(S::Planned), Some(S::Late), Some(S::Queued), Some(S::Late), Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled)]),
-            (S::Late, [Some(S::Planned), Some(S::Late), Some(S::Queued), Some(S::Late), Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled)]),
-            (S::Evicted, [Some(S::Planned), Some(S::Late), None, None, Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled)]),
-            (S::Dispatched, [None, None, None, None, None, Some(S::Running), Some(S::Succeeded), Some(S::Failed), Some(S::Evicted), Some(S::Queued), Some(S::Cancelled)]),
-            (S::Running, [None, None, None, None, None, None, Some(S::Succeeded), Some(S::Failed), Some(S::Evicted), Some(S::Queued), Some(S::Cancelled)]),
-            (S::Succeeded, [None; 11]),
-            (S::Failed, [None; 11]),
-            (S::Cancelled, [None; 11]),
+        let expected: [(S, [Option<S>; 12]); 10] = [
+            //              Planned          PlannedLate   Waits            WaitsLate     Dispatched          Started          Succeeded          Failed          Evicted          Requeued         Cancelled          StopConfirmed
+            (S::Queued, [Some(S::Planned), Some(S::Late), Some(S::Queued), Some(S::Late), Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled), None]),
+            (S::Planned, [Some(S::Planned), Some(S::Late), Some(S::Queued), Some(S::Late), Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled), None]),
+            (S::Late, [Some(S::Planned), Some(S::Late), Some(S::Queued), Some(S::Late), Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled), None]),
+            (S::Evicted, [Some(S::Planned), Some(S::Late), None, None, Some(S::Dispatched), None, None, None, None, None, Some(S::Cancelled), None]),
+            (S::Dispatched, [None, None, None, None, None, Some(S::Running), Some(S::Succeeded), Some(S::Failed), Some(S::Evicted), Some(S::Queued), Some(S::Cancelling), None]),
+            (S::Running, [None, None, None, None, None, None, Some(S::Succeeded), Some(S::Failed), Some(S::Evicted), Some(S::Queued), Some(S::Cancelling), None]),
+            (S::Cancelling, [None, None, None, None, None, None, None, None, None, None, None, Some(S::Cancelled)]),
+            (S::Succeeded, [None; 12]),
+            (S::Failed, [None; 12]),
+            (S::Cancelled, [None; 12]),
         ];
         assert_eq!(expected.len(), ALL_STATES.len());
         for (from, row) in expected {

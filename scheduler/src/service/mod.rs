@@ -97,6 +97,17 @@ pub struct Node {
     pub last_sample: Option<pb::TelemetrySample>,
     /// When the open session began.
     pub registered_at: i64,
+    /// The agent instance that holds the session, and where it connects from.
+    pub instance_id: String,
+    pub peer: String,
+    /// Attempts the scheduler runs here that the agent did not report at its
+    /// last Register: attempt id → (job id, when it is requeued as lost),
+    /// unless an event for it arrives first (the agent replays unacknowledged
+    /// events).
+    pub unreported: HashMap<String, (String, i64)>,
+    /// When it last evicted batch for memory (in memory only: a restarted
+    /// scheduler forgets, and the job's own backoff still holds).
+    pub evicted_at: Option<i64>,
 }
 
 impl Node {
@@ -113,6 +124,10 @@ impl Node {
             history: VecDeque::new(),
             last_sample: None,
             registered_at: last_seen,
+            instance_id: String::new(),
+            peer: String::new(),
+            unreported: HashMap::new(),
+            evicted_at: None,
         }
     }
 

@@ -167,6 +167,20 @@ fn pool_input(
     }
 }
 
+/// A node that evicted batch for memory within `planning.eviction_cooldown`
+/// has no memory for new batch until the cool-down ends: the next attempt goes
+/// elsewhere or waits (issue 15's loop: 11 evictions in 50 s on one node).
+fn cool_down(inner: &Inner, st: &State, t: i64, where_is: &HashMap<&str, (usize, usize)>, b: &mut ProblemBuilder) {
+    let cooldown = i64::try_from(st.config.planning.eviction_cooldown.as_secs()).unwrap_or(i64::MAX / 4);
+    for (name, n) in &inner.nodes {
+        let (Some(at), Some(&(pool, k))) = (n.evicted_at, where_is.get(name.as_str())) else { continue };
+        if at + cooldown > t {
+            // Indices come from the pools just built.
+            let _ = b.no_new_memory_until(pool, k, at + cooldown);
+        }
+    }
+}
+
 /// Batch already running on a live node, as load until its expected end.
 fn running_jobs(inner: &Inner, t: i64, where_is: &HashMap<&str, (usize, usize)>) -> Vec<RunningJob> {
     inner
@@ -242,6 +256,7 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
             }
         }
     }
+    cool_down(inner, st, t, &where_is, &mut builder);
     for job in running_jobs(inner, t, &where_is) {
         // Indices come from the pools just built.
         let _ = builder.running(&job);
@@ -376,31 +391,99 @@ async fn requeue_lost(st: &Arc<State>, t: i64) -> anyhow::Result<usize> {
     let stale = i64::try_from(st.config.planning.stale_after.as_secs()).unwrap_or(900);
     let (pending, n) = {
         let mut inner = st.lock();
-        let lost: Vec<(String, String, String)> = inner
+        // A cancelling job on a silent node stays cancelling: its stop is
+        // resent when the node registers again.
+        let cancelling = pb::JobState::Cancelling as i32;
+        let mut lost: Vec<Lost> = inner
             .jobs
             .values()
             .filter(|e| !e.job.node.is_empty() && !is_queued(e.job.state) && !super::is_terminal(e.job.state))
+            .filter(|e| e.job.state != cancelling)
             .filter(|e| inner.nodes.get(&e.job.node).is_none_or(|n| n.last_seen < t - stale))
-            .map(|e| (e.job.id.clone(), e.job.node.clone(), e.attempt_id.clone()))
+            .map(|e| Lost {
+                job: e.job.id.clone(),
+                node: e.job.node.clone(),
+                attempt: e.attempt_id.clone(),
+                why: format!("node {} silent for more than {stale} s; requeued", e.job.node),
+                event: Event::Requeued,
+            })
             .collect();
+        lost.extend(unreported(&mut inner, t));
         let mut writes = Vec::new();
         let mut events = Vec::new();
-        for (id, node, attempt) in &lost {
-            let why = format!("node {node} silent for more than {stale} s; requeued");
-            if let Some((w, e)) = inner.change(id, Event::Requeued, &why, |e| {
-                e.job.node.clear();
-                e.job.planned_start = None;
+        for l in &lost {
+            let requeue = l.event == Event::Requeued;
+            if let Some((w, e)) = inner.change(&l.job, l.event, &l.why, |e| {
+                if requeue {
+                    e.job.node.clear();
+                    e.job.planned_start = None;
+                } else {
+                    e.job.finished_at = Some(super::ts(t));
+                }
             }) {
                 writes.extend(w);
                 events.push(e);
             }
-            let stop = pb::StopJob { job_id: id.clone(), attempt_id: attempt.clone(), grace: None, reason: why };
-            writes.extend(inner.command(node, pb::scheduler_message::Body::Stop(stop)));
+            if requeue {
+                let stop = pb::StopJob {
+                    job_id: l.job.clone(),
+                    attempt_id: l.attempt.clone(),
+                    grace: None,
+                    reason: l.why.clone(),
+                };
+                writes.extend(inner.command(&l.node, pb::scheduler_message::Body::Stop(stop)));
+            }
         }
         (st.queue(writes, events), lost.len())
     };
     st.finish(pending).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(n)
+}
+
+/// An attempt whose process is gone or unreachable, and what it means for its
+/// job: requeued, or (a cancelling job) cancelled.
+struct Lost {
+    job: String,
+    node: String,
+    attempt: String,
+    why: String,
+    event: Event,
+}
+
+/// Attempts an agent did not report at its Register (see `agents::reconcile`)
+/// and that got no event within the grace: lost, to be requeued; a cancelling
+/// one is done (its process is gone).
+fn unreported(inner: &mut Inner, t: i64) -> Vec<Lost> {
+    let mut due: Vec<(String, String, String)> = Vec::new();
+    for (name, n) in &mut inner.nodes {
+        n.unreported.retain(|attempt, (job, at)| {
+            if *at <= t {
+                due.push((name.clone(), attempt.clone(), job.clone()));
+            }
+            *at > t
+        });
+    }
+    due.into_iter()
+        .filter_map(|(node, attempt, job)| {
+            let e = inner.jobs.get(&job)?;
+            let current = e.attempt_id == attempt
+                && e.job.node == node
+                && !is_queued(e.job.state)
+                && !super::is_terminal(e.job.state);
+            let (event, why) = if e.job.state == pb::JobState::Cancelling as i32 {
+                let asked =
+                    e.job.state_reason.strip_suffix(&format!("; stopping on {node}")).unwrap_or(&e.job.state_reason);
+                (Event::StopConfirmed, format!("{asked}; the agent on {node} no longer runs it"))
+            } else {
+                let why = format!(
+                    "the agent on {node} registered without attempt {attempt} (its state was lost or the process is \
+                     gone); requeued"
+                );
+                (Event::Requeued, why)
+            };
+            current.then(|| Lost { job: e.job.id.clone(), node, attempt, why, event })
+        })
+        .collect()
 }
 
 /// Validate and plan (on a blocking thread). Nothing to plan is `None`; so is a
@@ -591,6 +674,16 @@ fn apply_run(
             .map(|d| d.to_rfc3339())
             .unwrap_or_default();
         explanation.detail = format!("waits for node {} to wake ({}; ready at {ready})", run.node, power.name());
+    }
+    let cooldown = i64::try_from(st.config.planning.eviction_cooldown.as_secs()).unwrap_or(i64::MAX / 4);
+    if let Some(until) = inner.nodes.get(run.node).and_then(|n| n.evicted_at).map(|at| at + cooldown)
+        && run.start > 0
+        && until > job.t
+        && explanation.planned_start.is_some_and(|s| s.seconds >= until)
+    {
+        let until = chrono::DateTime::from_timestamp(until, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
+        explanation.detail =
+            format!("waits for node {} to cool down after a memory eviction (new batch memory from {until})", run.node);
     }
     let row = pb::PlannedJob {
         job_id: job.id.to_owned(),
