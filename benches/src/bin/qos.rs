@@ -80,7 +80,8 @@ struct Args {
     /// the step and how long the guard's cap takes to reach the formula's value.
     #[arg(long, value_parser = duration)]
     step: Option<Duration>,
-    /// The condition of the load-step run (formula shows the formula's reaction).
+    /// The condition of the load-step run (`formula` shows the formula's
+    /// reaction; `alone` the step with no batch, the baseline).
     #[arg(long, default_value = "greenfill")]
     step_condition: String,
     /// The guard's threshold (the agent's `--cpu-threshold`): share of the CPUs
@@ -566,7 +567,8 @@ impl Harness {
         let mut rates = vec![peak * low / 100.0; per_phase];
         rates.extend(vec![peak * high / 100.0; per_phase]);
         rates.extend(vec![peak * low / 100.0; per_phase]);
-        let (running, jobs) = self.start_batch(c)?;
+        // `alone`: the step with no batch, the baseline for its worst window.
+        let (running, jobs) = if c == Condition::Alone { (Vec::new(), Vec::new()) } else { self.start_batch(c)? };
         let stop = Arc::new(AtomicBool::new(false));
         let suppress = c.guard().unwrap_or(Suppress::Never);
         let guard = self.spawn_guard(jobs, suppress, c.idle_priority(), stop.clone());
