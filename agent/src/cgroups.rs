@@ -58,6 +58,8 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn add_process(&self, rel: &Path, pid: u32) -> Result<(), CgroupError>;
     /// Every process in `rel`.
     fn processes(&self, rel: &Path) -> Vec<u32>;
+    /// The child cgroups of `rel` in any hierarchy in use (relative paths).
+    fn children(&self, rel: &Path) -> Vec<PathBuf>;
     /// `pid` is alive (not a zombie) and a member of `rel`: a reused pid is not.
     fn contains(&self, rel: &Path, pid: u32) -> bool;
     /// Remove `rel` where it is empty; an error names the first that stayed.
@@ -239,6 +241,18 @@ impl Cgroups for HostCgroups {
         pids
     }
 
+    fn children(&self, rel: &Path) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self
+            .bases()
+            .into_iter()
+            .filter_map(|b| std::fs::read_dir(b.join(rel)).ok())
+            .flat_map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_dir()).map(|e| rel.join(e.file_name())))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     fn contains(&self, rel: &Path, pid: u32) -> bool {
         let proc = self.proc_root.join(pid.to_string());
         let Ok(text) = std::fs::read_to_string(proc.join("cgroup")) else { return false };
@@ -412,6 +426,10 @@ impl Cgroups for FakeCgroups {
         self.check(rel, "cgroup.procs", pid.to_string())?;
         self.groups().entry(rel.to_owned()).or_default().processes.push(pid);
         Ok(())
+    }
+
+    fn children(&self, rel: &Path) -> Vec<PathBuf> {
+        self.groups().keys().filter(|k| k.parent() == Some(rel)).cloned().collect()
     }
 
     fn processes(&self, rel: &Path) -> Vec<u32> {

@@ -274,6 +274,10 @@ impl Agent {
                 }
             }
         }
+        let known: Vec<PathBuf> = self.core().p.jobs.values().map(|j| j.cgroup.clone()).collect();
+        for (cgroup, killed) in self.runner.sweep_orphans(&known) {
+            tracing::warn!(cgroup = %cgroup.display(), killed, "a job cgroup this agent's state does not know: stopped");
+        }
         self.core().save();
     }
 

@@ -490,6 +490,22 @@ impl Runner {
         n
     }
 
+    /// Job cgroups under the batch root that are not in `known` (a state dir
+    /// that was wiped or lost, a job started by another agent): their processes
+    /// are killed and the cgroups removed, so nothing runs that no scheduler
+    /// knows of. Returns each orphan and how many processes it held.
+    pub fn sweep_orphans(&self, known: &[PathBuf]) -> Vec<(PathBuf, usize)> {
+        self.cgroups
+            .children(&self.root)
+            .into_iter()
+            .filter(|c| !known.contains(c))
+            .map(|c| {
+                let killed = self.kill_cgroup(&c);
+                (c, killed)
+            })
+            .collect()
+    }
+
     /// The batch root, relative to each hierarchy.
     pub fn root(&self) -> &Path {
         &self.root

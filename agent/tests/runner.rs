@@ -2,7 +2,7 @@
 //! switch uid: off CI they skip with a printed reason), and the runner's logic on
 //! in-memory cgroups, which runs anywhere.
 
-use greenfill_agent::cgroups::{FakeCgroups, HostCgroups, JobLimits};
+use greenfill_agent::cgroups::{Cgroups, FakeCgroups, HostCgroups, JobLimits};
 use greenfill_agent::runner::{JobSpec, NOBODY, Runner};
 use std::path::Path;
 use std::sync::Arc;
@@ -201,4 +201,33 @@ fn a_shimmed_job_is_re_adopted_by_a_new_runner_with_its_exit_status() {
     // Nothing left to adopt once it is reported.
     assert!(second.adopt("adoptee", pid, logs.path()).is_none());
     second.remove_root();
+}
+
+/// An agent whose state dir was wiped finds its old jobs by their cgroups: job
+/// cgroups under the batch root that its state does not know are stopped and
+/// removed, and the known ones are left alone.
+#[test]
+fn job_cgroups_the_state_does_not_know_are_stopped_and_removed() {
+    if !root_or_skip() {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let r = runner("orphans");
+    let known = r.start(&spec("known", &["sleep 300"], true, 0.5, 64 << 20, logs.path())).unwrap();
+    let orphan = r.start(&spec("orphan", &["sleep 300"], true, 0.5, 64 << 20, logs.path())).unwrap();
+    let orphan_path = orphan.cgroup_path.clone();
+    let swept = r.sweep_orphans(std::slice::from_ref(&known.cgroup_path));
+    let host = HostCgroups::new(Path::new("/sys/fs/cgroup"), Path::new("/proc"));
+    let orphan_left = host.processes(&orphan_path);
+    let known_left = host.processes(&known.cgroup_path);
+    let exit = r.kill(known);
+    let orphan_exit = r.kill(orphan);
+    r.remove_root();
+    assert_eq!(orphan_exit.signal, Some(9), "{orphan_exit:?}");
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_eq!(swept[0].0, orphan_path);
+    assert!(swept[0].1 >= 1, "the orphan's process was killed: {swept:?}");
+    assert!(orphan_left.is_empty(), "{orphan_left:?}");
+    assert!(!known_left.is_empty(), "the known job kept running");
+    assert_eq!(exit.signal, Some(9));
 }

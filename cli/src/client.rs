@@ -298,6 +298,7 @@ pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
         "name": s.name,
         "state": state(j.state),
         "reason": j.state_reason,
+        "owner": j.owner,
         "node": j.node,
         "command": s.command,
         "cpu_cores": s.cpu_cores,

@@ -628,12 +628,16 @@ fn register(node: &str, instance: &str, running: Vec<pb::RunningJob>, last_comma
 }
 
 async fn connect_agent(ch: &Channel, first: pb::AgentMessage) -> Result<FakeAgent, tonic::Status> {
+    connect_agent_as(ch, AGENT, first).await
+}
+
+async fn connect_agent_as(ch: &Channel, token: &str, first: pb::AgentMessage) -> Result<FakeAgent, tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(first).await.unwrap();
     let sample = pb::TelemetrySample { time: ts(now()), online_cpu_cores: Some(2.0), ..Default::default() };
     tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(sample)) }).await.unwrap();
     let mut agents = AgentServiceClient::new(ch.clone());
-    let inbound = agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await?.into_inner();
+    let inbound = agents.session(authed(token, tokio_stream::wrappers::ReceiverStream::new(rx))).await?.into_inner();
     Ok(FakeAgent { tx, inbound })
 }
 
@@ -829,4 +833,96 @@ async fn a_cancel_is_cancelling_until_the_agent_confirms_even_across_a_reconnect
     };
     assert_eq!(done.state, pb::JobState::Cancelled as i32, "{done:?}");
     assert_eq!(done.state_reason, "not needed; stopped on n1 (killed by signal 15)");
+}
+
+/// A node-bound agent token registers only as the nodes it names (exact or a
+/// `prefix*`): another name is refused PERMISSION_DENIED naming both, so a node
+/// holding it cannot take another node's jobs. A fleet-wide token still may.
+#[tokio::test]
+async fn a_node_token_registers_only_as_its_own_nodes() {
+    use greenfill_scheduler::service::config::NodeToken;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.node_tokens = vec![
+        NodeToken { token: "n1-secret".into(), nodes: vec!["n1".into()] },
+        NodeToken { token: "rack7-secret".into(), nodes: vec!["rack7-*".into()] },
+    ];
+    c.validate("test").unwrap();
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let e = connect_agent_as(&ch, "n1-secret", register("n2", "i-1", vec![], 0)).await.err().expect("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("node n2") && e.message().contains("\"n1\""), "{}", e.message());
+    let e = connect_agent_as(&ch, "rack7-secret", register("rack8-1", "i-2", vec![], 0)).await.err().expect("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = connect_agent_as(&ch, "n9-secret", register("n9", "i-3", vec![], 0)).await.err().expect("refused");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let _n1 = connect_agent_as(&ch, "n1-secret", register("n1", "i-1", vec![], 0)).await.unwrap();
+    let _r = connect_agent_as(&ch, "rack7-secret", register("rack7-12", "i-2", vec![], 0)).await.unwrap();
+    let _any = connect_agent(&ch, register("n2", "i-4", vec![], 0)).await.unwrap();
+    // A credential for every node is a fleet token, not a node token.
+    let mut bad = config(dir.path());
+    bad.node_tokens = vec![
+        NodeToken { token: "t".into(), nodes: vec!["*".into()] },
+        NodeToken { token: "t".into(), nodes: vec!["x".into()] },
+    ];
+    let e = bad.validate("test").unwrap_err().to_string();
+    assert!(e.contains("node_tokens[0].nodes") && e.contains("node_tokens[1].token"), "{e}");
+}
+
+/// Users own their jobs: another user neither sees nor touches them (NOT_FOUND,
+/// as a job that does not exist); an admin does; a job may run only as the
+/// submitter's uids and gids; a shared `user_tokens` token is an admin, as
+/// before users existed.
+#[tokio::test]
+async fn users_see_and_touch_only_their_own_jobs_and_run_only_as_their_uids() {
+    use greenfill_scheduler::service::config::UserDecl;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    let user = |name: &str, uids: Vec<u32>, admin: bool| UserDecl {
+        name: name.into(),
+        token: format!("{name}-secret"),
+        gids: uids.clone(),
+        uids,
+        admin,
+    };
+    c.users = vec![user("alice", vec![1000], false), user("bob", vec![2000], false), user("ops", vec![], true)];
+    c.validate("test").unwrap();
+    let srv = service::start(c).await.unwrap();
+    let mut jobs = JobServiceClient::new(channel(srv.addr).await);
+    let submit = |token: &'static str, rid: &str, uid: Option<u32>| {
+        let mut s = spec();
+        s.run_as_uid = uid;
+        authed(token, pb::SubmitJobRequest { request_id: rid.into(), spec: Some(s) })
+    };
+    let a = jobs.submit_job(submit("alice-secret", "a1", Some(1000))).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(a.owner, "alice");
+    let e = jobs.submit_job(submit("alice-secret", "a2", Some(2000))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("spec.run_as_uid = 2000") && e.message().contains("alice"), "{}", e.message());
+    // bob: nothing of alice's is there for him.
+    let get = |token: &'static str| authed(token, pb::GetJobRequest { id: a.id.clone() });
+    assert_eq!(jobs.get_job(get("bob-secret")).await.unwrap_err().code(), Code::NotFound);
+    let explain = authed("bob-secret", pb::ExplainJobRequest { id: a.id.clone() });
+    assert_eq!(jobs.explain_job(explain).await.unwrap_err().code(), Code::NotFound);
+    let cancel = authed("bob-secret", pb::CancelJobRequest { id: a.id.clone(), reason: String::new() });
+    assert_eq!(jobs.cancel_job(cancel).await.unwrap_err().code(), Code::NotFound);
+    let list = |token: &'static str| authed(token, pb::ListJobsRequest { page_size: 100, ..Default::default() });
+    assert!(jobs.list_jobs(list("bob-secret")).await.unwrap().into_inner().jobs.is_empty());
+    let e = jobs.submit_job(submit("bob-secret", "a1", None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "another user's request id: {e:?}");
+    // alice, an admin and the shared token (an admin) see it.
+    for token in ["alice-secret", "ops-secret", USER] {
+        assert_eq!(jobs.get_job(get(token)).await.unwrap().into_inner().id, a.id, "{token}");
+        assert_eq!(jobs.list_jobs(list(token)).await.unwrap().into_inner().jobs.len(), 1, "{token}");
+    }
+    // bob's watch does not carry alice's change; alice's does.
+    let watch = |token: &'static str| authed(token, pb::WatchJobsRequest { since_revision: 1, ..Default::default() });
+    let mut bobs = jobs.watch_jobs(watch("bob-secret")).await.unwrap().into_inner();
+    let mut alices = jobs.watch_jobs(watch("alice-secret")).await.unwrap().into_inner();
+    let cancel = authed("ops-secret", pb::CancelJobRequest { id: a.id.clone(), reason: "by ops".into() });
+    assert_eq!(jobs.cancel_job(cancel).await.unwrap().into_inner().state, pb::JobState::Cancelled as i32);
+    let seen = tokio::time::timeout(Duration::from_secs(5), alices.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(seen.job.unwrap().id, a.id);
+    assert!(tokio::time::timeout(Duration::from_millis(500), bobs.message()).await.is_err(), "bob saw alice's job");
 }

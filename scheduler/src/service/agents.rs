@@ -28,6 +28,7 @@ impl AgentService for Agents {
 
     async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<OutStream>, Status> {
         let peer = req.remote_addr().map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let identity = req.extensions().get::<super::auth::AgentIdentity>().cloned();
         let mut input = req.into_inner();
         let first = match input.next().await {
             Some(Ok(m)) => m,
@@ -42,6 +43,10 @@ impl AgentService for Agents {
                 "register.node_name = {:?}: need 1 to 253 characters",
                 reg.node_name
             )));
+        }
+        // A node-bound credential registers only as its own nodes.
+        if let Some(id) = &identity {
+            id.check(&reg.node_name)?;
         }
         if !(reg.cpu_cores.is_finite() && reg.cpu_cores > 0.0) {
             return Err(Status::invalid_argument(format!("register.cpu_cores = {}: must be > 0", reg.cpu_cores)));

@@ -1,17 +1,94 @@
 //! Bearer-token auth and per-client rate limits, as a tonic interceptor in front
 //! of each service. Users and agents have separate token sets: a user token does
-//! not open the agent stream and an agent token cannot submit jobs.
+//! not open the agent stream and an agent token cannot submit jobs. An agent
+//! token from `node_tokens` names the nodes it may be; the request carries that
+//! ([`AgentIdentity`]) to the session, which refuses any other name.
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use tonic::{Request, Status};
+
+/// Which node names the caller's agent credential may register as (`None`:
+/// any, a fleet-wide token or insecure local mode).
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    pub nodes: Option<Arc<super::config::NodeToken>>,
+}
+
+impl AgentIdentity {
+    /// `Err` names the node asked for and the nodes the credential allows.
+    pub fn check(&self, node: &str) -> Result<(), Status> {
+        match &self.nodes {
+            Some(t) if !t.allows(node) => {
+                metrics::counter!("greenfill_agent_registrations_refused_total", "reason" => "node_not_allowed")
+                    .increment(1);
+                Err(Status::permission_denied(format!(
+                    "this agent token may register as {:?} only, not as node {node}",
+                    t.nodes
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Who a user call comes from: a named user (`users`), or an admin (a
+/// `user_tokens` entry, or `insecure_local`: one local admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Caller {
+    fn admin(name: &str) -> Caller {
+        Caller { name: name.to_owned(), admin: true, uids: vec![], gids: vec![] }
+    }
+
+    /// Admins see every job; a user only its own.
+    pub fn may_see(&self, job: &greenfill_proto::v1::Job) -> bool {
+        self.admin || job.owner == self.name
+    }
+
+    /// A job may run as `uid` / `gid` only if the caller's mapping has them
+    /// (admins: any). `None` is the agent's default (`nobody`).
+    pub fn may_run_as(&self, uid: Option<u32>, gid: Option<u32>) -> Result<(), Status> {
+        if self.admin {
+            return Ok(());
+        }
+        for (field, id, allowed) in [("spec.run_as_uid", uid, &self.uids), ("spec.run_as_gid", gid, &self.gids)] {
+            if let Some(id) = id.filter(|id| !allowed.contains(id)) {
+                return Err(Status::permission_denied(format!(
+                    "{field} = {id}: user {} may run jobs as {allowed:?} only",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The caller of a user request (set by [`Guard::check`]); a request that
+    /// somehow lacks one gets no rights.
+    pub fn of<T>(req: &Request<T>) -> Result<Caller, Status> {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::permission_denied("no caller identity on this request"))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Guard {
     /// `None` = insecure local mode: no token needed.
     tokens: Option<Arc<HashSet<String>>>,
+    /// Tokens bound to node names (agents only).
+    bound: Arc<HashMap<String, Arc<super::config::NodeToken>>>,
+    /// Named users' tokens (users only).
+    users: Arc<HashMap<String, Caller>>,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     who: &'static str,
 }
@@ -22,21 +99,45 @@ impl Guard {
         let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
         Guard {
             tokens: tokens.map(|t| Arc::new(t.iter().cloned().collect())),
+            bound: Arc::new(HashMap::new()),
+            users: Arc::new(HashMap::new()),
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))),
             who,
         }
     }
 
-    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+    /// Also accept these node-bound tokens (agents).
+    pub fn with_node_tokens(mut self, tokens: &[super::config::NodeToken]) -> Guard {
+        self.bound = Arc::new(tokens.iter().map(|t| (t.token.clone(), Arc::new(t.clone()))).collect());
+        self
+    }
+
+    /// Also accept these named users' tokens.
+    pub fn with_users(mut self, users: &[super::config::UserDecl]) -> Guard {
+        self.users = Arc::new(
+            users
+                .iter()
+                .map(|u| {
+                    let c = Caller { name: u.name.clone(), admin: u.admin, uids: u.uids.clone(), gids: u.gids.clone() };
+                    (u.token.clone(), c)
+                })
+                .collect(),
+        );
+        self
+    }
+
+    pub fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let token = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
+        let bound = token.as_ref().and_then(|t| self.bound.get(t)).cloned();
+        let user = token.as_ref().and_then(|t| self.users.get(t)).cloned();
         if let Some(tokens) = &self.tokens {
             match &token {
-                Some(t) if tokens.contains(t) => {}
+                Some(t) if tokens.contains(t) || bound.is_some() || user.is_some() => {}
                 Some(_) => {
                     return Err(Status::unauthenticated(format!("the bearer token is not a known {} token", self.who)));
                 }
@@ -53,6 +154,11 @@ impl Guard {
             metrics::counter!("greenfill_rate_limited_total", "who" => self.who).increment(1);
             return Err(Status::resource_exhausted("rate limit reached for this client; retry with backoff"));
         }
+        req.extensions_mut().insert(AgentIdentity { nodes: bound });
+        // A named user; else a shared token's holder, or the local user of
+        // `insecure_local`: admins, as before users existed.
+        let caller = user.unwrap_or_else(|| Caller::admin(if self.tokens.is_some() { "admin" } else { "local" }));
+        req.extensions_mut().insert(caller);
         Ok(req)
     }
 }

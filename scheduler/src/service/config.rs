@@ -21,14 +21,55 @@ pub struct Config {
     pub insecure_local: bool,
     /// Bearer tokens of users (JobService, PlanService).
     pub user_tokens: Vec<String>,
-    /// Bearer tokens of agents (AgentService), separate from users'.
+    /// Bearer tokens of agents (AgentService), separate from users'. Valid for
+    /// any node name: prefer `node_tokens`.
     pub agent_tokens: Vec<String>,
+    /// Agent tokens bound to the node names they may register as.
+    pub node_tokens: Vec<NodeToken>,
+    /// Named users: each sees and touches only its own jobs (admins: all) and
+    /// may run jobs only as its uids / gids. `user_tokens` are admins.
+    pub users: Vec<UserDecl>,
     pub tls: Option<Tls>,
     /// Pools jobs may name before any node of them has registered, with their node size.
     pub pools: Vec<PoolDecl>,
     pub planning: Planning,
     pub limits: Limits,
     pub power: Power,
+}
+
+/// A user credential: its name, the uids and gids its jobs may run as (empty:
+/// only the agent's default, `nobody`), and whether it administers every job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDecl {
+    pub name: String,
+    pub token: String,
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An agent credential that names the nodes it may be: a registration for
+/// another name is refused (PERMISSION_DENIED), so a node holding it cannot
+/// claim another node's jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeToken {
+    pub token: String,
+    /// Node names: exact, or a prefix ending in `*` (`rack7-*`).
+    pub nodes: Vec<String>,
+}
+
+impl NodeToken {
+    pub fn allows(&self, node: &str) -> bool {
+        self.nodes.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => node.starts_with(prefix),
+            None => p == node,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,6 +442,8 @@ impl Default for Config {
             insecure_local: false,
             user_tokens: Vec::new(),
             agent_tokens: Vec::new(),
+            node_tokens: Vec::new(),
+            users: Vec::new(),
             tls: None,
             pools: Vec::new(),
             planning: Planning::default(),
@@ -510,15 +553,53 @@ impl Config {
         if self.insecure_local && !self.listen.ip().is_loopback() {
             bad("listen", self.listen.to_string(), "insecure_local serves only on a loopback address");
         }
-        if !self.insecure_local && (self.user_tokens.is_empty() || self.agent_tokens.is_empty()) {
+        let no_agents = self.agent_tokens.is_empty() && self.node_tokens.is_empty();
+        let no_users = self.user_tokens.is_empty() && self.users.is_empty();
+        if !self.insecure_local && (no_users || no_agents) {
             bad(
                 "user_tokens/agent_tokens",
                 "[]".into(),
-                "set both (or run with --insecure-local on loopback): an API without tokens refuses every call",
+                "set user_tokens and agent_tokens or node_tokens (or run with --insecure-local on loopback): an API \
+                 without tokens refuses every call",
             );
         }
-        if self.user_tokens.iter().any(|u| self.agent_tokens.contains(u)) {
+        let agent_tokens = || self.agent_tokens.iter().chain(self.node_tokens.iter().map(|n| &n.token));
+        let user_tokens = || self.user_tokens.iter().chain(self.users.iter().map(|u| &u.token));
+        if user_tokens().any(|u| agent_tokens().any(|a| a == u)) {
             bad("agent_tokens", "…".into(), "a token is both a user's and an agent's; keep them separate");
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() || self.users[..i].iter().any(|o| o.name == u.name) {
+                bad(&format!("users[{i}].name"), format!("{:?}", u.name), "must be set and unique");
+            }
+            if u.token.is_empty()
+                || self.user_tokens.contains(&u.token)
+                || self.users[..i].iter().any(|o| o.token == u.token)
+            {
+                bad(&format!("users[{i}].token"), "…".into(), "must be set and belong to one user only");
+            }
+            if !self.limits.allow_root_jobs && u.uids.contains(&0) {
+                bad(
+                    &format!("users[{i}].uids"),
+                    format!("{:?}", u.uids),
+                    "contains 0 and limits.allow_root_jobs is off",
+                );
+            }
+        }
+        for (i, n) in self.node_tokens.iter().enumerate() {
+            if n.token.is_empty() {
+                bad(&format!("node_tokens[{i}].token"), "\"\"".into(), "must not be empty");
+            }
+            if n.nodes.is_empty() || n.nodes.iter().any(|p| p.is_empty() || p == "*") {
+                bad(
+                    &format!("node_tokens[{i}].nodes"),
+                    format!("{:?}", n.nodes),
+                    "name one or more nodes (or prefixes ending in `*`); a token for every node is an agent_tokens entry",
+                );
+            }
+            if self.agent_tokens.contains(&n.token) || self.node_tokens[..i].iter().any(|o| o.token == n.token) {
+                bad(&format!("node_tokens[{i}].token"), "…".into(), "is listed twice; give each credential one entry");
+            }
         }
         let p = &self.planning;
         if p.slot.is_zero() || p.horizon < p.slot {

@@ -1,6 +1,7 @@
 //! JobService and PlanService: the users' API. Validation happens here, at the
 //! edge: every refused field is named with its value.
 
+use super::auth::Caller;
 use super::{JobEntry, State, is_queued, is_terminal, now, state_name, ts};
 use crate::store::Write;
 use greenfill_proto::v1 as pb;
@@ -142,21 +143,35 @@ pub fn validate(state: &State, req: &pb::SubmitJobRequest, now: i64) -> Result<(
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
+/// The job `id` if the caller may see it. Another user's job is NOT_FOUND, as
+/// one that does not exist: its existence is not shown either.
+fn visible<'a>(inner: &'a super::Inner, caller: &Caller, id: &str) -> Result<&'a JobEntry, Status> {
+    inner.jobs.get(id).filter(|e| caller.may_see(&e.job)).ok_or_else(|| Status::not_found(format!("job {id}")))
+}
+
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let st = &self.0;
         let t = now();
         validate(st, &req, t)
             .inspect_err(|_| metrics::counter!("greenfill_submissions_total", "result" => "invalid").increment(1))?;
         let spec = req.spec.expect("validated");
+        caller.may_run_as(spec.run_as_uid, spec.run_as_gid)?;
         let (job, duplicate, pending) = {
             let mut inner = st.lock();
             if let Some(id) = inner.by_request.get(&req.request_id) {
                 // Idempotent: the first job. It may still be committing: an empty
                 // barrier batch after it commits after it.
                 let job = inner.jobs[id].job.clone();
+                if !caller.may_see(&job) {
+                    return Err(Status::already_exists(format!(
+                        "request_id {:?} names another user's job; choose a new one",
+                        req.request_id
+                    )));
+                }
                 (job, true, st.queue(vec![], vec![]))
             } else {
                 let id = uuid::Uuid::now_v7().to_string();
@@ -171,6 +186,7 @@ impl JobService for Jobs {
                     submitted_at: Some(ts(t)),
                     updated_at: Some(ts(t)),
                     revision: inner.revision,
+                    owner: caller.name.clone(),
                     ..pb::Job::default()
                 };
                 let writes = vec![
@@ -215,12 +231,14 @@ impl JobService for Jobs {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&req)?;
         let id = req.into_inner().id;
         let inner = self.0.lock();
-        inner.jobs.get(&id).map(|e| Response::new(e.job.clone())).ok_or_else(|| Status::not_found(format!("job {id}")))
+        visible(&inner, &caller, &id).map(|e| Response::new(e.job.clone()))
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let size = match req.page_size {
             0 => 100,
@@ -237,7 +255,8 @@ impl JobService for Jobs {
         let mut next = String::new();
         for (seq, id) in inner.order.range(after..) {
             let j = &inner.jobs[id].job;
-            if (!req.states.is_empty() && !req.states.contains(&j.state))
+            if !caller.may_see(j)
+                || (!req.states.is_empty() && !req.states.contains(&j.state))
                 || !req.labels.iter().all(|(k, v)| j.spec.as_ref().and_then(|s| s.labels.get(k)) == Some(v))
             {
                 continue;
@@ -252,11 +271,12 @@ impl JobService for Jobs {
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let st = &self.0;
         let (job, pending) = {
             let mut inner = st.lock();
-            let Some(e) = inner.jobs.get(&req.id) else { return Err(Status::not_found(format!("job {}", req.id))) };
+            let e = visible(&inner, &caller, &req.id)?;
             // Asked again while the stop is on its way: the same answer.
             if e.job.state == pb::JobState::Cancelling as i32 {
                 return Ok(Response::new(e.job.clone()));
@@ -300,10 +320,13 @@ impl JobService for Jobs {
     type WatchJobsStream = EventStream;
 
     async fn watch_jobs(&self, req: Request<pb::WatchJobsRequest>) -> Result<Response<EventStream>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let mut rx = self.0.events.subscribe();
         let keep = move |j: &pb::Job| {
-            (req.states.is_empty() || req.states.contains(&j.state)) && (req.ids.is_empty() || req.ids.contains(&j.id))
+            caller.may_see(j)
+                && (req.states.is_empty() || req.states.contains(&j.state))
+                && (req.ids.is_empty() || req.ids.contains(&j.id))
         };
         // Replay is compacted: each matching job's latest state after since_revision.
         let mut replay: Vec<pb::JobEvent> = if req.since_revision > 0 {
@@ -356,9 +379,10 @@ impl JobService for Jobs {
     }
 
     async fn explain_job(&self, req: Request<pb::ExplainJobRequest>) -> Result<Response<pb::JobExplanation>, Status> {
+        let caller = Caller::of(&req)?;
         let id = req.into_inner().id;
         let inner = self.0.lock();
-        let Some(e) = inner.jobs.get(&id) else { return Err(Status::not_found(format!("job {id}"))) };
+        let e = visible(&inner, &caller, &id)?;
         let mut x = e.explanation.clone().unwrap_or_default();
         x.id = id;
         x.state = e.job.state;

@@ -473,10 +473,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let users = (!cfg.insecure_local).then_some(cfg.user_tokens.as_slice());
     let agents = (!cfg.insecure_local).then_some(cfg.agent_tokens.as_slice());
     let l = &cfg.limits;
-    let user_guard = auth::Guard::new(users, l.requests_per_second, l.burst, "user");
+    let user_guard = auth::Guard::new(users, l.requests_per_second, l.burst, "user").with_users(&cfg.users);
     let plan_guard = user_guard.clone();
     // Agents send telemetry every second each: their limit is per node.
-    let agent_guard = auth::Guard::new(agents, 100, 1000, "agent");
+    let agent_guard = auth::Guard::new(agents, 100, 1000, "agent").with_node_tokens(&cfg.node_tokens);
     let max = l.max_message_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();
