@@ -176,6 +176,16 @@ impl ProblemBuilder {
         if held == 0 {
             return Ok(());
         }
+        let input = self.node_of(pool, node, "an unavailable node past the pool's size")?;
+        let nodes = input.pool.nodes as usize;
+        let (cores, mem) = (input.pool.cores, input.pool.memory_gib);
+        per_node(&mut input.online_cpu, nodes, slots)[node * slots..node * slots + held].fill(cores);
+        per_node(&mut input.online_mem, nodes, slots)[node * slots..node * slots + held].fill(mem);
+        Ok(())
+    }
+
+    /// The input of `pool`, with `node` checked against the pool's size.
+    fn node_of(&mut self, pool: usize, node: usize, past: &'static str) -> Result<&mut PoolInput, ProblemError> {
         let Some(input) = self.pools.get_mut(pool) else {
             return Err(ProblemError::Job {
                 job: "(node)".into(),
@@ -184,19 +194,15 @@ impl ProblemBuilder {
                 why: "no such pool",
             });
         };
-        let nodes = input.pool.nodes as usize;
-        if node >= nodes {
+        if node >= input.pool.nodes as usize {
             return Err(ProblemError::Pool {
                 pool: input.pool.name.clone(),
                 field: "node",
                 value: node.to_string(),
-                why: "an unavailable node past the pool's size",
+                why: past,
             });
         }
-        let (cores, mem) = (input.pool.cores, input.pool.memory_gib);
-        per_node(&mut input.online_cpu, nodes, slots)[node * slots..node * slots + held].fill(cores);
-        per_node(&mut input.online_mem, nodes, slots)[node * slots..node * slots + held].fill(mem);
-        Ok(())
+        Ok(input)
     }
 
     /// A node with no memory for new work before `until` (unix seconds): one
@@ -206,23 +212,8 @@ impl ProblemBuilder {
     pub fn no_new_memory_until(&mut self, pool: usize, node: usize, until: i64) -> Result<(), ProblemError> {
         let slots = self.clock.slots;
         let held = self.clock.release(until).min(slots);
-        let Some(input) = self.pools.get_mut(pool) else {
-            return Err(ProblemError::Job {
-                job: "(node)".into(),
-                field: "pool",
-                value: pool.to_string(),
-                why: "no such pool",
-            });
-        };
+        let input = self.node_of(pool, node, "a cooling node past the pool's size")?;
         let nodes = input.pool.nodes as usize;
-        if node >= nodes {
-            return Err(ProblemError::Pool {
-                pool: input.pool.name.clone(),
-                field: "node",
-                value: node.to_string(),
-                why: "a cooling node past the pool's size",
-            });
-        }
         let mem = input.pool.memory_gib;
         per_node(&mut input.online_mem, nodes, slots)[node * slots..node * slots + held].fill(mem);
         Ok(())

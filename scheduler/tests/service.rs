@@ -552,25 +552,9 @@ async fn after_an_eviction_the_next_attempt_goes_to_another_node() {
     s.memory_bytes = 2 << 30;
     let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "cool".into(), spec: Some(s) })).await;
     let id = job.unwrap().into_inner().job.unwrap().id;
-    let mut agents = AgentServiceClient::new(ch.clone());
     let mut sessions = Vec::new();
     for name in ["n1", "n2"] {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let register = pb::Register {
-            node_name: name.into(),
-            pool: "web".into(),
-            cpu_cores: 16.0,
-            memory_bytes: 64 << 30,
-            ..Default::default()
-        };
-        tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(register)) })
-            .await
-            .unwrap();
-        let sample = pb::TelemetrySample { time: ts(now()), online_cpu_cores: Some(2.0), ..Default::default() };
-        let body = Some(pb::agent_message::Body::Telemetry(sample));
-        tx.send(pb::AgentMessage { seq: 0, ack: 0, body }).await.unwrap();
-        let inbound =
-            agents.session(authed(AGENT, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+        let FakeAgent { tx, inbound } = connect_agent(&ch, register(name, name, vec![], 0)).await.unwrap();
         sessions.push((name, tx, inbound));
     }
     // Whichever node gets the first attempt evicts it; the second attempt must
