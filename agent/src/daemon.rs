@@ -197,6 +197,8 @@ pub struct Agent {
     core: Arc<Mutex<Core>>,
     runner: Arc<Runner>,
     guard: Arc<Mutex<Guard>>,
+    /// Orphan job cgroups were swept (once, after the first accepted Register).
+    swept: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often the PSI trigger looks for online cgroups that came or went.
@@ -238,6 +240,7 @@ impl Agent {
             core: Arc::new(Mutex::new(core)),
             runner: Arc::new(runner),
             guard: Arc::new(Mutex::new(guard)),
+            swept: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         agent.recover();
         Ok(agent)
@@ -274,11 +277,18 @@ impl Agent {
                 }
             }
         }
+        self.core().save();
+    }
+
+    /// Job cgroups under the batch root that this agent's state does not know
+    /// (a wiped state dir) are stopped and removed. Only once the scheduler has
+    /// accepted this agent as the node (a second agent refused for the same
+    /// node never touches the first one's jobs), and before any command.
+    fn sweep_orphans(&self) {
         let known: Vec<PathBuf> = self.core().p.jobs.values().map(|j| j.cgroup.clone()).collect();
         for (cgroup, killed) in self.runner.sweep_orphans(&known) {
             tracing::warn!(cgroup = %cgroup.display(), killed, "a job cgroup this agent's state does not know: stopped");
         }
-        self.core().save();
     }
 
     /// Wait (on a blocking thread) for the job to end and report it.
@@ -449,6 +459,10 @@ impl Agent {
                 let ack = core.p.last_command_seq;
                 core.send(pb::AgentMessage { seq, ack, body: Some(pb::agent_message::Body::JobStatus(status)) });
             }
+        }
+        if !self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.sweep_orphans()).await?;
         }
         while let Some(m) = inbound.message().await? {
             if m.ack > 0 {

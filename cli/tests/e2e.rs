@@ -331,3 +331,64 @@ fn sigterm_stops_both_daemons_cleanly_and_keeps_every_acknowledged_job() {
     let long_job = jobs.iter().find(|j| j["id"] == long.as_str()).unwrap();
     assert_eq!(long_job["attempts"], 1, "ran more than once: {long_job}");
 }
+
+/// Pids whose command line contains `marker`.
+fn pids_running(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+        })
+        .collect()
+}
+
+/// Issue 19, as it was found: a second agent started with the same
+/// `--node-name` (its own state dir, the same batch root) while the first runs
+/// a job. It is refused, touches nothing, and says why; `greenfill cancel` is
+/// `cancelling` until the first agent has stopped the process, then `cancelled`
+/// with the process gone.
+#[test]
+fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process() {
+    if !root_or_skip("second_agent") {
+        return;
+    }
+    let c = Cluster::new("second");
+    let marker = format!("sleep 300.{}", std::process::id());
+    let id = c.submit(&["--cpu", "0.1", "--memory", "32Mi", "--duration", "5m", "--", "sh", "-c", &marker]);
+    c.wait_until("the job running", Duration::from_secs(60), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
+    });
+    assert!(!pids_running(&marker).is_empty(), "the job's process runs");
+    let log2 = c.dir.path().join("agent2.log");
+    let second = Command::new(bin("greenfill-agent"))
+        .args(["run", "--server", &format!("http://127.0.0.1:{}", c.port), "--node-name", "e2e"])
+        .args(["--batch-root", &c.batch_root, "--online-cgroup", &c.online_root()])
+        .arg("--state-dir")
+        .arg(c.dir.path().join("agent2"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log2).unwrap())
+        .spawn()
+        .unwrap();
+    let second = Proc(second);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let log = std::fs::read_to_string(&log2).unwrap_or_default();
+        if log.contains("already served by agent instance") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(refused.contains("node e2e is already served by agent instance"), "second agent's log:\n{refused}");
+    assert!(!pids_running(&marker).is_empty(), "the second agent touched the first one's job");
+    let out = c.greenfill(&["cancel", &id]).unwrap();
+    assert!(out.contains("cancelling"), "{out}");
+    let jobs = c.wait_until("the cancel confirmed", Duration::from_secs(30), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "cancelled")
+    });
+    let j = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
+    assert!(j["reason"].as_str().unwrap().contains("stopped on e2e"), "{j}");
+    assert!(pids_running(&marker).is_empty(), "cancelled, but the process still runs");
+    drop(second);
+}
