@@ -299,6 +299,7 @@ pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
         "state": state(j.state),
         "reason": j.state_reason,
         "owner": j.owner,
+        "cancelled_by": j.cancelled_by,
         "node": j.node,
         "command": s.command,
         "cpu_cores": s.cpu_cores,
@@ -490,6 +491,7 @@ pub(crate) fn nodes(conn: &Conn, json: bool) -> Result<()> {
                     "power_w": n.power.iter().find(|p| p.component == "node").map(|p| p.watts),
                     "power_state": n.power_state, "power_since": t(n.power_since.as_ref()),
                     "power_reason": n.power_reason,
+                    "agent_instance": n.agent_instance, "agent_address": n.agent_address,
                 })
             })
             .collect();

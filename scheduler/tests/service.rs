@@ -665,6 +665,11 @@ async fn a_second_instance_for_a_live_node_is_refused_and_a_reconnect_closes_the
         e.message()
     );
     let _again = connect_agent(&ch, register("n1", "instance-a", vec![], 0)).await.unwrap();
+    let mut plans = pb::plan_service_client::PlanServiceClient::new(ch.clone());
+    let nodes = plans.list_nodes(authed(USER, pb::ListNodesRequest::default())).await.unwrap().into_inner().nodes;
+    let n1 = nodes.iter().find(|n| n.name == "n1").unwrap();
+    assert_eq!(n1.agent_instance, "instance-a");
+    assert!(n1.agent_address.starts_with("127.0.0.1:"), "{n1:?}");
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match first.inbound.message().await {
@@ -905,7 +910,8 @@ async fn users_see_and_touch_only_their_own_jobs_and_run_only_as_their_uids() {
     let mut bobs = jobs.watch_jobs(watch("bob-secret")).await.unwrap().into_inner();
     let mut alices = jobs.watch_jobs(watch("alice-secret")).await.unwrap().into_inner();
     let cancel = authed("ops-secret", pb::CancelJobRequest { id: a.id.clone(), reason: "by ops".into() });
-    assert_eq!(jobs.cancel_job(cancel).await.unwrap().into_inner().state, pb::JobState::Cancelled as i32);
+    let cancelled = jobs.cancel_job(cancel).await.unwrap().into_inner();
+    assert_eq!((cancelled.state, cancelled.cancelled_by.as_str()), (pb::JobState::Cancelled as i32, "ops"));
     let seen = tokio::time::timeout(Duration::from_secs(5), alices.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(seen.job.unwrap().id, a.id);
     assert!(tokio::time::timeout(Duration::from_millis(500), bobs.message()).await.is_err(), "bob saw alice's job");

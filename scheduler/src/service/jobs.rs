@@ -296,6 +296,7 @@ impl JobService for Jobs {
             let shown = if running { format!("{reason}; stopping on {node}") } else { reason.clone() };
             let (mut writes, event) = inner
                 .change(&req.id, super::lifecycle::Event::Cancelled, &shown, |e| {
+                    e.job.cancelled_by = caller.name.clone();
                     if !running {
                         e.job.finished_at = Some(ts(now()));
                     }
@@ -447,6 +448,8 @@ impl PlanService for Plans {
                     power_state: super::power::state_of(&inner, name).name().to_owned(),
                     power_since: inner.power.get(name).map(|p| ts(p.since)),
                     power_reason: inner.power.get(name).map(|p| p.reason.clone()).unwrap_or_default(),
+                    agent_instance: n.register.instance_id.clone(),
+                    agent_address: n.peer.clone(),
                 }
             })
             .collect();
