@@ -39,6 +39,8 @@ pub struct Config {
     pub pool: String,
     pub zone: String,
     pub state_dir: PathBuf,
+    /// Holds the batch root's lock (one agent per batch root on a machine).
+    pub lock_dir: PathBuf,
     /// The batch root, relative to each cgroup hierarchy.
     pub batch_root: PathBuf,
     pub roots: Roots,
@@ -199,6 +201,44 @@ pub struct Agent {
     guard: Arc<Mutex<Guard>>,
     /// Orphan job cgroups were swept (once, after the first accepted Register).
     swept: Arc<std::sync::atomic::AtomicBool>,
+    /// The batch root's lock, held for the agent's life.
+    _lock: Arc<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// One agent per batch root on a machine: another agent's job cgroups would
+/// be orphans to this one (`Runner::sweep_orphans`). An exclusive `flock` on a
+/// file named after the batch root; a second agent fails to start, naming the
+/// batch root, the lock and the pid that holds it.
+fn lock_batch_root(dir: &Path, batch_root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--lock-dir {}: {e}", dir.display()))?;
+    let path = dir.join(format!("agent-{}.lock", batch_root.to_string_lossy().replace('/', "%")));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut held = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            anyhow::bail!(
+                "another greenfill-agent on this machine (pid {}) already uses --batch-root {} (lock {}): give each \
+                 agent its own batch root",
+                pid.trim(),
+                batch_root.display(),
+                path.display()
+            );
+        }
+        Err((_, e)) => anyhow::bail!("locking {}: {e}", path.display()),
+    };
+    held.set_len(0)?;
+    held.rewind()?;
+    write!(held, "{}", std::process::id())?;
+    Ok(held)
 }
 
 /// How often the PSI trigger looks for online cgroups that came or went.
@@ -206,6 +246,7 @@ const PRESSURE_RESCAN: Duration = Duration::from_secs(10);
 
 impl Agent {
     pub fn new(cfg: Config) -> anyhow::Result<Agent> {
+        let lock = lock_batch_root(&cfg.lock_dir, &cfg.batch_root)?;
         let core = Core::load(&cfg.state_dir)?;
         let cgroups: Arc<dyn Cgroups> = Arc::new(HostCgroups::new(&cfg.roots.cgroup, &cfg.roots.proc));
         let mut runner = Runner::new(&cfg.batch_root, cgroups.clone());
@@ -241,6 +282,7 @@ impl Agent {
             runner: Arc::new(runner),
             guard: Arc::new(Mutex::new(guard)),
             swept: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            _lock: Arc::new(lock),
         };
         agent.recover();
         Ok(agent)

@@ -94,9 +94,14 @@ struct RunArgs {
     /// Sequence numbers, unacknowledged events, running jobs and job logs.
     #[arg(long, env = "GREENFILL_STATE_DIR", default_value = "/var/lib/greenfill-agent")]
     state_dir: PathBuf,
-    /// greenfill's batch cgroup, relative to each hierarchy.
+    /// greenfill's batch cgroup, relative to each hierarchy. One agent per batch
+    /// root on a machine: a second is refused at start (a lock in --lock-dir).
     #[arg(long, default_value = "greenfill/batch")]
     batch_root: PathBuf,
+    /// Where the agent locks its batch root against a second agent on this
+    /// machine.
+    #[arg(long, default_value = "/run/greenfill")]
+    lock_dir: PathBuf,
     /// Telemetry and guard interval: seconds, or a number with ms/s/m/h, e.g.
     /// 500ms, 1s, 1m (between 1 ms and 1 h).
     #[arg(long, default_value = "1s", value_parser = interval)]
@@ -197,6 +202,7 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
         pool: a.pool,
         zone: a.zone,
         state_dir: a.state_dir,
+        lock_dir: a.lock_dir,
         batch_root: a.batch_root,
         roots: a.machine.roots(),
         interval: a.interval,

@@ -345,10 +345,11 @@ fn pids_running(marker: &str) -> Vec<u32> {
 }
 
 /// Issue 19, as it was found: a second agent started with the same
-/// `--node-name` (its own state dir, the same batch root) while the first runs
-/// a job. It is refused, touches nothing, and says why; `greenfill cancel` is
+/// `--node-name` (its own state dir) while the first runs a job. It is refused
+/// by the scheduler, touches nothing, and says why; `greenfill cancel` is
 /// `cancelling` until the first agent has stopped the process, then `cancelled`
-/// with the process gone.
+/// with the process gone. (On one machine the second agent needs its own batch
+/// root: one with the first one's is refused at start, checked here too.)
 #[test]
 fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process() {
     if !root_or_skip("second_agent") {
@@ -361,10 +362,21 @@ fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process(
         j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
     });
     assert!(!pids_running(&marker).is_empty(), "the job's process runs");
+    let same_root = Command::new(bin("greenfill-agent"))
+        .args(["run", "--server", &format!("http://127.0.0.1:{}", c.port), "--node-name", "other"])
+        .args(["--batch-root", &c.batch_root, "--online-cgroup", &c.online_root()])
+        .arg("--state-dir")
+        .arg(c.dir.path().join("agent3"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&same_root.stderr);
+    assert_eq!(same_root.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("already uses --batch-root {}", c.batch_root)), "{err}");
     let log2 = c.dir.path().join("agent2.log");
+    let second_root = format!("{}2/batch", c.batch_root.trim_end_matches("/batch"));
     let second = Command::new(bin("greenfill-agent"))
         .args(["run", "--server", &format!("http://127.0.0.1:{}", c.port), "--node-name", "e2e"])
-        .args(["--batch-root", &c.batch_root, "--online-cgroup", &c.online_root()])
+        .args(["--batch-root", &second_root, "--online-cgroup", &c.online_root()])
         .arg("--state-dir")
         .arg(c.dir.path().join("agent2"))
         .stdout(Stdio::null())
@@ -391,4 +403,9 @@ fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process(
     assert!(j["reason"].as_str().unwrap().contains("stopped on e2e"), "{j}");
     assert!(pids_running(&marker).is_empty(), "cancelled, but the process still runs");
     drop(second);
+    for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
+        let base = Path::new("/sys/fs/cgroup").join(h);
+        let _ = std::fs::remove_dir(base.join(&second_root));
+        let _ = std::fs::remove_dir(base.join(second_root.trim_end_matches("/batch")));
+    }
 }
