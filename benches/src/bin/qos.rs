@@ -249,6 +249,7 @@ fn run(mut args: Args) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&row)?);
         } else {
             let formula = match (row.formula_cap, row.seconds_to_formula) {
+                (None, _) if row.condition == "alone" => "no batch".to_owned(),
                 (None, _) => "no quota loop (idle priority)".to_owned(),
                 (Some(f), None) => format!("cap never reached the formula ({f:.2} cores)"),
                 (Some(f), Some(t)) => format!("cap at the formula ({f:.2} cores) {t:.1} s after the step"),
