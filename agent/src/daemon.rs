@@ -35,6 +35,8 @@ pub struct Config {
     /// PEM CA certificate to trust for an `https://` scheduler.
     pub ca_cert: Option<PathBuf>,
     pub token: Option<String>,
+    /// Read at every connection (a rotated Kubernetes token).
+    pub token_file: Option<PathBuf>,
     pub node_name: String,
     pub pool: String,
     pub zone: String,
@@ -474,7 +476,15 @@ impl Agent {
             .keep_alive_timeout(Duration::from_secs(10))
             .connect()
             .await?;
-        let token = self.cfg.token.clone();
+        let token = match &self.cfg.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => self.cfg.token.clone(),
+        };
         let mut client = AgentServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
             if let Some(t) = &token {
                 r.metadata_mut().insert(

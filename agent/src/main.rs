@@ -82,8 +82,13 @@ struct RunArgs {
     #[arg(long, env = "GREENFILL_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Agent bearer token (not a user token).
-    #[arg(long, env = "GREENFILL_AGENT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "GREENFILL_AGENT_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
     token: Option<String>,
+    /// A file holding the token, read again at every connection: a Kubernetes
+    /// projected service-account token (audience `greenfill`), which the kubelet
+    /// rotates, proves which node this pod is on.
+    #[arg(long, env = "GREENFILL_AGENT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// This node's name (in Kubernetes: the downward API's spec.nodeName).
     #[arg(long, env = "GREENFILL_NODE_NAME")]
     node_name: Option<String>,
@@ -198,6 +203,7 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
         server: a.server,
         ca_cert: a.ca_cert,
         token: a.token,
+        token_file: a.token_file,
         node_name: a.node_name.unwrap_or_else(hostname),
         pool: a.pool,
         zone: a.zone,

@@ -29,3 +29,21 @@ fn the_agents_cpu_threshold_is_one_minus_the_schedulers_cpu_margin() {
         cfg.planning.cpu_margin
     );
 }
+
+/// The DaemonSet's agents prove their node with a projected service-account
+/// token whose audience is the one the scheduler's `[kubernetes]` checks.
+#[test]
+fn the_agents_token_audience_is_the_one_the_scheduler_checks() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes"));
+    let config = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
+    let ds = std::fs::read_to_string(dir.join("daemonset.yaml")).unwrap();
+    let audience = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("audience = "))
+        .expect("[kubernetes] audience in the scheduler's config")
+        .trim_matches('"');
+    let projected = ds.lines().find_map(|l| l.trim().strip_prefix("audience: ")).expect("a projected token");
+    assert_eq!(projected, audience);
+    assert!(ds.contains("GREENFILL_AGENT_TOKEN_FILE"), "the agent reads the projected token");
+    assert!(!ds.contains("key: agent-token"), "no shared agent secret in the DaemonSet");
+}

@@ -916,3 +916,112 @@ async fn users_see_and_touch_only_their_own_jobs_and_run_only_as_their_uids() {
     assert_eq!(seen.job.unwrap().id, a.id);
     assert!(tokio::time::timeout(Duration::from_millis(500), bobs.message()).await.is_err(), "bob saw alice's job");
 }
+
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * k)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An RSA key made by openssl: (private PEM, the public JWK's `n`).
+fn rsa_key(dir: &std::path::Path, name: &str) -> (Vec<u8>, String) {
+    let path = dir.join(format!("{name}.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let out =
+        std::process::Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(&path).output().unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
+    let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    (std::fs::read(&path).unwrap(), base64url(&bytes))
+}
+
+/// Serve `body` as JSON to every request on a loopback port (the cluster's
+/// `/openid/v1/jwks`).
+async fn serve_json(body: String) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    });
+    port
+}
+
+/// Agents on Kubernetes: a projected service-account token, checked against
+/// the cluster's JWKS, lets its pod register as the node it names and no
+/// other; a token with the wrong audience, issuer, subject, key or signature,
+/// an expired one, or one naming no node, is refused with the reason.
+#[tokio::test]
+async fn a_kubernetes_service_account_token_registers_only_as_its_pods_node() {
+    use greenfill_scheduler::service::config::KubernetesAuth;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, n) = rsa_key(dir.path(), "cluster");
+    let (other_key, _) = rsa_key(dir.path(), "other");
+    let jwks = format!(r#"{{"keys":[{{"kty":"RSA","kid":"k1","alg":"RS256","use":"sig","n":"{n}","e":"AQAB"}}]}}"#);
+    let port = serve_json(jwks).await;
+    let mut c = config(dir.path());
+    let kube = KubernetesAuth {
+        jwks_url: format!("http://127.0.0.1:{port}/openid/v1/jwks"),
+        ca_cert: None,
+        token_file: None,
+        ..KubernetesAuth::default()
+    };
+    let (issuer, sa) = (kube.issuer.clone(), kube.service_account.clone());
+    c.kubernetes = Some(kube);
+    c.validate("test").unwrap();
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mint = |edit: &dyn Fn(&mut serde_json::Value), kid: &str, pem: &[u8]| {
+        let mut claims = serde_json::json!({
+            "iss": issuer, "aud": ["greenfill"], "sub": sa, "iat": now(), "exp": now() + 600,
+            "kubernetes.io": {"namespace": "greenfill", "node": {"name": "n1", "uid": "u1"},
+                              "pod": {"name": "greenfill-agent-x", "uid": "u2"},
+                              "serviceaccount": {"name": "greenfill-agent", "uid": "u3"}},
+        });
+        edit(&mut claims);
+        let header = Header { kid: Some(kid.into()), ..Header::new(Algorithm::RS256) };
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(pem).unwrap()).unwrap()
+    };
+    let good = mint(&|_| {}, "k1", &key);
+    let _n1 = connect_agent_as(&ch, &good, register("n1", "i-1", vec![], 0)).await.unwrap();
+    let e = connect_agent_as(&ch, &good, register("n2", "i-2", vec![], 0)).await.err().expect("another node");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("node n2") && e.message().contains("\"n1\""), "{}", e.message());
+    let refused: Vec<(&str, String)> = vec![
+        ("InvalidAudience", mint(&|c| c["aud"] = serde_json::json!(["other"]), "k1", &key)),
+        ("InvalidIssuer", mint(&|c| c["iss"] = "https://elsewhere".into(), "k1", &key)),
+        ("ExpiredSignature", mint(&|c| c["exp"] = (now() - 3600).into(), "k1", &key)),
+        ("is not system:serviceaccount", mint(&|c| c["sub"] = "system:serviceaccount:default:x".into(), "k1", &key)),
+        ("names no pod and node", mint(&|c| c["kubernetes.io"]["node"] = serde_json::Value::Null, "k1", &key)),
+        ("not in the cluster's JWKS", mint(&|_| {}, "k2", &key)),
+        ("InvalidSignature", mint(&|_| {}, "k1", &other_key)),
+    ];
+    for (why, token) in refused {
+        let e = connect_agent_as(&ch, &token, register("n1", "i-3", vec![], 0)).await.err().expect(why);
+        assert_eq!(e.code(), Code::Unauthenticated, "{why}: {e:?}");
+        assert!(e.message().contains(why), "{why}: {}", e.message());
+    }
+}

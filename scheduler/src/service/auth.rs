@@ -89,6 +89,8 @@ pub struct Guard {
     bound: Arc<HashMap<String, Arc<super::config::NodeToken>>>,
     /// Named users' tokens (users only).
     users: Arc<HashMap<String, Caller>>,
+    /// Kubernetes service-account tokens (agents only).
+    kube: Option<Arc<super::kube::Verifier>>,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     who: &'static str,
 }
@@ -101,6 +103,7 @@ impl Guard {
             tokens: tokens.map(|t| Arc::new(t.iter().cloned().collect())),
             bound: Arc::new(HashMap::new()),
             users: Arc::new(HashMap::new()),
+            kube: None,
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))),
             who,
         }
@@ -109,6 +112,12 @@ impl Guard {
     /// Also accept these node-bound tokens (agents).
     pub fn with_node_tokens(mut self, tokens: &[super::config::NodeToken]) -> Guard {
         self.bound = Arc::new(tokens.iter().map(|t| (t.token.clone(), Arc::new(t.clone()))).collect());
+        self
+    }
+
+    /// Also accept Kubernetes service-account tokens, each bound to its node.
+    pub fn with_kubernetes(mut self, kube: Option<Arc<super::kube::Verifier>>) -> Guard {
+        self.kube = kube;
         self
     }
 
@@ -133,8 +142,18 @@ impl Guard {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
-        let bound = token.as_ref().and_then(|t| self.bound.get(t)).cloned();
+        let mut bound = token.as_ref().and_then(|t| self.bound.get(t)).cloned();
         let user = token.as_ref().and_then(|t| self.users.get(t)).cloned();
+        let known =
+            |t: &String| self.tokens.as_ref().is_some_and(|s| s.contains(t)) || bound.is_some() || user.is_some();
+        if let (Some(kube), Some(t)) = (&self.kube, &token)
+            && !known(t)
+            && t.matches('.').count() == 2
+        {
+            let node = kube.node_of(t)?;
+            let nodes = vec![node];
+            bound = Some(Arc::new(super::config::NodeToken { token: String::new(), nodes }));
+        }
         if let Some(tokens) = &self.tokens {
             match &token {
                 Some(t) if tokens.contains(t) || bound.is_some() || user.is_some() => {}

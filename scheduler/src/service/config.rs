@@ -5,7 +5,7 @@ use greenfill_core::time::parse_duration;
 use greenfill_planner::{GUARD_SLACK, PlanOptions, ProblemError, intensity_error};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +26,9 @@ pub struct Config {
     pub agent_tokens: Vec<String>,
     /// Agent tokens bound to the node names they may register as.
     pub node_tokens: Vec<NodeToken>,
+    /// Agents on Kubernetes authenticate with projected service-account
+    /// tokens bound to their pod's node (see [`KubernetesAuth`]).
+    pub kubernetes: Option<KubernetesAuth>,
     /// Named users: each sees and touches only its own jobs (admins: all) and
     /// may run jobs only as its uids / gids. `user_tokens` are admins.
     pub users: Vec<UserDecl>,
@@ -35,6 +38,39 @@ pub struct Config {
     pub planning: Planning,
     pub limits: Limits,
     pub power: Power,
+}
+
+/// Per-node agent identity on Kubernetes without per-node secrets: each agent
+/// pod presents its projected service-account token (audience `audience`); it
+/// may register only as the node the token names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesAuth {
+    /// The cluster's service-account issuer (`kubectl get --raw
+    /// /.well-known/openid-configuration`).
+    pub issuer: String,
+    pub audience: String,
+    /// The agents' service account, as the token's `sub`.
+    pub service_account: String,
+    pub jwks_url: String,
+    /// CA of the JWKS endpoint, and a bearer token to fetch it (the
+    /// scheduler's own service account; in-cluster defaults).
+    pub ca_cert: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for KubernetesAuth {
+    fn default() -> KubernetesAuth {
+        let sa = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
+        KubernetesAuth {
+            issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            audience: "greenfill".into(),
+            service_account: "system:serviceaccount:greenfill:greenfill-agent".into(),
+            jwks_url: "https://kubernetes.default.svc/openid/v1/jwks".into(),
+            ca_cert: Some(sa.join("ca.crt")),
+            token_file: Some(sa.join("token")),
+        }
+    }
 }
 
 /// A user credential: its name, the uids and gids its jobs may run as (empty:
@@ -444,6 +480,7 @@ impl Default for Config {
             agent_tokens: Vec::new(),
             node_tokens: Vec::new(),
             users: Vec::new(),
+            kubernetes: None,
             tls: None,
             pools: Vec::new(),
             planning: Planning::default(),
@@ -553,7 +590,7 @@ impl Config {
         if self.insecure_local && !self.listen.ip().is_loopback() {
             bad("listen", self.listen.to_string(), "insecure_local serves only on a loopback address");
         }
-        let no_agents = self.agent_tokens.is_empty() && self.node_tokens.is_empty();
+        let no_agents = self.agent_tokens.is_empty() && self.node_tokens.is_empty() && self.kubernetes.is_none();
         let no_users = self.user_tokens.is_empty() && self.users.is_empty();
         if !self.insecure_local && (no_users || no_agents) {
             bad(

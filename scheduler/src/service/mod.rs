@@ -20,6 +20,7 @@ pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod jobs;
+pub mod kube;
 pub mod lifecycle;
 pub mod planning;
 pub mod power;
@@ -449,6 +450,37 @@ fn describe(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinErro
     }
 }
 
+/// The Kubernetes token verifier: keys fetched now (an error is logged, and
+/// agents are refused until a fetch succeeds) and again every
+/// [`kube::REFRESH`] (every 10 s while none has succeeded), until shutdown.
+async fn start_kube(cfg: config::KubernetesAuth, state: &Arc<State>) -> Arc<kube::Verifier> {
+    let v = kube::Verifier::new(cfg);
+    let (me, stop) = (v.clone(), state.shutdown.clone());
+    let first = v.refresh().await;
+    state.tasks.spawn(async move {
+        let mut ok = first.is_ok();
+        match first {
+            Ok(n) => tracing::info!(keys = n, "Kubernetes signing keys fetched"),
+            Err(e) => tracing::error!(error = %e, "cannot fetch the Kubernetes signing keys; agents with service-account tokens are refused until it works"),
+        }
+        loop {
+            let wait = if ok { kube::REFRESH } else { std::time::Duration::from_secs(10) };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+            match me.refresh().await {
+                Ok(_) => ok = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot refresh the Kubernetes signing keys; keeping the last ones");
+                    ok = false;
+                }
+            }
+        }
+    });
+    v
+}
+
 /// Open the store, restore state, bind, and serve gRPC (jobs, plans, agents,
 /// health, reflection) and the planning loop until [`State::shutdown`] is
 /// cancelled; [`Running::stopped`] waits for the drain.
@@ -476,7 +508,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let user_guard = auth::Guard::new(users, l.requests_per_second, l.burst, "user").with_users(&cfg.users);
     let plan_guard = user_guard.clone();
     // Agents send telemetry every second each: their limit is per node.
-    let agent_guard = auth::Guard::new(agents, 100, 1000, "agent").with_node_tokens(&cfg.node_tokens);
+    let kube = match &cfg.kubernetes {
+        Some(k) => Some(start_kube(k.clone(), &state).await),
+        None => None,
+    };
+    let agent_guard =
+        auth::Guard::new(agents, 100, 1000, "agent").with_node_tokens(&cfg.node_tokens).with_kubernetes(kube);
     let max = l.max_message_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();
