@@ -33,6 +33,10 @@ impl Drop for Proc {
     }
 }
 
+/// Credentials on, as in production: every CLI call and agent carries one.
+const USER_TOKEN: &str = "e2e-user-secret";
+const AGENT_TOKEN: &str = "e2e-agent-secret";
+
 struct Cluster {
     dir: tempfile::TempDir,
     port: u16,
@@ -48,8 +52,10 @@ impl Cluster {
         std::fs::write(
             dir.path().join("scheduler.toml"),
             format!(
-                "listen = \"127.0.0.1:{port}\"\ninsecure_local = true\ndata_dir = \"{}\"\n\
-                 [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"1m\"\nhorizon = \"2h\"\n",
+                "listen = \"127.0.0.1:{port}\"\nuser_tokens = [\"{USER_TOKEN}\"]\nagent_tokens = [\"{AGENT_TOKEN}\"]\n\
+                 data_dir = \"{}\"\n\
+                 [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"1m\"\nhorizon = \"2h\"\n\
+                 reconcile_grace = \"2s\"\n",
                 dir.path().join("scheduler").display()
             ),
         )
@@ -99,6 +105,8 @@ impl Cluster {
                 "run",
                 "--server",
                 &format!("http://127.0.0.1:{}", self.port),
+                "--token",
+                AGENT_TOKEN,
                 "--node-name",
                 "e2e",
                 "--batch-root",
@@ -117,7 +125,7 @@ impl Cluster {
 
     fn greenfill(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
-            .args(["--server", &format!("http://127.0.0.1:{}", self.port)])
+            .args(["--server", &format!("http://127.0.0.1:{}", self.port), "--token", USER_TOKEN])
             .args(args)
             .output()
             .unwrap();
@@ -363,7 +371,15 @@ fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process(
     });
     assert!(!pids_running(&marker).is_empty(), "the job's process runs");
     let same_root = Command::new(bin("greenfill-agent"))
-        .args(["run", "--server", &format!("http://127.0.0.1:{}", c.port), "--node-name", "other"])
+        .args([
+            "run",
+            "--server",
+            &format!("http://127.0.0.1:{}", c.port),
+            "--token",
+            AGENT_TOKEN,
+            "--node-name",
+            "other",
+        ])
         .args(["--batch-root", &c.batch_root, "--online-cgroup", &c.online_root()])
         .arg("--state-dir")
         .arg(c.dir.path().join("agent3"))
@@ -375,7 +391,15 @@ fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process(
     let log2 = c.dir.path().join("agent2.log");
     let second_root = format!("{}2/batch", c.batch_root.trim_end_matches("/batch"));
     let second = Command::new(bin("greenfill-agent"))
-        .args(["run", "--server", &format!("http://127.0.0.1:{}", c.port), "--node-name", "e2e"])
+        .args([
+            "run",
+            "--server",
+            &format!("http://127.0.0.1:{}", c.port),
+            "--token",
+            AGENT_TOKEN,
+            "--node-name",
+            "e2e",
+        ])
         .args(["--batch-root", &second_root, "--online-cgroup", &c.online_root()])
         .arg("--state-dir")
         .arg(c.dir.path().join("agent2"))
@@ -402,10 +426,53 @@ fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process(
     let j = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
     assert!(j["reason"].as_str().unwrap().contains("stopped on e2e"), "{j}");
     assert!(pids_running(&marker).is_empty(), "cancelled, but the process still runs");
+    // ... and its cgroup is gone: the batch root holds no job cgroup.
+    for h in ["cpu", "cpu,cpuacct", "memory"] {
+        let root = Path::new("/sys/fs/cgroup").join(h).join(&c.batch_root);
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "job cgroups left under {}: {left:?}", root.display());
+    }
     drop(second);
     for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
         let base = Path::new("/sys/fs/cgroup").join(h);
         let _ = std::fs::remove_dir(base.join(&second_root));
         let _ = std::fs::remove_dir(base.join(second_root.trim_end_matches("/batch")));
     }
+}
+
+/// An agent killed mid-job and restarted with its state dir wiped: the old
+/// job's process is found by its cgroup and stopped (nothing runs that no
+/// scheduler knows of), the scheduler requeues the attempt the agent no longer
+/// reports, and the job runs again: one process, attempt 2.
+#[test]
+fn an_agent_restarted_with_a_wiped_state_dir_stops_the_orphan_and_the_job_runs_again() {
+    if !root_or_skip("wiped_state") {
+        return;
+    }
+    let mut c = Cluster::new("wiped");
+    let marker = format!("sleep 300.{}", std::process::id() + 7);
+    let id = c.submit(&["--cpu", "0.1", "--memory", "32Mi", "--duration", "5m", "--", "sh", "-c", &marker]);
+    c.wait_until("the job running", Duration::from_secs(60), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
+    });
+    let first = pids_running(&marker);
+    assert!(!first.is_empty());
+    c.agent.take(); // SIGKILL: the job goes on under its shim
+    std::fs::remove_dir_all(c.dir.path().join("agent")).unwrap();
+    c.start_agent();
+    let jobs = c.wait_until("the job running again", Duration::from_secs(60), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running" && j["attempts"] == 2)
+    });
+    let j = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
+    let now = pids_running(&marker);
+    assert!(first.iter().all(|p| !now.contains(p)), "the orphan still runs: {first:?} in {now:?}");
+    assert!(!now.is_empty(), "attempt 2 runs: {j}");
+    let out = c.greenfill(&["cancel", &id]).unwrap();
+    assert!(out.contains("cancelling"), "{out}");
+    c.wait_until("the cancel confirmed", Duration::from_secs(30), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "cancelled")
+    });
+    assert!(pids_running(&marker).is_empty());
 }

@@ -1025,3 +1025,119 @@ async fn a_kubernetes_service_account_token_registers_only_as_its_pods_node() {
         assert!(e.message().contains(why), "{why}: {}", e.message());
     }
 }
+
+/// Every RPC × {owner, another user, admin, agent, no token}: what each may do.
+/// The job is alice's; CancelJob gets one of alice's jobs per role.
+#[tokio::test]
+async fn every_rpc_by_every_kind_of_caller() {
+    use greenfill_scheduler::service::config::UserDecl;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    let user = |name: &str, uids: Vec<u32>, admin: bool| UserDecl {
+        name: name.into(),
+        token: format!("{name}-secret"),
+        gids: vec![],
+        uids,
+        admin,
+    };
+    c.users = vec![user("alice", vec![1000], false), user("bob", vec![2000], false), user("ops", vec![], true)];
+    c.validate("test").unwrap();
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut plans = pb::plan_service_client::PlanServiceClient::new(ch.clone());
+    let roles: [(&str, Option<&str>); 5] = [
+        ("owner", Some("alice-secret")),
+        ("other", Some("bob-secret")),
+        ("admin", Some("ops-secret")),
+        ("agent", Some(AGENT)),
+        ("none", None),
+    ];
+    fn req<T>(token: Option<&str>, msg: T) -> tonic::Request<T> {
+        match token {
+            Some(t) => authed(t, msg),
+            None => tonic::Request::new(msg),
+        }
+    }
+    let submit_as_alice = |rid: String| {
+        let mut s = spec();
+        s.run_as_uid = Some(1000);
+        authed("alice-secret", pb::SubmitJobRequest { request_id: rid, spec: Some(s) })
+    };
+    let job = jobs.submit_job(submit_as_alice("the-job".into())).await.unwrap().into_inner().job.unwrap().id;
+    let mut to_cancel = Vec::new();
+    for (role, _) in &roles {
+        let j = jobs.submit_job(submit_as_alice(format!("cancel-{role}"))).await.unwrap().into_inner().job.unwrap();
+        to_cancel.push(j.id);
+    }
+    let code = |r: Result<(), tonic::Status>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("{:?}", e.code()),
+    };
+    let mut got: Vec<(String, Vec<String>)> = Vec::new();
+    for rpc in
+        ["SubmitJob", "GetJob", "ListJobs", "ExplainJob", "WatchJobs", "CancelJob", "GetPlan", "ListNodes", "Session"]
+    {
+        let mut row = Vec::new();
+        for (k, (role, token)) in roles.iter().enumerate() {
+            let t = *token;
+            let r = match rpc {
+                "SubmitJob" => {
+                    let mut s = spec();
+                    s.run_as_uid = Some(1000);
+                    let m = pb::SubmitJobRequest { request_id: format!("submit-{role}"), spec: Some(s) };
+                    jobs.submit_job(req(t, m)).await.map(|_| ())
+                }
+                "GetJob" => jobs.get_job(req(t, pb::GetJobRequest { id: job.clone() })).await.map(|_| ()),
+                "ListJobs" => jobs
+                    .list_jobs(req(t, pb::ListJobsRequest { page_size: 1000, ..Default::default() }))
+                    .await
+                    .map(|r| r.into_inner().jobs.iter().any(|j| j.id == job))
+                    .map(|sees| row.push(format!("ok, sees it: {sees}"))),
+                "ExplainJob" => jobs.explain_job(req(t, pb::ExplainJobRequest { id: job.clone() })).await.map(|_| ()),
+                "WatchJobs" => jobs.watch_jobs(req(t, pb::WatchJobsRequest::default())).await.map(|_| ()),
+                "CancelJob" => {
+                    let m = pb::CancelJobRequest { id: to_cancel[k].clone(), reason: String::new() };
+                    jobs.cancel_job(req(t, m)).await.map(|_| ())
+                }
+                "GetPlan" => plans.get_plan(req(t, pb::GetPlanRequest::default())).await.map(|_| ()),
+                "ListNodes" => plans.list_nodes(req(t, pb::ListNodesRequest::default())).await.map(|_| ()),
+                _ => {
+                    let first = register(&format!("node-{role}"), role, vec![], 0);
+                    match t {
+                        Some(t) => connect_agent_as(&ch, t, first).await.map(|_| ()),
+                        None => {
+                            let (tx, rx) = tokio::sync::mpsc::channel(4);
+                            tx.send(first).await.unwrap();
+                            let mut agents = AgentServiceClient::new(ch.clone());
+                            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                            agents.session(tonic::Request::new(stream)).await.map(|_| ())
+                        }
+                    }
+                }
+            };
+            if !(rpc == "ListJobs" && r.is_ok()) {
+                row.push(code(r));
+            }
+        }
+        got.push((rpc.to_owned(), row));
+    }
+    let u = "Unauthenticated";
+    let expected: Vec<(&str, [&str; 5])> = vec![
+        //             owner                 other                  admin                 agent  none
+        ("SubmitJob", ["ok", "PermissionDenied", "ok", u, u]),
+        ("GetJob", ["ok", "NotFound", "ok", u, u]),
+        ("ListJobs", ["ok, sees it: true", "ok, sees it: false", "ok, sees it: true", u, u]),
+        ("ExplainJob", ["ok", "NotFound", "ok", u, u]),
+        ("WatchJobs", ["ok", "ok", "ok", u, u]),
+        ("CancelJob", ["ok", "NotFound", "ok", u, u]),
+        // Any user may read plans; there is none yet (no node), so the answer is NotFound.
+        ("GetPlan", ["NotFound", "NotFound", "NotFound", u, u]),
+        ("ListNodes", ["ok", "ok", "ok", u, u]),
+        ("Session", [u, u, u, "ok", u]),
+    ];
+    for ((rpc, row), (want_rpc, want)) in got.iter().zip(&expected) {
+        assert_eq!(rpc, want_rpc);
+        assert_eq!(row, &want.to_vec(), "{rpc} by (owner, other, admin, agent, none)");
+    }
+}

@@ -61,7 +61,7 @@ impl AgentService for Agents {
             let t = now();
             let node = inner.nodes.entry(name.clone()).or_insert_with(|| Node::new(reg.clone(), t));
             admit(node, &name, &reg, &peer, t)?;
-            (node.instance_id, node.peer) = (reg.instance_id.clone(), peer.clone());
+            node.peer = peer.clone();
             node.register = pb::Register { running_jobs: Vec::new(), ..reg.clone() };
             node.last_seen = t;
             node.registered_at = t;
@@ -146,16 +146,20 @@ const SESSION_LIVE_S: i64 = 30;
 /// One live agent per node. A different instance claiming a node whose session
 /// is live is refused (ALREADY_EXISTS, naming both). Otherwise an old session
 /// (the same instance reconnecting, or one gone quiet) is closed with the reason,
-/// so that side knows. Agents without an instance id (older) are not compared.
+/// so that side knows. A new instance (a fresh state dir) numbers its events
+/// from 1 again: the node's event sequence restarts with it, or its first
+/// events would be taken for ones already stored and dropped. Agents without an
+/// instance id (older) are not compared.
 fn admit(node: &mut Node, name: &str, reg: &pb::Register, peer: &str, t: i64) -> Result<(), Status> {
     let live = node.session.is_some() && node.last_seen >= t - SESSION_LIVE_S;
-    let other = !node.instance_id.is_empty() && !reg.instance_id.is_empty() && node.instance_id != reg.instance_id;
+    let before = &node.register.instance_id;
+    let other = !before.is_empty() && !reg.instance_id.is_empty() && *before != reg.instance_id;
     if live && other {
         metrics::counter!("greenfill_agent_registrations_refused_total", "reason" => "duplicate_node").increment(1);
         return Err(Status::already_exists(format!(
             "node {name} is already served by agent instance {} at {} (session live, last heard {} s ago); this agent \
              (instance {} at {peer}) claims the same name: give it its own --node-name, or stop the other",
-            node.instance_id,
+            before,
             node.peer,
             t - node.last_seen,
             reg.instance_id
@@ -167,6 +171,10 @@ fn admit(node: &mut Node, name: &str, reg: &pb::Register, peer: &str, t: i64) ->
             "replaced by a newer session of node {name} (agent instance {} at {peer})",
             reg.instance_id
         ))));
+    }
+    if other {
+        tracing::warn!(node = %name, old = %before, new = %reg.instance_id, "a new agent instance: its events are numbered afresh");
+        node.event_seq = 0;
     }
     Ok(())
 }

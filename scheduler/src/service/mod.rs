@@ -98,8 +98,8 @@ pub struct Node {
     pub last_sample: Option<pb::TelemetrySample>,
     /// When the open session began.
     pub registered_at: i64,
-    /// The agent instance that holds the session, and where it connects from.
-    pub instance_id: String,
+    /// Where the agent holding the session connects from (its instance id is
+    /// `register.instance_id`).
     pub peer: String,
     /// Attempts the scheduler runs here that the agent did not report at its
     /// last Register: attempt id → (job id, when it is requeued as lost),
@@ -125,7 +125,6 @@ impl Node {
             history: VecDeque::new(),
             last_sample: None,
             registered_at: last_seen,
-            instance_id: String::new(),
             peer: String::new(),
             unreported: HashMap::new(),
             evicted_at: None,
