@@ -25,7 +25,8 @@ fn free_port() -> u16 {
 
 fn start(dir: &std::path::Path, port: u16) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_greenfill-scheduler"))
-        .args(["--insecure-local", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["--user-tokens", USER_TOKEN, "--agent-tokens", AGENT_TOKEN])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -35,11 +36,23 @@ fn start(dir: &std::path::Path, port: u16) -> Server {
     Server(child)
 }
 
-async fn connect(port: u16) -> JobServiceClient<tonic::transport::Channel> {
+/// Credentials on, as in production.
+const USER_TOKEN: &str = "crash-user-secret";
+const AGENT_TOKEN: &str = "crash-agent-secret";
+
+fn with_token(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut().insert("authorization", format!("Bearer {USER_TOKEN}").parse().expect("ascii"));
+    Ok(r)
+}
+
+type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+type Client = JobServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Interceptor>>;
+
+async fn connect(port: u16) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
-            Ok(ch) => return JobServiceClient::new(ch),
+            Ok(ch) => return JobServiceClient::with_interceptor(ch, with_token as Interceptor),
             Err(e) if Instant::now() > deadline => panic!("scheduler did not come up: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -58,7 +71,7 @@ fn spec(rid: &str) -> pb::JobSpec {
     }
 }
 
-async fn all_jobs(c: &mut JobServiceClient<tonic::transport::Channel>) -> Vec<pb::Job> {
+async fn all_jobs(c: &mut Client) -> Vec<pb::Job> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
@@ -183,11 +196,10 @@ async fn sigkill_during_submissions_loses_and_duplicates_nothing() {
         ..Default::default()
     };
     tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Telemetry(sample)) }).await.unwrap();
-    let mut inbound = pb::agent_service_client::AgentServiceClient::new(ch)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut session = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    session.metadata_mut().insert("authorization", format!("Bearer {AGENT_TOKEN}").parse().unwrap());
+    let mut inbound =
+        pb::agent_service_client::AgentServiceClient::new(ch).session(session).await.unwrap().into_inner();
     let acked_ids: HashSet<String> = acked.lock().unwrap().values().cloned().collect();
     let run = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
