@@ -97,29 +97,22 @@ impl Cluster {
         self.scheduler = Some(Proc(child));
     }
 
+    /// `greenfill-agent run` against this cluster as `node`, with its batch
+    /// root and state dir.
+    fn agent_command(&self, node: &str, batch_root: &str, state: &str) -> Command {
+        let mut cmd = Command::new(bin("greenfill-agent"));
+        cmd.args(["run", "--server", &format!("http://127.0.0.1:{}", self.port), "--token", AGENT_TOKEN])
+            .args(["--node-name", node, "--batch-root", batch_root, "--online-cgroup", &self.online_root()])
+            .arg("--state-dir")
+            .arg(self.dir.path().join(state));
+        cmd
+    }
+
     fn start_agent(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
-        let child = Command::new(bin("greenfill-agent"))
-            .args([
-                "run",
-                "--server",
-                &format!("http://127.0.0.1:{}", self.port),
-                "--token",
-                AGENT_TOKEN,
-                "--node-name",
-                "e2e",
-                "--batch-root",
-                &self.batch_root,
-                "--online-cgroup",
-                &self.online_root(),
-            ])
-            .arg("--state-dir")
-            .arg(self.dir.path().join("agent"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child =
+            self.agent_command("e2e", &self.batch_root, "agent").stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.agent = Some(Proc(child));
     }
 
@@ -370,39 +363,14 @@ fn a_second_agent_for_the_same_node_is_refused_and_a_cancel_reaches_the_process(
         j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
     });
     assert!(!pids_running(&marker).is_empty(), "the job's process runs");
-    let same_root = Command::new(bin("greenfill-agent"))
-        .args([
-            "run",
-            "--server",
-            &format!("http://127.0.0.1:{}", c.port),
-            "--token",
-            AGENT_TOKEN,
-            "--node-name",
-            "other",
-        ])
-        .args(["--batch-root", &c.batch_root, "--online-cgroup", &c.online_root()])
-        .arg("--state-dir")
-        .arg(c.dir.path().join("agent3"))
-        .output()
-        .unwrap();
+    let same_root = c.agent_command("other", &c.batch_root, "agent3").output().unwrap();
     let err = String::from_utf8_lossy(&same_root.stderr);
     assert_eq!(same_root.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("already uses --batch-root {}", c.batch_root)), "{err}");
     let log2 = c.dir.path().join("agent2.log");
     let second_root = format!("{}2/batch", c.batch_root.trim_end_matches("/batch"));
-    let second = Command::new(bin("greenfill-agent"))
-        .args([
-            "run",
-            "--server",
-            &format!("http://127.0.0.1:{}", c.port),
-            "--token",
-            AGENT_TOKEN,
-            "--node-name",
-            "e2e",
-        ])
-        .args(["--batch-root", &second_root, "--online-cgroup", &c.online_root()])
-        .arg("--state-dir")
-        .arg(c.dir.path().join("agent2"))
+    let second = c
+        .agent_command("e2e", &second_root, "agent2")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log2).unwrap())
         .spawn()

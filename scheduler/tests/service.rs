@@ -547,11 +547,7 @@ async fn after_an_eviction_the_next_attempt_goes_to_another_node() {
     let srv = service::start(c).await.unwrap();
     let ch = channel(srv.addr).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    let mut s = spec();
-    s.pool = "web".into();
-    s.memory_bytes = 2 << 30;
-    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "cool".into(), spec: Some(s) })).await;
-    let id = job.unwrap().into_inner().job.unwrap().id;
+    let id = submit_web(&mut jobs, "cool", |s| s.memory_bytes = 2 << 30).await;
     let mut sessions = Vec::new();
     for name in ["n1", "n2"] {
         let FakeAgent { tx, inbound } = connect_agent(&ch, register(name, name, vec![], 0)).await.unwrap();
@@ -589,6 +585,15 @@ async fn after_an_eviction_the_next_attempt_goes_to_another_node() {
     assert_ne!(runs[0], runs[1], "the second attempt went back to the node that evicted: {runs:?}");
     let j = jobs.get_job(authed(USER, pb::GetJobRequest { id })).await.unwrap().into_inner();
     assert_eq!((j.state, j.evictions), (pb::JobState::Running as i32, 1), "{j:?}");
+}
+
+/// Submit `spec()` to pool `web` (edited by `edit`) as the shared user; its id.
+async fn submit_web(jobs: &mut JobServiceClient<Channel>, rid: &str, edit: impl FnOnce(&mut pb::JobSpec)) -> String {
+    let mut s = spec();
+    s.pool = "web".into();
+    edit(&mut s);
+    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: rid.into(), spec: Some(s) })).await;
+    job.unwrap().into_inner().job.unwrap().id
 }
 
 /// An agent session over a channel: what it sends and what it receives.
@@ -698,10 +703,7 @@ async fn register_stops_strays_and_requeues_what_the_agent_no_longer_runs() {
     let srv = service::start(c).await.unwrap();
     let ch = channel(srv.addr).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    let mut s = spec();
-    s.pool = "web".into();
-    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "rec".into(), spec: Some(s) })).await;
-    let id = job.unwrap().into_inner().job.unwrap().id;
+    let id = submit_web(&mut jobs, "rec", |_| {}).await;
     let stray = pb::RunningJob { job_id: "no-such-job".into(), attempt_id: "no-such-job-1".into(), pid: 4242 };
     let mut a = connect_agent(&ch, register("n1", "instance-a", vec![stray], 0)).await.unwrap();
     let stop = |b| match b {
@@ -761,10 +763,7 @@ async fn a_cancel_is_cancelling_until_the_agent_confirms_even_across_a_reconnect
     let srv = service::start(config(dir.path())).await.unwrap();
     let ch = channel(srv.addr).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    let mut s = spec();
-    s.pool = "web".into();
-    let job = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "can".into(), spec: Some(s) })).await;
-    let id = job.unwrap().into_inner().job.unwrap().id;
+    let id = submit_web(&mut jobs, "can", |_| {}).await;
     let run = |b| match b {
         pb::scheduler_message::Body::Run(r) => Some(r),
         _ => None,
