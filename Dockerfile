@@ -1,7 +1,7 @@
 # The three binaries in one image: greenfill-scheduler, greenfill-agent, greenfill.
 # docker build -t greenfill .
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake clang libclang-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends cmake clang libclang-dev protobuf-compiler && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p greenfill-scheduler -p greenfill-agent -p greenfill

@@ -8,6 +8,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# protoc: the containerd-client crate generates containerd's API from its .proto files.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 # The qos benchmark's latency-critical service (and its CI smoke run).
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
@@ -15,6 +17,16 @@ command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memc
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # openssl: the Kubernetes token test makes its cluster signing keys with it.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Image jobs (issue 18): a real containerd with runc, and for its tests a local
+# OCI registry (docker-registry), umoci and skopeo to build and push an image
+# from busybox-static without the network, and htpasswd for a registry that refuses.
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (HiGHS is built from source; memcached is the qos benchmark's service)" >&2

@@ -13,6 +13,7 @@
 //! `STOPPED` and requeued: never lost, never running twice at once.
 
 use crate::cgroups::{Cgroups, HostCgroups};
+use crate::containerd::{ImageRef, Pull};
 use crate::guard::{Guard, GuardConfig, GuardJob};
 use crate::runner::{self, Runner};
 use crate::telemetry::{self, LinearPowerModel, Roots, Sampler};
@@ -56,6 +57,35 @@ pub struct Config {
     /// What a `PowerDown` runs (`sh -c`), e.g. `systemctl suspend`: it returns
     /// when the machine wakes, and the agent registers again.
     pub power_down: String,
+    /// Image jobs through this containerd; `None`: image jobs fail to start.
+    pub containerd: Option<ContainerdConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerdConfig {
+    pub socket: PathBuf,
+    /// Registry credential files, one per name (`user:password`).
+    pub credentials: Option<PathBuf>,
+    /// Registries reached over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
+}
+
+/// The agent's binary where containerd's shim can start it as the jobs'
+/// logger: in the state dir, which a DaemonSet mounts from the host at the same
+/// path (the agent's own image is not the host's filesystem). Copied when the
+/// binary there differs.
+fn host_visible_logger(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = state_dir.join("bin");
+    std::fs::create_dir_all(&dir)?;
+    let dest = dir.join("greenfill-agent");
+    let same = std::fs::read(&dest).ok().zip(std::fs::read(&exe).ok()).is_some_and(|(a, b)| a == b);
+    if !same {
+        let tmp = dir.join(".greenfill-agent.tmp");
+        std::fs::copy(&exe, &tmp)?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(dest)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -82,6 +112,18 @@ struct LocalJob {
     /// The job's own CPU limit (the guard may hold its quota lower on cgroup v1).
     #[serde(default)]
     cpu_cores: f64,
+    /// An image job: `pid` is its container's first process, and its
+    /// container in containerd carries the attempt id.
+    #[serde(default)]
+    image: bool,
+}
+
+impl LocalJob {
+    /// What a kill spares so the job's end is recorded: a process job's shim;
+    /// nothing of an image job (containerd records its end).
+    fn shim(&self) -> Option<u32> {
+        (!self.image).then_some(self.pid)
+    }
 }
 
 #[derive(Debug)]
@@ -255,6 +297,18 @@ impl Agent {
         if let Some(exe) = &cfg.shim {
             runner = runner.with_shim(exe.clone());
         }
+        if let Some(c) = &cfg.containerd {
+            let logger = host_visible_logger(&cfg.state_dir)
+                .map_err(|e| anyhow::anyhow!("state_dir {}: the image jobs' logger: {e}", cfg.state_dir.display()))?;
+            let images = runner::Images::new(
+                c.socket.clone(),
+                logger,
+                c.credentials.clone(),
+                c.insecure_registries.clone(),
+                &cfg.batch_root,
+            )?;
+            runner = runner.with_images(images);
+        }
         let mut guard = Guard::with_cgroups(cfg.guard.clone(), &cfg.roots.cgroup, &cfg.batch_root, cgroups);
         // A kernel priority under batch first; the guard works on top of it.
         match runner.prioritise() {
@@ -300,7 +354,11 @@ impl Agent {
         let left: Vec<(String, LocalJob)> = self.core().p.jobs.clone().into_iter().collect();
         let logs = self.cfg.state_dir.join("logs");
         for (attempt, job) in left {
-            let adopted = self.cfg.shim.as_ref().and_then(|_| self.runner.adopt(&attempt, job.pid, &logs));
+            let adopted = if job.image {
+                self.runner.adopt_container(&attempt)
+            } else {
+                self.cfg.shim.as_ref().and_then(|_| self.runner.adopt(&attempt, job.pid, &logs))
+            };
             match adopted {
                 Some(running) => {
                     tracing::info!(%attempt, pid = job.pid, "re-adopted a job from the previous agent run");
@@ -332,6 +390,10 @@ impl Agent {
         let known: Vec<PathBuf> = self.core().p.jobs.values().map(|j| j.cgroup.clone()).collect();
         for (cgroup, killed) in self.runner.sweep_orphans(&known) {
             tracing::warn!(cgroup = %cgroup.display(), killed, "a job cgroup this agent's state does not know: stopped");
+        }
+        let attempts: Vec<String> = self.core().p.jobs.keys().cloned().collect();
+        for id in self.runner.sweep_containers(&attempts) {
+            tracing::warn!(container = %id, "a job container this agent's state does not know: removed");
         }
     }
 
@@ -623,6 +685,15 @@ impl Agent {
             gid: spec.run_as_gid,
             log_dir: self.cfg.state_dir.join("logs"),
             log_cap_bytes: self.cfg.log_cap_bytes,
+            image: spec.image.as_ref().map(|i| ImageRef {
+                reference: i.reference.clone(),
+                pull: match pb::PullPolicy::try_from(i.pull_policy) {
+                    Ok(pb::PullPolicy::Always) => Pull::Always,
+                    Ok(pb::PullPolicy::Never) => Pull::Never,
+                    _ => Pull::IfNotPresent,
+                },
+                credential: (!i.credential.is_empty()).then(|| i.credential.clone()),
+            }),
         };
         let runner = self.runner.clone();
         let started = tokio::task::spawn_blocking(move || runner.start(&rs)).await;
@@ -647,13 +718,21 @@ impl Agent {
                     cgroup: running.cgroup_path.clone(),
                     priority: spec.priority,
                     cpu_cores: spec.cpu_cores,
+                    image: running.is_image(),
                 },
             );
+            let message = match (&spec.image, running.pulled) {
+                (Some(i), Some(p)) => {
+                    format!("pid {} in image {} (pulled in {:.1} s)", running.pid, i.reference, p.as_secs_f64())
+                }
+                (Some(i), None) => format!("pid {} in image {} (present)", running.pid, i.reference),
+                (None, _) => format!("pid {}", running.pid),
+            };
             core.emit(pb::JobStatus {
                 job_id: run.job_id.clone(),
                 attempt_id: run.attempt_id.clone(),
                 phase: pb::JobPhase::Started as i32,
-                message: format!("pid {}", running.pid),
+                message,
                 ..Default::default()
             });
         }
@@ -669,12 +748,12 @@ impl Agent {
         self.core().stopping.insert(stop.attempt_id.clone(), stop.reason.clone());
         let grace =
             stop.grace.map_or(Duration::from_secs(10), |g| Duration::from_secs(u64::try_from(g.seconds).unwrap_or(10)));
-        let n = self.runner.signal_cgroup_except(&job.cgroup, nix::sys::signal::Signal::SIGTERM, Some(job.pid));
+        let n = self.runner.signal_cgroup_except(&job.cgroup, nix::sys::signal::Signal::SIGTERM, job.shim());
         tracing::info!(attempt = %stop.attempt_id, signalled = n, grace_s = grace.as_secs(), reason = %stop.reason, "stopping job");
         let runner = self.runner.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let _ = tokio::task::spawn_blocking(move || runner.kill_job(&job.cgroup, job.pid)).await;
+            let _ = tokio::task::spawn_blocking(move || runner.kill_job(&job.cgroup, job.shim())).await;
         });
     }
 
@@ -682,7 +761,7 @@ impl Agent {
     pub fn evict(&self, attempt: &str, why: &str) {
         let Some(job) = self.core().p.jobs.get(attempt).cloned() else { return };
         self.core().stopping.insert(attempt.to_owned(), format!("evicted: {why}"));
-        self.runner.kill_job(&job.cgroup, job.pid);
+        self.runner.kill_job(&job.cgroup, job.shim());
     }
 
     fn guard_jobs(&self) -> Vec<GuardJob> {

@@ -9,8 +9,11 @@
 //! functions; a missing or garbled file makes a field `None`, never a panic.
 
 pub mod cgroups;
+pub mod containerd;
 pub mod daemon;
 pub mod guard;
+mod oci;
+mod pull;
 pub mod runner;
 pub mod telemetry;
 

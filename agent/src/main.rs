@@ -25,6 +25,10 @@ enum Command {
     /// (internal) The parent of one job, started by the agent in the job's cgroup.
     #[command(hide = true)]
     Shim,
+    /// (internal) An image job's logger, started by containerd's shim (its
+    /// logging-binary protocol): `<cap>,<log dir>`.
+    #[command(hide = true, name = "greenfill-log")]
+    GreenfillLog { arg: String },
     /// Print telemetry samples of this machine: node CPU and memory, pressure, the
     /// cgroup version(s) found, and power with its source (rapl or model).
     Sample {
@@ -150,6 +154,19 @@ struct RunArgs {
     /// `poweroff` never returns), and the agent registers again.
     #[arg(long, default_value = "systemctl suspend")]
     power_down_command: String,
+    /// containerd's socket, for jobs with an image (`greenfill submit --image`).
+    /// Jobs go in containerd namespace `greenfill`; without containerd there,
+    /// image jobs fail to start, naming the socket, and process jobs run on.
+    #[arg(long, env = "GREENFILL_CONTAINERD_SOCKET", default_value = greenfill_agent::containerd::DEFAULT_SOCKET)]
+    containerd_socket: PathBuf,
+    /// A directory of registry credentials: a file per credential name (what a
+    /// job's `--registry-credential` names), holding `user:password`. Never logged.
+    #[arg(long, env = "GREENFILL_REGISTRY_CREDENTIALS")]
+    registry_credentials: Option<PathBuf>,
+    /// A registry (`host:port`) to pull from over plain HTTP, not HTTPS
+    /// (repeatable; for a registry on loopback or a trusted network).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -217,6 +234,11 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
         guard,
         shim: Some(std::env::current_exe()?),
         power_down: a.power_down_command,
+        containerd: Some(daemon::ContainerdConfig {
+            socket: a.containerd_socket,
+            credentials: a.registry_credentials,
+            insecure_registries: a.insecure_registries,
+        }),
     };
     Ok((cfg, a.metrics_listen))
 }
@@ -244,6 +266,7 @@ fn main() {
             }
         }
         Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
+        Command::GreenfillLog { arg } => std::process::exit(greenfill_agent::containerd::log_main(&arg)),
         Command::Sample { once, interval, json, machine, watch } => {
             // No logging is set up for `sample`: its error goes to stderr as is.
             if let Err(e) = sample(once, interval, json, &machine, watch) {

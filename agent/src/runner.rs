@@ -8,6 +8,7 @@
 //! host's hierarchies under the injected roots, or an in-memory fake in tests).
 
 use crate::cgroups::{CgroupError, Cgroups, JobLimits};
+use crate::containerd::{Containerd, ImageError, ImageRef, Launch};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct JobSpec {
     /// stdout and stderr go to `<log_dir>/<id>.{out,err}`, at most `log_cap_bytes` each.
     pub log_dir: PathBuf,
     pub log_cap_bytes: u64,
+    /// Run in this image through containerd; `None`: a process on the host.
+    #[serde(default)]
+    pub image: Option<ImageRef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,12 @@ pub enum RunError {
         program: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("job `{id}`: {source}")]
+    Image {
+        id: String,
+        #[source]
+        source: ImageError,
     },
     #[error("job `{id}`: log file {path}: {source}")]
     Log {
@@ -87,6 +97,81 @@ pub struct Running {
     status_file: Option<PathBuf>,
     started: Instant,
     loggers: Vec<std::thread::JoinHandle<()>>,
+    /// An image job: its container (named by the job id) in containerd.
+    container: bool,
+    /// How long the node took to pull the job's image, when it had to.
+    pub pulled: Option<std::time::Duration>,
+}
+
+impl Running {
+    /// The process the runner spares when it kills a job's processes, so it
+    /// can record how the job ended: the shim of a process job; none for an
+    /// image job (containerd's shim is outside the job's cgroup).
+    pub fn shim(&self) -> Option<u32> {
+        (!self.container).then_some(self.pid)
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.container
+    }
+}
+
+/// Image jobs' containerd client, on a runtime of its own: the runner is called
+/// from blocking threads and from async code alike, and blocks on it either way.
+#[derive(Debug)]
+pub struct Images {
+    ctd: Containerd,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Images {
+    pub fn new(
+        socket: PathBuf,
+        logger: PathBuf,
+        credentials: Option<PathBuf>,
+        insecure: Vec<String>,
+        batch_root: &Path,
+    ) -> Result<Images, ImageError> {
+        let down =
+            |e: std::io::Error| ImageError::Containerd { socket: socket.display().to_string(), message: e.to_string() };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("containerd")
+            .enable_all()
+            .build()
+            .map_err(down)?;
+        let ctd = {
+            let _in = rt.enter();
+            Containerd::new(socket, logger, credentials, insecure, batch_root)?
+        };
+        Ok(Images { ctd, rt: Some(rt) })
+    }
+
+    /// Run `f` on the client's runtime and wait for it.
+    fn call<T, F>(&self, f: impl FnOnce(Containerd) -> F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fut = f(self.ctd.clone());
+        self.rt.as_ref()?.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().ok()
+    }
+
+    fn stopped(&self) -> ImageError {
+        ImageError::Containerd { socket: String::new(), message: "the agent's containerd client stopped".into() }
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Starts and watches jobs under one batch root (e.g. `greenfill/batch`).
@@ -96,6 +181,8 @@ pub struct Runner {
     cgroups: Arc<dyn Cgroups>,
     /// Start jobs through `<shim> shim` so they outlive this process (see [`shim_main`]).
     shim: Option<PathBuf>,
+    /// Run image jobs through this containerd.
+    images: Option<Images>,
 }
 
 /// What the shim's exit status file holds.
@@ -229,7 +316,7 @@ pub fn shim_main() -> i32 {
     if ok.is_err() { 4 } else { 0 }
 }
 
-fn copy_capped(mut from: impl Read, mut to: std::fs::File, cap: u64) {
+pub(crate) fn copy_capped(mut from: impl Read, mut to: std::fs::File, cap: u64) {
     let mut buf = [0u8; 8192];
     let mut written = 0u64;
     while let Ok(n) = from.read(&mut buf) {
@@ -251,7 +338,14 @@ fn copy_capped(mut from: impl Read, mut to: std::fs::File, cap: u64) {
 impl Runner {
     /// Jobs go under `root` (relative to each hierarchy) of `cgroups`.
     pub fn new(root: impl Into<PathBuf>, cgroups: Arc<dyn Cgroups>) -> Runner {
-        Runner { root: root.into(), cgroups, shim: None }
+        Runner { root: root.into(), cgroups, shim: None, images: None }
+    }
+
+    /// Run image jobs through containerd.
+    #[must_use]
+    pub fn with_images(mut self, images: Images) -> Runner {
+        self.images = Some(images);
+        self
     }
 
     /// Start jobs through `exe shim` (normally the agent's own binary), so they
@@ -262,7 +356,8 @@ impl Runner {
         self
     }
 
-    pub fn start(&self, spec: &JobSpec) -> Result<Running, RunError> {
+    /// What every job must be before anything is made for it.
+    fn check(spec: &JobSpec) -> Result<(), RunError> {
         let bad = |field, value: String, why| RunError::Spec { id: spec.id.clone(), field, value, why };
         if spec.id.is_empty()
             || !spec.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -274,7 +369,7 @@ impl Runner {
                 "letters, digits, '-', '_' and '.' only (it names a cgroup)",
             ));
         }
-        if spec.argv.is_empty() {
+        if spec.argv.is_empty() && spec.image.is_none() {
             return Err(bad("argv", "[]".into(), "needs a program"));
         }
         if !(spec.cpu_cores.is_finite() && spec.cpu_cores > 0.0) {
@@ -283,7 +378,33 @@ impl Runner {
         if spec.memory_bytes == 0 {
             return Err(bad("memory_bytes", "0".into(), "must be > 0"));
         }
+        Ok(())
+    }
+
+    /// The job's cgroup `rel` with its limits, and its log directory.
+    fn make_cgroup(&self, spec: &JobSpec, rel: &Path) -> Result<(), RunError> {
+        // Under cgroup v1 a child's quota may not exceed its parent's: while the
+        // guard holds the batch root below this job's limit, the job starts at the
+        // root's quota, and the guard gives it its own back when the cap rises.
+        let root_quota = self.cgroups.quota_bounded_by_children().then(|| self.cgroups.cpu_quota(&self.root)).flatten();
+        let cpu_cores = root_quota.map_or(spec.cpu_cores, |q| spec.cpu_cores.min(q));
+        let limits = JobLimits { cpu_cores, memory_bytes: spec.memory_bytes };
+        if let Err(error) = self.cgroups.create_job(rel, &limits) {
+            let _ = self.cgroups.remove(rel);
+            return Err(RunError::CgroupIo { id: spec.id.clone(), error });
+        }
+        std::fs::create_dir_all(&spec.log_dir).map_err(|source| {
+            let _ = self.cgroups.remove(rel);
+            RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source }
+        })
+    }
+
+    pub fn start(&self, spec: &JobSpec) -> Result<Running, RunError> {
+        Self::check(spec)?;
         let rel = self.root.join(&spec.id);
+        if let Some(image) = &spec.image {
+            return self.start_image(spec, image, rel);
+        }
         let cg_err =
             |message: String| RunError::Cgroup { id: spec.id.clone(), path: rel.display().to_string(), message };
         let io_err = |error| RunError::CgroupIo { id: spec.id.clone(), error };
@@ -308,21 +429,7 @@ impl Runner {
                 source,
             })?,
         };
-        // Under cgroup v1 a child's quota may not exceed its parent's: while the
-        // guard holds the batch root below this job's limit, the job starts at the
-        // root's quota, and the guard gives it its own back when the cap rises.
-        let root_quota = self.cgroups.quota_bounded_by_children().then(|| self.cgroups.cpu_quota(&self.root)).flatten();
-        let cpu_cores = root_quota.map_or(spec.cpu_cores, |q| spec.cpu_cores.min(q));
-        let limits = JobLimits { cpu_cores, memory_bytes: spec.memory_bytes };
-        if let Err(e) = self.cgroups.create_job(&rel, &limits) {
-            let _ = self.cgroups.remove(&rel);
-            return Err(io_err(e));
-        }
-        std::fs::create_dir_all(&spec.log_dir).map_err(|source| RunError::Log {
-            id: spec.id.clone(),
-            path: spec.log_dir.display().to_string(),
-            source,
-        })?;
+        self.make_cgroup(spec, &rel)?;
         let log_err = |source| RunError::Log { id: spec.id.clone(), path: spec.log_dir.display().to_string(), source };
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -357,7 +464,100 @@ impl Runner {
             status_file: self.shim.as_ref().map(|_| status_path(spec)),
             started: Instant::now(),
             loggers,
+            container: false,
+            pulled: None,
         })
+    }
+
+    /// An image job: its cgroup as a process job's, then the container in it
+    /// (pulled first as its policy says). A failure leaves nothing behind.
+    fn start_image(&self, spec: &JobSpec, image: &ImageRef, rel: PathBuf) -> Result<Running, RunError> {
+        let image_err = |source| RunError::Image { id: spec.id.clone(), source };
+        let images = self.images.as_ref().ok_or_else(|| {
+            image_err(ImageError::Image {
+                image: image.reference.clone(),
+                message: "this agent runs no image jobs (start it with --containerd-socket)".into(),
+            })
+        })?;
+        self.make_cgroup(spec, &rel)?;
+        let launch = Launch {
+            id: spec.id.clone(),
+            image: image.clone(),
+            argv: spec.argv.clone(),
+            shell: spec.shell,
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            uid: spec.uid.unwrap_or(NOBODY),
+            gid: spec.gid.unwrap_or(NOBODY),
+            cgroup: rel.clone(),
+            log_dir: spec.log_dir.clone(),
+            log_cap_bytes: spec.log_cap_bytes,
+        };
+        let started =
+            images.call(|ctd| async move { ctd.start(&launch).await }).unwrap_or_else(|| Err(images.stopped()));
+        match started {
+            Ok(s) => Ok(Running {
+                id: spec.id.clone(),
+                pid: s.pid,
+                cgroup_path: rel,
+                child: None,
+                status_file: None,
+                started: Instant::now(),
+                loggers: Vec::new(),
+                container: true,
+                pulled: s.pulled,
+            }),
+            Err(e) => {
+                let _ = self.cgroups.remove(&rel);
+                // Every reason names the image, a containerd that is down too.
+                let e = match e {
+                    ImageError::Containerd { socket, message } => ImageError::Image {
+                        image: image.reference.clone(),
+                        message: format!("containerd at {socket}: {message}"),
+                    },
+                    e @ ImageError::Image { .. } => e,
+                };
+                Err(image_err(e))
+            }
+        }
+    }
+
+    /// An image job of an earlier run of the agent, found in containerd by its
+    /// label: re-adopted if it has a task (running, or exited with a status to
+    /// collect); a container without one is removed (nothing to adopt).
+    pub fn adopt_container(&self, id: &str) -> Option<Running> {
+        let images = self.images.as_ref()?;
+        let found = images.call(|ctd| async move { ctd.jobs().await }).and_then(Result::ok)?;
+        let job = found.into_iter().find(|f| f.attempt == id)?;
+        let Some(pid) = job.pid else {
+            let id = id.to_owned();
+            images.call(|ctd| async move { ctd.remove(&id).await });
+            return None;
+        };
+        Some(Running {
+            id: id.to_owned(),
+            pid,
+            cgroup_path: self.root.join(id),
+            child: None,
+            status_file: None,
+            started: Instant::now(),
+            loggers: Vec::new(),
+            container: true,
+            pulled: None,
+        })
+    }
+
+    /// Image job containers of this batch root that are not in `known`
+    /// (attempt ids): removed with their tasks and snapshots. Returns their ids.
+    pub fn sweep_containers(&self, known: &[String]) -> Vec<String> {
+        let Some(images) = self.images.as_ref() else { return Vec::new() };
+        let found = images.call(|ctd| async move { ctd.jobs().await }).and_then(Result::ok).unwrap_or_default();
+        let stray: Vec<String> = found.into_iter().map(|f| f.attempt).filter(|a| !known.contains(a)).collect();
+        for id in &stray {
+            let id = id.clone();
+            images.call(|ctd| async move { ctd.remove(&id).await });
+        }
+        stray
     }
 
     /// A job started by an earlier run of the agent, through the shim: its id,
@@ -378,6 +578,8 @@ impl Runner {
             status_file: Some(status_file),
             started: Instant::now(),
             loggers: Vec::new(),
+            container: false,
+            pulled: None,
         })
     }
 
@@ -388,6 +590,9 @@ impl Runner {
 
     /// Wait for the job to end, then report and remove its cgroup.
     pub fn wait(&self, mut r: Running) -> Exit {
+        if r.container {
+            return self.wait_image(&r);
+        }
         let status = match r.child.as_mut() {
             Some(c) => c.wait().ok(),
             None => {
@@ -409,6 +614,41 @@ impl Runner {
             let _ = std::fs::remove_file(f);
         }
         exit
+    }
+
+    /// An image job's end: containerd's exit status (128 + n for signal n, as
+    /// containerd reports it), the cgroup's accounting read before runc removes
+    /// the cgroup with the task, then the task, container and snapshot deleted.
+    fn wait_image(&self, r: &Running) -> Exit {
+        let id = r.id.clone();
+        let status = self.images.as_ref().and_then(|i| i.call(|ctd| async move { ctd.wait(&id).await }));
+        let status = match status {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                tracing::warn!(job = %r.id, error = %e, "cannot collect the image job's exit status");
+                None
+            }
+            None => None,
+        };
+        let usage = self.cgroups.usage(&r.cgroup_path);
+        if let Some(images) = &self.images {
+            let id = r.id.clone();
+            images.call(|ctd| async move { ctd.remove(&id).await });
+        }
+        let _ = self.cgroups.remove(&r.cgroup_path);
+        let (code, signal) = match status {
+            Some(s @ 129..=159) => (None, i32::try_from(s - 128).ok()),
+            Some(s) => (i32::try_from(s).ok(), None),
+            None => (None, None),
+        };
+        Exit {
+            code,
+            signal,
+            oom_killed: usage.oom_killed,
+            cpu_seconds: usage.cpu_seconds,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            wall_seconds: r.started.elapsed().as_secs_f64(),
+        }
     }
 
     /// Kill the job (SIGKILL) and everything in its cgroup, then report.
@@ -462,13 +702,19 @@ impl Runner {
 
     /// SIGKILL the job's processes but not its shim, so the shim records how the
     /// job ended and exits; if the shim is still there after 2 s, everything goes.
-    pub fn kill_job(&self, rel: &Path, shim: u32) -> usize {
-        let n = self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, Some(shim));
+    /// An image job has no shim in its cgroup (`None`): all of it is killed, and
+    /// containerd records the end.
+    pub fn kill_job(&self, rel: &Path, shim: Option<u32>) -> usize {
+        let n = self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, shim);
         for _ in 0..100 {
-            if !self.cgroups.contains(rel, shim) {
+            let gone = match shim {
+                Some(pid) => !self.cgroups.contains(rel, pid),
+                None => self.cgroups.processes(rel).is_empty(),
+            };
+            if gone {
                 return n;
             }
-            self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, Some(shim));
+            self.signal_cgroup_except(rel, nix::sys::signal::Signal::SIGKILL, shim);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         n + self.kill_cgroup(rel)

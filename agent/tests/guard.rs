@@ -327,6 +327,7 @@ fn the_real_guard_cuts_below_a_running_jobs_limit() {
         gid: None,
         log_dir: logs.path().to_owned(),
         log_cap_bytes: 1000,
+        image: None,
     };
     let a = runner.start(&spin("a")).unwrap();
     let b = runner.start(&spin("b")).unwrap();

@@ -30,6 +30,7 @@ fn spec(id: &str, argv: &[&str], shell: bool, cores: f64, mem: u64, logs: &Path)
         gid: None,
         log_dir: logs.to_owned(),
         log_cap_bytes: 1000,
+        image: None,
     }
 }
 

@@ -121,6 +121,9 @@ struct SpecFile {
     zone: Option<String>,
     run_as_uid: Option<u32>,
     run_as_gid: Option<u32>,
+    image: Option<String>,
+    pull: Option<String>,
+    registry_credential: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +164,17 @@ pub(crate) struct SubmitArgs {
     /// Run the command through /bin/sh -c.
     #[arg(long)]
     shell: bool,
+    /// Run inside this OCI image (e.g. registry.example/etl:1.4) through the
+    /// node's containerd; the command (or, with none, the image's own) runs in it.
+    #[arg(long)]
+    image: Option<String>,
+    /// When the node pulls the image: if-not-present (default), always, never.
+    #[arg(long, requires = "image")]
+    pull: Option<String>,
+    /// The name of a registry credential the agents hold (a file in their
+    /// --registry-credentials directory); the secret itself never leaves the node.
+    #[arg(long, requires = "image")]
+    registry_credential: Option<String>,
     /// Retries with the same id never submit twice [default: a new UUID].
     #[arg(long)]
     request_id: Option<String>,
@@ -205,7 +219,8 @@ fn spec_from(args: &SubmitArgs) -> Result<pb::JobSpec> {
     if !args.command.is_empty() {
         f.command.clone_from(&args.command);
     }
-    if f.command.is_empty() {
+    let image = image_from(args, &mut f)?;
+    if f.command.is_empty() && image.is_none() {
         bail!("no command: give one after `--` (e.g. greenfill submit -- ./etl.sh) or in --file");
     }
     let kv = |items: &[String], what: &str| -> Result<Vec<(String, String)>> {
@@ -230,7 +245,11 @@ fn spec_from(args: &SubmitArgs) -> Result<pb::JobSpec> {
     let not_before =
         args.not_before.as_deref().or(f.not_before.as_deref()).map(|s| parse_time("not_before", s)).transpose()?;
     Ok(pb::JobSpec {
-        name: args.name.clone().or(f.name).unwrap_or_else(|| f.command[0].clone()),
+        name: args.name.clone().or(f.name).unwrap_or_else(|| match (&image, f.command.first()) {
+            (_, Some(c)) => c.clone(),
+            (Some(i), None) => i.reference.clone(),
+            (None, None) => String::new(),
+        }),
         command: f.command,
         shell: args.shell || f.shell,
         env: f.env,
@@ -248,7 +267,29 @@ fn spec_from(args: &SubmitArgs) -> Result<pb::JobSpec> {
         zone: f.zone.unwrap_or_default(),
         run_as_uid: f.run_as_uid,
         run_as_gid: f.run_as_gid,
+        image,
     })
+}
+
+fn image_from(args: &SubmitArgs, f: &mut SpecFile) -> Result<Option<pb::ImageSpec>> {
+    let Some(reference) = args.image.clone().or(f.image.take()) else {
+        if let Some(p) = f.pull.as_ref().or(f.registry_credential.as_ref()) {
+            bail!("{p:?}: `pull` and `registry_credential` need an `image`");
+        }
+        return Ok(None);
+    };
+    let pull = args.pull.as_deref().or(f.pull.as_deref()).unwrap_or("if-not-present");
+    let pull_policy = match pull {
+        "if-not-present" | "IfNotPresent" => pb::PullPolicy::IfNotPresent,
+        "always" | "Always" => pb::PullPolicy::Always,
+        "never" | "Never" => pb::PullPolicy::Never,
+        other => bail!("pull {other:?}: one of if-not-present, always, never"),
+    };
+    Ok(Some(pb::ImageSpec {
+        reference,
+        pull_policy: pull_policy as i32,
+        credential: args.registry_credential.clone().or(f.registry_credential.take()).unwrap_or_default(),
+    }))
 }
 
 fn status_err(e: tonic::Status) -> anyhow::Error {

@@ -493,6 +493,7 @@ impl Harness {
                 gid: None,
                 log_dir: self.logs.path().to_owned(),
                 log_cap_bytes: 4096,
+                image: None,
             };
             let r = self.runner.start(&spec)?;
             jobs.push(GuardJob {

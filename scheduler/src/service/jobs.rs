@@ -38,6 +38,39 @@ fn known_pools(state: &State) -> Vec<(String, f64, f64, u32)> {
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+/// An OCI reference: `[registry/]name[:tag][@sha256:hex]`, lower-case name.
+fn validate_image(image: &pb::ImageSpec) -> Result<(), Status> {
+    let r = &image.reference;
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.split('/').all(|part| {
+                !part.is_empty()
+                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-:".contains(c))
+            })
+    };
+    let (rest, digest) = match r.split_once('@') {
+        Some((rest, d)) => (rest, Some(d)),
+        None => (r.as_str(), None),
+    };
+    let digest_ok = digest.is_none_or(|d| {
+        d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    });
+    if r.len() > 255 || !name_ok(rest) || !digest_ok {
+        return Err(invalid(
+            "spec.image.reference",
+            format!("{r:?}"),
+            "not an OCI reference (registry/name:tag or registry/name@sha256:<64 hex>, lower case)",
+        ));
+    }
+    if pb::PullPolicy::try_from(image.pull_policy).is_err() {
+        return Err(invalid("spec.image.pull_policy", image.pull_policy, "unknown pull policy"));
+    }
+    if image.credential.len() > 253 || image.credential.contains(['/', '\0']) || image.credential.starts_with('.') {
+        return Err(invalid("spec.image.credential", format!("{:?}", image.credential), "a name, not a path"));
+    }
+    Ok(())
+}
+
 /// Check a submission; the error names the field and the value.
 pub fn validate(state: &State, req: &pb::SubmitJobRequest, now: i64) -> Result<(), Status> {
     let limits = &state.config.limits;
@@ -48,8 +81,15 @@ pub fn validate(state: &State, req: &pb::SubmitJobRequest, now: i64) -> Result<(
     if s.name.len() > 253 {
         return Err(invalid("spec.name", &s.name, "at most 253 characters"));
     }
-    if s.command.is_empty() || s.command[0].is_empty() {
-        return Err(invalid("spec.command", format!("{:?}", s.command), "need a program to run"));
+    match &s.image {
+        Some(image) => validate_image(image)?,
+        None if s.command.is_empty() || s.command[0].is_empty() => {
+            return Err(invalid("spec.command", format!("{:?}", s.command), "need a program to run (or an image)"));
+        }
+        None => {}
+    }
+    if s.command.first().is_some_and(String::is_empty) {
+        return Err(invalid("spec.command", format!("{:?}", s.command), "the program is empty"));
     }
     let command_bytes: usize = s.command.iter().map(|a| a.len() + 1).sum();
     if command_bytes > limits.max_command_bytes {
