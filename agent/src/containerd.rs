@@ -502,6 +502,16 @@ impl Containerd {
         let _ = self.snapshots().remove(self.req(remove, None)).await;
     }
 
+    /// Images in greenfill's namespace (what this node can start without a pull).
+    pub async fn images(&self) -> Result<Vec<String>, ImageError> {
+        let mut images = api::images_client::ImagesClient::new(self.channel.clone());
+        let list = images
+            .list(self.req(api::ListImagesRequest { filters: Vec::new() }, None))
+            .await
+            .map_err(|s| self.down(&s))?;
+        Ok(list.into_inner().images.into_iter().map(|i| i.name).collect())
+    }
+
     /// This agent's job containers (by label), with their task pids.
     pub async fn jobs(&self) -> Result<Vec<Found>, ImageError> {
         let filter = format!("labels.\"{LABEL_ROOT}\"=={}", self.batch_root);

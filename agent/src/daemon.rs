@@ -486,7 +486,7 @@ impl Agent {
         }
     }
 
-    fn register(&self) -> pb::Register {
+    fn register(&self, images: Vec<String>) -> pb::Register {
         let cores = std::fs::read_to_string(self.cfg.roots.proc.join("stat"))
             .map(|s| s.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count())
             .unwrap_or(1);
@@ -521,6 +521,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             instance_id: core.p.instance_id.clone(),
             labels: Default::default(),
+            images,
         }
     }
 
@@ -557,8 +558,14 @@ impl Agent {
             Ok(r)
         });
         let (tx, rx) = mpsc::channel(4096);
-        tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(self.register())) })
-            .await?;
+        let runner = self.runner.clone();
+        let images = tokio::task::spawn_blocking(move || runner.images_present()).await.unwrap_or_default();
+        tx.send(pb::AgentMessage {
+            seq: 0,
+            ack: 0,
+            body: Some(pb::agent_message::Body::Register(self.register(images))),
+        })
+        .await?;
         let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         let first = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("session closed before RegisterAck"))?;
         let Some(Cmd::RegisterAck(ack)) = first.body else { anyhow::bail!("first message was not RegisterAck") };
@@ -733,6 +740,7 @@ impl Agent {
                 attempt_id: run.attempt_id.clone(),
                 phase: pb::JobPhase::Started as i32,
                 message,
+                image_pull_seconds: running.pulled.map(|p| p.as_secs_f64()),
                 ..Default::default()
             });
         }

@@ -547,6 +547,12 @@ impl Runner {
         })
     }
 
+    /// The images this node holds for image jobs (empty without containerd).
+    pub fn images_present(&self) -> Vec<String> {
+        let Some(images) = self.images.as_ref() else { return Vec::new() };
+        images.call(|ctd| async move { ctd.images().await }).and_then(Result::ok).unwrap_or_default()
+    }
+
     /// Image job containers of this batch root that are not in `known`
     /// (attempt ids): removed with their tasks and snapshots. Returns their ids.
     pub fn sweep_containers(&self, known: &[String]) -> Vec<String> {

@@ -587,6 +587,105 @@ async fn after_an_eviction_the_next_attempt_goes_to_another_node() {
     assert_eq!((j.state, j.evictions), (pb::JobState::Running as i32, 1), "{j:?}");
 }
 
+#[tokio::test]
+async fn an_image_job_is_planned_with_its_pull_where_the_node_lacks_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    // A pull as long as a slot: a one-slot job planned with it takes two.
+    c.planning.image_pull_estimate = c.planning.slot;
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let warm = "registry.example/etl:1";
+    let mut first = register("n1", "n1", vec![], 0);
+    if let Some(pb::agent_message::Body::Register(r)) = first.body.as_mut() {
+        r.images = vec![warm.into()];
+    }
+    let FakeAgent { tx, mut inbound } = connect_agent(&ch, first).await.unwrap();
+    let image = |reference: &str| {
+        Some(pb::ImageSpec {
+            reference: reference.into(),
+            pull_policy: pb::PullPolicy::IfNotPresent as i32,
+            credential: String::new(),
+        })
+    };
+    let mut explained = Vec::new();
+    for (rid, reference) in [("warm", warm), ("cold", "registry.example/train:7")] {
+        let id = submit_web(&mut jobs, rid, |s| s.image = image(reference)).await;
+        let run = loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.unwrap().unwrap().unwrap();
+            if let Some(pb::scheduler_message::Body::Run(r)) = m.body {
+                break r;
+            }
+        };
+        assert_eq!(run.job_id, id);
+        let e = jobs.explain_job(authed(USER, pb::ExplainJobRequest { id: id.clone() })).await.unwrap().into_inner();
+        explained.push(e);
+        // Started with a measured 42 s pull: the node holds the image now.
+        let status = pb::JobStatus {
+            job_id: id,
+            attempt_id: run.attempt_id,
+            phase: pb::JobPhase::Started as i32,
+            image_pull_seconds: (reference != warm).then_some(42.0),
+            ..Default::default()
+        };
+        tx.send(pb::AgentMessage {
+            seq: explained.len() as u64,
+            ack: 0,
+            body: Some(pb::agent_message::Body::JobStatus(status)),
+        })
+        .await
+        .unwrap();
+    }
+    let (w, cold) = (&explained[0], &explained[1]);
+    assert!(!w.detail.contains("pulls image"), "the node holds it: {}", w.detail);
+    assert!(cold.detail.contains("pulls image registry.example/train:7 first"), "{}", cold.detail);
+    let ratio = cold.energy_kwh_estimate / w.energy_kwh_estimate;
+    assert!((ratio - 2.0).abs() < 1e-9, "the pull's slot is in the cold job's run time: x{ratio}");
+    // The next job of that image starts warm, with no pull in its plan.
+    let again = submit_web(&mut jobs, "again", |s| s.image = image("registry.example/train:7")).await;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.unwrap().unwrap().unwrap();
+        if matches!(m.body, Some(pb::scheduler_message::Body::Run(_))) {
+            break;
+        }
+    }
+    let e = jobs.explain_job(authed(USER, pb::ExplainJobRequest { id: again })).await.unwrap().into_inner();
+    assert!(!e.detail.contains("pulls image"), "{}", e.detail);
+    assert!((e.energy_kwh_estimate - w.energy_kwh_estimate).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn image_references_and_pull_policies_are_checked_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let mut jobs = JobServiceClient::new(channel(srv.addr).await);
+    let cases = [
+        ("Upper/Case:1", 0, "", "spec.image.reference"),
+        ("reg/x@sha256:abc", 0, "", "spec.image.reference"),
+        ("reg/x:1", 7, "", "spec.image.pull_policy"),
+        ("reg/x:1", 0, "../etc/passwd", "spec.image.credential"),
+    ];
+    for (k, (reference, policy, credential, field)) in cases.into_iter().enumerate() {
+        let mut s = spec();
+        s.image =
+            Some(pb::ImageSpec { reference: reference.into(), pull_policy: policy, credential: credential.into() });
+        let r =
+            jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: format!("bad-{k}"), spec: Some(s) })).await;
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    // An image job may leave the command to the image.
+    let mut s = spec();
+    s.command.clear();
+    s.image = Some(pb::ImageSpec {
+        reference: "reg.example:5000/team/etl@sha256:".to_owned() + &"a".repeat(64),
+        ..Default::default()
+    });
+    jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "ok".into(), spec: Some(s) })).await.unwrap();
+}
+
 /// Submit `spec()` to pool `web` (edited by `edit`) as the shared user; its id.
 async fn submit_web(jobs: &mut JobServiceClient<Channel>, rid: &str, edit: impl FnOnce(&mut pb::JobSpec)) -> String {
     let mut s = spec();

@@ -393,6 +393,21 @@ fn stop_confirmed(
     }
 }
 
+/// An image job started on `node`: the node holds its image now, and a pull
+/// it took is the image's measured pull time for the plan.
+fn note_image(inner: &mut super::Inner, node: &str, job: &str, pulled: Option<f64>) {
+    let image = inner.jobs.get(job).and_then(|e| e.job.spec.as_ref()?.image.as_ref()).map(|i| i.reference.clone());
+    let Some(image) = image else { return };
+    if let Some(secs) = pulled.filter(|s| s.is_finite() && *s >= 0.0) {
+        inner.image_pulls.insert(image.clone(), secs);
+    }
+    if let Some(n) = inner.nodes.get_mut(node)
+        && !n.has_image(&image)
+    {
+        n.register.images.push(image);
+    }
+}
+
 fn apply_status(
     inner: &mut super::Inner,
     planning: &super::config::Planning,
@@ -415,6 +430,8 @@ fn apply_status(
     }
     let change = match P::try_from(s.phase).unwrap_or(P::Unspecified) {
         P::Started => {
+            note_image(inner, node, &s.job_id, s.image_pull_seconds);
+            let Some(e) = inner.jobs.get(&s.job_id) else { return (vec![], vec![]) };
             if let Some(d) = e.job.updated_at.as_ref() {
                 #[allow(clippy::cast_precision_loss, reason = "seconds")]
                 metrics::histogram!("greenfill_dispatch_latency_seconds")

@@ -427,6 +427,12 @@ pub struct Planning {
     /// node again.
     #[serde(with = "dur")]
     pub eviction_cooldown: Duration,
+    /// How long a node is expected to take to pull an image it does not hold,
+    /// until a node has pulled that image once (then its measured time is used).
+    /// An image job's planned run time includes it unless every node it may run
+    /// on holds the image.
+    #[serde(with = "dur")]
+    pub image_pull_estimate: Duration,
     /// An attempt the scheduler runs on a node whose agent registers without it
     /// is requeued as lost after this long, unless an event for it arrives first.
     #[serde(with = "dur")]
@@ -512,6 +518,7 @@ impl Default for Planning {
             eviction_backoff: Duration::from_secs(60),
             max_evictions: 3,
             eviction_cooldown: Duration::from_secs(300),
+            image_pull_estimate: Duration::from_secs(60),
             reconcile_grace: Duration::from_secs(15),
         }
     }

@@ -157,6 +157,23 @@ pub struct Inner {
     pub power: BTreeMap<String, greenfill_planner::power::NodePower>,
     /// When the last power round ran (for powered node-seconds).
     pub power_round_at: Option<i64>,
+    /// The last measured pull of each image (seconds), from agents' STARTED
+    /// events; in memory only (a restart falls back to the estimate).
+    pub image_pulls: HashMap<String, f64>,
+}
+
+impl Inner {
+    /// Seconds a node that lacks `image` is expected to spend pulling it.
+    pub fn pull_seconds(&self, image: &str, estimate: std::time::Duration) -> f64 {
+        self.image_pulls.get(image).copied().unwrap_or(estimate.as_secs_f64())
+    }
+}
+
+impl Node {
+    /// Whether this node's agent holds `image` (reported at Register, or pulled since).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.register.images.iter().any(|i| i == image)
+    }
 }
 
 impl Inner {

@@ -206,8 +206,28 @@ fn running_jobs(inner: &Inner, t: i64, where_is: &HashMap<&str, (usize, usize)>)
         .collect()
 }
 
+/// Seconds an image job's planned run time includes for a pull: the image's
+/// pull time unless every live node it may run on holds the image (the
+/// placement does not prefer warm nodes, so the plan never counts on one).
+fn pull_allowance(
+    inner: &Inner,
+    cfg: &super::config::Planning,
+    s: &pb::JobSpec,
+    pools: &BTreeMap<String, Vec<(&String, &super::Node)>>,
+) -> f64 {
+    let Some(image) = s.image.as_ref().map(|i| i.reference.as_str()) else { return 0.0 };
+    let mut eligible = pools.iter().filter(|(p, _)| s.pool.is_empty() || **p == s.pool).flat_map(|(_, n)| n.iter());
+    if eligible.all(|(_, n)| n.has_image(image)) { 0.0 } else { inner.pull_seconds(image, cfg.image_pull_estimate) }
+}
+
 /// A queued job for the builder (`None` when it names a pool with no live node).
-fn queued_job(id: &str, job: &pb::Job, s: &pb::JobSpec, pool_index: &BTreeMap<String, usize>) -> Option<QueuedJob> {
+fn queued_job(
+    id: &str,
+    job: &pb::Job,
+    s: &pb::JobSpec,
+    pool_index: &BTreeMap<String, usize>,
+    pull_s: f64,
+) -> Option<QueuedJob> {
     let pool = if s.pool.is_empty() { None } else { Some(*pool_index.get(&s.pool)?) };
     #[allow(clippy::cast_precision_loss, reason = "bytes")]
     Some(QueuedJob {
@@ -217,7 +237,7 @@ fn queued_job(id: &str, job: &pb::Job, s: &pb::JobSpec, pool_index: &BTreeMap<St
         // An evicted job backs off before it runs again.
         not_before: s.not_before.map(|t| t.seconds).max(job.retry_after.map(|t| t.seconds)),
         deadline: s.deadline.map(|t| t.seconds),
-        duration_s: s.expected_duration.as_ref().map_or(1.0, super::duration_secs),
+        duration_s: s.expected_duration.as_ref().map_or(1.0, super::duration_secs) + pull_s,
         pausable: false,
         pool,
         priority: s.priority,
@@ -266,7 +286,8 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
     for id in inner.order.values() {
         let e = &inner.jobs[id];
         let Some(spec) = e.job.spec.as_ref().filter(|_| is_queued(e.job.state)) else { continue };
-        match queued_job(id, &e.job, spec, &pool_index).filter(|_| !pools.is_empty()) {
+        let pull_s = pull_allowance(inner, cfg, spec, &pools);
+        match queued_job(id, &e.job, spec, &pool_index, pull_s).filter(|_| !pools.is_empty()) {
             Some(job) => {
                 builder.queue(job);
                 job_ids.push(id.clone());
@@ -654,6 +675,13 @@ fn run_explanation(st: &State, job: &Decided<'_>, run: &Run<'_>) -> pb::JobExpla
     }
 }
 
+/// The image of job `id` if `node` does not hold it (its first run there).
+fn pull_needed(inner: &Inner, id: &str, node: &str) -> Option<String> {
+    let image = inner.jobs.get(id)?.job.spec.as_ref()?.image.as_ref()?.reference.clone();
+    let has = inner.nodes.get(node).is_some_and(|n| n.has_image(&image));
+    (!has).then_some(image)
+}
+
 /// A placed job: dispatch it if it starts now on a connected node, else mark it
 /// planned (or late). Returns its plan row and whether it was dispatched.
 fn apply_run(
@@ -685,6 +713,13 @@ fn apply_run(
         explanation.detail =
             format!("waits for node {} to cool down after a memory eviction (new batch memory from {until})", run.node);
     }
+    let pull = pull_needed(inner, job.id, run.node).map(|image| {
+        let secs = inner.pull_seconds(&image, st.config.planning.image_pull_estimate);
+        format!("node {} pulls image {image} first (about {secs:.0} s, in its planned run time)", run.node)
+    });
+    if let Some(p) = &pull {
+        explanation.detail = format!("{}; {p}", explanation.detail);
+    }
     let row = pb::PlannedJob {
         job_id: job.id.to_owned(),
         pool: explanation.pool.clone(),
@@ -709,7 +744,8 @@ fn apply_run(
     let awake = super::power::state_of(inner, run.node).takes_work();
     if run.start == 0 && connected && awake {
         let node = run.node.to_owned();
-        let change = inner.change(job.id, Event::Dispatched, &format!("dispatched to {node}"), |e| {
+        let reason = pull.map_or_else(|| format!("dispatched to {node}"), |p| format!("dispatched to {node}; {p}"));
+        let change = inner.change(job.id, Event::Dispatched, &reason, |e| {
             e.job.attempts += 1;
             e.attempt_id = format!("{}-{}", e.job.id, e.job.attempts);
             e.job.node = node.clone();
