@@ -47,3 +47,35 @@ fn the_agents_token_audience_is_the_one_the_scheduler_checks() {
     assert!(ds.contains("GREENFILL_AGENT_TOKEN_FILE"), "the agent reads the projected token");
     assert!(!ds.contains("key: agent-token"), "no shared agent secret in the DaemonSet");
 }
+
+/// The value after `key: ` on the first line at or after `from` that has it.
+fn value_after<'a>(lines: &[&'a str], from: usize, key: &str) -> Option<(usize, &'a str)> {
+    lines.iter().enumerate().skip(from).find_map(|(i, l)| l.trim().strip_prefix(key).map(|v| (i, v.trim())))
+}
+
+/// Image jobs: the socket the agent is told is the host's containerd socket,
+/// mounted as a socket; and the state volume sits at the host's own path,
+/// since containerd's shim (on the host) starts the jobs' logger from it.
+#[test]
+fn the_agent_reaches_the_hosts_containerd_and_its_logger_is_at_a_host_path() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes"));
+    let ds = std::fs::read_to_string(dir.join("daemonset.yaml")).unwrap();
+    let lines: Vec<&str> = ds.lines().collect();
+    let env_at = lines.iter().position(|l| l.contains("name: GREENFILL_CONTAINERD_SOCKET")).expect("the socket env");
+    let (_, socket) = value_after(&lines, env_at, "value: ").unwrap();
+    let volume = |name: &str| -> (String, String) {
+        let mount = lines.iter().position(|l| l.trim() == format!("- name: {name}") && !l.contains("GREENFILL")).unwrap();
+        let (_, mount_path) = value_after(&lines, mount, "mountPath: ").unwrap();
+        let decl = lines.iter().rposition(|l| l.trim() == format!("- name: {name}")).unwrap();
+        let (_, host_path) = value_after(&lines, decl, "path: ").unwrap();
+        (mount_path.to_owned(), host_path.to_owned())
+    };
+    let (mounted, host) = volume("containerd");
+    assert_eq!((mounted.as_str(), host.as_str()), (socket, socket), "the socket mount");
+    let decl = lines.iter().rposition(|l| l.trim() == "- name: containerd").unwrap();
+    assert_eq!(value_after(&lines, decl, "type: ").unwrap().1, "Socket");
+    let state_env = lines.iter().position(|l| l.contains("name: GREENFILL_STATE_DIR")).unwrap();
+    let (_, state_dir) = value_after(&lines, state_env, "value: ").unwrap();
+    let (mounted, host) = volume("state");
+    assert_eq!((mounted.as_str(), host.as_str()), (state_dir, state_dir), "the state volume at the host's path");
+}
