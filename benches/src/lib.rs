@@ -1,5 +1,7 @@
 //! Helpers shared by greenfill's benchmark binaries.
 
+pub mod testbed;
+
 /// Peak resident set size of this process so far, in MiB (`VmHWM`), if the
 /// kernel reports it.
 pub fn peak_rss_mb() -> Option<f64> {

@@ -7,205 +7,23 @@
 mod support;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
-const TOOLS: &[&str] = &["containerd", "runc", "docker-registry", "umoci", "skopeo", "htpasswd", "ctr"];
-const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &["sh", "echo", "cat", "sleep", "yes", "head", "tail", "timeout", "id", "true"];
-const REG_USER: &str = "puller";
-const REG_PASSWORD: &str = "pull-secret-e2e";
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use greenfill_benches::testbed::{REG_PASSWORD, World, free_port, missing};
 
 /// Root and every tool, or a printed reason (a failure under CI, where setup installs them).
 fn can_run(test: &str) -> bool {
     if !root_or_skip(test) {
         return false;
     }
-    let missing: Vec<&str> = TOOLS.iter().copied().filter(|t| !have(t)).collect();
-    if !missing.is_empty() || !Path::new(BUSYBOX).exists() {
-        greenfill_core::testing::cannot_run(
-            test,
-            &format!(
-                "needs {missing:?} and {BUSYBOX} (scripts/setup.sh installs containerd, runc, docker-registry, umoci, skopeo, apache2-utils, busybox-static)"
-            ),
-        );
-        return false;
-    }
-    true
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// containerd, two registries (open; htpasswd) and the test image in both.
-struct World {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    open_port: u16,
-    auth_port: u16,
-    _procs: Vec<Proc>,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let socket = d.join("containerd.sock");
-        std::fs::write(
-            d.join("containerd.toml"),
-            format!(
-                "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n",
-                r = d.display(),
-                s = socket.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let containerd = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("containerd.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let (open_port, auth_port) = (free_port(), free_port());
-        let htpasswd = run(Command::new("htpasswd").args(["-Bbn", REG_USER, REG_PASSWORD]));
-        std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
-        let registry = |name: &str, port: u16, auth: bool| {
-            let auth = if auth {
-                format!("auth:\n  htpasswd:\n    realm: greenfill-e2e\n    path: {}\n", d.join("htpasswd").display())
-            } else {
-                String::new()
-            };
-            let cfg = d.join(format!("{name}.yml"));
-            std::fs::write(
-                &cfg,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{auth}http:\n  addr: 127.0.0.1:{port}\n",
-                    d.join(name).display()
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(d.join(format!("{name}.log"))).unwrap();
-            Proc(
-                Command::new("docker-registry")
-                    .arg("serve")
-                    .arg(&cfg)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap(),
-            )
-        };
-        let procs = vec![Proc(containerd), registry("open", open_port, false), registry("auth", auth_port, true)];
-        wait_for("containerd's socket", Duration::from_secs(20), || socket.exists());
-        for port in [open_port, auth_port] {
-            wait_for("a registry", Duration::from_secs(20), || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
+    match missing() {
+        Some(why) => {
+            greenfill_core::testing::cannot_run(test, &why);
+            false
         }
-        let w = World { dir, socket, open_port, auth_port, _procs: procs };
-        w.build_and_push();
-        w
-    }
-
-    /// A one-layer image: busybox and its applets, `/bin/sh` as its command.
-    fn build_and_push(&self) {
-        let d = self.dir.path();
-        let layout = d.join("oci");
-        let bundle = d.join("bundle");
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
-        run(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:bb", layout.display())));
-        run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:bb", layout.display())).arg(&bundle));
-        let bin = bundle.join("rootfs/bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
-        for a in APPLETS {
-            std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap();
-        }
-        run(Command::new("umoci").args(["repack", "--image"]).arg(format!("{}:bb", layout.display())).arg(&bundle));
-        run(Command::new("umoci").args(["config", "--image"]).arg(format!("{}:bb", layout.display())).args([
-            "--config.cmd",
-            "/bin/sh",
-            "--config.env",
-            "PATH=/bin",
-            "--config.env",
-            "FROM_IMAGE=yes",
-        ]));
-        for (port, creds) in [(self.open_port, None), (self.auth_port, Some(format!("{REG_USER}:{REG_PASSWORD}")))] {
-            let mut copy = Command::new("skopeo");
-            copy.args(["copy", "--dest-tls-verify=false"]);
-            if let Some(c) = &creds {
-                copy.args(["--dest-creds", c]);
-            }
-            run(copy
-                .arg(format!("oci:{}:bb", layout.display()))
-                .arg(format!("docker://127.0.0.1:{port}/greenfill/bb:1")));
-        }
-    }
-
-    fn image(&self, port: u16) -> String {
-        format!("127.0.0.1:{port}/greenfill/bb:1")
-    }
-
-    fn agent_args(&self, extra_registries: &[u16]) -> Vec<String> {
-        let creds = self.dir.path().join("credentials");
-        std::fs::create_dir_all(&creds).unwrap();
-        std::fs::write(creds.join("e2e"), format!("{REG_USER}:{REG_PASSWORD}\n")).unwrap();
-        let mut args = vec![
-            "--containerd-socket".to_owned(),
-            self.socket.display().to_string(),
-            "--registry-credentials".to_owned(),
-            creds.display().to_string(),
-        ];
-        for port in [self.open_port, self.auth_port].iter().chain(extra_registries) {
-            args.extend(["--insecure-registry".to_owned(), format!("127.0.0.1:{port}")]);
-        }
-        args
-    }
-
-    fn ctr(&self, args: &[&str]) -> Vec<String> {
-        let out = run(Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", "greenfill"]).args(args));
-        out.lines().map(str::to_owned).filter(|l| !l.trim().is_empty()).collect()
-    }
-
-    /// No job container, task, active snapshot or pull lease is left in containerd.
-    fn assert_nothing_left(&self) {
-        assert_eq!(self.ctr(&["containers", "ls", "-q"]), Vec::<String>::new(), "containers left");
-        assert_eq!(self.ctr(&["tasks", "ls", "-q"]), Vec::<String>::new(), "tasks left");
-        let active: Vec<String> =
-            self.ctr(&["snapshots", "ls"]).into_iter().skip(1).filter(|l| !l.contains("Committed")).collect();
-        assert_eq!(active, Vec::<String>::new(), "active snapshots left");
-        let leases: Vec<String> =
-            self.ctr(&["leases", "ls", "-q"]).into_iter().filter(|l| l.contains("greenfill")).collect();
-        assert_eq!(leases, Vec::<String>::new(), "pull leases left");
+        None => true,
     }
 }
 
@@ -242,7 +60,7 @@ fn image_jobs_run_in_their_cgroups_with_limits_logs_exit_codes_and_survive_an_ag
     if !can_run("image_jobs") {
         return;
     }
-    let w = World::new();
+    let w = World::start();
     let mut c = Cluster::with_agent_args("images", w.agent_args(&[]));
     let image = w.image(w.open_port);
     let sub = |args: &[&str]| {
@@ -308,7 +126,7 @@ fn image_jobs_that_cannot_start_fail_naming_the_image_and_the_cause() {
     if !can_run("image_failures") {
         return;
     }
-    let w = World::new();
+    let w = World::start();
     let down = free_port();
     let c = Cluster::with_agent_args("imgfail", w.agent_args(&[down]));
     let sub = |image: &str, extra: &[&str]| {

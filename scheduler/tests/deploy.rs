@@ -64,7 +64,8 @@ fn the_agent_reaches_the_hosts_containerd_and_its_logger_is_at_a_host_path() {
     let env_at = lines.iter().position(|l| l.contains("name: GREENFILL_CONTAINERD_SOCKET")).expect("the socket env");
     let (_, socket) = value_after(&lines, env_at, "value: ").unwrap();
     let volume = |name: &str| -> (String, String) {
-        let mount = lines.iter().position(|l| l.trim() == format!("- name: {name}") && !l.contains("GREENFILL")).unwrap();
+        let mount =
+            lines.iter().position(|l| l.trim() == format!("- name: {name}") && !l.contains("GREENFILL")).unwrap();
         let (_, mount_path) = value_after(&lines, mount, "mountPath: ").unwrap();
         let decl = lines.iter().rposition(|l| l.trim() == format!("- name: {name}")).unwrap();
         let (_, host_path) = value_after(&lines, decl, "path: ").unwrap();
