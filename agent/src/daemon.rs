@@ -72,17 +72,26 @@ pub struct ContainerdConfig {
 
 /// The agent's binary where containerd's shim can start it as the jobs'
 /// logger: in the state dir, which a DaemonSet mounts from the host at the same
-/// path (the agent's own image is not the host's filesystem). Copied when the
-/// binary there differs.
+/// path (the agent's own image is not the host's filesystem). A hard link where
+/// the state dir shares the binary's filesystem (bare metal), else a copy, made
+/// again only when the binary there differs.
 fn host_visible_logger(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let exe = std::env::current_exe()?;
     let dir = state_dir.join("bin");
     std::fs::create_dir_all(&dir)?;
     let dest = dir.join("greenfill-agent");
-    let same = std::fs::read(&dest).ok().zip(std::fs::read(&exe).ok()).is_some_and(|(a, b)| a == b);
+    let (have, want) = (std::fs::metadata(&dest).ok(), std::fs::metadata(&exe)?);
+    let same = have.is_some_and(|h| {
+        (h.dev(), h.ino()) == (want.dev(), want.ino())
+            || (h.len() == want.len() && std::fs::read(&dest).ok() == std::fs::read(&exe).ok())
+    });
     if !same {
         let tmp = dir.join(".greenfill-agent.tmp");
-        std::fs::copy(&exe, &tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&exe, &tmp).is_err() {
+            std::fs::copy(&exe, &tmp)?;
+        }
         std::fs::rename(&tmp, &dest)?;
     }
     Ok(dest)
