@@ -357,6 +357,7 @@ impl Containerd {
                 .await;
             return Err(self.down(&s));
         }
+        let extract = key.clone();
         let commit = snap::CommitSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             name: chain_id.to_owned(),
@@ -365,7 +366,12 @@ impl Containerd {
         };
         match snaps.commit(self.req(commit, Some(lease))).await {
             Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+            // Another job's pull unpacked the same layer first: drop ours.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                let remove = snap::RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: extract };
+                let _ = snaps.remove(self.req(remove, Some(lease))).await;
+                Ok(())
+            }
             Err(s) => Err(self.down(&s)),
         }
     }

@@ -138,7 +138,8 @@ impl World {
         w
     }
 
-    /// A one-layer image: busybox and its applets, `/bin/sh` as its command.
+    /// A two-layer image: busybox and its applets, then `/etc/greenfill-layer`;
+    /// `/bin/sh` as its command.
     fn build_and_push(&self) {
         let d = self.dir.path();
         let layout = d.join("oci");
@@ -152,6 +153,14 @@ impl World {
         for a in APPLETS {
             std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap();
         }
+        run(Command::new("umoci")
+            .args(["repack", "--refresh-bundle", "--image"])
+            .arg(format!("{}:bb", layout.display()))
+            .arg(&bundle));
+        // A second layer on the first, so unpacking follows a chain of parents.
+        let etc = bundle.join("rootfs/etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("greenfill-layer"), "second layer\n").unwrap();
         run(Command::new("umoci").args(["repack", "--image"]).arg(format!("{}:bb", layout.display())).arg(&bundle));
         run(Command::new("umoci").args(["config", "--image"]).arg(format!("{}:bb", layout.display())).args([
             "--config.cmd",
@@ -218,6 +227,19 @@ impl World {
                     .output();
             }
         }
+    }
+
+    /// The committed snapshots (chain ids) of `namespace`, sorted.
+    pub fn committed(&self, namespace: &str) -> Vec<String> {
+        let out = run(Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", namespace, "snapshots", "ls"]));
+        let mut keys: Vec<String> = out
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains("Committed"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Kill and delete every task and container of namespace greenfill (a test

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
-use greenfill_benches::testbed::{REG_PASSWORD, World, free_port, missing};
+use greenfill_benches::testbed::{REG_PASSWORD, World, free_port, missing, run};
+use std::process::Command;
 
 /// Root and every tool, or a printed reason (a failure under CI, where setup installs them).
 fn can_run(test: &str) -> bool {
@@ -71,17 +72,30 @@ fn image_jobs_run_in_their_cgroups_with_limits_logs_exit_codes_and_survive_an_ag
     // Exit code and stdout come back; the image's env and the job's are both
     // there; it runs as nobody in its cgroup under the batch root (which the
     // guard's cuts hold).
-    let script = "echo hello-from-image; echo FROM_IMAGE=$FROM_IMAGE JOB=$JOB; id -u; cat /proc/self/cgroup; exit 3";
+    let script = "echo hello-from-image; echo FROM_IMAGE=$FROM_IMAGE JOB=$JOB; id -u; cat /etc/greenfill-layer; cat /proc/self/cgroup; exit 3";
     let first = sub(&["--cpu", "0.2", "--pull", "always", "--env", "JOB=set", "--", "/bin/sh", "-c", script]);
+    // The image's own command when the job gives none (/bin/sh, empty stdin:
+    // exit 0); pulled again at the same time as the first job's pull.
+    let own = sub(&["--cpu", "0.2", "--pull", "always"]);
     let j = done(&c, &first, Duration::from_secs(90));
     assert_eq!((state(&j), &j["exit_code"]), ("failed", &Value::from(3)), "{j}");
     let out = log(&c, &first, "out");
-    assert!(out.starts_with("hello-from-image\nFROM_IMAGE=yes JOB=set\n65534\n"), "{out}");
+    assert!(out.starts_with("hello-from-image\nFROM_IMAGE=yes JOB=set\n65534\nsecond layer\n"), "{out}");
+    // The layers were unpacked under the chain ids containerd's own client computes.
+    run(Command::new("ctr").arg("-a").arg(&w.socket).args([
+        "-n",
+        "gf-verify",
+        "images",
+        "pull",
+        "--plain-http",
+        &image,
+    ]));
+    let ours = w.committed("greenfill");
+    assert_eq!(ours.len(), 2, "two layers: {ours:?}");
+    assert_eq!(ours, w.committed("gf-verify"), "our chain ids against ctr's");
     let cgroup = format!(":/{}/{first}-1", c.batch_root);
     assert!(out.lines().any(|l| l.contains(":cpu") && l.ends_with(&cgroup)), "not in its cgroup {cgroup}: {out}");
 
-    // The image's own command when the job gives none (/bin/sh, empty stdin: exit 0).
-    let own = sub(&["--cpu", "0.2"]);
     // Over its memory limit: OOM-killed, and said so.
     let oom =
         sub(&["--cpu", "0.5", "--memory", "32Mi", "--", "/bin/sh", "-c", "head -c 256m /dev/zero | tail -c 200m"]);
