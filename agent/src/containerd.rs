@@ -60,6 +60,17 @@ pub enum ImageError {
     Containerd { socket: String, message: String },
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
+    /// A cause that may pass: the registry unreachable or answering 5xx,
+    /// containerd down.
+    #[error("image {image}: {message}")]
+    Unreachable { image: String, message: String },
+}
+
+impl ImageError {
+    /// Whether trying again later may succeed.
+    pub fn transient(&self) -> bool {
+        matches!(self, ImageError::Containerd { .. } | ImageError::Unreachable { .. })
+    }
 }
 
 /// What the image says about running it.

@@ -716,7 +716,9 @@ impl Agent {
         let running = match started {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                self.core().emit(fail(e.to_string()));
+                let mut status = fail(e.to_string());
+                status.retryable = e.transient();
+                self.core().emit(status);
                 return;
             }
             Err(e) => {

@@ -39,15 +39,21 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The registry's answer, said plainly (with its HTTP status where the client
-/// keeps only a variant for it).
-fn registry_answer(e: &oci_client::errors::OciDistributionError) -> String {
+/// keeps only a variant for it); a transport failure or a 5xx may pass.
+fn registry_error(image: &str, what: &str, e: &oci_client::errors::OciDistributionError) -> ImageError {
     use oci_client::errors::OciDistributionError as E;
-    match e {
+    let message = match e {
         E::UnauthorizedError { url } => {
             format!("registry answered 401 Unauthorized (no credential, or the wrong one, for this registry) at {url}")
         }
         E::AuthenticationFailure(m) => format!("registry refused the login (401): {m}"),
-        other => format!("registry: {}", chain(other)),
+        other => format!("{what}: {}", chain(other)),
+    };
+    let image = image.to_owned();
+    match e {
+        E::RequestError(_) | E::IoError(_) => ImageError::Unreachable { image, message },
+        E::ServerError { code, .. } if *code >= 500 => ImageError::Unreachable { image, message },
+        _ => ImageError::Image { image, message },
     }
 }
 
@@ -97,6 +103,7 @@ async fn manifest(
     client: &oci_client::Client,
     reference: &oci_client::Reference,
     auth: &oci_client::secrets::RegistryAuth,
+    name: &str,
     err: &impl Fn(String) -> ImageError,
 ) -> Result<(Vec<u8>, String), ImageError> {
     let types: Vec<&str> = INDEX_TYPES
@@ -105,7 +112,7 @@ async fn manifest(
         .chain(["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"])
         .collect();
     let (body, digest) =
-        client.pull_manifest_raw(reference, auth, &types).await.map_err(|e| err(registry_answer(&e)))?;
+        client.pull_manifest_raw(reference, auth, &types).await.map_err(|e| registry_error(name, "registry", &e))?;
     let media: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(format!("manifest: {e}")))?;
     let is_index =
         media["mediaType"].as_str().is_some_and(|t| INDEX_TYPES.contains(&t)) || media.get("manifests").is_some();
@@ -119,7 +126,7 @@ async fn manifest(
         .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch()))
         .ok_or_else(|| err(format!("no manifest for linux/{} in the image index", arch())))?;
     let by_digest = reference.clone_with_digest(entry.digest.clone());
-    client.pull_manifest_raw(&by_digest, auth, &types).await.map_err(|e| err(registry_answer(&e)))
+    client.pull_manifest_raw(&by_digest, auth, &types).await.map_err(|e| registry_error(name, "registry", &e))
 }
 
 /// Pull `image` into containerd and unpack it; its run config.
@@ -137,7 +144,7 @@ pub(crate) async fn pull(ctd: &Containerd, image: &ImageRef) -> Result<ImageConf
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..Default::default()
     });
-    let (body, digest) = manifest(&client, &reference, &auth, &err).await?;
+    let (body, digest) = manifest(&client, &reference, &auth, &image.reference, &err).await?;
     let m: OciImageManifest = serde_json::from_slice(&body).map_err(|e| err(format!("manifest: {e}")))?;
     let lease = ctd.lease().await?;
     // The registry's token (or basic credential) is kept by the client for the blobs.
@@ -160,7 +167,7 @@ async fn fetch_and_unpack(
     client
         .pull_blob(reference, &m.config, &mut config_bytes)
         .await
-        .map_err(|e| err(format!("config blob: {}", chain(&e))))?;
+        .map_err(|e| registry_error(&name, "config blob", &e))?;
     let config = parse_config(&config_bytes).map_err(&err)?;
     let total: i64 = m.layers.iter().map(|l| l.size).sum();
     let mut done = 0i64;
@@ -169,7 +176,7 @@ async fn fetch_and_unpack(
             let stream = client
                 .pull_blob_stream(reference, layer)
                 .await
-                .map_err(|e| err(format!("layer {}: {}", layer.digest, chain(&e))))?
+                .map_err(|e| registry_error(&name, &format!("layer {}", layer.digest), &e))?
                 .stream
                 .map(|r| r.map_err(|e| e.to_string()))
                 .boxed();

@@ -72,6 +72,14 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// Whether starting again later may succeed (an image's registry or
+    /// containerd that is down); the rest are in the spec or on this node.
+    pub fn transient(&self) -> bool {
+        matches!(self, RunError::Image { source, .. } if source.transient())
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exit {
@@ -511,11 +519,11 @@ impl Runner {
                 let _ = self.cgroups.remove(&rel);
                 // Every reason names the image, a containerd that is down too.
                 let e = match e {
-                    ImageError::Containerd { socket, message } => ImageError::Image {
+                    ImageError::Containerd { socket, message } => ImageError::Unreachable {
                         image: image.reference.clone(),
                         message: format!("containerd at {socket}: {message}"),
                     },
-                    e @ ImageError::Image { .. } => e,
+                    e => e,
                 };
                 Err(image_err(e))
             }

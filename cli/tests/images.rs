@@ -28,6 +28,16 @@ fn can_run(test: &str) -> bool {
     }
 }
 
+/// The reason of job `id`'s requeue, from the scheduler's log (the job is
+/// planned again at once, which replaces its reason).
+fn requeue_reason(c: &Cluster, id: &str) -> String {
+    let log = std::fs::read_to_string(c.dir.path().join("scheduler.log")).unwrap();
+    log.lines()
+        .find(|l| l.contains(id) && l.contains("requeued"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no requeue of {id} in the scheduler's log:\n{log}"))
+}
+
 fn job<'a>(jobs: &'a [Value], id: &str) -> &'a Value {
     jobs.iter().find(|j| j["id"] == id).unwrap_or_else(|| panic!("job {id} not listed: {jobs:#?}"))
 }
@@ -150,19 +160,42 @@ fn image_jobs_that_cannot_start_fail_naming_the_image_and_the_cause() {
     let missing = format!("127.0.0.1:{}/greenfill/nothere:1", w.open_port);
     let refused = w.image(w.auth_port);
     let unreachable = format!("127.0.0.1:{down}/greenfill/bb:1");
+    // A cause in the spec or the registry's refusal fails the job; a registry
+    // that is down may come back, so that job is requeued with a backoff.
     let cases = [
-        (sub(&missing, &[]), missing.clone(), vec!["MANIFEST_UNKNOWN", "manifest unknown", "not found"]),
-        (sub(&refused, &[]), refused.clone(), vec!["401", "nauthorized", "authentication"]),
-        (sub(&unreachable, &[]), unreachable.clone(), vec!["connect", "refused"]),
-        (sub(&w.image(w.open_port), &["--pull", "never"]), w.image(w.open_port), vec!["pull policy is never"]),
+        (sub(&missing, &[]), missing.clone(), vec!["MANIFEST_UNKNOWN", "manifest unknown", "not found"], "failed"),
+        (sub(&refused, &[]), refused.clone(), vec!["401", "nauthorized", "authentication"], "failed"),
+        (sub(&unreachable, &[]), unreachable.clone(), vec!["connect", "refused"], "queued"),
+        (
+            sub(&w.image(w.open_port), &["--pull", "never"]),
+            w.image(w.open_port),
+            vec!["pull policy is never"],
+            "failed",
+        ),
     ];
-    for (id, image, causes) in &cases {
-        let j = done(&c, id, Duration::from_secs(60));
-        let reason = j["reason"].as_str().unwrap_or_default();
-        assert_eq!(state(&j), "failed", "{j}");
+    for (id, image, causes, end) in &cases {
+        // A requeued job is planned again at once (to start after its backoff):
+        // its reason is in the job's history.
+        let back = ["queued", "planned"];
+        let jobs = c.wait_until(&format!("job {id} {end}"), Duration::from_secs(60), |jobs| {
+            jobs.iter().any(|j| {
+                j["id"] == id.as_str()
+                    && j["attempts"] == 1
+                    && if *end == "queued" { back.contains(&state(j)) } else { state(j) == *end }
+            })
+        });
+        let reason = if *end == "queued" {
+            requeue_reason(&c, id)
+        } else {
+            job(&jobs, id)["reason"].as_str().unwrap_or_default().to_owned()
+        };
+        let reason = reason.as_str();
         assert!(reason.contains(image.as_str()), "the reason names the image {image}: {reason}");
         assert!(causes.iter().any(|k| reason.contains(k)), "the reason names the cause ({causes:?}): {reason}");
         assert!(!reason.contains(REG_PASSWORD), "a secret in a reason: {reason}");
+        if *end == "queued" {
+            assert!(reason.contains("attempt 1 of 3") && reason.contains("may start again in"), "{reason}");
+        }
     }
     // With the node's credential for that registry, the same image runs.
     let ok = sub(&refused, &["--registry-credential", "e2e"]);
@@ -174,8 +207,8 @@ fn image_jobs_that_cannot_start_fail_naming_the_image_and_the_cause() {
     w.assert_nothing_left();
     drop(c);
 
-    // No containerd at the socket: image jobs fail naming it, the node stays
-    // healthy, and process jobs run on.
+    // No containerd at the socket: image jobs are refused naming it, the node
+    // stays healthy, and process jobs run on.
     let nowhere = w.dir.path().join("no-containerd.sock");
     let c = Cluster::with_agent_args("nosock", vec!["--containerd-socket".into(), nowhere.display().to_string()]);
     let id = c.submit(&[
@@ -190,9 +223,13 @@ fn image_jobs_that_cannot_start_fail_naming_the_image_and_the_cause() {
         "--",
         "/bin/true",
     ]);
-    let j = done(&c, &id, Duration::from_secs(60));
-    let reason = j["reason"].as_str().unwrap_or_default();
+    // containerd may come back: requeued with a backoff, naming the socket and the image.
+    c.wait_until("the image job requeued", Duration::from_secs(60), |jobs| {
+        jobs.iter().any(|j| j["id"] == id.as_str() && ["queued", "planned"].contains(&state(j)) && j["attempts"] == 1)
+    });
+    let reason = requeue_reason(&c, &id);
     assert!(reason.contains(&nowhere.display().to_string()) && reason.contains(&w.image(w.open_port)), "{reason}");
+    assert!(reason.contains("may start again in"), "{reason}");
     let id = c.submit(&["--cpu", "0.2", "--memory", "64Mi", "--duration", "30s", "--", "sh", "-c", "exit 0"]);
     assert_eq!(state(&done(&c, &id, Duration::from_secs(60))), "succeeded");
     let nodes = c.greenfill(&["nodes", "--json"]).unwrap();

@@ -49,7 +49,7 @@ impl Site {
             // The pool runs no online services: its online root cgroup is empty
             // (else every other process on this machine, tests included, would
             // count as online load and move the plan's capacity).
-            for h in ["cpu,cpuacct", "memory", "unified"] {
+            for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified"] {
                 let base = Path::new("/sys/fs/cgroup").join(h);
                 if base.is_dir() {
                     std::fs::create_dir_all(base.join(format!("{tag}-{node}/online"))).unwrap();

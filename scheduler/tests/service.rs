@@ -656,6 +656,76 @@ async fn an_image_job_is_planned_with_its_pull_where_the_node_lacks_the_image() 
 }
 
 #[tokio::test]
+async fn a_start_that_may_pass_is_retried_with_backoff_and_fails_at_the_attempt_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.planning.eviction_backoff = Duration::from_millis(1);
+    c.planning.max_start_attempts = 3;
+    let srv = service::start(c).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let retry = submit_web(&mut jobs, "retry", |_| {}).await;
+    let FakeAgent { tx, mut inbound } = connect_agent(&ch, register("n1", "n1", vec![], 0)).await.unwrap();
+    let mut seq = 0;
+    let mut fail = async |id: &str, retryable: bool| {
+        let run = loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.unwrap().unwrap().unwrap();
+            if let Some(pb::scheduler_message::Body::Run(r)) = m.body {
+                break r;
+            }
+        };
+        assert_eq!(run.job_id, id);
+        seq += 1;
+        let status = pb::JobStatus {
+            job_id: id.into(),
+            attempt_id: run.attempt_id,
+            phase: pb::JobPhase::FailedToStart as i32,
+            message: "image r/x:1: registry: error sending request: connection refused".into(),
+            retryable,
+            ..Default::default()
+        };
+        tx.send(pb::AgentMessage { seq, ack: 0, body: Some(pb::agent_message::Body::JobStatus(status)) })
+            .await
+            .unwrap();
+    };
+    let get = async |jobs: &mut JobServiceClient<Channel>, id: &str| {
+        jobs.get_job(authed(USER, pb::GetJobRequest { id: id.into() })).await.unwrap().into_inner()
+    };
+    fail(&retry, true).await;
+    // Requeued with a backoff; run again; failed at its third attempt.
+    fail(&retry, true).await;
+    let j = get(&mut jobs, &retry).await;
+    assert!(j.retry_after.is_some(), "{j:?}");
+    fail(&retry, true).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let j = loop {
+        let j = get(&mut jobs, &retry).await;
+        if j.state == pb::JobState::Failed as i32 || std::time::Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((j.state, j.attempts), (pb::JobState::Failed as i32, 3), "{j:?}");
+    assert!(
+        j.state_reason.starts_with("failed to start 3 times (planning.max_start_attempts = 3)"),
+        "{}",
+        j.state_reason
+    );
+    // A cause that will not pass fails at once.
+    let once = submit_web(&mut jobs, "once", |_| {}).await;
+    fail(&once, false).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let j = loop {
+        let j = get(&mut jobs, &once).await;
+        if j.state == pb::JobState::Failed as i32 || std::time::Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((j.state, j.attempts), (pb::JobState::Failed as i32, 1), "{j:?}");
+}
+
+#[tokio::test]
 async fn image_references_and_pull_policies_are_checked_at_submit() {
     let dir = tempfile::tempdir().unwrap();
     let srv = service::start(config(dir.path())).await.unwrap();

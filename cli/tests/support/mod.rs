@@ -77,7 +77,7 @@ impl Cluster {
         // The node runs no online services: its online root cgroup is empty
         // (else every other process on this machine, the rest of the test suite
         // included, counts as online load and takes the batch capacity away).
-        for h in ["cpu,cpuacct", "memory", "unified"] {
+        for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified"] {
             let base = Path::new("/sys/fs/cgroup").join(h);
             if base.is_dir() {
                 let _ = std::fs::create_dir_all(base.join(c.online_root()));

@@ -318,6 +318,47 @@ async fn handle(
 /// An eviction: back off before the job may run again (doubling each time), or
 /// fail it at `planning.max_evictions`, so a node that keeps running short of
 /// memory does not get the same job back every round.
+/// The `n`th retry's wait (the eviction backoff, doubled per retry, 32× at
+/// most) and the unix second it ends, from the scheduler's own clock (the
+/// agent's event time has whole seconds), rounded up.
+fn backoff(planning: &super::config::Planning, n: u32) -> (std::time::Duration, i64) {
+    let wait = planning.eviction_backoff.mul_f64(f64::from(1u32 << n.saturating_sub(1).min(5)));
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
+    (wait, (now_ms + wait_ms + 999).div_euclid(1000))
+}
+
+/// A start that failed for a cause that may pass: requeued after the backoff,
+/// failed at `planning.max_start_attempts`.
+fn start_retry(
+    inner: &mut super::Inner,
+    planning: &super::config::Planning,
+    node: &str,
+    s: &pb::JobStatus,
+    when: prost_types::Timestamp,
+) -> Option<(Vec<Write>, pb::JobEvent)> {
+    use super::lifecycle::Event;
+    let n = inner.jobs.get(&s.job_id).map_or(1, |e| e.job.attempts);
+    let max = planning.max_start_attempts;
+    if n >= max {
+        let why =
+            format!("failed to start {n} times (planning.max_start_attempts = {max}); last on {node}: {}", s.message);
+        return inner.change(&s.job_id, Event::Failed, &why, |e| e.job.finished_at = Some(when));
+    }
+    let (wait, after) = backoff(planning, n);
+    let why = format!(
+        "failed to start on {node} (attempt {n} of {max}): {}; may start again in {} s",
+        s.message,
+        wait.as_secs()
+    );
+    tracing::warn!(job = %s.job_id, node, reason = %why, "start failed for a cause that may pass: requeued");
+    inner.change(&s.job_id, Event::Requeued, &why, |e| {
+        e.job.retry_after = Some(prost_types::Timestamp { seconds: after, nanos: 0 });
+        e.job.node.clear();
+        e.job.planned_start = None;
+    })
+}
+
 fn evicted(
     inner: &mut super::Inner,
     planning: &super::config::Planning,
@@ -340,12 +381,7 @@ fn evicted(
             e.job.finished_at = Some(when);
         });
     }
-    let wait = planning.eviction_backoff.mul_f64(f64::from(1u32 << (n - 1).min(5)));
-    // From the scheduler's own clock (the agent's event time has whole seconds),
-    // rounded up, so the job waits at least `wait`.
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
-    let after = (now_ms + wait_ms + 999).div_euclid(1000);
+    let (wait, after) = backoff(planning, n);
     let why = format!(
         "evicted on {node} ({n} of {}): {}; may run again in {} s",
         planning.max_evictions,
@@ -452,6 +488,7 @@ fn apply_status(
                 e.job.exit_code = s.exit_code;
             })
         }
+        P::FailedToStart if s.retryable => start_retry(inner, planning, node, s, when),
         P::FailedToStart => inner.change(&s.job_id, Event::Failed, &format!("failed to start: {}", s.message), |e| {
             e.job.finished_at = Some(when);
         }),

@@ -421,6 +421,10 @@ pub struct Planning {
     pub eviction_backoff: Duration,
     /// A job evicted this many times fails with a reason that says so.
     pub max_evictions: u32,
+    /// A job whose start fails for a cause that may pass (its image's registry
+    /// or the node's containerd down) is requeued with the eviction backoff, and
+    /// fails at this many attempts.
+    pub max_start_attempts: u32,
     /// A node that evicted batch for memory gets no new batch memory in the
     /// plan for this long after its last eviction (0 = no cool-down), so the
     /// next attempt goes to another node or waits, instead of filling the same
@@ -517,6 +521,7 @@ impl Default for Planning {
             solve_limit: Duration::from_secs(10),
             eviction_backoff: Duration::from_secs(60),
             max_evictions: 3,
+            max_start_attempts: 3,
             eviction_cooldown: Duration::from_secs(300),
             image_pull_estimate: Duration::from_secs(60),
             reconcile_grace: Duration::from_secs(15),
@@ -680,6 +685,9 @@ impl Config {
         }
         if !(self.power.idle_w >= 0.0 && self.power.max_w >= self.power.idle_w && self.power.pue >= 1.0) {
             bad("power", format!("{:?}", self.power), "need 0 <= idle_w <= max_w and pue >= 1");
+        }
+        if p.max_start_attempts == 0 {
+            bad("planning.max_start_attempts", "0".into(), "must be >= 1 (the attempt that fails the job)");
         }
         if p.max_evictions == 0 {
             bad("planning.max_evictions", "0".into(), "must be >= 1 (the eviction that fails the job)");
