@@ -92,6 +92,20 @@ pub struct Exit {
     pub wall_seconds: f64,
 }
 
+impl Exit {
+    /// How `r` ended: its code or signal, and its cgroup's accounting.
+    fn of(r: &Running, code: Option<i32>, signal: Option<i32>, usage: &crate::cgroups::JobUsage) -> Exit {
+        Exit {
+            code,
+            signal,
+            oom_killed: usage.oom_killed,
+            cpu_seconds: usage.cpu_seconds,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            wall_seconds: r.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 /// A started job.
 #[derive(Debug)]
 pub struct Running {
@@ -655,14 +669,7 @@ impl Runner {
             Some(s) => (i32::try_from(s).ok(), None),
             None => (None, None),
         };
-        Exit {
-            code,
-            signal,
-            oom_killed: usage.oom_killed,
-            cpu_seconds: usage.cpu_seconds,
-            peak_memory_bytes: usage.peak_memory_bytes,
-            wall_seconds: r.started.elapsed().as_secs_f64(),
-        }
+        Exit::of(r, code, signal, &usage)
     }
 
     /// Kill the job (SIGKILL) and everything in its cgroup, then report.
@@ -684,15 +691,7 @@ impl Runner {
                 .map_or((None, status.and_then(|s| s.signal())), |s| (s.code, s.signal)),
             None => (status.and_then(|s| s.code()), status.and_then(|s| s.signal())),
         };
-        let usage = self.cgroups.usage(&r.cgroup_path);
-        Exit {
-            code,
-            signal,
-            oom_killed: usage.oom_killed,
-            cpu_seconds: usage.cpu_seconds,
-            peak_memory_bytes: usage.peak_memory_bytes,
-            wall_seconds: r.started.elapsed().as_secs_f64(),
-        }
+        Exit::of(r, code, signal, &self.cgroups.usage(&r.cgroup_path))
     }
 
     /// Send `sig` to every process in the job cgroup `rel` (relative to each
