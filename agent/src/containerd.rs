@@ -78,6 +78,8 @@ impl ImageError {
 pub struct ImageConfig {
     /// The chain id of the top layer: the snapshot a container starts from.
     pub chain_id: String,
+    /// Each layer's uncompressed digest, bottom first (`rootfs.diff_ids`).
+    pub diff_ids: Vec<String>,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: Vec<String>,

@@ -83,6 +83,7 @@ pub(crate) fn parse_config(bytes: &[u8]) -> Result<ImageConfig, String> {
     let c = &v["config"];
     Ok(ImageConfig {
         chain_id: top.unwrap_or_default(),
+        diff_ids,
         entrypoint: strings(&c["Entrypoint"]),
         cmd: strings(&c["Cmd"]),
         env: strings(&c["Env"]),
@@ -169,6 +170,10 @@ async fn fetch_and_unpack(
         .await
         .map_err(|e| registry_error(&name, "config blob", &e))?;
     let config = parse_config(&config_bytes).map_err(&err)?;
+    let diff_ids = &config.diff_ids;
+    if diff_ids.len() != m.layers.len() {
+        return Err(err(format!("{} layers but {} diff ids in the config", m.layers.len(), diff_ids.len())));
+    }
     let total: i64 = m.layers.iter().map(|l| l.size).sum();
     let mut done = 0i64;
     for (i, layer) in m.layers.iter().enumerate() {
@@ -197,18 +202,8 @@ async fn fetch_and_unpack(
     let media = m.media_type.clone().unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
     let target = Descriptor { media_type: media, digest: digest.to_owned(), size, ..Default::default() };
     ctd.write_blob(&target, whole(body.to_vec()), manifest_labels, lease).await?;
-    let diff_ids: Vec<String> = serde_json::from_slice::<serde_json::Value>(&config_bytes)
-        .ok()
-        .and_then(|v| v["rootfs"]["diff_ids"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|d| d.as_str().map(str::to_owned))
-        .collect();
-    if diff_ids.len() != m.layers.len() {
-        return Err(err(format!("{} layers but {} diff ids in the config", m.layers.len(), diff_ids.len())));
-    }
     let mut parent: Option<String> = None;
-    for (layer, diff_id) in m.layers.iter().zip(&diff_ids) {
+    for (layer, diff_id) in m.layers.iter().zip(diff_ids) {
         let id = chain_id(parent.as_deref(), diff_id);
         ctd.unpack_layer(&descriptor(layer), parent.as_deref().unwrap_or_default(), &id, lease).await?;
         parent = Some(id);
