@@ -210,6 +210,34 @@ impl Zone {
         })
     }
 
+    /// Ask every source once (at start, to find a bad config early); returns
+    /// each source's error by position, and what to persist if one answered.
+    pub async fn probe(&self, now: i64) -> (Vec<(usize, SourceError)>, Option<Persisted>) {
+        let mut errors = Vec::new();
+        let mut fresh = None;
+        for (i, source) in self.sources.iter().enumerate() {
+            match source.fetch(now).await {
+                Ok(f) => {
+                    self.answered(i, f, now);
+                    fresh = fresh.or(Some(i));
+                }
+                Err(e) => {
+                    self.failed(i, &e, now);
+                    errors.push((i, e));
+                }
+            }
+        }
+        self.choose(now, fresh);
+        let st = self.lock();
+        let persisted = fresh.map(|_| Persisted {
+            source: st.current.source.clone(),
+            fetched_at: st.current.fetched_at,
+            forecast: st.current.forecast.clone(),
+            history: st.history.clone(),
+        });
+        (errors, persisted)
+    }
+
     /// Does source `i` hold an answer young enough to plan with?
     fn usable(&self, i: usize, now: i64) -> bool {
         self.lock().sources[i].answer.as_ref().is_some_and(|(_, at)| now - at < secs(self.stale_after))

@@ -23,7 +23,7 @@ mod neso;
 mod watttime;
 
 pub use chain::{Fallback, Persisted, Signal, Zone};
-pub use config::{SourceConfig, ZoneConfig};
+pub use config::{BadKey, SourceConfig, ZoneConfig};
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;

@@ -64,7 +64,7 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
                 if woken && wake_kwh > 0.0 {
                     e.energy_kwh += wake_kwh;
                     e.idle_kwh += wake_kwh;
-                    e.carbon_kg += wake_kwh * p.carbon_at(t) / 1000.0;
+                    e.carbon_kg += wake_kwh * p.carbon_at(pool, t) / 1000.0;
                 }
                 *count += 1;
                 let load = pi.online_cpu_at(p.slots, n, t % p.slots) + b;
@@ -74,7 +74,7 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
                 e.energy_kwh += kwh;
                 e.idle_kwh += idle_w * pi.pool.pue * sh / 1000.0;
                 e.dynamic_kwh += (w - idle_w) * pi.pool.pue * sh / 1000.0;
-                e.carbon_kg += kwh * p.carbon_at(t) / 1000.0;
+                e.carbon_kg += kwh * p.carbon_at(pool, t) / 1000.0;
             }
         }
         powered.push(on);

@@ -41,7 +41,7 @@ pub fn exact_lp(p: &crate::ValidProblem) -> Result<ExactResult, String> {
         pool_of.extend(std::iter::repeat_n(pool, pi.pool.nodes as usize));
     }
     // kg per core-slot of batch on a node of `pool` at `t`, and per powered slot.
-    let g = |pool: usize, t: usize| p.pools[pool].pool.pue * sh / 1000.0 * p.carbon[t] / 1000.0;
+    let g = |pool: usize, t: usize| p.pools[pool].pool.pue * sh / 1000.0 * p.carbon_at(pool, t) / 1000.0;
     let dyn_w = |pool: usize| {
         let pm = &p.pools[pool].pool.power;
         (pm.max_w() - pm.idle_w()) / p.pools[pool].pool.cores

@@ -113,12 +113,14 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
 
     // Costs in grams per core-slot.
     let sh = p.slot_hours();
-    let block_carbon: Vec<f64> = (0..blocks)
-        .map(|b| {
+    // Per pool (its grid zone) and block, pool-major.
+    let block_carbon: Vec<f64> = (0..p.pools.len())
+        .flat_map(|q| (0..blocks).map(move |b| (q, b)))
+        .map(|(q, b)| {
             let r = b * blk..((b + 1) * blk).min(p.slots);
             #[allow(clippy::cast_precision_loss, reason = "block lengths are small")]
             let n = r.len() as f64;
-            r.map(|t| p.weighed_carbon_at(t)).sum::<f64>() / n
+            r.map(|t| p.weighed_carbon_at(q, t)).sum::<f64>() / n
         })
         .collect();
     let max_cost = block_carbon.iter().copied().fold(0.0, f64::max)
@@ -142,7 +144,7 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
         for b in 0..blocks {
             let c = cap[pool * blocks + b];
             if c > 1e-9 {
-                let cost = block_carbon[b] * ctx.watts_per_core[pool] * sh / 1000.0;
+                let cost = block_carbon[pool * blocks + b] * ctx.watts_per_core[pool] * sh / 1000.0;
                 s.push((pool, b, vars.add(variable().min(0.0).max(c)), cost));
             }
         }

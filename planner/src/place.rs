@@ -126,6 +126,12 @@ struct State<'a> {
     /// Carbon spread of the horizon plus one: a quota shortage of one slot costs
     /// more than any difference in carbon.
     spread: f64,
+    /// Per slot: the least weighed carbon over every pool's zone, which orders
+    /// the starts of a job that may run in any pool.
+    least_carbon: Vec<f64>,
+    /// Pools are in zones of different intensities, so the first pool with
+    /// room is not necessarily the cleanest.
+    zoned: bool,
 }
 
 const EPS: f64 = 1e-9;
@@ -201,11 +207,11 @@ impl State<'_> {
             let mut wake: f64 = slots
                 .iter()
                 .filter(|&&t| asleep(t as usize))
-                .map(|&t| idle * self.p.weighed_carbon_at(t as usize))
+                .map(|&t| idle * self.p.weighed_carbon_at(pool, t as usize))
                 .sum();
             // Waking it from sleep costs its wake energy once.
             if asleep(start) && (start == 0 || asleep(start - 1)) {
-                wake += self.ctx.wake_g[pool] * self.p.weighed_carbon_at(start);
+                wake += self.ctx.wake_g[pool] * self.p.weighed_carbon_at(pool, start);
             }
             if best.is_none_or(|(_, w)| wake < w) {
                 best = Some((node, wake));
@@ -263,7 +269,10 @@ impl State<'_> {
 
     /// Per-slot cost of running `j` in slot `t` under the strategy.
     fn slot_cost(&self, job: usize, j: &PlanJob, t: usize, spread: f64) -> f64 {
-        let carbon = self.p.weighed_carbon_at(t);
+        let carbon = match j.pool {
+            Some(q) => self.p.weighed_carbon_at(q, t),
+            None => self.least_carbon[t],
+        };
         match &self.quotas {
             Some(q) => carbon + spread * q.shortage(job, j.cores, t),
             None => carbon,
@@ -322,16 +331,16 @@ impl State<'_> {
             let mut here: Option<(f64, usize, usize)> = None;
             for &pool in &pools {
                 if let Some((node, wake)) = self.find_node(pool, j, &slots) {
-                    let dynamic: f64 = slots.iter().map(|&t| self.p.weighed_carbon_at(t as usize)).sum::<f64>()
+                    let dynamic: f64 = slots.iter().map(|&t| self.p.weighed_carbon_at(pool, t as usize)).sum::<f64>()
                         * self.ctx.dyn_g_per_core_slot[pool]
                         * j.cores;
                     let cost = dynamic + wake;
                     if here.is_none_or(|(c, _, _)| cost < c) {
                         here = Some((cost, pool, node));
                     }
-                    if first_only || (wake == 0.0 && self.p.pools[pool].pool.always_on) {
-                        // Pools are in order of watts per core; an always-on pool
-                        // with room is the cheapest that can follow.
+                    if first_only || (wake == 0.0 && self.p.pools[pool].pool.always_on && !self.zoned) {
+                        // Pools are in order of watts per core; in one zone, an
+                        // always-on pool with room is the cheapest that can follow.
                         break;
                     }
                 }
@@ -445,9 +454,13 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
         quotas: quotas.cloned(),
         full_below: vec![0; p.pools.len() * len * BUCKETS.len()],
         mem_full_below: vec![0; p.pools.len() * len * MEM_BUCKETS.len()],
+        zoned: p.pools.iter().any(|q| !q.carbon.is_empty() && q.carbon != p.carbon),
+        least_carbon: (0..len)
+            .map(|t| (0..p.pools.len()).map(|q| p.weighed_carbon_at(q, t)).fold(f64::INFINITY, f64::min))
+            .collect(),
         spread: {
             let (lo, hi) = (0..p.slots)
-                .map(|t| p.weighed_carbon_at(t))
+                .flat_map(|t| (0..p.pools.len()).map(move |q| p.weighed_carbon_at(q, t)))
                 .fold((f64::INFINITY, 0.0f64), |(a, b), c| (a.min(c), b.max(c)));
             hi - lo + 1.0
         },

@@ -12,11 +12,15 @@ pub struct PoolInput {
     pub online_cpu: Vec<f64>,
     /// Online memory use (GiB), laid out like `online_cpu`.
     pub online_mem: Vec<f64>,
+    /// Forecast carbon intensity of this pool's grid zone per slot (g/kWh);
+    /// empty = the problem's [`Problem::carbon`]. Pools in different zones
+    /// let a job run where, as well as when, it is cleanest.
+    pub carbon: Vec<f64>,
 }
 
 impl PoolInput {
     pub fn new(pool: Pool) -> PoolInput {
-        PoolInput { pool, online_cpu: Vec::new(), online_mem: Vec::new() }
+        PoolInput { pool, online_cpu: Vec::new(), online_mem: Vec::new(), carbon: Vec::new() }
     }
 
     fn at(v: &[f64], slots: usize, node: usize, t: usize) -> f64 {
@@ -287,6 +291,16 @@ impl Problem {
             return Err(err("pue", p.pool.pue.to_string(), "must be >= 1"));
         }
         p.pool.power.validate().map_err(|source| ProblemError::Power { pool: name.clone(), source })?;
+        if !(p.carbon.is_empty() || p.carbon.len() == self.slots) {
+            return Err(err(
+                "carbon",
+                format!("{} values", p.carbon.len()),
+                "need none (the problem's) or one per slot",
+            ));
+        }
+        if let Some(x) = p.carbon.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+            return Err(err("carbon", x.to_string(), "intensities must be finite and >= 0"));
+        }
         let nodes = usize::try_from(p.pool.nodes).unwrap_or(usize::MAX);
         for (field, v) in [("online_cpu", &p.online_cpu), ("online_mem", &p.online_mem)] {
             if !(v.is_empty() || v.len() == self.slots || Some(v.len()) == nodes.checked_mul(self.slots)) {
@@ -306,17 +320,19 @@ impl Problem {
         self.slots + longest.min(self.slots * 4)
     }
 
-    /// Carbon intensity at any slot; past the horizon it repeats.
-    pub(crate) fn carbon_at(&self, t: usize) -> f64 {
-        self.carbon[t % self.slots]
+    /// Carbon intensity of `pool`'s zone at any slot; past the horizon it repeats.
+    pub(crate) fn carbon_at(&self, pool: usize, t: usize) -> f64 {
+        let own = &self.pools[pool].carbon;
+        if own.is_empty() { self.carbon[t % self.slots] } else { own[t % self.slots] }
     }
 
-    /// The carbon the plan *weighs* at slot `t`: the forecast plus the delay cost
-    /// (`options.delay_cost` of it per hour from now). Accounting uses `carbon_at`.
-    pub(crate) fn weighed_carbon_at(&self, t: usize) -> f64 {
+    /// The carbon the plan *weighs* in `pool` at slot `t`: the forecast plus the
+    /// delay cost (`options.delay_cost` of it per hour from now). Accounting
+    /// uses `carbon_at`.
+    pub(crate) fn weighed_carbon_at(&self, pool: usize, t: usize) -> f64 {
         #[allow(clippy::cast_precision_loss, reason = "slot indices are small")]
         let hours = t as f64 * self.slot_hours();
-        self.carbon_at(t) * (1.0 + self.options.delay_cost * hours)
+        self.carbon_at(pool, t) * (1.0 + self.options.delay_cost * hours)
     }
 
     pub(crate) fn slot_hours(&self) -> f64 {

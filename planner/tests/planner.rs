@@ -195,6 +195,42 @@ fn carbon_aware_timing_moves_work_to_the_clean_slot() {
 }
 
 #[test]
+fn pools_in_two_zones_run_a_free_job_where_and_when_it_is_cleanest() {
+    // Zone A is clean at night (slot 3), zone B at noon (slot 1) and cleaner still.
+    let mut a = pool("a", 1, 16.0, 64.0, true);
+    a.carbon = vec![400.0, 380.0, 300.0, 150.0];
+    let mut b = pool("b", 1, 16.0, 64.0, true);
+    b.carbon = vec![420.0, 100.0, 450.0, 460.0];
+    let mut pinned = job("pinned", 2.0, 0, 1, Some(4));
+    pinned.pool = Some(0);
+    let jobs = vec![job("free", 2.0, 0, 1, Some(4)), pinned];
+    let mut p = problem(vec![a, b], jobs, vec![999.0; 4]);
+    for s in [Strategy::Lp, Strategy::CarbonGreedy] {
+        p.options.strategy = s;
+        let plan = plan_of(&p);
+        let at = |i: usize| match &plan.placements[i] {
+            Placement::Run { pool, slots, .. } => (*pool, slots[0]),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at(0), (1, 1), "{s:?}: the free job goes to zone B at noon");
+        assert_eq!(at(1), (0, 3), "{s:?}: the pinned job waits for zone A's night");
+        // Against timing alone in zone A (the free job kept there): less carbon.
+        let one_zone = {
+            let mut q = p.clone();
+            q.jobs[0].pool = Some(0);
+            let plan = plan_of(&q);
+            assert_eq!(plan.placements[0].start(), Some(3));
+            plan.energy.carbon_kg
+        };
+        assert!(plan.energy.carbon_kg < one_zone, "{s:?}: {} vs {one_zone}", plan.energy.carbon_kg);
+    }
+    // A pool's series must match the horizon.
+    p.pools[0].carbon = vec![1.0];
+    let e = p.clone().validate().unwrap_err().to_string();
+    assert!(e.contains("carbon") && e.contains("1 values"), "{e}");
+}
+
+#[test]
 fn sleeping_nodes_stay_off_when_always_on_nodes_have_room() {
     let p = problem(
         vec![pool("online", 2, 32.0, 128.0, true), pool("spare", 5, 32.0, 128.0, false)],
@@ -275,7 +311,7 @@ fn equal_costs_start_at_release() {
             start: 0,
             slot_s: 300,
             slots,
-            pools: vec![PoolInput { pool, online_cpu: vec![0.1; slots], online_mem: vec![1.0; slots] }],
+            pools: vec![PoolInput { pool, online_cpu: vec![0.1; slots], online_mem: vec![1.0; slots], carbon: vec![] }],
             carbon: vec![400.0; slots],
             jobs: (0..3)
                 .map(|i| PlanJob {

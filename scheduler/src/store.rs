@@ -86,6 +86,11 @@ pub enum Write {
         name: String,
         body: String,
     },
+    /// A zone's last good carbon forecast (`body` = JSON of `greenfill_carbon::Persisted`).
+    CarbonZone {
+        zone: String,
+        body: String,
+    },
     /// Retention: drop telemetry buckets before `telemetry_before` and plans
     /// older than the newest `keep_plans`.
     Prune {
@@ -124,6 +129,8 @@ pub struct Snapshot {
     pub plan: Option<(u64, Vec<u8>)>,
     /// `(node, power state JSON)`.
     pub power: Vec<(String, String)>,
+    /// `(zone, JSON of greenfill_carbon::Persisted)`.
+    pub carbon: Vec<(String, String)>,
 }
 
 pub trait Store: Send + 'static {
@@ -181,6 +188,11 @@ const MIGRATIONS: &[&str] = &[
     // 2: node power states (#14).
     "CREATE TABLE node_power (
         name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+    );",
+    // 3: each grid zone's last good carbon forecast and its history (#16).
+    "CREATE TABLE carbon_zones (
+        zone TEXT PRIMARY KEY,
         body TEXT NOT NULL
     );",
 ];
@@ -288,6 +300,9 @@ impl Store for Sqlite {
         let mut q = c.prepare("SELECT name, body FROM node_power ORDER BY name").map_err(&e)?;
         snap.power =
             q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(&e)?.collect::<Result<_, _>>().map_err(&e)?;
+        let mut q = c.prepare("SELECT zone, body FROM carbon_zones ORDER BY zone").map_err(&e)?;
+        snap.carbon =
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(&e)?.collect::<Result<_, _>>().map_err(&e)?;
         Ok(snap)
     }
 
@@ -330,6 +345,9 @@ impl Store for Sqlite {
                 Write::NodePower { name, body } => tx
                     .prepare_cached("INSERT OR REPLACE INTO node_power VALUES (?1, ?2)")
                     .and_then(|mut s| s.execute(params![name, body])),
+                Write::CarbonZone { zone, body } => tx
+                    .prepare_cached("INSERT OR REPLACE INTO carbon_zones VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(params![zone, body])),
                 Write::Prune { telemetry_before, keep_plans } => {
                     tx.execute("DELETE FROM telemetry WHERE bucket < ?1", params![telemetry_before]).and_then(|_| {
                         tx.execute(

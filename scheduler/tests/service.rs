@@ -19,7 +19,15 @@ fn config(dir: &std::path::Path) -> Config {
         data_dir: dir.to_owned(),
         user_tokens: vec![USER.into()],
         agent_tokens: vec![AGENT.into()],
-        pools: vec![PoolDecl { name: "web".into(), cores: 16.0, memory_gib: 64.0, gpus: 0, power: None }],
+        pools: vec![PoolDecl {
+            name: "web".into(),
+            cores: 16.0,
+            memory_gib: 64.0,
+            gpus: 0,
+            power: None,
+            zone: None,
+            embodied_g_per_hour: 0.0,
+        }],
         ..Config::default()
     };
     c.planning.interval = Duration::from_millis(200);

@@ -38,6 +38,53 @@ pub struct Config {
     pub planning: Planning,
     pub limits: Limits,
     pub power: Power,
+    pub carbon: CarbonDecl,
+}
+
+/// `[carbon]`: live grid signals per zone (see `service::carbon`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarbonDecl {
+    /// How often the zones are looked at; each source is asked only once its
+    /// own refresh interval has passed (NESO 30 min, WattTime 5 min, …).
+    #[serde(with = "dur")]
+    pub check_every: Duration,
+    /// A failed source's last good forecast is planned with this long, before
+    /// the next source is taken.
+    #[serde(with = "dur")]
+    pub stale_after: Duration,
+    /// Per request to a provider.
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    /// The zone of pools that name none (default: the one zone configured,
+    /// else the built-in `default`: `planning.carbon_file`, then
+    /// `planning.carbon_constant`).
+    pub default_zone: Option<String>,
+    /// Zones by name, each with its sources, first preferred.
+    pub zones: std::collections::BTreeMap<String, greenfill_carbon::ZoneConfig>,
+}
+
+impl Default for CarbonDecl {
+    fn default() -> CarbonDecl {
+        CarbonDecl {
+            check_every: Duration::from_secs(60),
+            stale_after: Duration::from_secs(6 * 3600),
+            timeout: Duration::from_secs(10),
+            default_zone: None,
+            zones: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl CarbonDecl {
+    /// The zone of a pool that names none.
+    pub fn default_zone(&self) -> String {
+        match (&self.default_zone, self.zones.len()) {
+            (Some(z), _) => z.clone(),
+            (None, 1) => self.zones.keys().next().cloned().unwrap_or_default(),
+            _ => super::carbon::DEFAULT_ZONE.into(),
+        }
+    }
 }
 
 /// Per-node agent identity on Kubernetes without per-node secrets: each agent
@@ -126,6 +173,11 @@ pub struct PoolDecl {
     /// How this pool's idle nodes are put to sleep and woken. Without it the
     /// pool's nodes are never powered off (pools that run online services).
     pub power: Option<PoolPowerDecl>,
+    /// Its grid zone (a key of `[carbon.zones]`); default `carbon.default_zone`.
+    pub zone: Option<String>,
+    /// Embodied carbon per node-hour, g CO2e (the M of a job's SCI; default 0).
+    #[serde(default)]
+    pub embodied_g_per_hour: f64,
 }
 
 /// `[pools.power]`: a sleepable pool (Slurm's power saving, per pool).
@@ -496,6 +548,7 @@ impl Default for Config {
             planning: Planning::default(),
             limits: Limits::default(),
             power: Power::default(),
+            carbon: CarbonDecl::default(),
         }
     }
 }
@@ -720,11 +773,43 @@ impl Config {
                 bad("pools", pool.name.clone(), "each pool needs a name, cores > 0 and memory_gib > 0");
             }
         }
+        self.validate_carbon(&mut bad);
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { path: path.to_owned(), errors }) }
     }
 }
 
 impl Config {
+    /// `[carbon]` and the pools' zones: every source built (secrets read), every
+    /// zone named exists.
+    fn validate_carbon(&self, bad: &mut impl FnMut(&str, String, &str)) {
+        let c = &self.carbon;
+        if let Err(errors) = super::carbon::build_zones(self) {
+            for e in errors {
+                bad(&e.key, e.value, &e.why);
+            }
+        }
+        let known = |z: &str| c.zones.contains_key(z) || z == super::carbon::DEFAULT_ZONE;
+        let names = || c.zones.keys().cloned().collect::<Vec<_>>().join(", ");
+        if let Some(z) = c.default_zone.as_deref().filter(|z| !known(z)) {
+            bad("carbon.default_zone", format!("{z:?}"), &format!("no such zone; [carbon.zones] has: {}", names()));
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            if let Some(z) = p.zone.as_deref().filter(|z| !known(z)) {
+                bad(
+                    &format!("pools[{i}].zone"),
+                    format!("{z:?}"),
+                    &format!("no such zone; [carbon.zones] has: {}", names()),
+                );
+            }
+            if !(p.embodied_g_per_hour.is_finite() && p.embodied_g_per_hour >= 0.0) {
+                bad(&format!("pools[{i}].embodied_g_per_hour"), p.embodied_g_per_hour.to_string(), "must be >= 0");
+            }
+        }
+        if c.check_every.is_zero() || c.timeout.is_zero() || c.stale_after.is_zero() {
+            bad("carbon", format!("{c:?}"), "check_every, timeout and stale_after must be positive");
+        }
+    }
+
     /// The power policy of each sleepable pool, by pool name (checked by
     /// [`Config::validate`]).
     pub fn pool_power(&self) -> std::collections::BTreeMap<String, PoolPower> {

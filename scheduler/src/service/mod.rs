@@ -18,6 +18,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod carbon;
 pub mod config;
 pub mod jobs;
 pub mod kube;
@@ -296,7 +297,8 @@ pub struct State {
     /// Something happened that a new plan should see (debounced by `min_gap`).
     pub replan: Notify,
     pub config: Config,
-    pub carbon: Option<greenfill_core::Series>,
+    /// Each grid zone's carbon signal.
+    pub carbon: carbon::Carbon,
     /// Per node: the online upper bound forecast from its closed telemetry
     /// buckets, keyed by (buckets, last bucket start); recomputed only when a
     /// bucket closes, and outside the state lock.
@@ -323,17 +325,11 @@ pub struct Pending {
 }
 
 impl State {
-    pub fn new(config: Config, snap: Snapshot, writer: Writer) -> anyhow::Result<Arc<State>> {
+    pub fn new(config: Config, mut snap: Snapshot, writer: Writer) -> anyhow::Result<Arc<State>> {
         let bucket_s = i64::try_from(config.planning.telemetry_bucket.as_secs().max(1))?;
+        let carbon = carbon::Carbon::new(&config, now())?;
+        carbon.restore(std::mem::take(&mut snap.carbon), now());
         let inner = Inner::restore(snap, bucket_s)?;
-        let carbon = match &config.planning.carbon_file {
-            Some(p) => Some(
-                greenfill_core::data::load_carbon(p, &greenfill_core::data::CarbonOptions::default())
-                    .map_err(|e| anyhow::anyhow!("planning.carbon_file: {e}"))?
-                    .series,
-            ),
-            None => None,
-        };
         let (events, _) = broadcast::channel(4096);
         let power = power::PowerCtl::new(config.pool_power())?;
         Ok(Arc::new(State {
@@ -516,6 +512,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = State::new(config, snap, writer)?;
+    // A zone unknown to its provider refuses the start; an outage does not.
+    let first = state.carbon.probe(now()).await?;
     let cfg = &state.config;
 
     let users = (!cfg.insecure_local).then_some(cfg.user_tokens.as_slice());
@@ -566,6 +564,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
+    state.tasks.spawn(carbon::run(state.clone(), first));
     state.tasks.spawn(planning::run(state.clone()));
     tracing::info!(%addr, insecure_local = state.config.insecure_local, "scheduler serving");
     Ok(Running { addr, state, server })

@@ -159,11 +159,12 @@ fn pool_input(
             power: PowerModel::Linear { idle_w: st.config.power.idle_w, max_w: st.config.power.max_w },
             pue: st.config.power.pue,
             always_on: !sleeps,
-            embodied_g_per_hour: 0.0,
+            embodied_g_per_hour: st.config.pools.iter().find(|p| p.name == name).map_or(0.0, |p| p.embodied_g_per_hour),
             wake_wh: st.power.pools.get(name).map_or(0.0, |(p, _)| p.wake_wh),
         },
         online_cpu: cpu,
         online_mem: mem,
+        carbon: st.carbon.slots(name, clock.start, clock.slot_s, slots),
     }
 }
 
@@ -261,7 +262,7 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
         pool_nodes.push(nodes.iter().map(|(name, _)| (*name).clone()).collect());
         pool_inputs.push(pool_input(st, pname, nodes, clock, forecasts));
     }
-    let carbon = carbon_forecast(st, t, clock.slot_s, clock.slots);
+    let carbon = st.carbon.default_slots(clock.start, clock.slot_s, clock.slots);
     let options = cfg.plan_options();
     let mut builder = ProblemBuilder::new(clock, pool_inputs, carbon, options, cfg.guard_slack);
     for (pname, nodes) in &pools {
@@ -350,23 +351,6 @@ async fn refresh_forecasts(st: &Arc<State>, t: i64) -> anyhow::Result<()> {
         cache.insert(name, (key, upper));
     }
     Ok(())
-}
-
-/// Forecast intensity per slot: the carbon file replayed by position in its own
-/// span (a file of last year is this year's forecast), or the constant.
-fn carbon_forecast(st: &State, t: i64, slot_s: i64, slots: usize) -> Vec<f64> {
-    match &st.carbon {
-        Some(series) if !series.values.is_empty() => {
-            let span = series.step * i64::try_from(series.values.len()).unwrap_or(1);
-            let offset = (t - series.start).rem_euclid(span.max(1));
-            let values = greenfill_planner::input::slot_values(series, series.start + offset, slot_s, slots);
-            values
-                .into_iter()
-                .map(|v| if v.is_finite() && v >= 0.0 { v } else { st.config.planning.carbon_constant })
-                .collect()
-        }
-        _ => vec![st.config.planning.carbon_constant; slots],
-    }
 }
 
 fn wait_reason(r: WaitReason) -> pb::WaitReason {
@@ -604,12 +588,14 @@ struct Decided<'a> {
 }
 
 impl Decided<'_> {
-    /// Mean forecast intensity of a run of this job starting at `start`.
-    fn run_carbon(&self, start: usize) -> f64 {
+    /// Mean forecast intensity of a run of this job in `pool` starting at `start`.
+    fn run_carbon(&self, pool: usize, start: usize) -> f64 {
         let p = self.problem;
         let n = p.jobs[self.index].duration.max(1);
+        let own = &p.pools[pool].carbon;
+        let carbon = if own.is_empty() { &p.carbon } else { own };
         #[allow(clippy::cast_precision_loss, reason = "slot counts")]
-        let mean = (start..start + n).map(|s| p.carbon[s.min(p.slots - 1)]).sum::<f64>() / n as f64;
+        let mean = (start..start + n).map(|s| carbon[s.min(p.slots - 1)]).sum::<f64>() / n as f64;
         mean
     }
 }
@@ -651,7 +637,7 @@ fn run_explanation(st: &State, job: &Decided<'_>, run: &Run<'_>) -> pb::JobExpla
         * (problem.slot_s as f64 / 3600.0)
         * p.pue
         / 1000.0;
-    let intensity = job.run_carbon(run.start);
+    let intensity = job.run_carbon(run.pool, run.start);
     let minutes = i64::try_from(run.start).unwrap_or(0) * problem.slot_s / 60;
     let node = run.node;
     pb::JobExplanation {
@@ -663,14 +649,14 @@ fn run_explanation(st: &State, job: &Decided<'_>, run: &Run<'_>) -> pb::JobExpla
             (0, _) => format!("starts now on {node}"),
             (_, Some(WaitReason::CarbonWindow)) => format!(
                 "waits {minutes} min for a cleaner window: {intensity:.0} g/kWh then vs {:.0} g/kWh now",
-                job.run_carbon(planned.release)
+                job.run_carbon(run.pool, planned.release)
             ),
             (_, r) => format!("starts in {minutes} min on {node} ({r:?})"),
         },
         energy_kwh_estimate: energy,
         carbon_kg_estimate: energy * intensity / 1000.0,
         intensity_g_per_kwh: intensity,
-        carbon_kg_if_started_now: energy * job.run_carbon(planned.release) / 1000.0,
+        carbon_kg_if_started_now: energy * job.run_carbon(run.pool, planned.release) / 1000.0,
         ..Default::default()
     }
 }
@@ -823,11 +809,13 @@ fn record_plan(
                     .count();
                 pb::PoolPlan {
                     powered_now: u32::try_from(powered).unwrap_or(u32::MAX),
+                    zone: st.carbon.zone_name_of(&p.pool.name).to_owned(),
                     ..pool_plan(problem, plan, i, p)
                 }
             })
             .collect(),
         carbon_intensity: problem.carbon.clone(),
+        carbon_signals: st.carbon.signals(t),
         energy_kwh: plan.energy.energy_kwh,
         idle_energy_kwh: plan.energy.idle_kwh,
         dynamic_energy_kwh: plan.energy.dynamic_kwh,
@@ -884,5 +872,7 @@ fn pool_plan(problem: &Problem, plan: &Plan, i: usize, p: &PoolInput) -> pb::Poo
         online_cpu_upper: online,
         batch_cpu_planned: planned,
         powered_now: p.pool.nodes,
+        zone: String::new(),
+        carbon_intensity: if p.carbon.is_empty() { problem.carbon.clone() } else { p.carbon.clone() },
     }
 }
