@@ -27,6 +27,8 @@ command -v umoci >/dev/null 2>&1 || need+=(umoci)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+# promtool (Debian's prometheus package): CI checks both daemons' /metrics with it (issue 16).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (HiGHS is built from source; memcached is the qos benchmark's service)" >&2

@@ -883,6 +883,28 @@ impl Agent {
     }
 }
 
+/// Every series the agent exports (a test checks the list against the source).
+pub const METRICS: &[greenfill_runtime::metrics::Described] = {
+    use greenfill_runtime::metrics::{
+        Described as D,
+        Kind::{Counter as C, Gauge as G},
+    };
+    &[
+        D { name: "greenfill_cpu_cores", kind: G, help: "CPU in use, cores, by class (node, online, batch)." },
+        D { name: "greenfill_memory_bytes", kind: G, help: "Memory in use, bytes, by class (node, online, batch)." },
+        D { name: "greenfill_power_watts", kind: G, help: "Power by component and source (rapl, nvml, model)." },
+        D { name: "greenfill_agent_cpu_seconds", kind: G, help: "CPU time the agent itself has used." },
+        D { name: "greenfill_agent_rss_bytes", kind: G, help: "The agent's resident memory." },
+        D { name: "greenfill_guard_batch_cpu_limit_cores", kind: G, help: "The guard's CPU cap on batch, cores." },
+        D { name: "greenfill_guard_actions_total", kind: C, help: "Guard actions by action (psi_cut, …)." },
+        D {
+            name: "greenfill_guard_write_errors_total",
+            kind: C,
+            help: "Cgroup writes (CPU quota) the kernel refused.",
+        },
+    ]
+};
+
 /// Prometheus series: per node and per workload class (online, batch), never
 /// per process or per job; plus the agent's own CPU and memory.
 fn record_metrics(m: &pb::TelemetrySample, proc_root: &Path) {

@@ -186,9 +186,8 @@ fn run(a: RunArgs) -> Result<(), Failure<anyhow::Error>> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| Failure::Start(e.into()))?;
     rt.block_on(async move {
         if let Some(addr) = metrics_listen {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
+            greenfill_runtime::metrics::serve(addr, daemon::METRICS, None)
+                .await
                 .map_err(|e| Failure::Start(anyhow::anyhow!("--metrics-listen {addr}: {e}")))?;
         }
         let agent = daemon::Agent::new(cfg).map_err(Failure::Start)?;

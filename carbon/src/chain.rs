@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// The step of the intensity history kept for accounting, seconds.
-const HISTORY_STEP: i64 = 300;
 /// How much history is kept (for the ledger of jobs that ran long ago).
 const HISTORY_KEEP: i64 = 14 * 86_400;
 /// First wait after a failure; doubled per failure up to the source's refresh.
@@ -63,8 +61,16 @@ pub struct Persisted {
     pub source: String,
     pub fetched_at: i64,
     pub forecast: Forecast,
-    /// The intensity in force every 5 minutes of the past (oldest first).
-    pub history: Vec<Point>,
+    /// The intensities of the past, as the latest answers gave them.
+    pub history: Vec<Past>,
+}
+
+/// One interval of the past and its intensity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Past {
+    pub from: i64,
+    pub to: i64,
+    pub g_per_kwh: f64,
 }
 
 #[derive(Debug, Default)]
@@ -81,7 +87,8 @@ struct SourceState {
 struct State {
     sources: Vec<SourceState>,
     current: Signal,
-    history: Vec<Point>,
+    /// Sorted by `from`, intervals apart.
+    history: Vec<Past>,
 }
 
 /// One grid zone's carbon signal.
@@ -143,14 +150,14 @@ impl Zone {
         self.choose(now, None);
     }
 
-    /// Mean intensity over `[from, to)`: the history where it has been kept,
-    /// the signal in force after it. For accounting.
+    /// Mean intensity over `[from, to)`: the history where it holds the
+    /// time, else the signal in force. For accounting.
     pub fn mean(&self, from: i64, to: i64) -> f64 {
         let st = self.lock();
         let at = |t: i64| -> f64 {
-            let i = st.history.partition_point(|p| p.at <= t);
+            let i = st.history.partition_point(|p| p.from <= t);
             match i.checked_sub(1).map(|i| st.history[i]) {
-                Some(p) if t < p.at + HISTORY_STEP => p.g_per_kwh,
+                Some(p) if t < p.to => p.g_per_kwh,
                 _ => st.current.forecast.at(t),
             }
         };
@@ -292,19 +299,29 @@ impl Zone {
     }
 }
 
-/// Append the signal's value for each 5-minute step since the last recorded
-/// one (at most a day back), and drop what is older than the retention.
+/// Take the past intervals of the signal in force into the history (an
+/// answer's measured values replace what an earlier one forecast), and drop
+/// what is older than the retention.
 fn record_history(st: &mut State, now: i64) {
-    let last = now - now.rem_euclid(HISTORY_STEP);
-    let first = st.history.last().map_or(last - 86_400, |p| p.at + HISTORY_STEP).max(last - 86_400);
-    let mut t = first;
-    while t <= last {
-        let g = st.current.forecast.at(t);
-        st.history.push(Point { at: t, g_per_kwh: g });
-        t += HISTORY_STEP;
+    let f = &st.current.forecast;
+    if st.current.fallback == Fallback::Constant {
+        // The constant holds no knowledge of the past; keep what is known.
+        return;
+    }
+    let past: Vec<Past> = f
+        .points
+        .iter()
+        .filter(|p| p.at < now)
+        .map(|p| Past { from: p.at, to: (p.at + f.step_s).min(now.max(p.at + 1)), g_per_kwh: p.g_per_kwh })
+        .collect();
+    if let (Some(first), Some(last)) = (past.first(), past.last()) {
+        let (lo, hi) = (first.from, last.to);
+        st.history.retain(|h| h.to <= lo || h.from >= hi);
+        st.history.extend(past);
+        st.history.sort_by_key(|h| h.from);
     }
     let keep_from = now - HISTORY_KEEP;
-    let drop = st.history.partition_point(|p| p.at < keep_from);
+    let drop = st.history.partition_point(|p| p.to < keep_from);
     st.history.drain(..drop);
 }
 

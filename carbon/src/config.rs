@@ -60,6 +60,30 @@ pub enum SourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     pub sources: Vec<SourceConfig>,
+    /// Ask each source this often instead of at its provider's own interval
+    /// (NESO 30 min, Energy-Charts 30 min, Electricity Maps 1 h, WattTime 5 min).
+    pub refresh: Option<String>,
+}
+
+/// A source asked at another interval than its provider's.
+#[derive(Debug)]
+struct Every {
+    inner: Arc<dyn Source>,
+    refresh: Duration,
+}
+
+impl Source for Every {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn fetch(&self, now: i64) -> crate::Fetch<'_> {
+        self.inner.fetch(now)
+    }
+
+    fn refresh(&self) -> Duration {
+        self.refresh
+    }
 }
 
 /// A bad key: `carbon.zones.GB.sources[0].token_file = "…": why`.
@@ -210,9 +234,20 @@ impl ZoneConfig {
                 why: "name one source or more".into(),
             });
         }
+        let refresh = match self.refresh.as_deref().map(|r| (r, greenfill_core::time::parse_duration(r))) {
+            None => None,
+            Some((_, Some(s))) if s >= 1.0 => Some(Duration::from_secs_f64(s)),
+            Some((r, _)) => {
+                errors.push(bad(key, "refresh", r, "need a duration of 1s or more (e.g. 5m)"));
+                None
+            }
+        };
         for (i, s) in self.sources.iter().enumerate() {
             match s.build(&format!("{key}.sources[{i}]"), timeout) {
-                Ok(s) => ok.push(s),
+                Ok(s) => ok.push(match refresh {
+                    Some(refresh) => Arc::new(Every { inner: s, refresh }),
+                    None => s,
+                }),
                 Err(e) => errors.push(e),
             }
         }

@@ -22,7 +22,7 @@ mod http;
 mod neso;
 mod watttime;
 
-pub use chain::{Fallback, Persisted, Signal, Zone};
+pub use chain::{Fallback, Past, Persisted, Signal, Zone};
 pub use config::{BadKey, SourceConfig, ZoneConfig};
 
 use serde::{Deserialize, Serialize};

@@ -355,7 +355,51 @@ pub(crate) fn job_json(j: &pb::Job) -> serde_json::Value {
         "attempts": j.attempts,
         "revision": j.revision,
         "labels": s.labels,
+        "ledger": j.ledger.as_ref().map(ledger_json),
     })
+}
+
+/// A finished job's energy and carbon (`null` before it ends).
+fn ledger_json(l: &pb::JobLedger) -> serde_json::Value {
+    serde_json::json!({
+        "energy_kwh": l.energy_kwh,
+        "energy_source": l.energy_source,
+        "cpu_seconds": l.cpu_seconds,
+        "run_seconds": l.run_seconds,
+        "zone": l.zone,
+        "intensity_g_per_kwh": l.intensity_g_per_kwh,
+        "carbon_g": l.carbon_g,
+        "counterfactual_intensity_g_per_kwh": l.counterfactual_intensity_g_per_kwh,
+        "counterfactual_carbon_g": l.counterfactual_carbon_g,
+        "saved_g": l.saved_g,
+        "embodied_g": l.embodied_g,
+        "sci_g_per_job": l.sci_g,
+        "signal_source": l.signal_source,
+        "signal_kind": l.signal_kind,
+    })
+}
+
+/// The ledger in one paragraph, for people.
+fn ledger_text(l: &pb::JobLedger) -> String {
+    let verdict = if l.saved_g >= 0.0 { "saved" } else { "cost" };
+    format!(
+        "{:.6} kWh ({}, {:.1} CPU s over {:.0} s), {:.3} g CO2e at {:.1} g/kWh in zone {}; started at submission: \
+         {:.3} g at {:.1} g/kWh, so waiting {verdict} {:.3} g. SCI {:.3} g/job (embodied {:.3} g). Decided on {} ({}).",
+        l.energy_kwh,
+        l.energy_source,
+        l.cpu_seconds,
+        l.run_seconds,
+        l.carbon_g,
+        l.intensity_g_per_kwh,
+        l.zone,
+        l.counterfactual_carbon_g,
+        l.counterfactual_intensity_g_per_kwh,
+        l.saved_g.abs(),
+        l.sci_g,
+        l.embodied_g,
+        l.signal_source,
+        l.signal_kind
+    )
 }
 
 #[derive(Debug, Args)]
@@ -444,8 +488,11 @@ pub(crate) fn job(conn: &Conn, id: &str, json: bool) -> Result<()> {
         if json {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else if let serde_json::Value::Object(m) = v {
-            for (k, v) in m {
+            for (k, v) in m.into_iter().filter(|(k, _)| k != "ledger") {
                 println!("{k:>20}: {v}");
+            }
+            if let Some(l) = &j.ledger {
+                println!("{:>20}: {}", "carbon", ledger_text(l));
             }
         }
         Ok(())

@@ -9,6 +9,9 @@
 //! - [`init_logging`]: `RUST_LOG`-style filtering (default `info`), to stderr;
 //!   colour only when stderr is a terminal (journald and `kubectl logs` get plain
 //!   text); JSON lines when asked.
+//! - [`metrics::serve`]: `/metrics`, every series described.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 use std::time::Duration;

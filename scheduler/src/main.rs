@@ -58,9 +58,9 @@ fn run(args: Args) -> Result<(), Failure<anyhow::Error>> {
     let (config, rt) = configure(args).map_err(Failure::Start)?;
     rt.block_on(async move {
         if let Some(addr) = config.metrics_listen {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
+            let ledger: greenfill_runtime::metrics::Extra = std::sync::Arc::new(service::ledger::render);
+            greenfill_runtime::metrics::serve(addr, service::METRICS, Some(ledger))
+                .await
                 .map_err(|e| Failure::Start(anyhow::anyhow!("metrics_listen {addr}: {e}")))?;
         }
         let running = service::start(config).await.map_err(Failure::Start)?;

@@ -37,6 +37,18 @@ impl Drop for Proc {
 pub const USER_TOKEN: &str = "e2e-user-secret";
 pub const AGENT_TOKEN: &str = "e2e-agent-secret";
 
+/// More of the scheduler's config, and the agents' flags.
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// Top-level keys (before any table).
+    pub top: String,
+    /// Tables after `[planning]`.
+    pub tables: String,
+    /// The planning slot [default 1m].
+    pub slot: Option<String>,
+    pub agent_args: Vec<String>,
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -53,16 +65,25 @@ impl Cluster {
     }
 
     pub fn with_agent_args(test: &str, agent_args: Vec<String>) -> Cluster {
+        Cluster::configured(test, &Setup { agent_args, ..Setup::default() })
+    }
+
+    /// A cluster whose scheduler config has `setup`'s keys and tables too.
+    pub fn configured(test: &str, setup: &Setup) -> Cluster {
+        let agent_args = setup.agent_args.clone();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let slot = setup.slot.as_deref().unwrap_or("1m");
         std::fs::write(
             dir.path().join("scheduler.toml"),
             format!(
                 "listen = \"127.0.0.1:{port}\"\nuser_tokens = [\"{USER_TOKEN}\"]\nagent_tokens = [\"{AGENT_TOKEN}\"]\n\
-                 data_dir = \"{}\"\n\
-                 [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"1m\"\nhorizon = \"2h\"\n\
-                 reconcile_grace = \"2s\"\n",
-                dir.path().join("scheduler").display()
+                 data_dir = \"{}\"\n{}\n\
+                 [planning]\ninterval = \"1s\"\nmin_gap = \"200ms\"\nslot = \"{slot}\"\nhorizon = \"2h\"\n\
+                 reconcile_grace = \"2s\"\n{}\n",
+                dir.path().join("scheduler").display(),
+                setup.top,
+                setup.tables,
             ),
         )
         .unwrap();

@@ -292,7 +292,7 @@ async fn handle(
                         node.event_seq = m.seq;
                     }
                     writes.push(node.row(name));
-                    let (w, e) = apply_status(&mut inner, &st.config.planning, name, &s);
+                    let (w, e) = apply_status(&mut inner, st, name, &s);
                     writes.extend(w);
                     events.extend(e);
                 }
@@ -403,6 +403,7 @@ fn stop_confirmed(
     node: &str,
     s: &pb::JobStatus,
     when: prost_types::Timestamp,
+    ledger: Option<pb::JobLedger>,
 ) -> (Vec<Write>, Vec<pb::JobEvent>) {
     use pb::JobPhase as P;
     let gone = match P::try_from(s.phase).unwrap_or(P::Unspecified) {
@@ -423,6 +424,7 @@ fn stop_confirmed(
     match inner.change(&s.job_id, super::lifecycle::Event::StopConfirmed, &why, |e| {
         e.job.finished_at = Some(when);
         e.job.exit_code = s.exit_code;
+        e.job.ledger = ledger;
     }) {
         Some((w, ev)) => (w, vec![ev]),
         None => (vec![], vec![]),
@@ -446,12 +448,13 @@ fn note_image(inner: &mut super::Inner, node: &str, job: &str, pulled: Option<f6
 
 fn apply_status(
     inner: &mut super::Inner,
-    planning: &super::config::Planning,
+    st: &State,
     node: &str,
     s: &pb::JobStatus,
 ) -> (Vec<Write>, Vec<pb::JobEvent>) {
     use super::lifecycle::Event;
     use pb::JobPhase as P;
+    let planning = &st.config.planning;
     if let Some(n) = inner.nodes.get_mut(node) {
         n.unreported.remove(&s.attempt_id);
     }
@@ -461,8 +464,15 @@ fn apply_status(
         return (vec![], vec![]);
     }
     let when = s.time.unwrap_or_else(|| ts(now()));
+    let ledger = (s.phase == P::Exited as i32).then(|| {
+        let (pool, cores) =
+            inner.nodes.get(node).map_or((String::new(), 1.0), |n| (n.register.pool.clone(), n.register.cpu_cores));
+        let l = super::ledger::make(st, &e.job, &pool, cores, s, when.seconds);
+        super::ledger::count(&e.job, &pool, &l);
+        l
+    });
     if e.job.state == pb::JobState::Cancelling as i32 {
-        return stop_confirmed(inner, node, s, when);
+        return stop_confirmed(inner, node, s, when, ledger);
     }
     let change = match P::try_from(s.phase).unwrap_or(P::Unspecified) {
         P::Started => {
@@ -486,6 +496,7 @@ fn apply_status(
             inner.change(&s.job_id, state, &reason, |e| {
                 e.job.finished_at = Some(when);
                 e.job.exit_code = s.exit_code;
+                e.job.ledger = ledger;
             })
         }
         P::FailedToStart if s.retryable => start_retry(inner, planning, node, s, when),

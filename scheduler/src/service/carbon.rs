@@ -36,9 +36,7 @@ pub struct Carbon {
 pub type Sources = BTreeMap<String, Vec<Arc<dyn Source>>>;
 
 /// Sources of every zone, built (secrets read); errors name their keys.
-pub fn build_zones(
-    cfg: &super::Config,
-) -> Result<Sources, Vec<greenfill_carbon::BadKey>> {
+pub fn build_zones(cfg: &super::Config) -> Result<Sources, Vec<greenfill_carbon::BadKey>> {
     let timeout = cfg.carbon.timeout;
     let mut zones = BTreeMap::new();
     let mut errors = Vec::new();
@@ -50,7 +48,8 @@ pub fn build_zones(
             Err(e) => errors.extend(e),
         }
     }
-    if !zones.contains_key(DEFAULT_ZONE) {
+    // The built-in zone, where pools that name none go to it.
+    if cfg.carbon.default_zone() == DEFAULT_ZONE && !zones.contains_key(DEFAULT_ZONE) {
         let mut builtin: Vec<Arc<dyn Source>> = Vec::new();
         if let Some(path) = &cfg.planning.carbon_file {
             match greenfill_carbon::File::load(path) {

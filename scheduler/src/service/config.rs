@@ -788,7 +788,8 @@ impl Config {
                 bad(&e.key, e.value, &e.why);
             }
         }
-        let known = |z: &str| c.zones.contains_key(z) || z == super::carbon::DEFAULT_ZONE;
+        let builtin = c.default_zone() == super::carbon::DEFAULT_ZONE;
+        let known = |z: &str| c.zones.contains_key(z) || (builtin && z == super::carbon::DEFAULT_ZONE);
         let names = || c.zones.keys().cloned().collect::<Vec<_>>().join(", ");
         if let Some(z) = c.default_zone.as_deref().filter(|z| !known(z)) {
             bad("carbon.default_zone", format!("{z:?}"), &format!("no such zone; [carbon.zones] has: {}", names()));

@@ -22,6 +22,7 @@ pub mod carbon;
 pub mod config;
 pub mod jobs;
 pub mod kube;
+pub mod ledger;
 pub mod lifecycle;
 pub mod planning;
 pub mod power;
@@ -284,6 +285,75 @@ impl Inner {
         Some(write)
     }
 }
+
+/// Every series the scheduler exports through the `metrics` facade (the
+/// ledger's counters are rendered by [`ledger::render`]). A test checks the
+/// list against the source.
+pub const METRICS: &[greenfill_runtime::metrics::Described] = {
+    use greenfill_runtime::metrics::{
+        Described as D,
+        Kind::{Counter as C, Gauge as G, Histogram as H},
+    };
+    &[
+        D {
+            name: "greenfill_submissions_total",
+            kind: C,
+            help: "Job submissions by result (accepted, duplicate, invalid).",
+        },
+        D {
+            name: "greenfill_agent_registrations_refused_total",
+            kind: C,
+            help: "Agent registrations refused, by reason.",
+        },
+        D {
+            name: "greenfill_rate_limited_total",
+            kind: C,
+            help: "Calls refused by the per-client rate limit, by kind of caller.",
+        },
+        D {
+            name: "greenfill_power_transitions_total",
+            kind: C,
+            help: "Power driver calls by target state and result.",
+        },
+        D {
+            name: "greenfill_powered_node_seconds_total",
+            kind: C,
+            help: "Seconds nodes of each sleepable pool were powered.",
+        },
+        D {
+            name: "greenfill_carbon_fetch_errors_total",
+            kind: C,
+            help: "Failed requests to carbon signal providers, by zone, source and kind.",
+        },
+        D { name: "greenfill_agents_connected", kind: G, help: "Agent sessions open now." },
+        D { name: "greenfill_jobs", kind: G, help: "Jobs by state (not finished)." },
+        D { name: "greenfill_nodes", kind: G, help: "Nodes of each sleepable pool by power state." },
+        D {
+            name: "greenfill_carbon_intensity_grams_per_kwh",
+            kind: G,
+            help: "The grid intensity in force per zone, g CO2e/kWh.",
+        },
+        D {
+            name: "greenfill_carbon_signal_age_seconds",
+            kind: G,
+            help: "Seconds since the zone's signal in force was fetched.",
+        },
+        D {
+            name: "greenfill_carbon_source",
+            kind: G,
+            help: "1 for the source (and fallback level: live, kept, constant) each zone plans with.",
+        },
+        D {
+            name: "greenfill_dispatch_latency_seconds",
+            kind: H,
+            help: "From a job's dispatch to its start on the node.",
+        },
+        D { name: "greenfill_plan_solve_seconds", kind: H, help: "Planner solve time per round." },
+        D { name: "greenfill_plan_round_seconds", kind: H, help: "Whole planning round (gather, solve, apply)." },
+        D { name: "greenfill_store_commit_seconds", kind: H, help: "One group commit to the store." },
+        D { name: "greenfill_store_commit_batch", kind: H, help: "Writes per group commit." },
+    ]
+};
 
 /// A node's forecast: its key (closed buckets, last bucket start) and upper bounds.
 pub type CachedForecast = ((usize, i64), Vec<f64>);
