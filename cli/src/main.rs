@@ -4,6 +4,7 @@
 //! stderr with the file, line and field that caused them, and exit with code 1
 //! (2 for usage errors, from clap).
 
+mod carbon;
 mod client;
 mod data;
 mod forecast;
@@ -24,6 +25,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Live grid carbon signals: what a source (NESO, Energy-Charts, Electricity
+    /// Maps, WattTime, a file, a constant) gives, or why it does not.
+    #[command(subcommand)]
+    Carbon(carbon::CarbonCommand),
     /// Read trace files (carbon intensity, machine usage, job arrivals) and summarise them.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Carbon(cmd) => carbon::run(cmd),
         Command::Plan(args) => match args.live() {
             Some((jobs, json)) => client::live_plan(&cli.conn, jobs, json),
             None => plan::run(&args),

@@ -187,3 +187,64 @@ fn jobs_planned_on_a_live_signal_get_ledgers_that_sum_to_the_metrics_and_plannin
     let l: &Value = &jobs.iter().find(|j| j["id"] == late).unwrap()["ledger"];
     assert_eq!(l["signal_source"].as_str(), Some("constant:321"), "{l}");
 }
+
+#[test]
+fn carbon_fetch_shows_what_a_source_gives_or_why_not() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fx = rt.block_on(Fixture::start()).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let from = now - now.rem_euclid(300) - 600;
+    fx.reply("/login", Reply::json(200, bodies::watttime_login("t")));
+    fx.reply(
+        "/v3/forecast",
+        Reply::json(200, bodies::watttime("CAISO_NORTH", from, &[1000.0; 24], "lbs_co2_per_mwh", now)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret-pw").unwrap();
+    let fetch = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(["carbon", "fetch", "--source", "watttime", "--zone", "CAISO_NORTH", "--username", "me"])
+            .arg("--password-file")
+            .arg(&pw)
+            .args(["--base-url", &fx.url()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = fetch(&["--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"], "watttime:CAISO_NORTH");
+    assert_eq!(v["provenance"]["signal"], "marginal");
+    assert!((v["now_g_per_kwh"].as_f64().unwrap() - 453.592_37).abs() < 1e-6, "{v}");
+    assert_eq!((v["step_s"].as_i64(), v["points"].as_u64(), v["gaps"].as_u64()), (Some(300), Some(24), Some(0)));
+    let (code, out, _) = fetch(&[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("watttime:CAISO_NORTH: 24 points every 300 s") && out.contains("now: 453.6 g CO2e/kWh"),
+        "{out}"
+    );
+
+    fx.reply("/v3/forecast", Reply::json(403, r#"{"error":"region CAISO_NORTH is not in your plan"}"#));
+    let (code, _, err) = fetch(&[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("watttime: 403 Forbidden") && err.contains("region CAISO_NORTH is not in your plan"), "{err}");
+    assert!(!err.contains("secret-pw"));
+    let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["carbon", "fetch", "--source", "carbonara"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--source \"carbonara\": unknown; known: neso"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["carbon", "fetch", "--source", "electricity-maps", "--zone", "DE"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --token-file"));
+}
