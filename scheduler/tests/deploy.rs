@@ -80,3 +80,96 @@ fn the_agent_reaches_the_hosts_containerd_and_its_logger_is_at_a_host_path() {
     let (mounted, host) = volume("state");
     assert_eq!((mounted.as_str(), host.as_str()), (state_dir, state_dir), "the state volume at the host's path");
 }
+
+/// Every `greenfill_…` word in `text`.
+fn metric_words(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("greenfill_") {
+        let word: String =
+            rest[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        rest = &rest[i + word.len()..];
+        out.insert(word);
+    }
+    out
+}
+
+/// The names the `metrics` macros are called with in the `.rs` files under `dir`.
+fn emitted(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(emitted(&p));
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for mac in ["counter!(", "gauge!(", "histogram!("] {
+                for (i, _) in text.match_indices(mac) {
+                    let after = text[i + mac.len()..].trim_start();
+                    if let Some(name) = after.strip_prefix('"').and_then(|s| s.split('"').next()) {
+                        out.insert(name.to_owned());
+                    }
+                }
+            }
+            // The agent sets its per-class gauges through a closure of names.
+            if p.ends_with("daemon.rs") {
+                for (i, _) in text.match_indices("set(\"greenfill_") {
+                    out.extend(metric_words(&text[i..i + 60]).into_iter().take(1));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The agent's described series: the names in `daemon::METRICS`.
+fn agent_described() -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("agent/src/daemon.rs")).unwrap();
+    let start = text.find("pub const METRICS").expect("agent METRICS");
+    let end = start + text[start..].find("\n};").expect("the end of METRICS");
+    text[start..end].split("name: \"").skip(1).filter_map(|s| Some(s.split('"').next()?.to_owned())).collect()
+}
+
+#[test]
+fn every_series_the_daemons_emit_is_described_for_prometheus() {
+    use greenfill_scheduler::service;
+    let described: std::collections::BTreeSet<String> = service::METRICS.iter().map(|d| d.name.to_owned()).collect();
+    let mut emitted_here = emitted(&root().join("scheduler/src"));
+    emitted_here.extend(emitted(&root().join("carbon/src")));
+    assert_eq!(emitted_here, described, "the scheduler's METRICS list and its metrics calls differ");
+    let agent = emitted(&root().join("agent/src"));
+    assert_eq!(agent, agent_described(), "the agent's METRICS list and its metrics calls differ");
+    assert!(agent.contains("greenfill_cpu_cores") && described.contains("greenfill_carbon_source"));
+}
+
+#[test]
+fn every_dashboard_query_names_a_metric_the_daemons_export() {
+    let path = root().join("deploy/grafana/greenfill.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exported: std::collections::BTreeSet<String> =
+        greenfill_scheduler::service::METRICS.iter().map(|d| d.name.to_owned()).collect();
+    exported.extend(greenfill_scheduler::service::ledger::counter_names().map(str::to_owned));
+    exported.extend(agent_described());
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut queries = 0;
+    for p in panels {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            let names = metric_words(expr);
+            assert!(!names.is_empty(), "{}: {expr} names no greenfill metric", p["title"]);
+            for n in names {
+                // Summaries also export `_sum` and `_count`.
+                let base = n.strip_suffix("_sum").or_else(|| n.strip_suffix("_count")).unwrap_or(&n);
+                assert!(exported.contains(&n) || exported.contains(base), "{}: {expr}: no metric {n}", p["title"]);
+            }
+            queries += 1;
+        }
+    }
+    assert!(queries >= 10, "{queries} queries");
+    let ids: std::collections::BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+}
