@@ -29,6 +29,8 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 # promtool (Debian's prometheus package): CI checks both daemons' /metrics with it (issue 16).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Headless Chromium: CI renders the simulator's report in a browser (issue 16).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (HiGHS is built from source; memcached is the qos benchmark's service)" >&2

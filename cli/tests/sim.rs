@@ -78,3 +78,72 @@ fn a_missing_trace_is_named_once() {
     assert_eq!(err.matches("cannot read").count(), 1, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// The report as a browser draws it: headless Chromium renders it (a
+/// screenshot) and its DOM holds the charts with dated axes, the powered
+/// nodes per pool and each zone's intensity, with four-figure labels.
+#[test]
+fn the_report_renders_in_headless_chromium_with_dated_axes_and_powered_nodes_per_pool() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        greenfill_core::testing::cannot_run("report_in_chromium", "no chromium (scripts/setup.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(repo.join("examples/two-zones.toml"))
+        .unwrap()
+        .replace("length = \"28d\"", "length = \"4d\"")
+        .replace("drain = \"7d\"", "drain = \"4d\"")
+        .replace("../data/", &format!("{}/data/", repo.display()));
+    let scenario = dir.path().join("two-zones.toml");
+    std::fs::write(&scenario, text).unwrap();
+    let out = dir.path().join("out");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["sim", "run", "--scenario"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let url = format!("file://{}", out.join("report.html").display());
+    let browse = |args: &[&str]| {
+        let o = std::process::Command::new(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,3000"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let png = dir.path().join("report.png");
+    browse(&[&format!("--screenshot={}", png.display())]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) =
+        (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (1000, 3000));
+    assert!(bytes.len() > 50_000, "a page of charts, not a blank one: {} bytes", bytes.len());
+    let dom = browse(&["--dump-dom"]);
+    assert!(dom.contains("Powered nodes per pool (greenfill)"), "the powered-nodes chart");
+    for label in ["california", "virginia", "CISO", "PJM", "2022-01-03"] {
+        assert!(dom.contains(&format!(">{label}<")), "{label} in the charts");
+    }
+    assert!(dom.matches("<polyline").count() >= 10, "every chart drew its lines");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let t = summary["policies"]["greenfill"]["carbon_kg"].as_f64().unwrap() / 1000.0;
+    let shown = greenfill_like_sig(t);
+    assert!(dom.contains(&format!("{shown} t CO2")), "the carbon bar reads {shown} t (four figures)");
+}
+
+/// Four significant figures, as the report prints them.
+fn greenfill_like_sig(v: f64) -> String {
+    #[allow(clippy::cast_possible_truncation, reason = "a small exponent")]
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 6);
+    format!("{v:.*}", usize::try_from(digits).unwrap())
+}

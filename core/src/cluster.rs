@@ -95,6 +95,10 @@ pub struct Pool {
     /// when it wakes a node and counts it in a plan's energy.
     #[serde(default)]
     pub wake_wh: f64,
+    /// Its grid zone (the simulator's `[carbon.zones]`); `None` = the one
+    /// carbon series of the scenario or cluster.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 fn default_pue() -> f64 {

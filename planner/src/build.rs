@@ -320,6 +320,7 @@ mod tests {
             always_on: true,
             embodied_g_per_hour: 0.0,
             wake_wh: 0.0,
+            zone: None,
         })
     }
 

@@ -60,6 +60,7 @@ pub fn generate(spec: &Spec) -> Problem {
             always_on,
             embodied_g_per_hour: 0.0,
             wake_wh: 0.0,
+            zone: None,
         };
         let mut input = PoolInput::new(pool);
         if always_on {

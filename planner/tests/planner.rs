@@ -96,6 +96,7 @@ fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolIn
         always_on,
         embodied_g_per_hour: 0.0,
         wake_wh: 0.0,
+        zone: None,
     })
 }
 
@@ -306,6 +307,7 @@ fn equal_costs_start_at_release() {
             always_on: true,
             embodied_g_per_hour: 0.0,
             wake_wh: 0.0,
+            zone: None,
         };
         let p = Problem {
             start: 0,

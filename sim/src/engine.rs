@@ -59,9 +59,11 @@ impl Policy {
 }
 
 /// One step of one policy, for the time series.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StepRow {
     pub powered_nodes: u32,
+    /// Powered nodes of each pool (in the scenario's order).
+    pub powered_by_pool: Vec<u32>,
     /// CPU used / CPU of powered nodes.
     pub cpu_util_powered: f64,
     pub power_kw: f64,
@@ -284,7 +286,7 @@ pub(crate) fn run(
         }
         // Accounting with the actual online load.
         let ci = inp.carbon[t];
-        let mut row = StepRow { carbon_g_per_kwh: ci, ..StepRow::default() };
+        let mut row = StepRow { carbon_g_per_kwh: ci, powered_by_pool: vec![0; inp.pools.len()], ..StepRow::default() };
         #[allow(clippy::cast_possible_truncation, reason = "running jobs fit u32")]
         {
             row.batch_running = st.running as u32;
@@ -318,7 +320,9 @@ pub(crate) fn run(
             let w = p.power.watts(u) * p.pue;
             let idle = p.power.idle_w() * p.pue;
             row.powered_nodes += 1;
+            row.powered_by_pool[inp.node_pool[node]] += 1;
             row.power_kw += w / 1000.0;
+            res.carbon_kg += w * sh / 1000.0 * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
             row.batch_cores += b;
             res.idle_kwh += idle * sh / 1000.0;
             res.embodied_kg += p.embodied_g_per_hour * sh / 1000.0;
@@ -333,11 +337,11 @@ pub(crate) fn run(
                 let kwh = p.wake_wh * p.pue / 1000.0;
                 row.power_kw += kwh / sh;
                 res.idle_kwh += kwh;
+                res.carbon_kg += kwh * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
             }
         }
         let kwh = row.power_kw * sh;
         res.energy_kwh += kwh;
-        res.carbon_kg += kwh * ci / 1000.0;
         res.node_hours += f64::from(row.powered_nodes) * sh;
         res.online_overload_steps += row.overloaded_nodes as usize;
         res.guard_throttled_steps += row.throttled_nodes as usize;
@@ -410,7 +414,12 @@ fn first_fit(
             continue;
         }
         let j = &inp.jobs[job];
-        match on.iter().copied().find(|&i| free_cpu(st, i) + 1e-9 >= j.cores && free_mem(st, i) + 1e-9 >= j.mem_gib) {
+        let fits = |st: &State, i: usize| {
+            j.pool.is_none_or(|p| inp.node_pool[i] == p)
+                && free_cpu(st, i) + 1e-9 >= j.cores
+                && free_mem(st, i) + 1e-9 >= j.mem_gib
+        };
+        match on.iter().copied().find(|&i| fits(st, i)) {
             Some(node) => {
                 st.start(inp, job, node, t);
                 if let Some(p) = power.as_deref_mut() {
@@ -491,16 +500,23 @@ fn plan_and_start(
             (0..slots).map(|k| slot_max(&upper, k).max(0.0)).collect()
         })
         .collect();
-    let carbon: Vec<f64> = (0..slots)
-        .map(|k| {
-            let a = (t + k * slot_steps).min(inp.steps - 1);
-            let b = (t + (k + 1) * slot_steps).min(inp.steps);
-            if b > a { inp.carbon_forecast[a..b].iter().sum::<f64>() / (b - a) as f64 } else { inp.carbon_forecast[a] }
-        })
-        .collect();
+    // Mean forecast per slot of a series given per step.
+    let slot_means = |at: &dyn Fn(usize) -> f64| -> Vec<f64> {
+        (0..slots)
+            .map(|k| {
+                let a = (t + k * slot_steps).min(inp.steps - 1);
+                let b = (t + (k + 1) * slot_steps).min(inp.steps);
+                if b > a { (a..b).map(at).sum::<f64>() / (b - a) as f64 } else { at(a) }
+            })
+            .collect()
+    };
+    let carbon = slot_means(&|k| inp.carbon_forecast[k]);
     // Per node: forecast online plus the batch already running there.
     let mut pools: Vec<PoolInput> = inp.pools.iter().cloned().map(PoolInput::new).collect();
     for (pi, pool) in pools.iter_mut().enumerate() {
+        if inp.pool_zone[pi].is_some() {
+            pool.carbon = slot_means(&|k| inp.forecast_at(pi, k));
+        }
         let first = inp.pool_first[pi];
         let nodes = pool.pool.nodes as usize;
         let mut cpu = vec![0.0; nodes * slots];
@@ -565,7 +581,7 @@ fn plan_and_start(
             deadline: j.deadline.map(at_step),
             duration_s: (j.duration as i64 * step) as f64,
             pausable: false,
-            pool: None,
+            pool: j.pool,
             priority: 0,
         });
     }

@@ -19,6 +19,16 @@ pub struct SimJob {
     pub mem_gib: f64,
     /// Step by which it should have finished.
     pub deadline: Option<usize>,
+    /// The only pool it may run in (`batch.pin_to_pools`).
+    pub pool: Option<usize>,
+}
+
+/// One grid zone's intensity per step.
+#[derive(Debug, Clone)]
+pub struct ZoneCarbon {
+    pub name: String,
+    pub actual: Vec<f64>,
+    pub forecast: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +57,9 @@ pub struct Inputs {
     pub carbon: Vec<f64>,
     /// What the planner is told: actual × (1 + noise), per step.
     pub carbon_forecast: Vec<f64>,
+    /// `[carbon.zones]`, and each pool's zone among them (`None`: `carbon`).
+    pub zones: Vec<ZoneCarbon>,
+    pub pool_zone: Vec<Option<usize>>,
     /// Sorted by arrival.
     pub jobs: Vec<SimJob>,
 }
@@ -54,6 +67,16 @@ pub struct Inputs {
 impl Inputs {
     pub fn nodes(&self) -> usize {
         self.node_pool.len()
+    }
+
+    /// Actual intensity at step `t` in `pool`'s zone.
+    pub fn carbon_at(&self, pool: usize, t: usize) -> f64 {
+        self.pool_zone[pool].map_or(self.carbon[t], |z| self.zones[z].actual[t])
+    }
+
+    /// The forecast the planner sees for `pool`'s zone at step `t`.
+    pub fn forecast_at(&self, pool: usize, t: usize) -> f64 {
+        self.pool_zone[pool].map_or(self.carbon_forecast[t], |z| self.zones[z].forecast[t])
     }
 
     /// Online CPU on `node` at step `t`, cores.
@@ -147,18 +170,25 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         (None, Some(k)) => vec![k; steps],
         (None, None) => unreachable!("validated: one of file or constant"),
     };
+    let normal = Normal::new(0.0, s.carbon.forecast_error.max(1e-12)).map_err(|e| err(r, e.to_string()))?;
+    let mut noisy = |actual: &[f64]| -> Vec<f64> {
+        actual
+            .iter()
+            .map(|c| if s.carbon.forecast_error > 0.0 { (c * (1.0 + normal.sample(&mut rng))).max(0.0) } else { *c })
+            .collect()
+    };
     let carbon_forecast: Vec<f64> = match &r.carbon_forecast_file {
         Some(path) => replay(path)?,
-        None => {
-            let normal = Normal::new(0.0, s.carbon.forecast_error.max(1e-12)).map_err(|e| err(r, e.to_string()))?;
-            carbon
-                .iter()
-                .map(
-                    |c| if s.carbon.forecast_error > 0.0 { (c * (1.0 + normal.sample(&mut rng))).max(0.0) } else { *c },
-                )
-                .collect()
-        }
+        None => noisy(&carbon),
     };
+    let mut zones = Vec::with_capacity(r.zone_files.len());
+    for (name, path) in &r.zone_files {
+        let actual = replay(path)?;
+        let forecast = noisy(&actual);
+        zones.push(ZoneCarbon { name: name.clone(), actual, forecast });
+    }
+    let pool_zone: Vec<Option<usize>> =
+        s.cluster.pools.iter().map(|p| p.zone.as_ref().and_then(|z| zones.iter().position(|c| &c.name == z))).collect();
 
     // Nodes.
     let mut pool_first = Vec::new();
@@ -265,6 +295,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                 cores: job.cores,
                 mem_gib: job.mem_gib,
                 deadline,
+                pool: None,
             });
         }
         if s.batch.max_jobs.is_some_and(|m| jobs.len() >= m) {
@@ -273,6 +304,11 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         }
     }
     jobs.sort_by_key(|j| j.arrival);
+    if s.batch.pin_to_pools {
+        for (i, j) in jobs.iter_mut().enumerate() {
+            j.pool = Some(i % s.cluster.pools.len().max(1));
+        }
+    }
     let largest = s.cluster.pools.iter().map(|p| p.cores * (1.0 - s.safety_margin)).fold(0.0, f64::max);
     if let Some(j) = jobs.iter().find(|j| j.cores > largest) {
         return Err(err(
@@ -298,6 +334,8 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         online_mem_share: s.online.memory_share,
         carbon,
         carbon_forecast,
+        zones,
+        pool_zone,
         jobs,
     })
 }

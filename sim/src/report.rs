@@ -167,6 +167,8 @@ pub fn write_outputs(
 }
 
 const COLORS: [&str; 4] = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c"];
+/// Lines of pools and zones (apart from the policies' colours).
+const SERIES_COLORS: [&str; 6] = ["#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22"];
 
 /// Bucket means so a chart has at most `max` points.
 fn thin(v: &[f64], max: usize) -> Vec<f64> {
@@ -174,30 +176,77 @@ fn thin(v: &[f64], max: usize) -> Vec<f64> {
     v.chunks(k).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect()
 }
 
-fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)]) -> String {
-    let (w, h, pad) = (900.0, 260.0, 50.0);
+/// A number with four significant figures (0.1253, 12.53, 1253), so labels
+/// tell 0.125 t from 0.128 t at any scale.
+fn sig(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "a small exponent")]
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 6);
+    format!("{v:.*}", usize::try_from(digits).unwrap_or(0))
+}
+
+/// The time a chart's x axis spans.
+#[derive(Debug, Clone, Copy)]
+struct TimeAxis {
+    start: i64,
+    end: i64,
+}
+
+impl TimeAxis {
+    /// Six ticks from start to end: dates, with the time of day on spans under
+    /// three days.
+    fn ticks(self) -> Vec<(f64, String)> {
+        let span = (self.end - self.start).max(1);
+        let fmt = if span < 3 * 86_400 { "%m-%d %H:%M" } else { "%Y-%m-%d" };
+        (0..=5i32)
+            .map(|i| {
+                let at = self.start + span * i64::from(i) / 5;
+                let label =
+                    chrono::DateTime::from_timestamp(at, 0).map(|d| d.format(fmt).to_string()).unwrap_or_default();
+                (f64::from(i) / 5.0, label)
+            })
+            .collect()
+    }
+}
+
+fn line_chart(title: &str, unit: &str, axis: TimeAxis, series: &[(&str, &str, Vec<f64>)]) -> String {
+    let (w, h, pad, bottom) = (900.0, 280.0, 56.0, 64.0);
+    let plot_h = h - bottom - 10.0;
     let max = series.iter().flat_map(|s| s.2.iter()).copied().fold(0.0f64, f64::max).max(1e-9) * 1.05;
     let mut out = format!(
-        r##"<h3>{title}</h3><svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{title}"><rect x="{pad}" y="10" width="{}" height="{}" fill="none" stroke="#ccc"/>"##,
+        r##"<h3>{title}</h3><svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{title}"><rect x="{pad}" y="10" width="{}" height="{plot_h}" fill="none" stroke="#ccc"/>"##,
         w - pad - 10.0,
-        h - pad - 10.0
     );
     for i in 0..=4 {
-        let y = 10.0 + (h - pad - 10.0) * f64::from(i) / 4.0;
+        let y = 10.0 + plot_h * f64::from(i) / 4.0;
         let v = max * (1.0 - f64::from(i) / 4.0);
         let _ = write!(
             out,
-            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.1}</text><line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/>"##,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/>"##,
             pad - 4.0,
             y + 4.0,
+            sig(v),
             w - 10.0
+        );
+    }
+    for (frac, label) in axis.ticks() {
+        let x = pad + (w - pad - 10.0) * frac;
+        let anchor = if frac >= 1.0 { "end" } else { "middle" };
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{}" y2="{}" stroke="#999"/><text x="{x:.1}" y="{}" font-size="11" text-anchor="{anchor}">{label}</text>"##,
+            10.0 + plot_h,
+            14.0 + plot_h,
+            26.0 + plot_h
         );
     }
     let _ = write!(
         out,
         r#"<text x="12" y="{}" font-size="11" transform="rotate(-90 12 {})">{unit}</text>"#,
-        h / 2.0,
-        h / 2.0
+        plot_h / 2.0,
+        plot_h / 2.0
     );
     for (i, (name, color, v)) in series.iter().enumerate() {
         let n = v.len().max(2) - 1;
@@ -205,22 +254,18 @@ fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)]) -> Str
             .iter()
             .enumerate()
             .map(|(k, y)| {
-                format!(
-                    "{:.1},{:.1}",
-                    pad + (w - pad - 10.0) * k as f64 / n as f64,
-                    10.0 + (h - pad - 10.0) * (1.0 - y / max)
-                )
+                format!("{:.1},{:.1}", pad + (w - pad - 10.0) * k as f64 / n as f64, 10.0 + plot_h * (1.0 - y / max))
             })
             .collect();
         let _ =
-            write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="1.3" points="{}"/>"#, pts.join(" "));
+            write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#, pts.join(" "));
         let _ = write!(
             out,
             r#"<rect x="{}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}" font-size="12">{name}</text>"#,
-            pad + 120.0 * i as f64,
-            h - 22.0,
-            pad + 16.0 + 120.0 * i as f64,
-            h - 18.0
+            pad + 150.0 * i as f64,
+            h - 16.0,
+            pad + 16.0 + 150.0 * i as f64,
+            h - 12.0
         );
     }
     out + "</svg>"
@@ -237,11 +282,12 @@ fn bar_chart(title: &str, unit: &str, bars: &[(&str, &str, f64)]) -> String {
         let len = (w - 260.0) * v / max;
         let _ = write!(
             out,
-            r#"<text x="100" y="{}" font-size="13" text-anchor="end">{name}</text><rect x="110" y="{y}" width="{len:.1}" height="{}" fill="{color}"/><text x="{}" y="{}" font-size="12">{v:.1} {unit}</text>"#,
+            r#"<text x="100" y="{}" font-size="13" text-anchor="end">{name}</text><rect x="110" y="{y}" width="{len:.1}" height="{}" fill="{color}"/><text x="{}" y="{}" font-size="12">{} {unit}</text>"#,
             y + 17.0,
             bh - 8.0,
             116.0 + len,
-            y + 16.0
+            y + 16.0,
+            sig(*v)
         );
     }
     out + "</svg>"
@@ -277,7 +323,32 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
             (p.name(), color(*p), thin(&x.steps.iter().map(|r| r.batch_cores).collect::<Vec<_>>(), max_points))
         })
         .collect();
-    let carbon = vec![("grid intensity", "#555", thin(&inputs.carbon, max_points))];
+    let axis =
+        TimeAxis { start: inputs.start, end: inputs.start + i64::try_from(inputs.steps).unwrap_or(0) * inputs.step_s };
+    let mut carbon = vec![("grid intensity", "#555", thin(&inputs.carbon, max_points))];
+    for (i, z) in inputs.zones.iter().enumerate() {
+        carbon.push((z.name.as_str(), SERIES_COLORS[i % SERIES_COLORS.len()], thin(&z.actual, max_points)));
+    }
+    if !inputs.zones.is_empty() && inputs.pool_zone.iter().all(Option::is_some) {
+        carbon.remove(0);
+    }
+    // Powered nodes per pool, of greenfill (else the last policy).
+    let shown = results.iter().find(|(p, _)| *p == Policy::Greenfill).or(results.last());
+    let powered: Vec<(&str, &str, Vec<f64>)> = shown
+        .map(|(_, x)| {
+            inputs
+                .pools
+                .iter()
+                .enumerate()
+                .map(|(i, pool)| {
+                    let v: Vec<f64> =
+                        x.steps.iter().map(|r| f64::from(r.powered_by_pool.get(i).copied().unwrap_or(0))).collect();
+                    (pool.name.as_str(), SERIES_COLORS[i % SERIES_COLORS.len()], thin(&v, max_points))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let powered_title = format!("Powered nodes per pool ({})", shown.map_or("", |(p, _)| p.name()));
     let carbon_bars: Vec<(&str, &str, f64)> =
         results.iter().map(|(p, x)| (p.name(), color(*p), x.carbon_kg / 1000.0)).collect();
     let energy_bars: Vec<(&str, &str, f64)> =
@@ -286,10 +357,10 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
     for (p, x) in results {
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.0})</td><td>{:.0}</td><td>{} / {}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.1} % ({:.1} %)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.0})</td><td>{:.0}</td><td>{} / {}</td></tr>",
             p.name(),
-            x.energy_kwh / 1000.0,
-            x.carbon_kg / 1000.0,
+            sig(x.energy_kwh / 1000.0),
+            sig(x.carbon_kg / 1000.0),
             x.node_hours,
             x.mean_cpu_util_powered * 100.0,
             x.mean_cpu_util_powered_with_drain * 100.0,
@@ -307,22 +378,27 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
     let headline = match (&s.saved.vs_dedicated, &s.saved.vs_asap) {
         (Some(d), a) => {
             let mut h = format!(
-                "Against batch on dedicated machines, greenfill saves <b>{:.1} MWh ({:.1} %)</b> and <b>{:.2} t CO2 ({:.1} %)</b>",
-                d.energy_kwh / 1000.0,
+                "Against batch on dedicated machines, greenfill saves <b>{} MWh ({:.1} %)</b> and <b>{} t CO2 ({:.1} %)</b>",
+                sig(d.energy_kwh / 1000.0),
                 d.energy_pct,
-                d.carbon_kg / 1000.0,
+                sig(d.carbon_kg / 1000.0),
                 d.carbon_pct
             );
             if let Some(a) = a {
                 let _ = write!(
                     h,
-                    "; against co-location without forecasts or carbon awareness (asap), {:.2} t CO2 ({:.1} %)",
-                    a.carbon_kg / 1000.0,
+                    "; against co-location without forecasts or carbon awareness (asap), {} t CO2 ({:.1} %)",
+                    sig(a.carbon_kg / 1000.0),
                     a.carbon_pct
                 );
             }
             h + "."
         }
+        (None, Some(a)) => format!(
+            "Against co-location without forecasts or carbon awareness (asap), greenfill saves <b>{} t CO2 ({:.1} %)</b>.",
+            sig(a.carbon_kg / 1000.0),
+            a.carbon_pct
+        ),
         _ => match s.saved.not_compared.get("dedicated") {
             Some(why) => format!("No saving against dedicated machines: {why}."),
             None => "Run with the dedicated and greenfill policies to see savings.".to_owned(),
@@ -335,7 +411,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 <p>{nodes} nodes, {jobs} batch jobs, {days:.1} days from {start} at {step} s steps; online forecast: {forecast}.</p>
 <p style="font-size:1.2em">{headline}</p>
 <table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>node-steps the guard throttled batch (core-hours taken)</th><th>batch core-hours</th><th>suspends / wakes</th></tr>{rows}</table>
-{cb}{eb}{pw}{ut}{bt}{ci}
+{cb}{eb}{pn}{pw}{ut}{bt}{ci}
 <p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. Each co-located node runs the agent's guard: for asap and greenfill (by default) batch runs at the kernel's idle priority and gets the CPU online leaves (cores − online); coloc caps it at its threshold × cores − online; throttled jobs finish later. An overload is a node-step whose online plus batch CPU use still exceeded its cores.</p>
 </body></html>
 "#,
@@ -348,9 +424,31 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
         forecast = s.forecast,
         cb = bar_chart("Carbon", "t CO2", &carbon_bars),
         eb = bar_chart("Energy", "MWh", &energy_bars),
-        pw = line_chart("Power", "kW", &power),
-        ut = line_chart("CPU utilisation of powered nodes", "%", &util),
-        bt = line_chart("Batch cores running", "cores", &batch),
-        ci = line_chart("Grid carbon intensity", "gCO2/kWh", &carbon),
+        pn = line_chart(&powered_title, "nodes", axis, &powered),
+        pw = line_chart("Power", "kW", axis, &power),
+        ut = line_chart("CPU utilisation of powered nodes", "%", axis, &util),
+        bt = line_chart("Batch cores running", "cores", axis, &batch),
+        ci = line_chart("Grid carbon intensity", "gCO2/kWh", axis, &carbon),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_have_four_significant_figures_at_any_scale() {
+        assert_eq!(sig(0.125), "0.1250");
+        assert_eq!(sig(0.128), "0.1280");
+        assert_eq!(sig(12.53), "12.53");
+        assert_eq!(sig(1253.4), "1253");
+        assert_eq!(sig(0.0), "0");
+        let axis = TimeAxis { start: 1_641_168_000, end: 1_641_168_000 + 7 * 86_400 };
+        let ticks = axis.ticks();
+        assert_eq!(ticks.len(), 6);
+        assert_eq!(ticks[0].1, "2022-01-03");
+        assert_eq!(ticks[5].1, "2022-01-10");
+        let day = TimeAxis { start: 1_641_168_000, end: 1_641_168_000 + 86_400 };
+        assert_eq!(day.ticks()[1].1, "01-03 04:48");
+    }
 }

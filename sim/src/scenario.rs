@@ -232,6 +232,11 @@ pub struct BatchSpec {
     /// workday.
     #[serde(default = "d_slack")]
     pub deadline_slack: String,
+    /// Job i may run only in pool i mod pools (each job has its home zone):
+    /// carbon-aware timing without moving work between zones, to compare with
+    /// jobs free to run in any pool (default false).
+    #[serde(default)]
+    pub pin_to_pools: bool,
 }
 
 /// Jobs generated like Let's Wait Awhile's (Wiesner et al. 2021): on each workday
@@ -299,6 +304,18 @@ pub struct CarbonSpec {
     /// replayed like `file` (e.g. a day-ahead forecast archive). Not with
     /// `forecast_error`.
     pub forecast_file: Option<PathBuf>,
+    /// Grid zones by name, each a carbon CSV replayed like `file`, for pools
+    /// that name a `zone` (`forecast_error` applies to each). Pools without one
+    /// take `file` / `constant`.
+    #[serde(default)]
+    pub zones: std::collections::BTreeMap<String, ZoneSpec>,
+}
+
+/// `[carbon.zones.NAME]`: one grid zone's intensity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSpec {
+    pub file: PathBuf,
 }
 
 fn d_step() -> String {
@@ -412,6 +429,8 @@ pub struct Resolved {
     pub generate: Option<Generate>,
     pub carbon_file: Option<PathBuf>,
     pub carbon_forecast_file: Option<PathBuf>,
+    /// Each zone's carbon file, by name.
+    pub zone_files: Vec<(String, PathBuf)>,
     /// The power-state model; `None` = `instant`.
     pub power: Option<SimPower>,
 }
@@ -591,7 +610,17 @@ impl Scenario {
             )));
         }
         let power = resolve_power(&s.power, plan_every_s + slot_s).map_err(bad)?;
+        for (i, p) in s.cluster.pools.iter().enumerate() {
+            if let Some(z) = p.zone.as_deref().filter(|z| !s.carbon.zones.contains_key(*z)) {
+                let known: Vec<&str> = s.carbon.zones.keys().map(String::as_str).collect();
+                return Err(bad(format!(
+                    "cluster.pools[{i}].zone = {z:?}: no such zone; [carbon.zones] has: {}",
+                    known.join(", ")
+                )));
+            }
+        }
         Ok(Resolved {
+            zone_files: s.carbon.zones.iter().map(|(n, z)| (n.clone(), base.join(&z.file))).collect(),
             power,
             carbon_forecast_file: s.carbon.forecast_file.as_ref().map(|f| base.join(f)),
             online_file: base.join(&s.online.file),

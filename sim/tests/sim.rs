@@ -415,3 +415,46 @@ fn savings_are_given_only_between_policies_that_did_like_work() {
     );
     assert!(s.saved.vs_asap.is_some(), "asap did the same work: {:?}", s.saved.not_compared);
 }
+
+#[test]
+fn jobs_free_to_run_in_either_zone_emit_less_than_jobs_kept_at_home() {
+    let path = repo().join("examples/two-zones.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("length = \"28d\"", "length = \"14d\"");
+    let dir = path.parent().unwrap();
+    let carbon = |pin: bool| {
+        let text = if pin { text.replace("[batch]\n", "[batch]\npin_to_pools = true\n") } else { text.clone() };
+        let r = Scenario::parse("two-zones.toml", &text, dir).unwrap();
+        let inputs = load(&r).unwrap();
+        assert_eq!(inputs.zones.len(), 2);
+        assert_eq!(inputs.pool_zone, [Some(0), Some(1)]);
+        let results = run(&r, &inputs, |_, _| {}).unwrap();
+        let get = |name: &str| results.iter().find(|(p, _)| p.name() == name).unwrap().1.clone();
+        (get("asap"), get("greenfill"))
+    };
+    let (asap_free, free) = carbon(false);
+    let (asap_pinned, pinned) = carbon(true);
+    for x in [&asap_free, &free, &asap_pinned, &pinned] {
+        assert_eq!(x.jobs_unfinished, 0);
+    }
+    assert!((free.batch_core_hours - pinned.batch_core_hours).abs() < 1e-6 * free.batch_core_hours, "like work");
+    // Each zone's intensity is accounted where the work ran.
+    assert!(
+        pinned.carbon_kg < asap_pinned.carbon_kg,
+        "timing alone saves: {} vs {}",
+        pinned.carbon_kg,
+        asap_pinned.carbon_kg
+    );
+    assert!(
+        free.carbon_kg < pinned.carbon_kg,
+        "moving work between zones saves more: {} vs {}",
+        free.carbon_kg,
+        pinned.carbon_kg
+    );
+    eprintln!(
+        "two zones, 14 days: asap {:.4} t (pinned {:.4} t); greenfill pinned (timing alone) {:.4} t; greenfill free {:.4} t",
+        asap_free.carbon_kg / 1000.0,
+        asap_pinned.carbon_kg / 1000.0,
+        pinned.carbon_kg / 1000.0,
+        free.carbon_kg / 1000.0
+    );
+}

@@ -161,6 +161,7 @@ fn pool_input(
             always_on: !sleeps,
             embodied_g_per_hour: st.config.pools.iter().find(|p| p.name == name).map_or(0.0, |p| p.embodied_g_per_hour),
             wake_wh: st.power.pools.get(name).map_or(0.0, |(p, _)| p.wake_wh),
+            zone: None,
         },
         online_cpu: cpu,
         online_mem: mem,
