@@ -346,7 +346,7 @@ fn every_bundled_scenario_parses() {
         Scenario::parse(&path.display().to_string(), &text, &dir).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         n += 1;
     }
-    assert_eq!(n, 5, "double11, speed-1000-nodes, timing-gaia-slack, timing-only, underused-fleet");
+    assert_eq!(n, 6, "double11, speed-1000-nodes, timing-gaia-slack, timing-only, two-zones, underused-fleet");
 }
 
 #[test]
