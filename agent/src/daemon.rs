@@ -29,9 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// The longest wait between reconnects.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `http://host:port` (or `https://` with `ca_cert`).
+    /// `http://host:port` (or `https://` with `ca_cert`); several, comma-separated,
+    /// for replicated schedulers: the agent follows the leader among them.
     pub server: String,
     /// PEM CA certificate to trust for an `https://` scheduler.
     pub ca_cert: Option<PathBuf>,
@@ -109,6 +113,27 @@ struct Persisted {
     unacked: Vec<(u64, Vec<u8>)>,
     /// attempt id → job.
     jobs: BTreeMap<String, LocalJob>,
+    /// The highest scheduler lease epoch seen: messages from a lower one come
+    /// from a deposed leader and are refused.
+    #[serde(default)]
+    epoch: u64,
+}
+
+/// Where the next session goes.
+#[derive(Debug, Default)]
+struct Target {
+    /// Index into the configured addresses.
+    next: usize,
+    /// The leader a follower named (tried first, once).
+    hint: Option<String>,
+}
+
+/// What ended a session: a follower's refusal names the leader.
+fn leader_hint(e: &anyhow::Error) -> Option<String> {
+    let status = e.downcast_ref::<tonic::Status>()?;
+    (status.code() == tonic::Code::Unavailable)
+        .then(|| status.metadata().get("greenfill-leader")?.to_str().ok().map(str::to_owned))
+        .flatten()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +279,8 @@ pub struct Agent {
     guard: Arc<Mutex<Guard>>,
     /// Orphan job cgroups were swept (once, after the first accepted Register).
     swept: Arc<std::sync::atomic::AtomicBool>,
+    /// Which scheduler to try next: a follower's leader hint, else the next address.
+    target: Arc<Mutex<Target>>,
     /// The batch root's lock, held for the agent's life.
     _lock: Arc<nix::fcntl::Flock<std::fs::File>>,
 }
@@ -347,6 +374,7 @@ impl Agent {
             runner: Arc::new(runner),
             guard: Arc::new(Mutex::new(guard)),
             swept: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            target: Arc::new(Mutex::new(Target::default())),
             _lock: Arc::new(lock),
         };
         agent.recover();
@@ -454,7 +482,18 @@ impl Agent {
             tokio::select! {
                 r = self.session() => match r {
                     Ok(()) => tracing::info!("session ended by the scheduler"),
-                    Err(e) => tracing::warn!(error = %e, "session failed"),
+                    Err(e) => {
+                        let hint = leader_hint(&e);
+                        let mut t = self.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Some(leader) = hint {
+                            tracing::info!(%leader, "a follower answered; going to the leader");
+                            t.hint = Some(leader);
+                            backoff = Duration::from_millis(50);
+                        } else {
+                            tracing::warn!(error = %e, "session failed");
+                            t.next += 1;
+                        }
+                    }
                 },
                 () = stop.cancelled() => break,
             }
@@ -478,7 +517,9 @@ impl Agent {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => break,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            // Bounded low: after a failover every agent must find the new
+            // leader within seconds (jitter spreads them).
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         self.core().out = None;
         let _ = tokio::task::spawn_blocking(move || pressure.join()).await;
@@ -493,6 +534,24 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+
+    /// Refuse a message from a lower lease epoch than one seen (a deposed
+    /// leader's); remember a higher one.
+    fn check_epoch(&self, epoch: u64) -> anyhow::Result<()> {
+        let mut core = self.core();
+        if epoch < core.p.epoch {
+            metrics::counter!("greenfill_agent_stale_epoch_refused_total").increment(1);
+            anyhow::bail!(
+                "refusing a scheduler at lease epoch {epoch}: epoch {} was seen (a deposed leader)",
+                core.p.epoch
+            );
+        }
+        if epoch > core.p.epoch {
+            core.p.epoch = epoch;
+            core.save();
+        }
+        Ok(())
     }
 
     fn register(&self, images: Vec<String>) -> pb::Register {
@@ -534,8 +593,22 @@ impl Agent {
         }
     }
 
+    /// The address of the next session: the leader a follower named, else
+    /// the configured addresses in turn.
+    fn next_server(&self) -> String {
+        let servers: Vec<&str> = self.cfg.server.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let mut t = self.target.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = servers.first().copied().unwrap_or("http://127.0.0.1:7070");
+        match t.hint.take() {
+            // The hint is host:port; keep the configured scheme.
+            Some(h) => format!("{}://{h}", first.split_once("://").map_or("http", |(s, _)| s)),
+            None => servers.get(t.next % servers.len().max(1)).copied().unwrap_or(first).to_owned(),
+        }
+    }
+
     async fn session(&self) -> anyhow::Result<()> {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(self.cfg.server.clone())?;
+        let server = self.next_server();
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.clone())?;
         if let Some(ca) = &self.cfg.ca_cert {
             let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("ca_cert {}: {e}", ca.display()))?;
             endpoint = endpoint.tls_config(
@@ -544,8 +617,9 @@ impl Agent {
         }
         let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+            // A frozen scheduler is noticed within ~10 s even on an idle stream.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
             .connect()
             .await?;
         let token = match &self.cfg.token_file {
@@ -577,13 +651,14 @@ impl Agent {
         .await?;
         let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         let first = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("session closed before RegisterAck"))?;
+        self.check_epoch(first.epoch)?;
         let Some(Cmd::RegisterAck(ack)) = first.body else { anyhow::bail!("first message was not RegisterAck") };
         {
             let mut core = self.core();
             core.acked(ack.last_event_seq);
             core.out = Some(tx.clone());
             let replay: Vec<(u64, Vec<u8>)> = core.p.unacked.clone();
-            tracing::info!(server = %self.cfg.server, replay = replay.len(), "connected");
+            tracing::info!(%server, epoch = first.epoch, replay = replay.len(), "connected");
             for (seq, body) in replay {
                 let status = pb::JobStatus::decode(body.as_slice())?;
                 let ack = core.p.last_command_seq;
@@ -595,6 +670,7 @@ impl Agent {
             tokio::task::spawn_blocking(move || me.sweep_orphans()).await?;
         }
         while let Some(m) = inbound.message().await? {
+            self.check_epoch(m.epoch)?;
             if m.ack > 0 {
                 self.core().acked(m.ack);
             }
@@ -901,6 +977,11 @@ pub const METRICS: &[greenfill_runtime::metrics::Described] = {
             name: "greenfill_guard_write_errors_total",
             kind: C,
             help: "Cgroup writes (CPU quota) the kernel refused.",
+        },
+        D {
+            name: "greenfill_agent_stale_epoch_refused_total",
+            kind: C,
+            help: "Scheduler sessions refused because their lease epoch was older than one seen.",
         },
     ]
 };

@@ -79,7 +79,8 @@ impl MachineArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The scheduler, e.g. http://127.0.0.1:7070.
+    /// The scheduler, e.g. http://127.0.0.1:7070; replicas comma-separated (the
+    /// agent follows the leader among them).
     #[arg(long, env = "GREENFILL_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
     /// PEM CA certificate to trust for an https:// scheduler.

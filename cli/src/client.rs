@@ -15,7 +15,8 @@ use tonic::transport::Channel;
 
 #[derive(Debug, Args, Clone)]
 pub(crate) struct Conn {
-    /// Scheduler address [env: GREENFILL_SERVER; default http://127.0.0.1:7070].
+    /// Scheduler address; replicas comma-separated (the leader is found by
+    /// asking each one's health) [env: GREENFILL_SERVER; default http://127.0.0.1:7070].
     #[arg(long, global = true)]
     server: Option<String>,
     /// User bearer token [env: GREENFILL_TOKEN].
@@ -66,17 +67,12 @@ impl Conn {
             .or(file.server)
             .unwrap_or_else(|| "http://127.0.0.1:7070".into());
         let token = self.token.clone().or_else(|| env("GREENFILL_TOKEN")).or(file.token);
-        let mut endpoint = tonic::transport::Endpoint::from_shared(server.clone())
-            .map_err(|e| anyhow!("--server {server}: {e}"))?
-            .connect_timeout(std::time::Duration::from_secs(5));
-        if let Some(ca) = self.ca_cert.clone().or_else(|| env("GREENFILL_CA_CERT").map(PathBuf::from)).or(file.ca_cert)
-        {
-            let pem = std::fs::read(&ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
-            let tls =
-                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("--ca-cert {}: {e}", ca.display()))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach the scheduler at {server}: {e}"))?;
+        let ca = self.ca_cert.clone().or_else(|| env("GREENFILL_CA_CERT").map(PathBuf::from)).or(file.ca_cert);
+        let servers: Vec<&str> = server.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let channel = match servers.as_slice() {
+            [one] => channel(one, ca.as_deref()).await?,
+            _ => leader(&servers, ca.as_deref()).await?,
+        };
         let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| anyhow!("--token: not a valid header value"))?),
             None => None,
@@ -94,6 +90,50 @@ impl Conn {
             jobs: JobServiceClient::with_interceptor(channel.clone(), auth()),
             plans: PlanServiceClient::with_interceptor(channel, auth()),
         })
+    }
+}
+
+/// A connection to `server`.
+async fn channel(server: &str, ca: Option<&std::path::Path>) -> Result<Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .map_err(|e| anyhow!("--server {server}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("--ca-cert {}: {e}", ca.display()))?;
+    }
+    endpoint.connect().await.map_err(|e| anyhow!("cannot reach the scheduler at {server}: {e}"))
+}
+
+/// How long to look for a leader among replicas (a failover takes seconds).
+const FIND_LEADER: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The replica whose health is SERVING (only the leader's is), asking each in
+/// turn until one is or [`FIND_LEADER`] has passed.
+async fn leader(servers: &[&str], ca: Option<&std::path::Path>) -> Result<Channel> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let started = std::time::Instant::now();
+    let mut answers = vec![String::new(); servers.len()];
+    loop {
+        for (i, s) in servers.iter().enumerate() {
+            let ch = match channel(s, ca).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    answers[i] = e.to_string();
+                    continue;
+                }
+            };
+            match HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(ch),
+                Ok(r) => answers[i] = format!("{s}: {:?}", r.get_ref().status()),
+                Err(e) => answers[i] = format!("{s}: {}", e.message()),
+            }
+        }
+        if started.elapsed() > FIND_LEADER {
+            bail!("no scheduler replica leads after {FIND_LEADER:?}: {}", answers.join("; "));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -181,6 +181,7 @@ fn messages_round_trip() {
     round_trip(&SchedulerMessage {
         seq: 41,
         ack: 12,
+        epoch: 3,
         body: Some(scheduler_message::Body::Run(greenfill_proto::v1::RunJob {
             job_id: "j-1".into(),
             attempt_id: "j-1.1".into(),

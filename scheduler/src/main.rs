@@ -39,6 +39,14 @@ struct Args {
     /// Agent bearer tokens, comma-separated (added to the config's).
     #[arg(long, env = "GREENFILL_AGENT_TOKENS", value_delimiter = ',', hide_env_values = true)]
     agent_tokens: Vec<String>,
+    /// The store: a postgres:// URL for replicas sharing PostgreSQL (one leads);
+    /// unset = SQLite in the data dir. From a secret: `GREENFILL_STORE`.
+    #[arg(long, env = "GREENFILL_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// The address clients and agents reach this replica at when it leads
+    /// (e.g. the pod's DNS name and port; default: --listen).
+    #[arg(long, env = "GREENFILL_ADVERTISE")]
+    advertise: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -63,8 +71,17 @@ fn run(args: Args) -> Result<(), Failure<anyhow::Error>> {
                 .await
                 .map_err(|e| Failure::Start(anyhow::anyhow!("metrics_listen {addr}: {e}")))?;
         }
-        let running = service::start(config).await.map_err(Failure::Start)?;
-        greenfill_runtime::cancel_on_signal(running.state.shutdown.clone()).map_err(|e| Failure::Start(e.into()))?;
+        // SIGTERM stops a follower too (while it waits for the lease).
+        let stop = greenfill_runtime::CancellationToken::new();
+        greenfill_runtime::cancel_on_signal(stop.clone()).map_err(|e| Failure::Start(e.into()))?;
+        let running = match service::start_with(config, stop.clone()).await {
+            Ok(r) => r,
+            Err(_) if stop.is_cancelled() => {
+                tracing::info!("stopped while following");
+                return Ok(());
+            }
+            Err(e) => return Err(Failure::Start(e)),
+        };
         running.stopped().await.map_err(Failure::Serving)
     })
 }
@@ -72,7 +89,7 @@ fn run(args: Args) -> Result<(), Failure<anyhow::Error>> {
 /// The config from the file, the flags and the environment, validated; and the runtime.
 fn configure(args: Args) -> anyhow::Result<(Config, tokio::runtime::Runtime)> {
     let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
+        Some(p) => Config::read(p)?,
         None => Config::default(),
     };
     if let Some(d) = args.data_dir {
@@ -88,6 +105,12 @@ fn configure(args: Args) -> anyhow::Result<(Config, tokio::runtime::Runtime)> {
         let secs = greenfill_core::time::parse_duration(i)
             .ok_or_else(|| anyhow::anyhow!("--plan-interval {i}: not a duration (e.g. 60s, 5m)"))?;
         config.planning.interval = std::time::Duration::from_secs_f64(secs);
+    }
+    if let Some(s) = args.store.filter(|s| !s.is_empty()) {
+        config.store = Some(s);
+    }
+    if let Some(a) = args.advertise {
+        config.replication.advertise = Some(a);
     }
     config.insecure_local |= args.insecure_local;
     config.user_tokens.extend(args.user_tokens.into_iter().filter(|t| !t.is_empty()));

@@ -8,6 +8,9 @@
 //! one fsync. [`Sqlite`] is the default (WAL, `synchronous = FULL`); the trait is
 //! small so that a server database can back several replicas later.
 
+pub mod postgres;
+
+pub use postgres::Postgres;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -22,6 +25,16 @@ pub enum StoreError {
     },
     #[error("database {path}: schema version {found} is newer than this scheduler knows ({known}); upgrade it")]
     TooNew { path: String, found: i64, known: i64 },
+    #[error("database {target}: {source}")]
+    Postgres {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("database {target}: no connection within {after:?} (is the server up, and is this its address?)")]
+    Unreachable { target: String, after: std::time::Duration },
+    #[error("not the leader any more: the lease's epoch is {now}, this replica's was {ours}")]
+    Deposed { ours: i64, now: i64 },
     #[error("commit failed: {0}")]
     Commit(String),
     #[error("the store's writer has stopped")]

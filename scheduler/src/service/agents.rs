@@ -72,17 +72,20 @@ impl AgentService for Agents {
                 node.pending.retain(|m| m.seq > reg.last_command_seq);
                 writes.push(Write::CommandsAcked { node: name.clone(), upto: node.command_acked });
             }
+            let epoch = st.epoch;
             let ack = pb::SchedulerMessage {
                 seq: 0,
                 ack: node.event_seq,
+                epoch,
                 body: Some(Out::RegisterAck(pb::RegisterAck {
                     last_event_seq: node.event_seq,
                     telemetry_interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
                 })),
             };
             let _ = tx.try_send(Ok(ack));
-            for m in node.pending.iter().filter(|m| m.seq > reg.last_command_seq) {
-                let _ = tx.try_send(Ok(m.clone()));
+            // Only durable commands: later ones go out when their commit is.
+            for m in node.pending.iter().filter(|m| m.seq > reg.last_command_seq && m.seq <= node.durable_seq) {
+                let _ = tx.try_send(Ok(pb::SchedulerMessage { epoch, ..m.clone() }));
             }
             node.session = Some((session, tx.clone()));
             writes.push(node.row(&name));
@@ -305,7 +308,7 @@ async fn handle(
     };
     st.finish(pending).await?;
     if let Some(seq) = ack {
-        let _ = tx.send(Ok(pb::SchedulerMessage { seq: 0, ack: seq, body: None })).await;
+        let _ = tx.send(Ok(pb::SchedulerMessage { seq: 0, ack: seq, epoch: st.epoch, body: None })).await;
     }
     if ack.is_some() || replan {
         st.replan.notify_one();

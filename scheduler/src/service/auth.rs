@@ -93,6 +93,9 @@ pub struct Guard {
     kube: Option<Arc<super::kube::Verifier>>,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     who: &'static str,
+    /// Limit each connection apart (agents: one stream each, all sharing a
+    /// fleet token and, behind NAT or on one test host, an address).
+    per_connection: bool,
 }
 
 impl Guard {
@@ -106,7 +109,16 @@ impl Guard {
             kube: None,
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))),
             who,
+            per_connection: false,
         }
+    }
+
+    /// Key the rate limit by connection (address and port) as well as token:
+    /// 10,000 agents sharing a fleet token reconnecting after a failover must
+    /// not share one bucket.
+    pub fn per_connection(mut self) -> Guard {
+        self.per_connection = true;
+        self
     }
 
     /// Also accept these node-bound tokens (agents).
@@ -168,7 +180,17 @@ impl Guard {
                 }
             }
         }
-        let key = token.unwrap_or_else(|| req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default());
+        let peer = req.remote_addr();
+        let key = match (token, self.per_connection) {
+            (Some(t), false) => t,
+            (Some(t), true) => format!("{t}@{}", peer.map(|a| a.to_string()).unwrap_or_default()),
+            (None, false) => peer.map(|a| a.ip().to_string()).unwrap_or_default(),
+            (None, true) => peer.map(|a| a.to_string()).unwrap_or_default(),
+        };
+        if self.per_connection && self.limiter.len() > 50_000 {
+            // Keys of closed connections: forget the ones at full burst again.
+            self.limiter.retain_recent();
+        }
         if self.limiter.check_key(&key).is_err() {
             metrics::counter!("greenfill_rate_limited_total", "who" => self.who).increment(1);
             return Err(Status::resource_exhausted("rate limit reached for this client; retry with backoff"));

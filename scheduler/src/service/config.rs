@@ -39,6 +39,46 @@ pub struct Config {
     pub limits: Limits,
     pub power: Power,
     pub carbon: CarbonDecl,
+    /// Where state lives: unset = SQLite in `data_dir` (one replica); a
+    /// `postgres://user:password@host:port/db` URL = PostgreSQL, shared by
+    /// several replicas of which one leads (`[replication]`). Usually given by
+    /// `GREENFILL_STORE` from a secret rather than written in the file.
+    pub store: Option<String>,
+    pub replication: Replication,
+}
+
+/// `[replication]`: the leader lease of replicas on one PostgreSQL store.
+/// Defaults are kube-scheduler's (15 s lease, 10 s renew deadline, 2 s retry).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replication {
+    /// A leader that has not renewed for this long is replaced.
+    #[serde(with = "dur")]
+    pub lease: Duration,
+    /// A leader that could not renew for this long steps down (before its lease ends).
+    #[serde(with = "dur")]
+    pub renew_deadline: Duration,
+    /// How often the leader renews and followers try to take an ended lease.
+    #[serde(with = "dur")]
+    pub retry: Duration,
+    /// The address clients and agents should use for this replica while it
+    /// leads (followers name it in their UNAVAILABLE answers); default `listen`.
+    pub advertise: Option<String>,
+    /// Connecting to the database at start: longer is an error (exit 1).
+    #[serde(with = "dur")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Replication {
+    fn default() -> Replication {
+        Replication {
+            lease: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+            advertise: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[carbon]`: live grid signals per zone (see `service::carbon`).
@@ -549,6 +589,8 @@ impl Default for Config {
             limits: Limits::default(),
             power: Power::default(),
             carbon: CarbonDecl::default(),
+            store: None,
+            replication: Replication::default(),
         }
     }
 }
@@ -638,12 +680,16 @@ pub struct Invalid {
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let c = Config::read(path)?;
+        c.validate(&path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// Parse without validating (flags are merged in, then [`Config::validate`]).
+    pub fn read(path: &std::path::Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-        let c: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), message: e.to_string() })?;
-        c.validate(&p)?;
-        Ok(c)
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p, message: e.to_string() })
     }
 
     /// Check every key; report every bad one at once, each with its value.
@@ -654,6 +700,19 @@ impl Config {
         };
         if self.insecure_local && !self.listen.ip().is_loopback() {
             bad("listen", self.listen.to_string(), "insecure_local serves only on a loopback address");
+        }
+        if let Some(url) = &self.store
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bad("store", crate::store::postgres::redact(url), "must be a postgres:// URL (unset: SQLite in data_dir)");
+        }
+        let r = &self.replication;
+        if !(r.retry < r.renew_deadline && r.renew_deadline < r.lease) {
+            bad(
+                "replication.renew_deadline",
+                format!("{:?}", r.renew_deadline),
+                &format!("need retry ({:?}) < renew_deadline < lease ({:?})", r.retry, r.lease),
+            );
         }
         let no_agents = self.agent_tokens.is_empty() && self.node_tokens.is_empty() && self.kubernetes.is_none();
         let no_users = self.user_tokens.is_empty() && self.users.is_empty();

@@ -20,8 +20,10 @@ pub mod agents;
 pub mod auth;
 pub mod carbon;
 pub mod config;
+pub mod follower;
 pub mod jobs;
 pub mod kube;
+pub mod leader;
 pub mod ledger;
 pub mod lifecycle;
 pub mod planning;
@@ -93,6 +95,9 @@ pub struct Node {
     pub event_seq: u64,
     /// Commands not yet acknowledged, in seq order.
     pub pending: VecDeque<pb::SchedulerMessage>,
+    /// Highest command seq known durable: only those are sent (a command that
+    /// never reaches the store, say a deposed leader's, never reaches the agent).
+    pub durable_seq: u64,
     /// The telemetry bucket being filled: (bucket start, Σ cpu, Σ memory, n).
     pub bucket: Option<(i64, f64, f64, u32)>,
     /// Closed buckets: (bucket start, mean online cpu cores, mean online memory bytes).
@@ -123,6 +128,7 @@ impl Node {
             command_acked: 0,
             event_seq: 0,
             pending: VecDeque::new(),
+            durable_seq: 0,
             bucket: None,
             history: VecDeque::new(),
             last_sample: None,
@@ -197,12 +203,14 @@ impl Inner {
             let mut node = Node::new(pb::Register::decode(n.register.as_slice())?, n.last_seen);
             node.command_acked = n.last_command_seq;
             node.command_seq = n.last_command_seq;
+            node.durable_seq = n.last_command_seq;
             node.event_seq = n.last_event_seq;
             inner.nodes.insert(n.name, node);
         }
         for (name, seq, body) in snap.commands {
             if let Some(node) = inner.nodes.get_mut(&name) {
                 node.command_seq = node.command_seq.max(seq);
+                node.durable_seq = node.command_seq;
                 if seq > node.command_acked {
                     node.pending.push_back(pb::SchedulerMessage::decode(body.as_slice())?);
                 }
@@ -269,20 +277,33 @@ impl Inner {
         Some((writes, pb::JobEvent { revision, job: Some(e.job.clone()), previous_state }))
     }
 
-    /// Queue a command for `node`: numbered, kept until acknowledged, sent now if
-    /// the node is connected. Returns the write that makes it durable.
+    /// Queue a command for `node`: numbered and kept until acknowledged. It is
+    /// sent once the returned write is durable ([`State::finish`]), so an agent
+    /// never applies a command the store does not hold.
     pub fn command(&mut self, node: &str, body: pb::scheduler_message::Body) -> Option<Write> {
         let n = self.nodes.get_mut(node)?;
         n.command_seq += 1;
-        let msg = pb::SchedulerMessage { seq: n.command_seq, ack: 0, body: Some(body) };
-        if let Some((_, tx)) = &n.session {
-            // A full or closed queue is fine: the command stays pending and is
-            // resent on the next Register.
-            let _ = tx.try_send(Ok(msg.clone()));
-        }
+        let msg = pb::SchedulerMessage { seq: n.command_seq, ack: 0, epoch: 0, body: Some(body) };
         let write = Write::Command { node: node.to_owned(), seq: msg.seq, body: msg.encode_to_vec() };
         n.pending.push_back(msg);
         Some(write)
+    }
+
+    /// Commands up to `seq` are durable: send those not sent yet, in order, if
+    /// the node is connected. A full or closed queue is fine: they stay pending
+    /// and are resent on the next Register.
+    fn durable(&mut self, node: &str, seq: u64, epoch: u64) {
+        let Some(n) = self.nodes.get_mut(node) else { return };
+        if seq <= n.durable_seq {
+            return;
+        }
+        let from = n.durable_seq;
+        n.durable_seq = seq;
+        if let Some((_, tx)) = &n.session {
+            for m in n.pending.iter().filter(|m| m.seq > from && m.seq <= seq) {
+                let _ = tx.try_send(Ok(pb::SchedulerMessage { epoch, ..m.clone() }));
+            }
+        }
     }
 }
 
@@ -381,6 +402,9 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// The service's long-lived tasks (server, planning loop, sessions, watches).
     pub tasks: TaskTracker,
+    /// The lease epoch this replica leads with (0: SQLite, one replica),
+    /// stamped on every message to agents.
+    pub epoch: u64,
     /// Why the service must stop and restart from disk, once something failed
     /// that it cannot answer for (a commit).
     fatal: Mutex<Option<String>>,
@@ -392,10 +416,18 @@ pub struct State {
 pub struct Pending {
     rx: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
     events: Vec<pb::JobEvent>,
+    /// The highest command seq per node in this batch: sent once it is durable.
+    commands: BTreeMap<String, u64>,
 }
 
 impl State {
-    pub fn new(config: Config, mut snap: Snapshot, writer: Writer) -> anyhow::Result<Arc<State>> {
+    pub fn new(
+        config: Config,
+        mut snap: Snapshot,
+        writer: Writer,
+        epoch: u64,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<State>> {
         let bucket_s = i64::try_from(config.planning.telemetry_bucket.as_secs().max(1))?;
         let carbon = carbon::Carbon::new(&config, now())?;
         carbon.restore(std::mem::take(&mut snap.carbon), now());
@@ -412,8 +444,9 @@ impl State {
             config,
             carbon,
             forecasts: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
+            epoch,
             fatal: Mutex::new(None),
         }))
     }
@@ -446,8 +479,15 @@ impl State {
     /// Queue `writes` (call with the lock held, see the module's invariants).
     pub fn queue(&self, writes: Vec<Write>, events: Vec<pb::JobEvent>) -> Pending {
         // After a failed commit nothing more reaches the disk: memory is ahead of it.
+        let mut commands = BTreeMap::new();
+        for w in &writes {
+            if let Write::Command { node, seq, .. } = w {
+                let top = commands.entry(node.clone()).or_insert(0);
+                *top = (*top).max(*seq);
+            }
+        }
         let rx = if writes.is_empty() || self.fatal().is_some() { None } else { Some(self.writer.queue(writes)) };
-        Pending { rx, events }
+        Pending { rx, events, commands }
     }
 
     /// Wait for durability, then publish the events.
@@ -465,6 +505,12 @@ impl State {
         if self.fatal().is_some() {
             return Err(tonic::Status::unavailable("the scheduler is restarting after a failed commit"));
         }
+        if !p.commands.is_empty() {
+            let mut inner = self.lock();
+            for (node, seq) in &p.commands {
+                inner.durable(node, *seq, self.epoch);
+            }
+        }
         for e in p.events {
             let _ = self.events.send(e);
         }
@@ -478,6 +524,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub state: Arc<State>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The lease this replica leads with (PostgreSQL), resigned once drained.
+    lease: Option<(Arc<leader::Lease>, i64)>,
 }
 
 /// How long the gRPC server gets to finish in-flight calls once stopping.
@@ -495,7 +543,7 @@ impl Running {
     /// loop, sessions and watches end, and the writer commits what is queued.
     /// An error says why the service stopped itself (a failed commit).
     pub async fn stopped(self) -> anyhow::Result<()> {
-        let Running { state, mut server, .. } = self;
+        let Running { state, mut server, lease, .. } = self;
         // `biased`: when both are ready (the token was cancelled and the server
         // ended because of it) this is a stop, not a failure. The handle is
         // polled again only if it has not completed.
@@ -516,6 +564,12 @@ impl Running {
         greenfill_runtime::drain(&state.tasks, SERVER_GRACE).await;
         let writer = state.clone();
         tokio::task::spawn_blocking(move || writer.writer.close()).await?;
+        // Everything queued is committed (or fenced off): the followers may take over.
+        if let Some((lease, epoch)) = lease
+            && let Err(e) = lease.resign(epoch).await
+        {
+            tracing::warn!(error = %e, "could not resign the lease; it ends by itself");
+        }
         tracing::info!("scheduler stopped; every acknowledged change is on disk");
         match state.fatal() {
             Some(why) => Err(anyhow::anyhow!(why)),
@@ -567,21 +621,119 @@ async fn start_kube(cfg: config::KubernetesAuth, state: &Arc<State>) -> Arc<kube
 /// health, reflection) and the planning loop until [`State::shutdown`] is
 /// cancelled; [`Running::stopped`] waits for the drain.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    use greenfill_proto::v1::agent_service_server::AgentServiceServer;
-    use greenfill_proto::v1::job_service_server::JobServiceServer;
-    use greenfill_proto::v1::plan_service_server::PlanServiceServer;
+    start_with(config, CancellationToken::new()).await
+}
 
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
-    let mut db = crate::store::Sqlite::open(&config.data_dir.join("greenfill.db"))?;
-    let snap = crate::store::Store::load(&mut db)?;
-    tracing::info!(jobs = snap.jobs.len(), nodes = snap.nodes.len(), dir = %config.data_dir.display(), "state restored");
-    let writer = Writer::spawn(Box::new(db));
+/// [`start`], stopped by `stop` (SIGTERM) — also while still a follower, when it
+/// returns an error saying so. With a PostgreSQL store this waits, serving as a
+/// follower, until this replica takes the lease.
+pub async fn start_with(config: Config, stop: CancellationToken) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = State::new(config, snap, writer)?;
+    let (writer, snap, listener, lease) = match config.store.clone() {
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", config.data_dir.display()))?;
+            let mut db = crate::store::Sqlite::open(&config.data_dir.join("greenfill.db"))?;
+            let snap = crate::store::Store::load(&mut db)?;
+            (Writer::spawn(Box::new(db)), snap, listener, None)
+        }
+        Some(url) => {
+            let (writer, snap, listener, lease) = lead(&config, &url, addr, listener, &stop).await?;
+            (writer, snap, listener, Some(lease))
+        }
+    };
+    tracing::info!(jobs = snap.jobs.len(), nodes = snap.nodes.len(), "state restored");
+    let epoch = lease.as_ref().map_or(0, |(_, e)| u64::try_from(*e).unwrap_or(0));
+    let state = State::new(config, snap, writer, epoch, stop.child_token())?;
+    if let Some((lease, e)) = &lease {
+        let (lease, e, st) = (lease.clone(), *e, state.clone());
+        state.tasks.spawn(async move {
+            if let Some(why) = lease.keep(e, &st.shutdown).await {
+                st.fail(why);
+            }
+        });
+    }
+    serve(state, addr, listener, lease).await
+}
+
+/// Connect to PostgreSQL (an unreachable one fails the start), serve as a
+/// follower until this replica takes the lease, then open the store fenced by
+/// the new epoch and load it. Returns the listener to serve on as leader.
+async fn lead(
+    config: &Config,
+    url: &str,
+    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Writer, Snapshot, tokio::net::TcpListener, (Arc<leader::Lease>, i64))> {
+    let r = &config.replication;
+    let (u, timeout, idle) = (url.to_owned(), r.connect_timeout, r.retry);
+    // Connect and migrate first: a bad URL or a newer schema is an error now.
+    let db = tokio::task::spawn_blocking(move || crate::store::Postgres::open(&u, timeout, idle)).await??;
+    let advertise = r.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let lease = leader::Lease::new(url, advertise, r.clone());
+    lease.read().await?;
+    let follower = follower::Serving::start(config, listener, lease.clone()).await?;
+    let Some(epoch) = lease.acquire(stop).await else {
+        follower.stop().await;
+        anyhow::bail!("stopped while following");
+    };
+    tracing::info!(epoch, me = %lease.me, "took the lease: leading");
+    let listener = follower.stop().await;
+    let listener = match listener {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen {addr}: {e}"))?,
+    };
+    let (db, snap) = tokio::task::spawn_blocking(move || {
+        let mut db = db.fence(epoch);
+        let snap = crate::store::Store::load(&mut db);
+        snap.map(|s| (db, s))
+    })
+    .await??;
+    Ok((Writer::spawn(Box::new(db)), snap, listener, (lease, epoch)))
+}
+
+/// The gRPC server builder, with the config's TLS.
+fn server_builder(cfg: &Config) -> anyhow::Result<tonic::transport::Server> {
+    let mut builder = tonic::transport::Server::builder().timeout(std::time::Duration::from_secs(60));
+    if let Some(tls) = &cfg.tls {
+        let cert = std::fs::read(&tls.cert).map_err(|e| anyhow::anyhow!("tls.cert {}: {e}", tls.cert.display()))?;
+        let key = std::fs::read(&tls.key).map_err(|e| anyhow::anyhow!("tls.key {}: {e}", tls.key.display()))?;
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+    }
+    Ok(builder)
+}
+
+/// Server reflection in both versions: `v1`, and `v1alpha` for the clients
+/// that speak only it (Python's grpcio-reflection, Postman, older grpcurl).
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let build = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(greenfill_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((build().build_v1()?, build().build_v1alpha()?))
+}
+
+/// Serve as the leader (or the only replica) on `listener`.
+async fn serve(
+    state: Arc<State>,
+    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
+    lease: Option<(Arc<leader::Lease>, i64)>,
+) -> anyhow::Result<Running> {
+    use greenfill_proto::v1::agent_service_server::AgentServiceServer;
+    use greenfill_proto::v1::job_service_server::JobServiceServer;
+    use greenfill_proto::v1::plan_service_server::PlanServiceServer;
+
     // A zone unknown to its provider refuses the start; an outage does not.
     let first = state.carbon.probe(now()).await?;
     let cfg = &state.config;
@@ -596,30 +748,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(k) => Some(start_kube(k.clone(), &state).await),
         None => None,
     };
-    let agent_guard =
-        auth::Guard::new(agents, 100, 1000, "agent").with_node_tokens(&cfg.node_tokens).with_kubernetes(kube);
+    let agent_guard = auth::Guard::new(agents, 100, 1000, "agent")
+        .with_node_tokens(&cfg.node_tokens)
+        .with_kubernetes(kube)
+        .per_connection();
     let max = l.max_message_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<jobs::Jobs>>().await;
     health.set_serving::<PlanServiceServer<jobs::Plans>>().await;
     health.set_serving::<AgentServiceServer<agents::Agents>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(greenfill_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
-    let mut builder = tonic::transport::Server::builder().timeout(std::time::Duration::from_secs(60));
-    if let Some(tls) = &cfg.tls {
-        let cert = std::fs::read(&tls.cert).map_err(|e| anyhow::anyhow!("tls.cert {}: {e}", tls.cert.display()))?;
-        let key = std::fs::read(&tls.key).map_err(|e| anyhow::anyhow!("tls.key {}: {e}", tls.key.display()))?;
-        builder = builder.tls_config(
-            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)),
-        )?;
-    }
-    let router = builder
+    let router = server_builder(cfg)?
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             JobServiceServer::new(jobs::Jobs(state.clone())).max_decoding_message_size(max),
             move |r| user_guard.check(r),
@@ -636,6 +780,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
     state.tasks.spawn(carbon::run(state.clone(), first));
     state.tasks.spawn(planning::run(state.clone()));
-    tracing::info!(%addr, insecure_local = state.config.insecure_local, "scheduler serving");
-    Ok(Running { addr, state, server })
+    tracing::info!(%addr, epoch = state.epoch, insecure_local = state.config.insecure_local, "scheduler serving");
+    Ok(Running { addr, state, server, lease })
 }
