@@ -1,5 +1,6 @@
 //! Helpers shared by greenfill's benchmark binaries.
 
+pub mod pg;
 pub mod testbed;
 
 /// Peak resident set size of this process so far, in MiB (`VmHWM`), if the
