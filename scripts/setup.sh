@@ -52,6 +52,14 @@ if [ ! -x "$tools/sushy/bin/sushy-emulator" ]; then
   "$tools/sushy/bin/pip" install -q --disable-pip-version-check "sushy-tools==2.2.0"
 fi
 
+# Python's gRPC reflection client (v1alpha only, like Postman and older grpcurl):
+# the reflection test lists the scheduler's services with it (issue 17).
+if [ ! -x "$tools/grpc/bin/python" ] || ! "$tools/grpc/bin/python" -c 'import grpc_reflection' 2>/dev/null; then
+  echo "setup: installing grpcio-reflection (a v1alpha reflection client) in $tools/grpc" >&2
+  python3 -m venv "$tools/grpc"
+  "$tools/grpc/bin/pip" install -q --disable-pip-version-check "grpcio==1.68.1" "grpcio-reflection==1.68.1"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust (rustup) first" >&2
   exit 1

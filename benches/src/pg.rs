@@ -80,7 +80,8 @@ impl PgServer {
             self.dir.path().display()
         );
         let log = self.dir.path().join("log");
-        let mut all = vec!["-D", data.to_str().unwrap_or_default(), "-o", &opts, "-l", log.to_str().unwrap_or_default()];
+        let mut all =
+            vec!["-D", data.to_str().unwrap_or_default(), "-o", &opts, "-l", log.to_str().unwrap_or_default()];
         all.extend_from_slice(args);
         self.run("pg_ctl", &all)
     }

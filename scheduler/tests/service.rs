@@ -460,6 +460,8 @@ fn the_example_config_lists_valid_keys() {
     let c = Config::load(&path).unwrap();
     assert_eq!(c.pools[0].name, "web");
     assert_eq!(c.planning.telemetry_retention, Duration::from_secs(14 * 86_400));
+    assert_eq!(c.replication.lease, Duration::from_secs(15));
+    assert_eq!(c.store, None);
     // A misspelt key is refused by name.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
@@ -471,6 +473,12 @@ fn the_example_config_lists_valid_keys() {
     let e = Config::load(&bad).unwrap_err().to_string();
     assert!(e.contains("planning.interval") && e.contains("planning.slot"), "{e}");
     assert_eq!(c.planning.delay_cost, 0.001);
+    std::fs::write(&bad, "insecure_local = true\n[replication]\nlease = \"5s\"\nrenew_deadline = \"8s\"\n").unwrap();
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("replication.renew_deadline") && e.contains("8s"), "{e}");
+    std::fs::write(&bad, "insecure_local = true\nstore = \"mysql://root:hunter2@db/x\"\n").unwrap();
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("store") && e.contains("postgres://") && !e.contains("hunter2"), "{e}");
     std::fs::write(&bad, "insecure_local = true\n[planning]\ndelay_cost = 2.0\n").unwrap();
     let e = Config::load(&bad).unwrap_err().to_string();
     assert!(e.contains("planning.delay_cost") && e.contains('2'), "{e}");

@@ -52,7 +52,8 @@ struct Replicas {
 
 impl Replicas {
     fn spawn(&mut self, i: usize) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.logs.join(format!("replica-{i}.log")))?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.logs.join(format!("replica-{i}.log")))?;
         let child = Command::new(&self.exe)
             .args(["--insecure-local", "--config"])
             .arg(&self.config)
@@ -140,7 +141,7 @@ fn channels(ports: &[u16]) -> Result<Vec<tonic::transport::Channel>> {
         .map(|p| {
             Ok(tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{p}"))?
                 .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(1))
                 .connect_lazy())
         })
         .collect()
@@ -313,7 +314,12 @@ async fn next_ack(seen: &Shared, t0: Instant, replicas: &Mutex<Replicas>, limit:
 fn quantiles(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
     let q = |p: f64| {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index"
+        )]
         let i = ((v.len() as f64 - 1.0) * p).round() as usize;
         v.get(i).copied()
     };
@@ -388,6 +394,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         times.entry(kind).or_default().push(took.as_secs_f64());
         if kind == Fault::Stop {
             // Frozen past its lease, then woken: it must find itself deposed and exit.
+            // (Clients' calls to it hang until their 1 s timeout, as a real client's would.)
             tokio::time::sleep((lease + Duration::from_secs(1)).saturating_sub(t0.elapsed())).await;
             signal(pid, nix::sys::signal::Signal::SIGCONT);
         }
@@ -395,9 +402,19 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             tokio::time::sleep(Duration::from_millis(700)).await;
             let t0 = Instant::now();
             pg.restart()?;
-            pg_restart = Some(next_ack(&seen, t0, &replicas, Duration::from_secs(60)).await?.as_secs_f64());
+            // From the database being back to the next acknowledgement.
+            let back = Instant::now();
+            let after = next_ack(&seen, back, &replicas, Duration::from_secs(60)).await?;
+            pg_restart = Some(
+                serde_json::json!({"restart_s": (back - t0).as_secs_f64(), "then_next_ack_s": after.as_secs_f64()}),
+            );
         }
-        eprintln!("fault {}/{}: {kind:?} on replica {l}: next ack after {:.3} s", f + 1, args.faults, took.as_secs_f64());
+        eprintln!(
+            "fault {}/{}: {kind:?} on replica {l}: next ack after {:.3} s",
+            f + 1,
+            args.faults,
+            took.as_secs_f64()
+        );
     }
     // Quiet: no faults, no lease changes.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -431,7 +448,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "lease_s": args.lease, "faults": args.faults, "clients": args.clients, "agents": args.agents,
         "failover": times.into_iter().map(|(k, v)| (format!("{k:?}").to_lowercase(), quantiles(v))).collect::<serde_json::Map<_, _>>(),
-        "postgres_restart_s": pg_restart,
+        "postgres_restart": pg_restart,
         "acknowledged": s.acked.len(), "stored": stored.len(), "lost": lost.len(), "lost_examples": lost.iter().take(5).collect::<Vec<_>>(),
         "duplicated_jobs": duplicated,
         "jobs_dispatched": s.dispatched.len(), "dispatched_twice": twice.len(), "dispatched_twice_examples": twice.iter().take(5).collect::<Vec<_>>(),

@@ -35,6 +35,9 @@ enum Mode {
         in_flight: usize,
         #[arg(long, default_value_t = 20_000)]
         jobs: usize,
+        /// Which stores, in one run: sqlite, postgres, or both (ratio printed).
+        #[arg(long, default_value = "both")]
+        store: Stores,
     },
     /// Scheduler CPU with N agents at 1 Hz.
     Agents {
@@ -42,6 +45,8 @@ enum Mode {
         agents: usize,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        #[arg(long, default_value = "sqlite")]
+        store: Stores,
     },
     /// Plan-loop latency with N agents and M queued jobs.
     Plan {
@@ -66,7 +71,28 @@ enum Mode {
         data_dir: PathBuf,
         #[arg(long, default_value = "60s")]
         interval: String,
+        /// A postgres:// URL (default: SQLite in --data-dir).
+        #[arg(long)]
+        store: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Stores {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+impl Stores {
+    /// `None` = SQLite, `Some(())` = PostgreSQL, in the order they run.
+    fn each(self) -> Vec<bool> {
+        match self {
+            Stores::Sqlite => vec![false],
+            Stores::Postgres => vec![true],
+            Stores::Both => vec![false, true],
+        }
+    }
 }
 
 struct Server {
@@ -74,6 +100,8 @@ struct Server {
     port: u16,
     metrics: u16,
     _dir: tempfile::TempDir,
+    /// The PostgreSQL server behind it, if any (stopped after the child).
+    _pg: Option<greenfill_benches::pg::PgServer>,
 }
 
 impl Drop for Server {
@@ -87,8 +115,12 @@ fn port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0)).unwrap_or(0)
 }
 
-fn spawn_server(interval: &str) -> Result<Server> {
-    spawn_server_in(interval, tempfile::tempdir()?)
+fn spawn_server(interval: &str, postgres: bool) -> Result<Server> {
+    let pg = if postgres { Some(greenfill_benches::pg::PgServer::start()?) } else { None };
+    let mut srv =
+        spawn_server_in(interval, tempfile::tempdir()?, pg.as_ref().map(greenfill_benches::pg::PgServer::url))?;
+    srv._pg = pg;
+    Ok(srv)
 }
 
 /// Nodes `sim-0000…` with `days` of 5-min online-CPU history (a daily wave plus a
@@ -135,9 +167,13 @@ fn seed_history(dir: &std::path::Path, nodes: usize, days: u32) -> Result<()> {
     Ok(())
 }
 
-fn spawn_server_in(interval: &str, dir: tempfile::TempDir) -> Result<Server> {
+fn spawn_server_in(interval: &str, dir: tempfile::TempDir, store: Option<String>) -> Result<Server> {
     let (p, m) = (port(), port());
-    let child = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(url) = store {
+        cmd.args(["--store", &url]);
+    }
+    let child = cmd
         .args([
             "serve",
             "--listen",
@@ -152,8 +188,12 @@ fn spawn_server_in(interval: &str, dir: tempfile::TempDir) -> Result<Server> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(Server { child, port: p, metrics: m, _dir: dir })
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Server { child, port: p, metrics: m, _dir: dir, _pg: None })
 }
 
 /// CPU seconds (user + system) of `pid` so far.
@@ -255,9 +295,13 @@ async fn agents(
             };
             let _ =
                 tx.send(pb::AgentMessage { seq: 0, ack: 0, body: Some(pb::agent_message::Body::Register(reg)) }).await;
-            let Ok(resp) = AgentServiceClient::new(ch).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await
-            else {
-                return;
+            let resp = match AgentServiceClient::new(ch).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("agent sim-{a:04}: session refused: {}", e.message());
+                    return;
+                }
             };
             let mut inbound = resp.into_inner();
             let acker = tx.clone();
@@ -297,6 +341,18 @@ async fn agents(
     Ok(out)
 }
 
+/// A gauge's value in the Prometheus text at `port`.
+fn gauge(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// `(sum, count)` of a summary/histogram in the Prometheus text at `port`.
 fn prom(port: u16, name: &str) -> Option<(f64, f64)> {
     use std::io::{Read, Write};
@@ -316,9 +372,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.mode {
-        Mode::Serve { listen, metrics, data_dir, interval } => rt.block_on(async move {
+        Mode::Serve { listen, metrics, data_dir, interval, store } => rt.block_on(async move {
             metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(metrics).install()?;
-            let mut c = greenfill_scheduler::service::Config { listen, data_dir, insecure_local: true, ..Default::default() };
+            let mut c =
+                greenfill_scheduler::service::Config { listen, data_dir, insecure_local: true, store, ..Default::default() };
             c.limits.requests_per_second = 1_000_000;
             c.limits.burst = 1_000_000;
             c.planning.interval = Duration::from_secs_f64(greenfill_core::time::parse_duration(&interval).unwrap_or(60.0));
@@ -327,28 +384,50 @@ fn main() -> Result<()> {
             r.stopped().await?;
             Ok(())
         }),
-        Mode::Submit { clients, in_flight, jobs } => rt.block_on(async move {
-            let srv = spawn_server("1h")?;
-            let cpu0 = cpu_seconds(srv.child.id())?;
-            let (secs, n) = submit(srv.port, clients, in_flight, jobs, None).await?;
-            let cpu = cpu_seconds(srv.child.id())? - cpu0;
-            let commits = prom(srv.metrics, "greenfill_store_commit_batch");
-            #[allow(clippy::cast_precision_loss, reason = "counts")]
-            let out = serde_json::json!({
-                "mode": "submit", "clients": clients, "in_flight_per_client": in_flight, "jobs": n,
-                "seconds": secs, "per_second": n as f64 / secs, "scheduler_cpu_s": cpu,
-                "mean_commit_batch": commits.map(|(s, c)| s / c.max(1.0)),
-                "scheduler_rss_mib": rss_mib(srv.child.id()),
-            });
+        Mode::Submit { clients, in_flight, jobs, store } => rt.block_on(async move {
+            let mut runs = Vec::new();
+            for postgres in store.each() {
+                let srv = spawn_server("1h", postgres)?;
+                let cpu0 = cpu_seconds(srv.child.id())?;
+                let (secs, n) = submit(srv.port, clients, in_flight, jobs, None).await?;
+                let cpu = cpu_seconds(srv.child.id())? - cpu0;
+                let commits = prom(srv.metrics, "greenfill_store_commit_batch");
+                #[allow(clippy::cast_precision_loss, reason = "counts")]
+                runs.push(serde_json::json!({
+                    "mode": "submit", "store": if postgres { "postgres" } else { "sqlite" },
+                    "clients": clients, "in_flight_per_client": in_flight, "jobs": n,
+                    "seconds": secs, "per_second": n as f64 / secs, "scheduler_cpu_s": cpu,
+                    "mean_commit_batch": commits.map(|(s, c)| s / c.max(1.0)),
+                    "scheduler_rss_mib": rss_mib(srv.child.id()),
+                }));
+            }
+            let rate = |i: usize| runs.get(i).and_then(|r| r["per_second"].as_f64());
+            let out = match (rate(0), rate(1)) {
+                (Some(a), Some(b)) => serde_json::json!({"runs": runs, "postgres_over_sqlite": b / a}),
+                _ => serde_json::json!({"runs": runs}),
+            };
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }),
-        Mode::Agents { agents: n, seconds } => rt.block_on(async move {
-            let srv = spawn_server("60s")?;
+        Mode::Agents { agents: n, seconds, store } => rt.block_on(async move {
+            let srv = spawn_server("60s", store == Stores::Postgres)?;
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let tasks = agents(srv.port, n, stop.clone()).await?;
-            // Warm up: every agent registered and ticking.
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            // Warm up: every agent registered and ticking; the figure is only
+            // worth anything once the scheduler counts them all.
+            let t0 = Instant::now();
+            let mut connected = 0.0;
+            #[allow(clippy::cast_precision_loss, reason = "a count")]
+            while connected < n as f64 && t0.elapsed() < Duration::from_secs(120) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                connected = gauge(srv.metrics, "greenfill_agents_connected").unwrap_or(0.0);
+            }
+            #[allow(clippy::cast_precision_loss, reason = "a count")]
+            if connected < n as f64 {
+                anyhow::bail!("only {connected} of {n} agent sessions are connected (greenfill_agents_connected)");
+            }
+            eprintln!("{connected} agents connected after {:.1} s", t0.elapsed().as_secs_f64());
+            tokio::time::sleep(Duration::from_secs(3)).await;
             let cpu0 = cpu_seconds(srv.child.id())?;
             let t0 = Instant::now();
             tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -356,7 +435,8 @@ fn main() -> Result<()> {
             let wall = t0.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
             let out = serde_json::json!({
-                "mode": "agents", "agents": n, "seconds": wall, "scheduler_cpu_s": cpu,
+                "mode": "agents", "agents": n, "connected": connected, "store": format!("{store:?}").to_lowercase(),
+                "seconds": wall, "scheduler_cpu_s": cpu,
                 "share_of_one_core": cpu / wall, "scheduler_rss_mib": rss_mib(srv.child.id()),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -370,7 +450,7 @@ fn main() -> Result<()> {
             let seeded = Instant::now();
             seed_history(dir.path(), n, history_days)?;
             eprintln!("seeded {n} nodes × {history_days} d of history in {:.1} s", seeded.elapsed().as_secs_f64());
-            let srv = spawn_server_in("5s", dir)?;
+            let srv = spawn_server_in("5s", dir, None)?;
             // Restoring the history takes a moment.
             let t0 = Instant::now();
             while channel(srv.port).await.is_err() && t0.elapsed() < Duration::from_secs(120) {

@@ -557,19 +557,25 @@ impl Running {
                 true
             }
         };
+        let close = |state: &Arc<State>| {
+            let writer = state.clone();
+            tokio::task::spawn_blocking(move || writer.writer.close())
+        };
+        // A replica hands over at once: what is queued commits (fenced) first,
+        // then the lease ends. Calls still open find the writer closed and
+        // answer UNAVAILABLE; their clients go to the next leader.
+        if let Some((lease, epoch)) = lease {
+            close(&state).await?;
+            if let Err(e) = lease.resign(epoch).await {
+                tracing::warn!(error = %e, "could not resign the lease; it ends by itself");
+            }
+        }
         if !ended && tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
             tracing::warn!(grace_s = SERVER_GRACE.as_secs(), "gRPC calls still open after the grace period; closing");
             server.abort();
         }
         greenfill_runtime::drain(&state.tasks, SERVER_GRACE).await;
-        let writer = state.clone();
-        tokio::task::spawn_blocking(move || writer.writer.close()).await?;
-        // Everything queued is committed (or fenced off): the followers may take over.
-        if let Some((lease, epoch)) = lease
-            && let Err(e) = lease.resign(epoch).await
-        {
-            tracing::warn!(error = %e, "could not resign the lease; it ends by itself");
-        }
+        close(&state).await?;
         tracing::info!("scheduler stopped; every acknowledged change is on disk");
         match state.fatal() {
             Some(why) => Err(anyhow::anyhow!(why)),
@@ -670,9 +676,14 @@ async fn lead(
     stop: &CancellationToken,
 ) -> anyhow::Result<(Writer, Snapshot, tokio::net::TcpListener, (Arc<leader::Lease>, i64))> {
     let r = &config.replication;
-    let (u, timeout, idle) = (url.to_owned(), r.connect_timeout, r.retry);
+    let open = {
+        let (u, timeout, idle) = (url.to_owned(), r.connect_timeout, r.retry);
+        move || crate::store::Postgres::open(&u, timeout, idle)
+    };
     // Connect and migrate first: a bad URL or a newer schema is an error now.
-    let db = tokio::task::spawn_blocking(move || crate::store::Postgres::open(&u, timeout, idle)).await??;
+    let check = open.clone();
+    // (Dropped on the blocking thread: the store owns a runtime.)
+    tokio::task::spawn_blocking(move || check().map(drop)).await??;
     let advertise = r.advertise.clone().unwrap_or_else(|| addr.to_string());
     let lease = leader::Lease::new(url, advertise, r.clone());
     lease.read().await?;
@@ -687,8 +698,10 @@ async fn lead(
         Some(l) => l,
         None => tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen {addr}: {e}"))?,
     };
+    // A session of its own, made now (one made at start may have outlived
+    // the database's restart).
     let (db, snap) = tokio::task::spawn_blocking(move || {
-        let mut db = db.fence(epoch);
+        let mut db = open()?.fence(epoch);
         let snap = crate::store::Store::load(&mut db);
         snap.map(|s| (db, s))
     })
