@@ -170,24 +170,21 @@ fn seed_history(dir: &std::path::Path, nodes: usize, days: u32) -> Result<()> {
 fn spawn_server_in(interval: &str, dir: tempfile::TempDir, store: Option<String>) -> Result<Server> {
     let (p, m) = (port(), port());
     let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--metrics",
+        &format!("127.0.0.1:{m}"),
+        "--interval",
+        interval,
+    ])
+    .arg("--data-dir")
+    .arg(dir.path());
     if let Some(url) = store {
         cmd.args(["--store", &url]);
     }
-    let child = cmd
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{p}"),
-            "--metrics",
-            &format!("127.0.0.1:{m}"),
-            "--interval",
-            interval,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?;
+    let child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
