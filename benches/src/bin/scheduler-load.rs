@@ -85,7 +85,7 @@ enum Stores {
 }
 
 impl Stores {
-    /// `None` = SQLite, `Some(())` = PostgreSQL, in the order they run.
+    /// Per run, in order: whether it is on PostgreSQL (else SQLite).
     fn each(self) -> Vec<bool> {
         match self {
             Stores::Sqlite => vec![false],
@@ -338,31 +338,32 @@ async fn agents(
     Ok(out)
 }
 
-/// A gauge's value in the Prometheus text at `port`.
-fn gauge(port: u16, name: &str) -> Option<f64> {
+/// The Prometheus text at `port`.
+fn scrape(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    body.lines()
+    Some(body)
+}
+
+/// The value of the unlabelled series `name` in `text`.
+fn value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// `(sum, count)` of a summary/histogram in the Prometheus text at `port`.
+/// A gauge's value at `port`.
+fn gauge(port: u16, name: &str) -> Option<f64> {
+    value(&scrape(port)?, name)
+}
+
+/// `(sum, count)` of a summary/histogram at `port`, from one scrape.
 fn prom(port: u16, name: &str) -> Option<(f64, f64)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let get = |k: &str| {
-        body.lines()
-            .find(|l| l.starts_with(k) && l[k.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
-    Some((get(&format!("{name}_sum"))?, get(&format!("{name}_count"))?))
+    let text = scrape(port)?;
+    Some((value(&text, &format!("{name}_sum"))?, value(&text, &format!("{name}_count"))?))
 }
 
 fn main() -> Result<()> {
