@@ -351,6 +351,33 @@ impl Greenfill {
         Ok(Some(losses.into_iter().map(|(name, l)| (name, weight(l) / total)).collect()))
     }
 
+    /// Too short a history to weigh the candidates: the profile, or while it
+    /// has under two days, the first other candidate that trusts the history
+    /// (Koordinator's after one day); the conservative bound before that. Issue
+    /// 32: the profile's two days of conservative bounds kept a cold fleet's
+    /// online nodes closed to batch, and the plan woke batch machines instead.
+    fn cold(&self, h: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
+        let profile = self.profile.forecast(h, s, horizon, q)?;
+        if !profile.conservative {
+            return Ok(profile);
+        }
+        for other in &self.others {
+            let f = other.forecast(h, s, horizon, q)?;
+            if !f.conservative {
+                return Ok(f);
+            }
+        }
+        // Under a day: no model is trusted yet. Koordinator's batch capacity
+        // then follows the current online use; here the last hour's peak plus
+        // Koordinator's 10 %, redone at every plan, with the guard holding the
+        // online tail between plans (Double-11 starts cold: the history's
+        // maximum plus a quarter of its range closed every online node).
+        let recent = &h[h.len().saturating_sub((s / 24).max(1))..];
+        // `prepare` left at least one finite value.
+        let peak = recent.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Ok(Forecast { upper: vec![peak * 1.1; horizon], ..profile })
+    }
+
     /// Each candidate's name and share of the weight for `history`, as
     /// [`Forecaster::forecast`] would weigh them (`None`: too short a history,
     /// the profile alone).
@@ -373,7 +400,7 @@ impl Forecaster for Greenfill {
     fn forecast(&self, history: &[f64], s: usize, horizon: usize, q: f64) -> Result<Forecast, ForecastError> {
         let h = prepare(history, s, horizon, q)?;
         let Some(shares) = self.shares(&h, s, q)? else {
-            return self.profile.forecast(&h, s, horizon, q);
+            return self.cold(&h, s, horizon, q);
         };
         let mut members = Vec::new();
         for ((_, share), c) in shares.iter().zip(self.candidates()) {
@@ -477,6 +504,26 @@ mod tests {
             }
             assert!(f.upper.iter().zip(&f.point).all(|(u, p)| (u - p).abs() < tol), "{}", m.name());
         }
+    }
+
+    #[test]
+    fn a_cold_history_follows_current_use_and_then_koordinator() {
+        // Issue 32: under two days the profile's bound is the history's maximum
+        // plus a quarter of its range, which closed a cold fleet's online nodes.
+        let s = 48;
+        let g = Greenfill::default();
+        // Half a day: the last hour's peak plus 10 %, still flagged.
+        let h = daily(1, s)[..s / 2 + 4].to_vec();
+        let f = g.forecast(&h, s, s, 0.95).unwrap();
+        assert!(f.conservative);
+        let peak = h[h.len() - 2..].iter().copied().fold(f64::MIN, f64::max);
+        assert!(f.upper.iter().all(|u| (u - peak * 1.1).abs() < 1e-9), "{} vs {}", f.upper[0], peak * 1.1);
+        assert!(f.upper[0] < DailyProfile::default().forecast(&h, s, s, 0.95).unwrap().upper[0]);
+        // A day and a half: Koordinator's p95, no longer conservative.
+        let h = daily(2, s)[..s + s / 2].to_vec();
+        let f = g.forecast(&h, s, s, 0.95).unwrap();
+        assert!(!f.conservative);
+        assert_eq!(f, KoordinatorP95::default().forecast(&h, s, s, 0.95).unwrap());
     }
 
     #[test]
