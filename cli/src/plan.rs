@@ -184,6 +184,8 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
         // weigh carbon alone (no later plan will need the capacity back).
         lazy_wake: false,
         delay_cost: 0.0,
+        // Its wakes are the wakes it plans; no power cycle follows a one-shot plan.
+        wake_overhead_s: 0.0,
     };
     // No guard slack: a one-shot plan is not redone as the guard slows jobs.
     let mut builder = ProblemBuilder::new(SlotClock { start, slot_s, slots }, pools, carbon, options, 0.0);

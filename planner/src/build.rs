@@ -184,6 +184,21 @@ impl ProblemBuilder {
         Ok(())
     }
 
+    /// A node of a pool that sleeps which is powered now (awake, or waking) and
+    /// stays so until `until` (unix seconds) whatever the plan does: the idle
+    /// time after which it may suspend. Work placed there in the slots it is
+    /// powered in (at least the first) costs no idle power and no wake, so a job
+    /// that woke a node starts there rather than being re-planned later while
+    /// the node goes back to sleep.
+    pub fn powered_until(&mut self, pool: usize, node: usize, until: i64) -> Result<(), ProblemError> {
+        let held = self.clock.release(until).clamp(1, self.clock.slots);
+        let input = self.node_of(pool, node, "a powered node past the pool's size")?;
+        let nodes = input.pool.nodes as usize;
+        input.powered.resize(nodes, 0);
+        input.powered[node] = held;
+        Ok(())
+    }
+
     /// The input of `pool`, with `node` checked against the pool's size.
     fn node_of(&mut self, pool: usize, node: usize, past: &'static str) -> Result<&mut PoolInput, ProblemError> {
         let Some(input) = self.pools.get_mut(pool) else {

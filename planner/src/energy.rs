@@ -67,7 +67,7 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
                     e.carbon_kg += wake_kwh * p.carbon_at(pool, t) / 1000.0;
                 }
                 *count += 1;
-                let load = pi.online_cpu_at(p.slots, n, t % p.slots) + b;
+                let load = pi.online_cpu_at(p.slots, n, t.min(p.slots - 1)) + b;
                 let u = if pi.pool.cores > 0.0 { load / pi.pool.cores } else { 0.0 };
                 let w = model.watts(u);
                 let kwh = w * pi.pool.pue * sh / 1000.0;

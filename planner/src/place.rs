@@ -2,6 +2,7 @@
 
 use crate::lp::Quotas;
 use crate::problem::{Placement, PlanJob, Problem, Strategy, WaitReason};
+use greenfill_core::cluster::PowerModel;
 
 /// Per-node capacity left for batch, and the facts about pools the passes share.
 #[derive(Debug)]
@@ -25,8 +26,18 @@ pub(crate) struct Context {
     /// Per pool: kWh per slot of a node's idle power, and of one core's dynamic
     /// power (PUE included); times gCO2/kWh they give grams.
     pub(crate) idle_g_per_slot: Vec<f64>,
-    /// Per pool: kWh a wake costs (`Pool::wake_wh`, facility), × intensity = g.
+    /// Per pool: kWh a wake costs (`Pool::wake_wh` plus the idle power of
+    /// `PlanOptions::wake_overhead_s`, facility), × intensity = g.
     pub(crate) wake_g: Vec<f64>,
+    /// Per pool: its power model is not a straight line (a table), so where a
+    /// job runs changes its dynamic power.
+    pub(crate) curved: Vec<bool>,
+    /// Per node (flat): the slots from now in which it is powered anyway
+    /// (`PoolInput::powered`); 0 for nodes that are not known to be awake.
+    pub(crate) powered: Vec<usize>,
+    /// Per pool that sleeps: its nodes (flat) that are up now, powered anyway or
+    /// running work; a job may take one before any node is woken for it.
+    pub(crate) awake: Vec<Vec<usize>>,
     pub(crate) dyn_g_per_core_slot: Vec<f64>,
 }
 
@@ -39,19 +50,35 @@ impl Context {
         let mut free_mem = Vec::with_capacity(total * len);
         let (mut node_cpu, mut node_mem, mut wpc) = (Vec::new(), Vec::new(), Vec::new());
         let (mut idle_g, mut dyn_g, mut wake_g) = (Vec::new(), Vec::new(), Vec::new());
+        let mut powered = Vec::with_capacity(total);
+        let mut curved = Vec::new();
+        let mut awake = Vec::with_capacity(p.pools.len());
         let sh = p.slot_hours();
         for pi in &p.pools {
             node_base.push(free_cpu.len() / len.max(1));
             let cpu = pi.pool.cores * (1.0 - p.options.cpu_margin);
             let mem = pi.pool.memory_gib * (1.0 - p.options.mem_margin);
             node_cpu.push(cpu);
+            curved.push(matches!(pi.pool.power, PowerModel::Table { .. }));
             node_mem.push(mem);
+            awake.push(Vec::new());
             for n in 0..pi.pool.nodes as usize {
+                powered.push(if pi.pool.always_on { 0 } else { pi.powered_slots(n) });
+                // Past the horizon the last slot's load holds: wrapping around to
+                // the first slots would repeat a node's wake latency and its
+                // running jobs there, and close every sleeping node to a job that
+                // runs past the end (issue 32: such jobs found room only on a
+                // node already awake, and woke one for their earliest start).
+                let last = p.slots - 1;
                 for t in 0..len {
-                    free_cpu.push((cpu - pi.online_cpu_at(p.slots, n, t % p.slots)).max(0.0));
+                    free_cpu.push((cpu - pi.online_cpu_at(p.slots, n, t.min(last))).max(0.0));
+                }
+                let busy = len > 0 && free_cpu[free_cpu.len() - len] + EPS < cpu;
+                if !pi.pool.always_on && (pi.powered_slots(n) > 0 || busy) {
+                    awake.last_mut().expect("pushed above").push(free_cpu.len() / len - 1);
                 }
                 for t in 0..len {
-                    free_mem.push((mem - pi.online_mem_at(p.slots, n, t % p.slots)).max(0.0));
+                    free_mem.push((mem - pi.online_mem_at(p.slots, n, t.min(last))).max(0.0));
                 }
             }
             let pm = &pi.pool.power;
@@ -60,7 +87,8 @@ impl Context {
             let wake = if pi.pool.always_on { 0.0 } else { per_core(pm.idle_w()) };
             wpc.push(pi.pool.pue * (dynamic + wake));
             idle_g.push(pm.idle_w() * pi.pool.pue * sh / 1000.0);
-            wake_g.push(pi.pool.wake_wh * pi.pool.pue / 1000.0);
+            let cycle_wh = pi.pool.wake_wh + pm.idle_w() * p.options.wake_overhead_s / 3600.0;
+            wake_g.push(cycle_wh * pi.pool.pue / 1000.0);
             dyn_g.push(if dynamic.is_finite() { dynamic * pi.pool.pue * sh / 1000.0 } else { 0.0 });
         }
         let mut pool_order: Vec<usize> = (0..p.pools.len()).collect();
@@ -76,6 +104,9 @@ impl Context {
             pool_order,
             idle_g_per_slot: idle_g,
             wake_g,
+            curved,
+            powered,
+            awake,
             dyn_g_per_core_slot: dyn_g,
         }
     }
@@ -153,11 +184,34 @@ impl State<'_> {
         slots.iter().all(|&t| self.pool_free[pool * len + t as usize] + EPS >= j.cores)
     }
 
+    /// What `j`'s dynamic power on `node` over `slots` costs beyond the pool's
+    /// straight-line watts per core, in grams: the pool's power curve between
+    /// the node's planned load and that plus `j` (negative on a node where the
+    /// curve is flatter than its chord).
+    fn curve_g(&self, pool: usize, node: usize, j: &PlanJob, slots: &[u32]) -> f64 {
+        let pi = &self.p.pools[pool].pool;
+        let row = node * self.ctx.len;
+        let g_per_w = pi.pue * self.p.slot_hours() / 1000.0;
+        let line = self.ctx.dyn_g_per_core_slot[pool] * j.cores;
+        slots
+            .iter()
+            .map(|&t| {
+                // Online and planned batch: the room the margin leaves, less what is free.
+                let used = (self.ctx.node_cpu[pool] - self.free_cpu[row + t as usize]).max(0.0);
+                let delta = pi.power.watts((used + j.cores) / pi.cores) - pi.power.watts(used / pi.cores);
+                (delta * g_per_w - line) * self.p.weighed_carbon_at(pool, t as usize)
+            })
+            .sum()
+    }
+
     /// A node of `pool` with room for `j` in every one of `slots`, and the grams of
-    /// CO2 its idle power adds (a sleeping node woken for slots it would sleep).
-    /// Nodes that never sleep, or are already awake, add none; among the first few
-    /// nodes that fit, the one that wakes for the fewest (cleanest) slots wins.
-    fn find_node(&mut self, pool: usize, j: &PlanJob, slots: &[u32]) -> Option<(usize, f64)> {
+    /// CO2 it adds beyond the pool's straight-line dynamic power: the idle power
+    /// of a sleeping node woken for slots it would sleep (none for nodes that
+    /// never sleep, or are awake anyway), and on a curved power model the
+    /// difference the node's load makes. Among the first few nodes that fit, the
+    /// cheapest wins. Without `wake`, a pool that sleeps offers only its nodes
+    /// that are up in every one of `slots`.
+    fn find_node(&mut self, pool: usize, j: &PlanJob, slots: &[u32], wake: bool) -> Option<(usize, f64)> {
         let len = self.ctx.len;
         let start = slots[0] as usize;
         let key = pool * len + start;
@@ -187,10 +241,19 @@ impl State<'_> {
             bucket(&MEM_BUCKETS, j.mem_gib),
         ));
         let sleeps = !self.p.pools[pool].pool.always_on;
+        // Up nodes only: the pool's awake list, none of the scan.
+        let awake_only = sleeps && !wake;
+        let ctx = self.ctx;
+        let listed: &[usize] = if awake_only { &ctx.awake[pool] } else { &[] };
+        let end = if awake_only { base + skip } else { base + nodes };
         let idle = self.ctx.idle_g_per_slot[pool];
+        // On a power curve that is not a line, the same work costs less on a
+        // less loaded node: look at a few.
+        let curved = self.ctx.curved[pool];
+        let first_only = self.p.options.strategy == Strategy::EarliestFit;
         let mut best: Option<(usize, f64)> = None;
         let mut fitting = 0;
-        for node in base + skip..base + nodes {
+        for node in listed.iter().copied().chain(base + skip..end) {
             let row = node * len;
             let fits = slots.iter().all(|&t| {
                 let i = row + t as usize;
@@ -199,29 +262,38 @@ impl State<'_> {
             if !fits {
                 continue;
             }
-            if !sleeps {
+            if !sleeps && !curved {
                 best = Some((node, 0.0));
                 break;
             }
-            let asleep = |t: usize| self.free_cpu[row + t] + EPS >= self.ctx.node_cpu[pool];
-            let mut wake: f64 = slots
+            let powered = self.ctx.powered[node];
+            let asleep = |t: usize| t >= powered && self.free_cpu[row + t] + EPS >= self.ctx.node_cpu[pool];
+            if awake_only && slots.iter().any(|&t| asleep(t as usize)) {
+                continue;
+            }
+            let woken = asleep(start) && (start == 0 || asleep(start - 1));
+            let mut added: f64 = slots
                 .iter()
-                .filter(|&&t| asleep(t as usize))
+                .filter(|&&t| sleeps && asleep(t as usize))
                 .map(|&t| idle * self.p.weighed_carbon_at(pool, t as usize))
                 .sum();
-            // Waking it from sleep costs its wake energy once.
-            if asleep(start) && (start == 0 || asleep(start - 1)) {
-                wake += self.ctx.wake_g[pool] * self.p.weighed_carbon_at(pool, start);
+            if curved {
+                added += self.curve_g(pool, node, j, slots);
             }
-            if best.is_none_or(|(_, w)| wake < w) {
-                best = Some((node, wake));
+            // Waking it from sleep costs its wake energy once.
+            if sleeps && woken {
+                added += self.ctx.wake_g[pool] * self.p.weighed_carbon_at(pool, start);
+            }
+            if best.is_none_or(|(_, w)| added < w) {
+                best = Some((node, added));
             }
             fitting += 1;
-            if wake == 0.0 || fitting >= 8 {
+            if (added == 0.0 && !curved) || fitting >= 8 || first_only {
                 break;
             }
         }
-        if best.is_none() && contiguous {
+        // A failure among up nodes says nothing of the pool's others.
+        if best.is_none() && contiguous && !awake_only {
             let smaller = match self.failed[key] {
                 Some((c, m, n)) => j.cores <= c && j.mem_gib <= m && slots.len() <= n,
                 None => true,
@@ -296,16 +368,8 @@ impl State<'_> {
     /// Earliest-fit takes the first run and pool that fit. The others look at the
     /// first few runs that fit anywhere (candidates come ordered by carbon plus
     /// LP-quota shortage), and take the run, pool and node that add the least
-    /// carbon (dynamic power, plus idle power of any node it wakes). Returns the
-    /// slots, pool, node, and
-    /// whether a start earlier than the chosen one was tried and was full.
-    fn try_candidates(
-        &mut self,
-        job: usize,
-        j: &PlanJob,
-        candidates: &[Cand],
-        wake: bool,
-    ) -> Option<(Vec<u32>, usize, usize, bool)> {
+    /// carbon (dynamic power, plus idle power of any node it wakes), and take it.
+    fn try_candidates(&mut self, job: usize, j: &PlanJob, candidates: &[Cand], wake: bool) -> Option<Choice> {
         const LOOK: usize = 3;
         let first_only = self.p.options.strategy == Strategy::EarliestFit;
         let pools: Vec<usize> = match j.pool {
@@ -318,7 +382,10 @@ impl State<'_> {
                 .filter(|&q| self.ctx.node_cpu[q] + EPS >= j.cores && self.ctx.node_mem[q] + EPS >= j.mem_gib)
                 .collect(),
         };
-        let pools: Vec<usize> = pools.into_iter().filter(|&q| wake || self.p.pools[q].pool.always_on).collect();
+        let pools: Vec<usize> = pools
+            .into_iter()
+            .filter(|&q| wake || self.p.pools[q].pool.always_on || !self.ctx.awake[q].is_empty())
+            .collect();
         if pools.is_empty() {
             return None;
         }
@@ -330,15 +397,15 @@ impl State<'_> {
             self.slots_of(j, c, &mut slots);
             let mut here: Option<(f64, usize, usize)> = None;
             for &pool in &pools {
-                if let Some((node, wake)) = self.find_node(pool, j, &slots) {
+                if let Some((node, added)) = self.find_node(pool, j, &slots, wake) {
                     let dynamic: f64 = slots.iter().map(|&t| self.p.weighed_carbon_at(pool, t as usize)).sum::<f64>()
                         * self.ctx.dyn_g_per_core_slot[pool]
                         * j.cores;
-                    let cost = dynamic + wake;
+                    let cost = dynamic + added;
                     if here.is_none_or(|(c, _, _)| cost < c) {
                         here = Some((cost, pool, node));
                     }
-                    if first_only || (wake == 0.0 && self.p.pools[pool].pool.always_on && !self.zoned) {
+                    if first_only || (self.p.pools[pool].pool.always_on && !self.zoned) {
                         // Pools are in order of watts per core; in one zone, an
                         // always-on pool with room is the cheapest that can follow.
                         break;
@@ -363,8 +430,18 @@ impl State<'_> {
         let (_, slots, pool, node) = best?;
         self.commit(pool, node, job, j, &slots);
         let blocked = earliest_failed < slots[0] as usize;
-        Some((slots, pool, node, blocked))
+        Some(Choice { slots, pool, node, blocked })
     }
+}
+
+/// Where and when a job runs, and what it adds.
+struct Choice {
+    slots: Vec<u32>,
+    pool: usize,
+    /// Index in the flat node arrays.
+    node: usize,
+    /// A start earlier than the chosen one was tried and was full.
+    blocked: bool,
 }
 
 /// Move each cursor past the nodes (from the pool's `base`) whose `free` at slot
@@ -521,7 +598,7 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
                 st.try_candidates(job, j, &cands, true)
             }),
         };
-        if let Some((slots, pool, node, blocked)) = placed {
+        if let Some(Choice { slots, pool, node, blocked, .. }) = placed {
             let start = slots[0] as usize;
             let delayed_by =
                 (start > j.release).then_some(if blocked { WaitReason::Capacity } else { WaitReason::CarbonWindow });
@@ -536,7 +613,7 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
             let late = PlanJob { deadline: None, pausable: false, ..j.clone() };
             let hi = (p.slots - 1).min(len.saturating_sub(1));
             let cands = candidates(&st, job, &late, lo, hi, Strategy::EarliestFit);
-            if let Some((slots, pool, node, _)) = st.try_candidates(job, &late, &cands, true) {
+            if let Some(Choice { slots, pool, node, .. }) = st.try_candidates(job, &late, &cands, true) {
                 #[allow(clippy::cast_possible_truncation, reason = "node counts fit u32")]
                 let node = (node - ctx.node_base[pool]) as u32;
                 let late_end = slots.last().map_or(0, |t| *t as usize + 1) > j.deadline.unwrap_or(usize::MAX);

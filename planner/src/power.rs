@@ -217,6 +217,18 @@ impl NodePower {
         }
     }
 
+    /// Until when it stays powered whatever the plan does: an `on` node until
+    /// `suspend_after` past its last work, a resuming one until that long past
+    /// its expected registration; `None` for nodes going or gone to sleep (and
+    /// failed ones). A draining node's running jobs keep it up on their own.
+    pub fn powered_until(&self, s: &PowerSettings, now: i64) -> Option<i64> {
+        match self.state {
+            PowerState::On => Some(now.max(self.last_work + s.suspend_after_s)),
+            PowerState::Resuming => Some(now.max(self.since + s.wake_s) + s.suspend_after_s),
+            _ => None,
+        }
+    }
+
     /// The plan dispatches new work to a draining node: it takes work again
     /// (the `draining → on` edge, at dispatch rather than at the next round).
     pub fn undrain(&mut self, node: usize, now: i64) -> Option<Transition> {

@@ -73,8 +73,8 @@ pub fn verify(p: &Problem, placements: &[Placement], len: usize) -> Violations {
                 if b_cpu == 0.0 && b_mem == 0.0 {
                     continue;
                 }
-                let on_cpu = pi.online_cpu_at(p.slots, n, t % p.slots);
-                let on_mem = pi.online_mem_at(p.slots, n, t % p.slots);
+                let on_cpu = pi.online_cpu_at(p.slots, n, t.min(p.slots - 1));
+                let on_mem = pi.online_mem_at(p.slots, n, t.min(p.slots - 1));
                 if on_cpu + b_cpu > cpu_cap + 1e-6 || on_mem + b_mem > mem_cap + 1e-6 {
                     v.capacity += 1;
                 }

@@ -313,7 +313,13 @@ fn equal_costs_start_at_release() {
             start: 0,
             slot_s: 300,
             slots,
-            pools: vec![PoolInput { pool, online_cpu: vec![0.1; slots], online_mem: vec![1.0; slots], carbon: vec![] }],
+            pools: vec![PoolInput {
+                pool,
+                online_cpu: vec![0.1; slots],
+                online_mem: vec![1.0; slots],
+                carbon: vec![],
+                powered: vec![],
+            }],
             carbon: vec![400.0; slots],
             jobs: (0..3)
                 .map(|i| PlanJob {
@@ -367,6 +373,36 @@ fn a_job_that_may_start_after_the_horizon_wakes_nothing() {
     let plan = plan_of(&p);
     assert_eq!(plan.placements[0], Placement::Wait { reason: WaitReason::Capacity });
     assert!(plan.powered[1].iter().all(|n| *n == 0), "{:?}", plan.powered[1]);
+}
+
+#[test]
+fn a_job_starts_on_a_node_that_is_powered_anyway_instead_of_waking_one_later() {
+    // Issue 32: a node woken for a job stays up for its `suspend_after`; a plan
+    // that took it for asleep moved the job to its latest start and let the node
+    // go back to sleep, then woke one again (164 wakes on Double-11 against
+    // first-fit's 14).
+    let mut p = must_wake(6);
+    p.pools[1].pool.nodes = 2;
+    p.pools[1].powered = vec![0, 3];
+    let plan = plan_of(&p);
+    assert!(matches!(plan.placements[0], Placement::Run { pool: 1, node: 1, .. }), "{:?}", plan.placements[0]);
+    assert_eq!(plan.placements[0].start(), Some(0), "it runs while node 1 is up, in the cleanest slot");
+    // Without it the job waits for its latest start, as before.
+    p.pools[1].powered = vec![];
+    assert_eq!(plan_of(&p).placements[0].start(), Some(4));
+}
+
+#[test]
+fn a_run_past_the_horizon_sees_the_last_slots_load_not_the_first_slots() {
+    // The spare node is waking (full in slot 0, ready from slot 1). A job whose
+    // latest start is 7 runs in slots 7 and 8 of an 8-slot horizon; slot 8 once
+    // read slot 0 (`t % slots`), found the node full, and every sleeping node
+    // was closed to runs past the horizon (issue 32).
+    let mut p = must_wake(9);
+    p.pools[1].online_cpu = (0..8).map(|t| if t == 0 { 8.0 } else { 0.0 }).collect();
+    let plan = plan_of(&p);
+    assert!(matches!(plan.placements[0], Placement::Run { pool: 1, .. }), "{:?}", plan.placements[0]);
+    assert_eq!(plan.placements[0].start(), Some(7), "latest start = deadline 9 − duration 2");
 }
 
 #[test]

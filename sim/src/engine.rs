@@ -542,6 +542,7 @@ fn plan_and_start(
         time_limit: Duration::from_secs(5),
         strategy: Strategy::Lp,
         delay_cost: s.delay_cost,
+        wake_overhead_s: power.as_deref().map_or(0.0, Power::cycle_s),
         ..PlanOptions::default()
     };
     let mut builder = ProblemBuilder::new(clock, pools, carbon, options, s.guard_slack);
@@ -553,6 +554,9 @@ fn plan_and_start(
             let ready = p.nodes[node].ready_at(p.settings(), now);
             if ready != Some(now) {
                 builder.unavailable_until(pool, node - inp.pool_first[pool], ready)?;
+            }
+            if let Some(until) = p.powered_until(node, now) {
+                builder.powered_until(pool, node - inp.pool_first[pool], until)?;
             }
         }
     }

@@ -59,6 +59,20 @@ impl Power {
         self.nodes[node].state.powered()
     }
 
+    /// Seconds of idle power one power cycle costs beyond the work: the wake,
+    /// the idle time before a suspend, the suspend.
+    #[allow(clippy::cast_precision_loss, reason = "seconds")]
+    pub(crate) fn cycle_s(&self) -> f64 {
+        let s = &self.model.settings;
+        (s.wake_s + s.suspend_after_s + self.model.suspend_s) as f64
+    }
+
+    /// Until when a node that may sleep stays powered whatever the plan does.
+    pub(crate) fn powered_until(&self, node: usize, now: i64) -> Option<i64> {
+        let n = &self.nodes[node];
+        (!n.pinned).then(|| n.powered_until(&self.model.settings, now)).flatten()
+    }
+
     /// Work started on `node` at `now`: its idle clock restarts.
     pub(crate) fn worked(&mut self, node: usize, now: i64) {
         self.nodes[node].last_work = now;

@@ -166,6 +166,7 @@ fn pool_input(
         online_cpu: cpu,
         online_mem: mem,
         carbon: st.carbon.slots(name, clock.start, clock.slot_s, slots),
+        powered: Vec::new(),
     }
 }
 
@@ -264,17 +265,25 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
         pool_inputs.push(pool_input(st, pname, nodes, clock, forecasts));
     }
     let carbon = st.carbon.default_slots(clock.start, clock.slot_s, clock.slots);
-    let options = cfg.plan_options();
+    let mut options = cfg.plan_options();
+    // A wake costs the idle power of its latency and of the idle time before
+    // the node may suspend again (the longest of the pools that sleep).
+    #[allow(clippy::cast_precision_loss, reason = "seconds")]
+    let cycle = pools.keys().filter_map(|p| st.power.settings(p)).map(|s| (s.wake_s + s.suspend_after_s) as f64);
+    options.wake_overhead_s = cycle.fold(0.0, f64::max);
     let mut builder = ProblemBuilder::new(clock, pool_inputs, carbon, options, cfg.guard_slack);
     for (pname, nodes) in &pools {
         let Some(settings) = st.power.settings(pname) else { continue };
         for (name, _) in nodes {
             let Some(p) = inner.power.get(name.as_str()) else { continue };
+            let (pool, k) = where_is[name.as_str()];
             let ready = p.ready_at(settings, t);
+            // Indices come from the pools just built.
             if ready != Some(t) {
-                let (pool, k) = where_is[name.as_str()];
-                // Indices come from the pools just built.
                 let _ = builder.unavailable_until(pool, k, ready);
+            }
+            if let Some(until) = p.powered_until(settings, t).filter(|_| !p.pinned) {
+                let _ = builder.powered_until(pool, k, until);
             }
         }
     }
