@@ -202,13 +202,7 @@ fn print_table(s: &Summary) {
     }
     let line = |what: &str, x: &Option<greenfill_sim::Savings>| {
         if let Some(x) = x {
-            println!(
-                "  greenfill vs {what}: saves {:.2} MWh ({:.1} %) and {:.3} t CO2 ({:.1} %)",
-                x.energy_kwh / 1000.0,
-                x.energy_pct,
-                x.carbon_kg / 1000.0,
-                x.carbon_pct
-            );
+            println!("  greenfill vs {what}: {}", x.in_words);
             if x.embodied_kg != 0.0 {
                 println!("    and {:.3} t CO2e of embodied carbon (powered node-hours)", x.embodied_kg / 1000.0);
             }

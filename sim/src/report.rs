@@ -20,6 +20,10 @@ pub struct Savings {
     /// Embodied carbon of the powered node-hours saved (0 unless pools set
     /// `embodied_g_per_hour`).
     pub embodied_kg: f64,
+    /// Powered node-hours saved.
+    pub node_hours: f64,
+    /// The saving in words, with the reason when energy and carbon part ways.
+    pub in_words: String,
 }
 
 /// What `greenfill` saves against the other policies. A saving is given only
@@ -73,13 +77,75 @@ pub struct Summary {
 
 fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
     let pct = |a: f64, b: f64| if a > 0.0 { (a - b) / a * 100.0 } else { 0.0 };
-    Savings {
+    let mut x = Savings {
         energy_kwh: base.energy_kwh - ours.energy_kwh,
         carbon_kg: base.carbon_kg - ours.carbon_kg,
         energy_pct: pct(base.energy_kwh, ours.energy_kwh),
         carbon_pct: pct(base.carbon_kg, ours.carbon_kg),
         embodied_kg: base.embodied_kg - ours.embodied_kg,
+        node_hours: base.node_hours - ours.node_hours,
+        in_words: String::new(),
+    };
+    x.in_words = in_words(&x);
+    x
+}
+
+/// Energy below 1 MWh is given in kWh, carbon below 1 t in kg, a share below
+/// 0.1 % with two decimals (Double-11's saving against asap is 0.04 %).
+fn energy(kwh: f64) -> String {
+    if kwh.abs() >= 1000.0 { format!("{:.2} MWh", kwh / 1000.0) } else { format!("{kwh:.1} kWh") }
+}
+
+fn carbon(kg: f64) -> String {
+    if kg.abs() >= 1000.0 { format!("{:.3} t CO2", kg / 1000.0) } else { format!("{kg:.1} kg CO2") }
+}
+
+fn share(pct: f64) -> String {
+    if pct != 0.0 && pct.abs() < 0.1 { format!("{pct:.2} %") } else { format!("{pct:.1} %") }
+}
+
+/// "saves 1.2 MWh (3.0 %) and 0.700 t CO2 (3.1 %)"; when greenfill spends
+/// energy to save carbon, that in words with where the energy went (issue 32:
+/// the demo said "saves -0.01 MWh" and left the reader to guess).
+fn in_words(x: &Savings) -> String {
+    let both =
+        |e: f64, ep: f64, c: f64, cp: f64| format!("{} ({}) and {} ({})", energy(e), share(ep), carbon(c), share(cp));
+    if x.energy_kwh >= 0.0 && x.carbon_kg >= 0.0 {
+        return format!("saves {}", both(x.energy_kwh, x.energy_pct, x.carbon_kg, x.carbon_pct));
     }
+    if x.carbon_kg > 0.0 {
+        let why = if x.node_hours < 0.0 {
+            format!(
+                "it runs jobs in cleaner hours, bunched together, which keeps machines powered {:.0} more node-hours",
+                -x.node_hours
+            )
+        } else {
+            "it runs jobs in cleaner hours on machines that draw more per core".to_owned()
+        };
+        return format!(
+            "spends {} ({}) more energy to save {} ({}): {why}",
+            energy(-x.energy_kwh),
+            share(-x.energy_pct),
+            carbon(x.carbon_kg),
+            share(x.carbon_pct)
+        );
+    }
+    if x.energy_kwh > 0.0 {
+        return format!(
+            "saves {} ({}) but emits {} ({}) more: it uses less energy in dirtier hours",
+            energy(x.energy_kwh),
+            share(x.energy_pct),
+            carbon(-x.carbon_kg),
+            share(-x.carbon_pct)
+        );
+    }
+    format!(
+        "uses {} ({}) more energy and emits {} ({}) more",
+        energy(-x.energy_kwh),
+        share(-x.energy_pct),
+        carbon(-x.carbon_kg),
+        share(-x.carbon_pct)
+    )
 }
 
 pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Summary {
@@ -435,6 +501,34 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saving_that_costs_energy_says_so_and_why() {
+        let x = |energy_kwh, carbon_kg, node_hours| {
+            let mut s = Savings {
+                energy_kwh,
+                carbon_kg,
+                energy_pct: energy_kwh / 7.0,
+                carbon_pct: carbon_kg / 1.3,
+                embodied_kg: 0.0,
+                node_hours,
+                in_words: String::new(),
+            };
+            s.in_words = in_words(&s);
+            s.in_words
+        };
+        // The demo's figures against asap (under-used fleet, CISO).
+        assert_eq!(
+            x(-10.8, 2.9, -53.2),
+            "spends 10.8 kWh (1.5 %) more energy to save 2.9 kg CO2 (2.2 %): it runs jobs in cleaner hours, bunched \
+             together, which keeps machines powered 53 more node-hours"
+        );
+        // Double-11 against asap: a share below 0.1 % keeps two decimals.
+        assert_eq!(x(19.8, 0.052, 0.0), "saves 19.8 kWh (2.8 %) and 0.1 kg CO2 (0.04 %)");
+        assert_eq!(x(15_000.0, 1300.0, 9.0), "saves 15.00 MWh (2142.9 %) and 1.300 t CO2 (1000.0 %)");
+        assert!(x(-1.0, -1.0, 0.0).starts_with("uses 1.0 kWh"));
+        assert!(x(1.0, -1.0, 0.0).contains("emits 1.0 kg CO2"));
+    }
 
     #[test]
     fn labels_have_four_significant_figures_at_any_scale() {
