@@ -37,6 +37,49 @@ pub enum Policy {
     Greenfill,
 }
 
+/// Which of greenfill's parts a run uses: [`Parts::of`] a policy as the
+/// scenario runs it; the savings attribution runs policies with other parts
+/// to say what each buys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Parts {
+    /// Machines of pools that may sleep do (the scenario's power model); off:
+    /// they stay powered, as dedicated machines do.
+    pub power_down: bool,
+    /// The planner sees the carbon forecast; off: a constant (its trace mean),
+    /// so it weighs energy alone.
+    pub timing: bool,
+    /// Each pool's plan sees its own zone's forecast; off: the scenario's one
+    /// signal for all.
+    pub zones: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts { power_down: true, timing: true, zones: true };
+
+    /// As the scenario runs `policy`: dedicated batch machines stay powered
+    /// (the baseline a co-location is measured against), the others have all.
+    pub fn of(policy: Policy) -> Parts {
+        match policy {
+            Policy::Dedicated => Parts { power_down: false, ..Parts::ALL },
+            _ => Parts::ALL,
+        }
+    }
+
+    /// Runs of `policy` with `self` and `other` are the same run: asap, coloc
+    /// and dedicated plan nothing, so only `power_down` tells them apart, and
+    /// `zones` matters only where a pool has a zone.
+    pub fn same_run(self, other: Parts, policy: Policy, zoned: bool) -> bool {
+        match policy {
+            Policy::Greenfill => {
+                self.power_down == other.power_down
+                    && self.timing == other.timing
+                    && (!zoned || !self.timing || self.zones == other.zones)
+            }
+            _ => self.power_down == other.power_down,
+        }
+    }
+}
+
 impl Policy {
     pub fn parse(s: &str) -> Option<Policy> {
         match s {
@@ -186,6 +229,7 @@ pub(crate) fn run(
     inp: &Inputs,
     r: &Resolved,
     policy: Policy,
+    parts: Parts,
     mut progress: impl FnMut(f64),
 ) -> Result<PolicyResult, PlanFailed> {
     let clock = std::time::Instant::now();
@@ -214,7 +258,8 @@ pub(crate) fn run(
         GuardModel::new(policy, n, inp.step_s as f64)
     });
     let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);
-    let mut power = r.power.map(|m| Power::new(m, inp, inp.start, policy == Policy::Dedicated));
+    let pinned = !parts.power_down;
+    let mut power = r.power.map(|m| Power::new(m, inp, inp.start, pinned));
     let plan_every = usize::try_from(r.plan_every_s / r.step_s).unwrap_or(1).max(1);
     // Node order for first-fit: nodes that are on anyway, then the others.
     let mut order: Vec<usize> = (0..n).collect();
@@ -277,7 +322,7 @@ pub(crate) fn run(
                         p.wanted.fill(None);
                     }
                     if !st.queue.is_empty() {
-                        plan_and_start(inp, r, &mut st, t, forecaster.as_deref(), power.as_mut())
+                        plan_and_start(inp, r, parts, &mut st, t, forecaster.as_deref(), power.as_mut())
                             .map_err(|source| PlanFailed { step: t, source })?;
                     }
                 }
@@ -297,7 +342,7 @@ pub(crate) fn run(
             let mut b = st.batch_cpu[node];
             let powered = match &power {
                 Some(m) => m.powered(node),
-                None => p.always_on || policy == Policy::Dedicated || b > 0.0,
+                None => p.always_on || pinned || b > 0.0,
             };
             if !powered {
                 continue;
@@ -471,6 +516,7 @@ fn want_sleeping(
 fn plan_and_start(
     inp: &Inputs,
     r: &Resolved,
+    parts: Parts,
     st: &mut State,
     t: usize,
     forecaster: Option<&dyn Forecaster>,
@@ -510,11 +556,16 @@ fn plan_and_start(
             })
             .collect()
     };
-    let carbon = slot_means(&|k| inp.carbon_forecast[k]);
+    #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
+    let carbon = if parts.timing {
+        slot_means(&|k| inp.carbon_forecast[k])
+    } else {
+        vec![inp.carbon_forecast.iter().sum::<f64>() / inp.carbon_forecast.len().max(1) as f64; slots]
+    };
     // Per node: forecast online plus the batch already running there.
     let mut pools: Vec<PoolInput> = inp.pools.iter().cloned().map(PoolInput::new).collect();
     for (pi, pool) in pools.iter_mut().enumerate() {
-        if inp.pool_zone[pi].is_some() {
+        if inp.pool_zone[pi].is_some() && parts.timing && parts.zones {
             pool.carbon = slot_means(&|k| inp.forecast_at(pi, k));
         }
         let first = inp.pool_first[pi];
@@ -533,6 +584,8 @@ fn plan_and_start(
         }
         pool.online_cpu = cpu;
         pool.online_mem = mem;
+        // Kept powered, a pool is as good as always on to the plan.
+        pool.pool.always_on |= !parts.power_down;
     }
     let clock = SlotClock { start: inp.start + i64::try_from(t).unwrap_or(0) * step, slot_s: r.slot_s, slots };
     let at_step = |k: usize| inp.start + i64::try_from(k).unwrap_or(i64::MAX / 2 / step) * step;

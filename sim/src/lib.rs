@@ -8,6 +8,7 @@
 //! never has a copy of either, and does not depend on the scheduler service
 //! (`scripts/check-deps.sh`).
 
+mod attribution;
 mod engine;
 mod guard;
 mod inputs;
@@ -16,7 +17,8 @@ mod report;
 mod scenario;
 mod sweep;
 
-pub use engine::{Policy, PolicyResult, StepRow};
+pub use attribution::{Attribution, Step as AttributionStep, attribute, why_no_attribution};
+pub use engine::{Parts, Policy, PolicyResult, StepRow};
 pub use guard::{GuardModel, TICK_S};
 pub use inputs::{Inputs, SimJob, load};
 pub use power::SimPower;
@@ -35,11 +37,8 @@ pub fn run(
         .iter()
         .filter_map(|name| Policy::parse(name))
         .map(|p| {
-            let res = engine::run(inputs, r, p, |f| progress(p.name(), f)).map_err(|e| ScenarioError::Plan {
-                path: r.path.clone(),
-                policy: p.name(),
-                step: e.step,
-                source: Box::new(e.source),
+            let res = engine::run(inputs, r, p, Parts::of(p), |f| progress(p.name(), f)).map_err(|e| {
+                ScenarioError::Plan { path: r.path.clone(), policy: p.name(), step: e.step, source: Box::new(e.source) }
             })?;
             Ok((p, res))
         })

@@ -48,7 +48,7 @@ pub struct Saved {
 pub const LIKE_WORK: f64 = 0.02;
 
 /// Why `ours` and `base` cannot be compared, if they cannot.
-fn unlike_work(base_name: &str, base: &PolicyResult, ours: &PolicyResult) -> Option<String> {
+pub(crate) fn unlike_work(base_name: &str, base: &PolicyResult, ours: &PolicyResult) -> Option<String> {
     let (a, b) = (base.batch_core_hours, ours.batch_core_hours);
     let most = a.max(b);
     (most > 0.0 && (a - b).abs() > LIKE_WORK * most).then(|| {
@@ -73,6 +73,9 @@ pub struct Summary {
     pub forecast: String,
     pub policies: BTreeMap<String, PolicyResult>,
     pub saved: Saved,
+    /// Where the saving against dedicated comes from (`sim run --attribution`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<crate::Attribution>,
 }
 
 fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
@@ -112,6 +115,10 @@ fn in_words(x: &Savings) -> String {
         |e: f64, ep: f64, c: f64, cp: f64| format!("{} ({}) and {} ({})", energy(e), share(ep), carbon(c), share(cp));
     if x.energy_kwh >= 0.0 && x.carbon_kg >= 0.0 {
         return format!("saves {}", both(x.energy_kwh, x.energy_pct, x.carbon_kg, x.carbon_pct));
+    }
+    // Under 0.005 % of energy either way is no difference worth a reason.
+    if x.carbon_kg > 0.0 && x.energy_pct.abs() < 0.005 {
+        return format!("saves {} ({}) with the same energy", carbon(x.carbon_kg), share(x.carbon_pct));
     }
     if x.carbon_kg > 0.0 {
         let why = if x.node_hours < 0.0 {
@@ -178,6 +185,7 @@ pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult
         forecast: r.scenario.forecast.clone(),
         policies: results.iter().map(|(p, x)| (p.name().to_owned(), x.clone())).collect(),
         saved,
+        attribution: None,
     }
 }
 
@@ -359,6 +367,30 @@ fn bar_chart(title: &str, unit: &str, bars: &[(&str, &str, f64)]) -> String {
     out + "</svg>"
 }
 
+/// The attribution ladder as a table: what each step saves, of the whole.
+fn attribution_html(a: &crate::Attribution) -> String {
+    let mut rows = String::new();
+    for x in &a.steps {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.1} %</td><td>{:.1}</td><td>{:.1} %</td><td>{}</td></tr>",
+            x.step,
+            x.saved_kwh,
+            x.share_of_energy_pct,
+            x.saved_kg,
+            x.share_of_carbon_pct,
+            if x.like_work { "yes" } else { "no" }
+        );
+    }
+    format!(
+        "<h2>Where the saving against dedicated machines comes from</h2><p>Each step is a run of its own with one \
+         more part on; steps sum to the whole saving ({:.1} kWh, {:.1} kg CO2).</p><table><tr><th>step</th><th>kWh \
+         saved</th><th>of energy saved</th><th>kg CO2 saved</th><th>of carbon saved</th><th>like work</th></tr>{rows}\
+         </table>",
+        a.total_saved_kwh, a.total_saved_kg
+    )
+}
+
 fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> String {
     let color = |p: Policy| {
         COLORS[match p {
@@ -477,7 +509,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
 <p>{nodes} nodes, {jobs} batch jobs, {days:.1} days from {start} at {step} s steps; online forecast: {forecast}.</p>
 <p style="font-size:1.2em">{headline}</p>
 <table><tr><th>policy</th><th>energy MWh</th><th>carbon t</th><th>node-hours</th><th>CPU util. of powered nodes while jobs arrive (with the drain)</th><th>jobs done</th><th>late</th><th>unfinished</th><th>online overload node-steps</th><th>node-steps the guard throttled batch (core-hours taken)</th><th>batch core-hours</th><th>suspends / wakes</th></tr>{rows}</table>
-{cb}{eb}{pn}{pw}{ut}{bt}{ci}
+{at}{cb}{eb}{pn}{pw}{ut}{bt}{ci}
 <p style="color:#666">Energy = Σ power × step (PUE included); carbon = Σ energy × intensity. Plans use forecasts; accounting uses the actual traces. Each co-located node runs the agent's guard: for asap and greenfill (by default) batch runs at the kernel's idle priority and gets the CPU online leaves (cores − online); coloc caps it at its threshold × cores − online; throttled jobs finish later. An overload is a node-step whose online plus batch CPU use still exceeded its cores.</p>
 </body></html>
 "#,
@@ -488,6 +520,7 @@ fn html(s: &Summary, inputs: &Inputs, results: &[(Policy, PolicyResult)]) -> Str
         start = s.start,
         step = s.step_s,
         forecast = s.forecast,
+        at = s.attribution.as_ref().map_or_else(String::new, attribution_html),
         cb = bar_chart("Carbon", "t CO2", &carbon_bars),
         eb = bar_chart("Energy", "MWh", &energy_bars),
         pn = line_chart(&powered_title, "nodes", axis, &powered),
@@ -527,6 +560,7 @@ mod tests {
         assert_eq!(x(19.8, 0.052, 0.0), "saves 19.8 kWh (2.8 %) and 0.1 kg CO2 (0.04 %)");
         assert_eq!(x(15_000.0, 1300.0, 9.0), "saves 15.00 MWh (2142.9 %) and 1.300 t CO2 (1000.0 %)");
         assert!(x(-1.0, -1.0, 0.0).starts_with("uses 1.0 kWh"));
+        assert_eq!(x(-0.01, 0.8, 0.0), "saves 0.8 kg CO2 (0.6 %) with the same energy");
         assert!(x(1.0, -1.0, 0.0).contains("emits 1.0 kg CO2"));
     }
 

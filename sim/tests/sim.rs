@@ -490,3 +490,39 @@ fn on_the_double_11_shape_greenfill_emits_no_more_than_first_fit() {
     let words = &s.saved.vs_asap.as_ref().expect("like work").in_words;
     assert!(words.starts_with("saves "), "{words}");
 }
+
+#[test]
+fn the_attribution_steps_sum_to_the_saving_and_each_is_a_run_on_like_work() {
+    // Issue 27: what each part of greenfill buys, against dedicated machines.
+    let r = Scenario::parse("t.toml", &scenario(""), repo()).unwrap();
+    let inputs = load(&r).unwrap();
+    let results = run(&r, &inputs, |_, _| {}).unwrap();
+    let a = greenfill_sim::attribute(&r, &inputs, &results, |_, _| {}).unwrap().expect("dedicated and greenfill ran");
+    let s = summarize(&r, &inputs, &results);
+    let (d, g) = (&s.policies["dedicated"], &s.policies["greenfill"]);
+    assert!((a.total_saved_kg - (d.carbon_kg - g.carbon_kg)).abs() < 1e-9);
+    let names: Vec<&str> = a.steps.iter().map(|x| x.step).collect();
+    assert_eq!(
+        names,
+        ["power-down of idle batch machines", "+ co-location, first fit", "+ forecast placement", "+ carbon timing"],
+        "no pool has a zone, so zone placement is no step"
+    );
+    let kg: f64 = a.steps.iter().map(|x| x.saved_kg).sum();
+    let kwh: f64 = a.steps.iter().map(|x| x.saved_kwh).sum();
+    assert!((kg - a.total_saved_kg).abs() <= 0.001 * a.total_saved_kg.abs(), "{kg} vs {}", a.total_saved_kg);
+    assert!((kwh - a.total_saved_kwh).abs() <= 0.001 * a.total_saved_kwh.abs(), "{kwh} vs {}", a.total_saved_kwh);
+    let pct: f64 = a.steps.iter().map(|x| x.share_of_carbon_pct).sum();
+    assert!((pct - 100.0).abs() < 0.1, "{pct}");
+    // Each step ran: its own figures, and the steps that share a run with the
+    // scenario's policies are those runs.
+    assert!(a.steps.iter().all(|x| x.like_work), "{a:#?}");
+    assert!((a.steps[1].carbon_kg - s.policies["asap"].carbon_kg).abs() < 1e-9, "co-location is asap's run");
+    assert!((a.steps[3].carbon_kg - g.carbon_kg).abs() < 1e-9, "the last step is greenfill's run");
+    assert!(a.steps[0].carbon_kg < d.carbon_kg, "batch machines that sleep when idle save something");
+    assert_ne!(a.steps[2].carbon_kg, a.steps[3].carbon_kg, "without the carbon signal the plan differs");
+    // Without dedicated it says why, and runs nothing.
+    let only: Vec<_> = results.into_iter().filter(|(p, _)| p.name() != "dedicated").collect();
+    let why = greenfill_sim::why_no_attribution(&only).unwrap();
+    assert!(why.contains("must include dedicated and greenfill"), "{why}");
+    assert!(greenfill_sim::attribute(&r, &inputs, &only, |_, _| {}).unwrap().is_none());
+}
