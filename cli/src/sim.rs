@@ -53,6 +53,18 @@ pub(crate) struct RunArgs {
     /// scenario's policies; three or four more runs.
     #[arg(long)]
     attribution: bool,
+    /// Also say how far greenfill and asap are from the best possible: a lower
+    /// bound on the carbon of any schedule of the jobs each finished, with
+    /// perfect foresight (the actual online use and carbon), from an LP over
+    /// hour slots. Its relaxations, each of which only lowers it: jobs run in
+    /// fractions, pause and split across a pool's machines; CPU is the only
+    /// capacity (no memory, margin or guard); a job's window runs from its
+    /// arrival to the later of its deadline and when it finished; batch power at
+    /// the least watts per core of the pool's curve and the hour's cleanest
+    /// intensity; sleeping machines powered in fractions with no wake energy,
+    /// latency, idle wait or minimum off time.
+    #[arg(long)]
+    gap: bool,
 }
 
 pub(crate) fn run(cmd: SimCommand) -> Result<()> {
@@ -172,6 +184,13 @@ fn run_one(a: &RunArgs) -> Result<()> {
         })?;
     }
     bar.finish_and_clear();
+    if a.gap {
+        for (p, res) in results.iter().filter(|(p, _)| matches!(p.name(), "asap" | "greenfill")) {
+            let b =
+                greenfill_sim::lower_bound(&inputs, res).map_err(|e| anyhow::anyhow!("--gap, {}: {e}", p.name()))?;
+            summary.gap.insert(p.name().to_owned(), b);
+        }
+    }
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("out")
             .join(a.scenario.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned()))
@@ -236,6 +255,13 @@ fn print_table(s: &Summary) {
     }
     if let Some(a) = &s.attribution {
         print_attribution(a);
+    }
+    for (policy, b) in s.gap.iter().rev() {
+        println!(
+            "  {policy} is within {:.1} % of the best possible ({:.1} kg CO2, a lower bound with perfect foresight; \
+             its batch's own carbon is {:.2}x the bound's)",
+            b.gap_pct, b.carbon_kg, b.batch_ratio
+        );
     }
 }
 

@@ -153,6 +153,10 @@ pub struct PolicyResult {
     pub run_ms: f64,
     #[serde(skip)]
     pub steps: Vec<StepRow>,
+    /// Per job: the step it finished at, if it did (the optimality bound's
+    /// jobs and windows).
+    #[serde(skip)]
+    pub finished_at: Vec<Option<usize>>,
 }
 
 struct State {
@@ -285,6 +289,7 @@ pub(crate) fn run(
         resumes: 0,
         run_ms: 0.0,
         steps: Vec::with_capacity(inp.steps),
+        finished_at: vec![None; inp.jobs.len()],
     };
     let (mut used_sum, mut cap_sum) = (0.0, 0.0);
     let (mut used_arrivals, mut cap_arrivals) = (0.0, 0.0);
@@ -300,6 +305,7 @@ pub(crate) fn run(
             }
             st.running -= 1;
             res.jobs_completed += 1;
+            res.finished_at[job] = Some(t);
             #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
             let hours = j.duration as f64 * sh;
             res.batch_core_hours += j.cores * hours;

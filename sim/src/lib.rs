@@ -9,6 +9,7 @@
 //! (`scripts/check-deps.sh`).
 
 mod attribution;
+mod bound;
 mod engine;
 mod guard;
 mod inputs;
@@ -18,6 +19,7 @@ mod scenario;
 mod sweep;
 
 pub use attribution::{Attribution, Step as AttributionStep, attribute, why_no_attribution};
+pub use bound::{Bound, lower_bound};
 pub use engine::{Parts, Policy, PolicyResult, StepRow};
 pub use guard::{GuardModel, TICK_S};
 pub use inputs::{Inputs, SimJob, load};

@@ -76,6 +76,9 @@ pub struct Summary {
     /// Where the saving against dedicated comes from (`sim run --attribution`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attribution: Option<crate::Attribution>,
+    /// Policy → the lower bound on its run's carbon (`sim run --gap`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub gap: BTreeMap<String, crate::Bound>,
 }
 
 fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
@@ -186,6 +189,7 @@ pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult
         policies: results.iter().map(|(p, x)| (p.name().to_owned(), x.clone())).collect(),
         saved,
         attribution: None,
+        gap: BTreeMap::new(),
     }
 }
 

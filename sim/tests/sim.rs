@@ -526,3 +526,29 @@ fn the_attribution_steps_sum_to_the_saving_and_each_is_a_run_on_like_work() {
     assert!(why.contains("must include dedicated and greenfill"), "{why}");
     assert!(greenfill_sim::attribute(&r, &inputs, &only, |_, _| {}).unwrap().is_none());
 }
+
+#[test]
+fn the_best_possible_lies_between_a_closed_form_floor_and_every_run() {
+    // Issue 27: the optimality gap's bound is a lower bound on every policy's
+    // carbon (none of these runs overloads a machine), and at least the always-on
+    // machines' own draw plus every finished job's core-hours at the least any
+    // core-hour can cost (the cheapest pool's least watts per core, the
+    // cleanest hour of the run).
+    let r = Scenario::parse("t.toml", &scenario(""), repo()).unwrap();
+    let inputs = load(&r).unwrap();
+    let results = run(&r, &inputs, |_, _| {}).unwrap();
+    let cleanest = inputs.carbon.iter().copied().fold(f64::INFINITY, f64::min);
+    // Pools: online linear 170–440 W, batch table (least step 20 W per 10 %), 48 cores, PUE 1.3.
+    let least_w_per_core = (200.0 - 170.0) * 10.0 / 48.0_f64;
+    let least_w_per_core = least_w_per_core.min((440.0 - 170.0) / 48.0);
+    for (p, res) in &results {
+        assert_eq!(res.online_overload_steps, 0, "{}", p.name());
+        let b = greenfill_sim::lower_bound(&inputs, res).unwrap();
+        assert_eq!(b.status, "optimal");
+        assert_eq!(b.jobs, res.jobs_completed, "{}", p.name());
+        let floor = b.baseline_kg + res.batch_core_hours * least_w_per_core * 1.3 / 1000.0 * cleanest / 1000.0;
+        assert!(b.carbon_kg >= floor - 1e-9, "{}: bound {} below the floor {floor}", p.name(), b.carbon_kg);
+        assert!(b.carbon_kg <= res.carbon_kg, "{}: bound {} above the run's {}", p.name(), b.carbon_kg, res.carbon_kg);
+        assert!(b.gap_pct >= 0.0 && b.batch_ratio >= 1.0, "{}: {b:?}", p.name());
+    }
+}
