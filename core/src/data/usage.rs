@@ -19,6 +19,11 @@ pub enum UsageFormat {
     /// `timestamp_s`) or none (row i is at i × step), and a value column chosen by
     /// metric (Google 2019, Azure v2, Alibaba grouped, Bitbrains derived, hourly loads).
     Aggregate,
+    /// Long format, one sample per row: a time column, a series column
+    /// (`series`, `instance`, `node`, `machine`, `pod`, `id`) and a value
+    /// column, rows of several series interleaved (what `greenfill data import
+    /// prometheus` writes, and most exports of a time-series database).
+    Long,
 }
 
 /// Which quantity to read.
@@ -86,6 +91,7 @@ fn read_usage_named(
     match format {
         UsageFormat::Alibaba2018Machines => alibaba_machines(path, &bytes, opts),
         UsageFormat::BitbrainsVm => bitbrains_vm(path, file_name, &bytes, opts),
+        UsageFormat::Long => long(path, &bytes, opts),
         UsageFormat::Aggregate | UsageFormat::Auto => aggregate(path, file_name, &bytes, opts),
     }
 }
@@ -97,7 +103,9 @@ fn detect(bytes: &[u8]) -> UsageFormat {
     } else if first.contains("CPU usage [%]") {
         UsageFormat::BitbrainsVm
     } else {
-        UsageFormat::Aggregate
+        let cells: Vec<String> = first.split([',', ';', '\t']).map(|c| c.trim().to_ascii_lowercase()).collect();
+        let has = |names: &[&str]| cells.iter().any(|c| names.contains(&c.as_str()));
+        if has(TIME_NAMES) && has(SERIES_NAMES) { UsageFormat::Long } else { UsageFormat::Aggregate }
     }
 }
 
@@ -198,6 +206,71 @@ fn bitbrains_vm(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) 
 const TIME_NAMES: &[&str] = &["timestamp", "timestamp_s", "time", "time_stamp"];
 const CPU_NAMES: &[&str] = &["cpu_usage_frac", "avg_cpu", "cpu_util_percent", "cpu_load", "cpu_usage", "cpu"];
 const MEM_NAMES: &[&str] = &["avg_mem", "mem_util_percent", "assigned_mem", "mem"];
+const SERIES_NAMES: &[&str] = &["series", "instance", "node", "machine", "machine_id", "pod", "id"];
+
+/// The unit a value column's name gives: `percent`, `fraction`, or the name.
+fn unit_of(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    if n.contains("percent") {
+        "percent".to_owned()
+    } else if n.contains("frac") || n.contains("share") || n.starts_with("avg_") || n == "cpu_load" {
+        "fraction".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+fn long(path: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let table = Table::read(path, bytes, true)?;
+    let tcol = table.find(TIME_NAMES).ok_or_else(|| DataError::MissingColumn {
+        path: path.to_owned(),
+        column: TIME_NAMES.join(" | "),
+        found: table.header.join(", "),
+    })?;
+    let scol = table.find(SERIES_NAMES).ok_or_else(|| DataError::MissingColumn {
+        path: path.to_owned(),
+        column: SERIES_NAMES.join(" | "),
+        found: table.header.join(", "),
+    })?;
+    let vcol = match &opts.value_column {
+        Some(c) => table.require(c)?,
+        // The one column that is neither time nor series.
+        None => match (0..table.header.len()).filter(|&c| c != tcol && c != scol).collect::<Vec<_>>()[..] {
+            [c] => c,
+            _ => {
+                return Err(DataError::File {
+                    path: path.to_owned(),
+                    problem: format!(
+                        "long format: more than one value column in `{}`; name one with --value-column",
+                        table.header.join(", ")
+                    ),
+                });
+            }
+        },
+    };
+    let mut per_id: BTreeMap<String, Vec<(u64, i64, f64)>> = BTreeMap::new();
+    for (line, rec) in &table.rows {
+        let id = Table::cell(rec, scol);
+        if id.is_empty() {
+            return Err(table.field_error(*line, scol, "empty series name"));
+        }
+        let t = table.timestamp(*line, rec, tcol)?;
+        let v = table.number(*line, rec, vcol)?.unwrap_or(f64::NAN);
+        per_id.entry(id.to_owned()).or_default().push((*line, t, v));
+    }
+    let mut out = BTreeMap::new();
+    let mut all_times = Vec::new();
+    for (id, rows) in per_id {
+        let times: Vec<(u64, i64)> = rows.iter().map(|(l, t, _)| (*l, *t)).collect();
+        table.check_increasing(&times, tcol)?;
+        all_times.extend(times.iter().map(|(_, t)| *t));
+        out.insert(id, rows.into_iter().map(|(_, t, v)| (t, v)).collect());
+    }
+    all_times.sort_unstable();
+    let step = opts.step.or_else(|| infer_step(&all_times)).unwrap_or(300);
+    let unit = unit_of(&table.column_name(vcol));
+    finish(opts.keep_gaps, path, UsageFormat::Long, table.rows.len(), unit, out, step)
+}
 
 fn step_from_name(file_name: &str) -> Option<i64> {
     if file_name.contains("Hourly") || file_name.contains("hourly") {
@@ -247,13 +320,7 @@ fn aggregate(path: &str, file_name: &str, bytes: &[u8], opts: &UsageOptions) -> 
         step
     };
     let name = table.column_name(vcol);
-    let unit = if name.contains("percent") {
-        "percent".to_owned()
-    } else if name.contains("frac") || name.starts_with("avg_") || name == "cpu_load" {
-        "fraction".to_owned()
-    } else {
-        name.clone()
-    };
+    let unit = unit_of(&name);
     let per_id = BTreeMap::from([(format!("{}:{name}", stem(file_name)), samples)]);
     finish(opts.keep_gaps, path, UsageFormat::Aggregate, table.rows.len(), unit, per_id, step)
 }
@@ -290,6 +357,36 @@ mod tests {
         assert_eq!(t.unit, "percent");
         let e = read("x.csv", "avg_cpu\n1\n").unwrap_err().to_string();
         assert!(e.contains("give the step"), "{e}");
+    }
+
+    #[test]
+    fn a_long_table_gives_one_series_per_name_with_its_gaps() {
+        // Issue 28: rows of two series interleaved, as a time-series database
+        // exports them; b misses 600 (filled, counted), a's 900 is empty.
+        let csv = "time,instance,cpu_fraction\n\
+                   0,a,0.1\n0,b,0.5\n300,a,0.2\n300,b,0.6\n600,a,0.3\n900,a,\n900,b,0.8\n1200,a,0.5\n1200,b,0.9\n";
+        let t = read("prom.csv", csv).unwrap();
+        assert_eq!(t.format, UsageFormat::Long);
+        assert_eq!(t.unit, "fraction");
+        assert_eq!(t.rows, 9);
+        let ids: Vec<&str> = t.series.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!((t.series[0].start, t.series[0].step), (0, 300));
+        assert_eq!(t.series[0].values, vec![0.1, 0.2, 0.3, 0.4, 0.5]);
+        assert_eq!(t.series[0].filled, 1);
+        assert_eq!(t.series[1].values, vec![0.5, 0.6, 0.7, 0.8, 0.9]);
+        assert_eq!(t.series[1].filled, 1);
+        // Kept as gaps when asked.
+        let kept = read_usage("prom.csv", csv.as_bytes(), &UsageOptions { keep_gaps: true, ..UsageOptions::default() })
+            .unwrap();
+        assert!(kept.series[1].values[2].is_nan());
+        // Out of order within one series names the line; other series may interleave.
+        let e = read("p.csv", "time,series,value_percent\n0,a,1\n300,b,1\n0,a,2\n").unwrap_err().to_string();
+        assert!(e.contains("p.csv:4: column `time`") && e.contains("increasing time order"), "{e}");
+        let e = read("p.csv", "time,series,x,y\n0,a,1,2\n").unwrap_err().to_string();
+        assert!(e.contains("more than one value column in `time, series, x, y`"), "{e}");
+        let e = read("p.csv", "time,series,v\n0,,1\n").unwrap_err().to_string();
+        assert!(e.contains("p.csv:2: column `series`: empty series name"), "{e}");
     }
 
     #[test]
