@@ -389,13 +389,14 @@ impl Containerd {
         }
     }
 
-    /// A lease that keeps a pull's content from the garbage collector until the
-    /// image record holds it (an hour at most, if the agent dies mid-pull).
-    pub(crate) async fn lease(&self) -> Result<String, ImageError> {
+    /// A lease that keeps what a pull or a start makes (content, snapshots) from
+    /// the garbage collector until a record holds it — the image, the container
+    /// (an hour at most, if the agent dies meanwhile).
+    pub(crate) async fn lease(&self, what: &str) -> Result<String, ImageError> {
         let mut leases = api::leases_client::LeasesClient::new(self.channel.clone());
         let expire = chrono::Utc::now() + chrono::Duration::hours(1);
         let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), expire.to_rfc3339())]);
-        let id = format!("greenfill-pull-{:x}", rand::random::<u64>());
+        let id = format!("greenfill-{what}-{:x}", rand::random::<u64>());
         leases
             .create(self.req(api::CreateRequest { id: id.clone(), labels }, None))
             .await
@@ -435,36 +436,20 @@ impl Containerd {
         let spec = crate::oci::runtime_spec(job, &config);
         let image_err = |message: String| ImageError::Image { image: job.image.reference.clone(), message };
         self.remove(&job.id).await;
-        let prepare = snap::PrepareSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: job.id.clone(),
-            parent: config.chain_id.clone(),
-            ..Default::default()
+        // The rootfs snapshot belongs to no record until its container exists:
+        // without a lease, a collection between the two (another job's container
+        // removed, a pull's lease ended) took it, and the task failed to mount
+        // it ("no such file or directory"; CI, twice, under load).
+        let lease = self.lease("start").await?;
+        let created = self.create_container(job, &config, spec, &lease).await;
+        self.end_lease(&lease).await;
+        let rootfs = match created {
+            Ok(rootfs) => rootfs,
+            Err(e) => {
+                self.remove(&job.id).await;
+                return Err(e);
+            }
         };
-        let rootfs: Vec<Mount> =
-            self.snapshots().prepare(self.req(prepare, None)).await.map_err(|s| self.down(&s))?.into_inner().mounts;
-        let container = api::Container {
-            id: job.id.to_owned(),
-            labels: HashMap::from([
-                (LABEL_ATTEMPT.to_owned(), job.id.to_owned()),
-                (LABEL_ROOT.to_owned(), self.batch_root.clone()),
-            ]),
-            image: job.image.reference.clone(),
-            runtime: Some(api::container::Runtime { name: RUNTIME.into(), options: None }),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: serde_json::to_vec(&spec).map_err(|e| image_err(e.to_string()))?,
-            }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: job.id.clone(),
-            ..Default::default()
-        };
-        let created =
-            self.containers().create(self.req(api::CreateContainerRequest { container: Some(container) }, None)).await;
-        if let Err(s) = created {
-            self.remove(&job.id).await;
-            return Err(self.down(&s));
-        }
         let logger = format!(
             "binary://{}?greenfill-log={}",
             self.logger.display(),
@@ -492,6 +477,51 @@ impl Containerd {
                 Err(image_err(format!("the container did not start: {}", status_msg(&s))))
             }
         }
+    }
+
+    /// The job's rootfs snapshot and its container, under `lease`; the mounts.
+    async fn create_container(
+        &self,
+        job: &Launch,
+        config: &ImageConfig,
+        spec: serde_json::Value,
+        lease: &str,
+    ) -> Result<Vec<Mount>, ImageError> {
+        let image_err = |message: String| ImageError::Image { image: job.image.reference.clone(), message };
+        let prepare = snap::PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: job.id.clone(),
+            parent: config.chain_id.clone(),
+            ..Default::default()
+        };
+        let rootfs: Vec<Mount> = self
+            .snapshots()
+            .prepare(self.req(prepare, Some(lease)))
+            .await
+            .map_err(|s| self.down(&s))?
+            .into_inner()
+            .mounts;
+        let container = api::Container {
+            id: job.id.to_owned(),
+            labels: HashMap::from([
+                (LABEL_ATTEMPT.to_owned(), job.id.to_owned()),
+                (LABEL_ROOT.to_owned(), self.batch_root.clone()),
+            ]),
+            image: job.image.reference.clone(),
+            runtime: Some(api::container::Runtime { name: RUNTIME.into(), options: None }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: serde_json::to_vec(&spec).map_err(|e| image_err(e.to_string()))?,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: job.id.clone(),
+            ..Default::default()
+        };
+        self.containers()
+            .create(self.req(api::CreateContainerRequest { container: Some(container) }, Some(lease)))
+            .await
+            .map_err(|s| self.down(&s))?;
+        Ok(rootfs)
     }
 
     /// Wait for the task to end: its exit status (containerd's: 128 + n for signal n).

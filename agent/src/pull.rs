@@ -147,7 +147,7 @@ pub(crate) async fn pull(ctd: &Containerd, image: &ImageRef) -> Result<ImageConf
     });
     let (body, digest) = manifest(&client, &reference, &auth, &image.reference, &err).await?;
     let m: OciImageManifest = serde_json::from_slice(&body).map_err(|e| err(format!("manifest: {e}")))?;
-    let lease = ctd.lease().await?;
+    let lease = ctd.lease("pull").await?;
     // The registry's token (or basic credential) is kept by the client for the blobs.
     let result = fetch_and_unpack(ctd, &client, &reference, (&body, &digest), &m, &lease).await;
     ctd.end_lease(&lease).await;
