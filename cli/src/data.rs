@@ -17,6 +17,20 @@ pub(crate) enum DataCommand {
     /// The kind is guessed from the header when not given. Statistics are over the
     /// observed (non-empty) rows; gaps are filled by linear interpolation and counted.
     Inspect(InspectArgs),
+    /// Fetch usage from somewhere else into a file greenfill reads.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImportCommand {
+    /// A Prometheus range query (`/api/v1/query_range`) into a long CSV (time,
+    /// series, value): one series per value of `--label`, gaps kept as gaps,
+    /// long ranges in chunks under the server's 11,000-point limit, retries on
+    /// connection errors, 429 and 5xx. Use `--preset node-cpu` for
+    /// node_exporter's busy CPU per instance, or any `--query`. Errors exit 2
+    /// and write nothing.
+    Prometheus(crate::prometheus::ImportArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,6 +80,7 @@ fn step_arg(s: &str) -> Result<i64, String> {
 pub(crate) fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Inspect(args) => inspect(&args),
+        DataCommand::Import(ImportCommand::Prometheus(args)) => crate::prometheus::import(&args),
     }
 }
 

@@ -9,6 +9,7 @@ mod client;
 mod data;
 mod forecast;
 mod plan;
+mod prometheus;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -105,7 +106,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", report(&e));
-            ExitCode::FAILURE
+            // Bad input to an import: as clap's usage errors.
+            if e.downcast_ref::<prometheus::ImportError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
