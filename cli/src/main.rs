@@ -11,6 +11,7 @@ mod forecast;
 mod plan;
 mod prometheus;
 mod sim;
+mod sim_init;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -15,6 +15,10 @@ pub(crate) enum SimCommand {
     /// What-if grid: run the scenario at every combination of --set values, in
     /// parallel; one summary row per point (sweep.csv and sweep.json in --out).
     Sweep(SweepArgs),
+    /// Write a scenario for your own fleet: online machines from a usage file
+    /// (one per series, e.g. from `data import prometheus`), batch machines
+    /// sized to a job trace, a grid zone's carbon; every key commented.
+    Init(crate::sim_init::InitArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +75,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Run(a) => run_one(&a),
         SimCommand::Sweep(a) => run_sweep(&a),
+        SimCommand::Init(a) => crate::sim_init::init(&a),
     }
 }
 

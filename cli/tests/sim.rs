@@ -147,3 +147,78 @@ fn greenfill_like_sig(v: f64) -> String {
     let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 6);
     format!("{v:.*}", usize::try_from(digits).unwrap())
 }
+
+#[test]
+fn sim_init_writes_a_scenario_for_a_long_usage_file_that_sim_run_runs_at_once() {
+    // Issue 28: from "my cluster" (here three machines in long format, made from
+    // the bundled Bitbrains trace, timed in 2026) to "my scenario" with no
+    // converter. The scenario's times move to the carbon file's year.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let trace = std::fs::read_to_string(repo.join("data/usage/derived_rnd_2013-7_500vm_sum_5min.csv")).unwrap();
+    let mut long = String::from("time,instance,cpu_fraction\n");
+    let start = 1_780_272_000; // 2026-06-01
+    for (k, line) in trace.lines().skip(1).take(2 * 288).enumerate() {
+        let share: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        for (node, factor) in [("web-1", 1.0), ("web-2", 1.5), ("db-1", 2.0)] {
+            long.push_str(&format!("{},{node},{:.5}\n", start + 300 * k as i64, share * factor));
+        }
+    }
+    let usage = dir.path().join("fleet.csv");
+    std::fs::write(&usage, long).unwrap();
+    let scenario = dir.path().join("mine.toml");
+    let init = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args(["sim", "init", "--usage"])
+        .arg(&usage)
+        .arg("--jobs")
+        .arg(repo.join("data/jobs/azure-100k.csv"))
+        .args(["--zone", "ciso", "--out"])
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    assert!(text.contains("start = \"2022-06-01T00:00:00Z\""), "{text}");
+    assert!(text.contains("length = \"48h\"") && text.contains("nodes = 3"), "{text}");
+    let run = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args(["sim", "run", "--json", "--scenario"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["nodes"], 3 + text.split("nodes = ").nth(2).unwrap().lines().next().unwrap().parse::<u64>().unwrap());
+    for p in ["dedicated", "asap", "coloc", "greenfill"] {
+        assert!(v["policies"][p]["jobs_completed"].as_u64().unwrap() > 100, "{p}: {}", v["policies"][p]);
+    }
+    // Machines too small for the largest job, and a zone with no bundled
+    // carbon: refused, naming the flag, the value and what would do.
+    let small = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args(["sim", "init", "--usage"])
+        .arg(&usage)
+        .arg("--jobs")
+        .arg(repo.join("data/jobs/azure-100k.csv"))
+        .args(["--zone", "CISO", "--cores", "16", "--out"])
+        .arg(dir.path().join("no.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&small.stderr);
+    assert!(!small.status.success() && err.contains("--cores 16: job `gaia-99981` needs 30 cores"), "{err}");
+    let bad = Command::cargo_bin("greenfill")
+        .unwrap()
+        .args(["sim", "init", "--usage"])
+        .arg(&usage)
+        .arg("--jobs")
+        .arg(repo.join("data/jobs/azure-100k.csv"))
+        .args(["--zone", "XX", "--out"])
+        .arg(dir.path().join("no.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--zone XX") && err.contains("CISO"), "{err}");
+}
