@@ -6,6 +6,6 @@
 # writes out/underused-fleet/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh demo
 cargo build --release -q -p greenfill
 exec target/release/greenfill sim run --scenario examples/underused-fleet.toml --attribution --gap "$@"

@@ -2,7 +2,16 @@
 # Installs what the build needs from the system, once: cmake, a C++ compiler and
 # libclang (HiGHS is built from source by good_lp's `highs` feature and bound with
 # bindgen). Idempotent and quiet when everything is there already.
+#
+# `scripts/setup.sh demo`: only what building `greenfill` needs (the demo);
+# `scripts/setup.sh` (or `all`): also what the tests need — memcached,
+# containerd and a registry, PostgreSQL, Prometheus, Chromium, the emulators.
 set -euo pipefail
+scope=${1:-all}
+case "$scope" in
+  demo | all) ;;
+  *) echo "setup: unknown scope '$scope' (demo or all)" >&2; exit 2 ;;
+esac
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -11,6 +20,8 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 # protoc: the containerd-client crate generates containerd's API from its .proto files.
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+
+if [ "$scope" = all ]; then
 # The qos benchmark's latency-critical service (and its CI smoke run).
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
 # A Python venv for the Redfish emulator (below).
@@ -33,6 +44,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 # Headless Chromium: CI renders the simulator's report in a browser (issue 16).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (HiGHS is built from source; memcached is the qos benchmark's service)" >&2
@@ -43,6 +55,7 @@ if ((${#need[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+if [ "$scope" = all ]; then
 # The Redfish emulator (sushy-tools, OpenStack's) the power driver's tests talk to.
 tools="${GREENFILL_TOOLS:-$HOME/.cache/greenfill/tools}"
 if [ ! -x "$tools/sushy/bin/sushy-emulator" ]; then
@@ -58,6 +71,7 @@ if [ ! -x "$tools/grpc/bin/python" ] || ! "$tools/grpc/bin/python" -c 'import gr
   echo "setup: installing grpcio-reflection (a v1alpha reflection client) in $tools/grpc" >&2
   python3 -m venv "$tools/grpc"
   "$tools/grpc/bin/pip" install -q --disable-pip-version-check "grpcio==1.68.1" "grpcio-reflection==1.68.1"
+fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
