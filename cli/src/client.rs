@@ -456,6 +456,106 @@ pub(crate) struct JobsArgs {
     limit: usize,
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Option<JobsCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum JobsCommand {
+    /// The jobs that succeeded, as a trace `sim run` replays (greenfill job CSV:
+    /// arrival = submission, duration = the run's own, cpus, memory, deadline,
+    /// id, owner), so a team can replay last month through other settings.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// Only jobs submitted at or after this time (RFC 3339 or unix seconds).
+    #[arg(long)]
+    since: Option<String>,
+    /// `trace`: the simulator's job CSV (the only format yet).
+    #[arg(long, default_value = "trace", value_parser = ["trace"])]
+    format: String,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Every page of jobs in `states` with `labels`, up to `limit`.
+async fn list(
+    c: &mut Client,
+    states: &[i32],
+    labels: &std::collections::HashMap<String, String>,
+    limit: usize,
+) -> Result<Vec<pb::Job>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = u32::try_from((limit - out.len()).min(1000)).unwrap_or(1000);
+        let r = c
+            .jobs
+            .list_jobs(pb::ListJobsRequest {
+                states: states.to_vec(),
+                labels: labels.clone(),
+                page_size: page,
+                page_token: token,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        out.extend(r.jobs);
+        token = r.next_page_token;
+        if token.is_empty() || out.len() >= limit {
+            return Ok(out);
+        }
+    }
+}
+
+pub(crate) fn export(conn: &Conn, args: &ExportArgs) -> Result<()> {
+    let since = match &args.since {
+        Some(s) => {
+            Some(parse_timestamp(s).ok_or_else(|| anyhow!("--since {s:?}: not a time (RFC 3339 or unix seconds)"))?)
+        }
+        None => None,
+    };
+    let jobs = rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        list(&mut c, &[pb::JobState::Succeeded as i32], &std::collections::HashMap::new(), usize::MAX).await
+    })?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["arrival", "duration", "cpus", "memory", "deadline", "id", "owner"])?;
+    let mut rows = 0;
+    for j in &jobs {
+        let (Some(sub), Some(start), Some(end)) = (&j.submitted_at, &j.started_at, &j.finished_at) else { continue };
+        if since.is_some_and(|s| sub.seconds < s) {
+            continue;
+        }
+        let spec = j.spec.clone().unwrap_or_default();
+        let duration = (end.seconds - start.seconds).max(1);
+        // A deadline the run met by waiting less than its length is kept at
+        // least arrival + duration, which the trace reader requires.
+        let deadline =
+            spec.deadline.map(|d| format_timestamp(d.seconds.max(sub.seconds + duration))).unwrap_or_default();
+        w.write_record([
+            format_timestamp(sub.seconds),
+            duration.to_string(),
+            spec.cpu_cores.to_string(),
+            spec.memory_bytes.to_string(),
+            deadline,
+            j.id.clone(),
+            j.owner.clone(),
+        ])?;
+        rows += 1;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow!("{e}"))?;
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}: {rows} succeeded jobs", path.display());
+        }
+        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+    }
+    Ok(())
 }
 
 pub(crate) fn jobs(conn: &Conn, args: &JobsArgs) -> Result<()> {
@@ -479,27 +579,7 @@ pub(crate) fn jobs(conn: &Conn, args: &JobsArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     rt()?.block_on(async {
         let mut c = conn.connect().await?;
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = u32::try_from((args.limit - out.len()).min(1000)).unwrap_or(1000);
-            let r = c
-                .jobs
-                .list_jobs(pb::ListJobsRequest {
-                    states: states.clone(),
-                    labels: labels.clone(),
-                    page_size: page,
-                    page_token: token,
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            out.extend(r.jobs);
-            token = r.next_page_token;
-            if token.is_empty() || out.len() >= args.limit {
-                break;
-            }
-        }
+        let out = list(&mut c, &states, &labels, args.limit).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&out.iter().map(job_json).collect::<Vec<_>>())?);
         } else {

@@ -94,7 +94,10 @@ fn main() -> ExitCode {
             None => plan::run(&args),
         },
         Command::Submit(args) => client::submit(&cli.conn, &args),
-        Command::Jobs(args) => client::jobs(&cli.conn, &args),
+        Command::Jobs(args) => match &args.command {
+            Some(client::JobsCommand::Export(e)) => client::export(&cli.conn, e),
+            None => client::jobs(&cli.conn, &args),
+        },
         Command::Job { id, json } => client::job(&cli.conn, &id, json),
         Command::Cancel { id, reason } => client::cancel(&cli.conn, &id, &reason),
         Command::Watch { ids, since, json } => client::watch(&cli.conn, ids, since, json),

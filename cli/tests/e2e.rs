@@ -55,6 +55,61 @@ fn twenty_real_jobs_run_to_completion_with_their_exit_codes() {
     assert_eq!(table.lines().filter(|l| l.contains("succeeded")).count(), 16, "{table}");
     let nodes = c.greenfill(&["nodes", "--json"]).unwrap();
     assert!(nodes.contains("\"connected\": true"), "{nodes}");
+    exported_jobs_replay_with_the_same_count_and_core_hours(&c, &jobs);
+}
+
+/// Issue 28: the scheduler's history as a trace. The 16 that succeeded,
+/// exported, are what `sim run` replays: the same count and core-hours.
+fn exported_jobs_replay_with_the_same_count_and_core_hours(c: &Cluster, jobs: &[Value]) {
+    let dir = c.dir.path();
+    let trace = dir.join("history.csv");
+    c.greenfill(&["jobs", "export", "--format", "trace", "--out", trace.to_str().unwrap()]).unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 16, "{text}");
+    let mut core_s = 0.0;
+    for r in &rows {
+        let j = jobs.iter().find(|j| j["id"] == r[5]).unwrap_or_else(|| panic!("not a job: {r:?}"));
+        assert_eq!(state(j), "succeeded");
+        assert_eq!((r[2], r[3]), ("0.2", "67108864"), "{r:?}");
+        assert_eq!(r[0], j["submitted_at"].as_str().unwrap());
+        core_s += 0.2 * r[1].parse::<f64>().unwrap();
+    }
+    let later = c.greenfill(&["jobs", "export", "--since", "2100-01-01T00:00:00Z"]).unwrap();
+    assert_eq!(later.trim(), "arrival,duration,cpus,memory,deadline,id,owner", "--since filters");
+    // One-second steps, so durations replay whole.
+    std::fs::write(dir.join("online.csv"), "time,instance,cpu_fraction\n0,a,0.1\n1200,a,0.1\n").unwrap();
+    let pool = |name: &str, on: bool| {
+        format!(
+            "[[cluster.pools]]\nname = \"{name}\"\nnodes = 1\ncores = 4\nmemory_gib = 16\npue = 1.2\nalways_on = {on}\n\
+             power = {{ kind = \"linear\", idle_w = 50, max_w = 100 }}\n"
+        )
+    };
+    let scenario = format!(
+        "name = \"history\"\nstart = \"2022-06-01T00:00:00Z\"\nlength = \"10m\"\ndrain = \"10m\"\nstep = \"1s\"\n\
+         plan_every = \"1m\"\nhorizon = \"1h\"\nslot = \"1m\"\npolicies = [\"dedicated\", \"asap\"]\n{}{}\
+         [online]\nfile = \"online.csv\"\n[batch]\nfile = \"history.csv\"\n[carbon]\nconstant = 400\n",
+        pool("online", true),
+        pool("batch", false)
+    );
+    std::fs::write(dir.join("history.toml"), scenario).unwrap();
+    let run = c
+        .greenfill(&[
+            "sim",
+            "run",
+            "--json",
+            "--scenario",
+            dir.join("history.toml").to_str().unwrap(),
+            "--out",
+            dir.join("sim").to_str().unwrap(),
+        ])
+        .unwrap();
+    let v: Value = serde_json::from_str(&run).unwrap();
+    for p in ["dedicated", "asap"] {
+        assert_eq!(v["policies"][p]["jobs_completed"], 16, "{p}");
+        let h = v["policies"][p]["batch_core_hours"].as_f64().unwrap();
+        assert!((h - core_s / 3600.0).abs() < 1e-9, "{p}: {h} core-hours replayed, {} exported", core_s / 3600.0);
+    }
 }
 
 #[test]
