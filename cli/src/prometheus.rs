@@ -26,6 +26,24 @@ pub(crate) enum Preset {
     /// node_exporter: busy CPU share per instance,
     /// `1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[R]))`.
     NodeCpu,
+    /// cAdvisor: the CPU share of each machine that its online containers use
+    /// (those matching `--online-selector`; batch ones left out), from
+    /// `container_cpu_usage_seconds_total` over `machine_cpu_cores`, by instance.
+    ContainerCpu,
+}
+
+/// The query a preset stands for; `range` in seconds.
+fn preset_query(preset: Preset, range: i64, online: &str) -> String {
+    match preset {
+        Preset::NodeCpu => format!("1 - avg by (instance) (rate(node_cpu_seconds_total{{mode=\"idle\"}}[{range}s]))"),
+        Preset::ContainerCpu => {
+            let sel = if online.trim().is_empty() { String::new() } else { format!(",{online}") };
+            format!(
+                "sum by (instance) (rate(container_cpu_usage_seconds_total{{container!=\"\"{sel}}}[{range}s])) / on \
+                 (instance) max by (instance) (machine_cpu_cores)"
+            )
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +58,10 @@ pub(crate) struct ImportArgs {
     /// A ready query instead of `--query` (its value column is `cpu_fraction`).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
+    /// With `--preset container-cpu`: the label matchers of online containers,
+    /// e.g. `namespace!~"batch|ml"` (default: every container).
+    #[arg(long, default_value = "")]
+    online_selector: String,
     /// First time: RFC 3339, unix seconds, or `now-7d`. Moved back to the step
     /// grid (a multiple of `--step` since the epoch), so every point is on it.
     #[arg(long)]
@@ -127,10 +149,7 @@ pub(crate) fn import(a: &ImportArgs) -> Result<()> {
         return Err(ImportError(format!("--end {} is before --start {}", a.end, a.start)).into());
     }
     let query = match (a.preset, &a.query) {
-        (Some(Preset::NodeCpu), _) => {
-            let range = (2 * a.step).max(60);
-            format!("1 - avg by (instance) (rate(node_cpu_seconds_total{{mode=\"idle\"}}[{range}s]))")
-        }
+        (Some(p), _) => preset_query(p, (2 * a.step).max(60), &a.online_selector),
         (None, Some(q)) => q.clone(),
         (None, None) => unreachable!("clap requires --query or --preset"),
     };
@@ -342,6 +361,18 @@ mod tests {
         let points: i64 = c.iter().map(|(a, b)| (b - a) / 60 + 1).sum();
         assert_eq!(points, (86_400 * 40 - 60) / 60 + 1);
         assert!(c.windows(2).all(|w| w[1].0 == w[0].1 + 60));
+    }
+
+    #[test]
+    fn presets_are_the_queries_they_say() {
+        assert_eq!(
+            preset_query(Preset::NodeCpu, 600, ""),
+            r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[600s]))"#
+        );
+        assert_eq!(
+            preset_query(Preset::ContainerCpu, 60, r#"namespace!~"batch|ml""#),
+            r#"sum by (instance) (rate(container_cpu_usage_seconds_total{container!="",namespace!~"batch|ml"}[60s])) / on (instance) max by (instance) (machine_cpu_cores)"#
+        );
     }
 
     #[test]

@@ -169,4 +169,12 @@ fn a_prometheus_range_imports_every_point_once_in_chunks_and_bad_input_exits_2_w
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(!bad.exists() && !bad.with_extension("partial").exists(), "{args:?} wrote a file");
     }
+    // The presets are PromQL this Prometheus parses: with no node_exporter or
+    // cAdvisor behind it they match nothing, and say so (not `bad_data`).
+    for preset in ["node-cpu", "container-cpu"] {
+        let args = ["--preset", preset, "--online-selector", r#"namespace!~"batch""#, "--step", "1s"];
+        let o = import(&url, &bad, &[&args[..], &["--start", &start, "--end", &end]].concat(), true);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(2) && err.contains("matched no series"), "{preset}: {err}");
+    }
 }
