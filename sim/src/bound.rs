@@ -70,24 +70,7 @@ pub fn lower_bound(inp: &Inputs, run: &PolicyResult) -> Result<Bound, String> {
     let hours = Hours { count: inp.steps.div_ceil(hours.per).max(1), ..hours };
     let pools = inp.pools.len();
     let baseline_kg = baseline(inp, step_h);
-    // Per pool and hour: free core-hours, and the cleanest intensity (g/kWh).
-    let mut free = vec![0.0; pools * hours.count];
-    let mut cleanest = vec![f64::INFINITY; pools * hours.count];
-    for pool in 0..pools {
-        for h in 0..hours.count {
-            for t in hours.steps(h, inp.steps) {
-                cleanest[pool * hours.count + h] = cleanest[pool * hours.count + h].min(inp.carbon_at(pool, t));
-            }
-        }
-    }
-    for node in 0..inp.nodes() {
-        let pool = inp.node_pool[node];
-        let cores = inp.pools[pool].cores;
-        for h in 0..hours.count {
-            let core_h: f64 = hours.steps(h, inp.steps).map(|t| (cores - inp.online_cpu(node, t)).max(0.0)).sum();
-            free[pool * hours.count + h] += core_h * step_h;
-        }
-    }
+    let Hourly { free, cleanest } = hourly(inp, &hours, step_h);
     // kg per core-hour of batch and per powered node-hour of a sleeping pool.
     let kg = |pool: usize, h: usize, watts: f64| {
         watts * inp.pools[pool].pue / 1000.0 * cleanest[pool * hours.count + h] / 1000.0
@@ -164,6 +147,34 @@ pub fn lower_bound(inp: &Inputs, run: &PolicyResult) -> Result<Bound, String> {
         solve_ms: t0.elapsed().as_secs_f64() * 1000.0,
         status: status.to_owned(),
     })
+}
+
+/// Per pool and hour (index `pool × hours + h`): free core-hours, and the
+/// cleanest intensity (g/kWh).
+struct Hourly {
+    free: Vec<f64>,
+    cleanest: Vec<f64>,
+}
+
+fn hourly(inp: &Inputs, hours: &Hours, step_h: f64) -> Hourly {
+    let cells = inp.pools.len() * hours.count;
+    let (mut free, mut cleanest) = (vec![0.0; cells], vec![f64::INFINITY; cells]);
+    for pool in 0..inp.pools.len() {
+        for h in 0..hours.count {
+            for t in hours.steps(h, inp.steps) {
+                cleanest[pool * hours.count + h] = cleanest[pool * hours.count + h].min(inp.carbon_at(pool, t));
+            }
+        }
+    }
+    for node in 0..inp.nodes() {
+        let pool = inp.node_pool[node];
+        let cores = inp.pools[pool].cores;
+        for h in 0..hours.count {
+            let core_h: f64 = hours.steps(h, inp.steps).map(|t| (cores - inp.online_cpu(node, t)).max(0.0)).sum();
+            free[pool * hours.count + h] += core_h * step_h;
+        }
+    }
+    Hourly { free, cleanest }
 }
 
 /// The always-on machines at their actual online load, no batch, step by step
