@@ -64,8 +64,8 @@ proptest! {
     }
 
     #[test]
-    fn usage_reader_never_panics(bytes in file(), fmt in 0..5u8, name in prop_oneof![Just("x_300_seconds.csv"), Just("x.csv"), Just("Hourly.csv")]) {
-        let format = [UsageFormat::Auto, UsageFormat::Alibaba2018Machines, UsageFormat::BitbrainsVm, UsageFormat::Aggregate, UsageFormat::Long][usize::from(fmt)];
+    fn usage_reader_never_panics(bytes in file(), fmt in 0..6u8, name in prop_oneof![Just("x_300_seconds.csv"), Just("x.csv"), Just("Hourly.csv")]) {
+        let format = [UsageFormat::Auto, UsageFormat::Alibaba2018Machines, UsageFormat::BitbrainsVm, UsageFormat::Aggregate, UsageFormat::Long, UsageFormat::PrometheusJson][usize::from(fmt)];
         let _ = read_usage(name, bytes.as_slice(), &UsageOptions { format, ..UsageOptions::default() });
     }
 

@@ -24,6 +24,11 @@ pub enum UsageFormat {
     /// column, rows of several series interleaved (what `greenfill data import
     /// prometheus` writes, and most exports of a time-series database).
     Long,
+    /// Prometheus's own JSON answer to a range query (`/api/v1/query_range`,
+    /// saved as it came): one series per `instance` (else `node`, `pod`, or the
+    /// whole label set). Values are a share when all lie in 0–1, percent when all
+    /// lie in 0–100, else of unknown unit (the simulator then refuses them).
+    PrometheusJson,
 }
 
 /// Which quantity to read.
@@ -92,11 +97,15 @@ fn read_usage_named(
         UsageFormat::Alibaba2018Machines => alibaba_machines(path, &bytes, opts),
         UsageFormat::BitbrainsVm => bitbrains_vm(path, file_name, &bytes, opts),
         UsageFormat::Long => long(path, &bytes, opts),
+        UsageFormat::PrometheusJson => prometheus_json(path, &bytes, opts),
         UsageFormat::Aggregate | UsageFormat::Auto => aggregate(path, file_name, &bytes, opts),
     }
 }
 
 fn detect(bytes: &[u8]) -> UsageFormat {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return UsageFormat::PrometheusJson;
+    }
     let first = String::from_utf8_lossy(bytes.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
     if first.starts_with("m_") {
         UsageFormat::Alibaba2018Machines
@@ -218,6 +227,62 @@ fn unit_of(name: &str) -> String {
     } else {
         name.to_owned()
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PromAnswer {
+    data: PromData,
+}
+
+#[derive(serde::Deserialize)]
+struct PromData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<PromSeries>,
+}
+
+#[derive(serde::Deserialize)]
+struct PromSeries {
+    metric: BTreeMap<String, String>,
+    values: Vec<(f64, String)>,
+}
+
+fn prometheus_json(path: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
+    let bad = |problem: String| DataError::File { path: path.to_owned(), problem };
+    let answer: PromAnswer = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not a Prometheus query_range answer (status, data.result): {e}")))?;
+    if answer.data.result_type != "matrix" {
+        return Err(bad(format!("a {} answer, not a range query's (matrix)", answer.data.result_type)));
+    }
+    let mut per_id: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut rows = 0;
+    for s in answer.data.result {
+        let id = ["instance", "node", "pod"].iter().find_map(|l| s.metric.get(*l).cloned()).unwrap_or_else(|| {
+            let labels: Vec<String> = s.metric.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{{{}}}", labels.join(","))
+        });
+        let samples = per_id.entry(id).or_default();
+        for (t, v) in s.values {
+            rows += 1;
+            #[allow(clippy::cast_possible_truncation, reason = "unix seconds")]
+            samples.push((t.round() as i64, v.parse::<f64>().ok().filter(|x| x.is_finite()).unwrap_or(f64::NAN)));
+        }
+    }
+    for samples in per_id.values_mut() {
+        samples.sort_by_key(|x| x.0);
+    }
+    let values = || per_id.values().flatten().map(|x| x.1).filter(|v| !v.is_nan());
+    let unit = if values().all(|v| (0.0..=1.0).contains(&v)) {
+        "fraction"
+    } else if values().all(|v| (0.0..=100.0).contains(&v)) {
+        "percent"
+    } else {
+        "value"
+    };
+    let mut times: Vec<i64> = per_id.values().flatten().map(|x| x.0).collect();
+    times.sort_unstable();
+    let step = opts.step.or_else(|| infer_step(&times)).unwrap_or(300);
+    finish(opts.keep_gaps, path, UsageFormat::PrometheusJson, rows, unit.to_owned(), per_id, step)
 }
 
 fn long(path: &str, bytes: &[u8], opts: &UsageOptions) -> Result<UsageTrace, DataError> {
@@ -387,6 +452,27 @@ mod tests {
         assert!(e.contains("more than one value column in `time, series, x, y`"), "{e}");
         let e = read("p.csv", "time,series,v\n0,,1\n").unwrap_err().to_string();
         assert!(e.contains("p.csv:2: column `series`: empty series name"), "{e}");
+    }
+
+    #[test]
+    fn a_saved_prometheus_answer_is_a_usage_trace() {
+        // `curl …/api/v1/query_range?… > answer.json`, as Prometheus answers.
+        let json = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"instance":"web-1:9100"},"values":[[1700000040,"0.25"],[1700000100,"0.5"],[1700000160,"NaN"],[1700000220,"0.75"]]},
+            {"metric":{"job":"x"},"values":[[1700000040,"0.1"],[1700000100,"0.2"]]}]}}"#;
+        let t = read("answer.json", json).unwrap();
+        assert_eq!(t.format, UsageFormat::PrometheusJson);
+        assert_eq!((t.unit.as_str(), t.rows), ("fraction", 6));
+        let ids: Vec<&str> = t.series.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["web-1:9100", "{job=\"x\"}"]);
+        assert_eq!((t.series[0].start, t.series[0].step), (1_700_000_040, 60));
+        assert_eq!(t.series[0].values, vec![0.25, 0.5, 0.625, 0.75], "NaN is a gap, filled");
+        let pct = json.replace("\"0.75\"", "\"75\"");
+        assert_eq!(read("a.json", &pct).unwrap().unit, "percent");
+        let e = read("a.json", r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#).unwrap_err();
+        assert!(e.to_string().contains("a vector answer, not a range query's"), "{e}");
+        let e = read("a.json", "{\"status\":\"error\"}").unwrap_err();
+        assert!(e.to_string().contains("not a Prometheus query_range answer"), "{e}");
     }
 
     #[test]
