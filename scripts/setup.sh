@@ -40,6 +40,8 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 # promtool (Debian's prometheus package): CI checks both daemons' /metrics with it (issue 16).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# curl: the Prometheus import test saves the server's own answer with it (issue 28).
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # PostgreSQL (initdb, pg_ctl): the replicated scheduler's store in the failover test (issue 17).
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 # Headless Chromium: CI renders the simulator's report in a browser (issue 16).

@@ -152,6 +152,39 @@ fn a_prometheus_range_imports_every_point_once_in_chunks_and_bad_input_exits_2_w
     assert_eq!(j["format"], "Long", "{j}");
     assert_eq!(j["series"].as_array().map(Vec::len), Some(2), "{j}");
 
+    // Prometheus's own answer, saved as it came, reads as the same trace.
+    let saved = dir.path().join("answer.json");
+    let curl = Command::new("curl")
+        .args(["-sfG", "-u", &format!("gf:{PASSWORD}"), "-o"])
+        .arg(&saved)
+        .arg(format!("{url}/api/v1/query_range"))
+        .args([
+            "--data-urlencode",
+            "query=gf_util",
+            "-d",
+            &format!("start={start}"),
+            "-d",
+            &format!("end={end}"),
+            "-d",
+            "step=1",
+        ])
+        .status();
+    if curl.is_ok_and(|s| s.success()) {
+        let inspect = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(["data", "inspect", "--kind", "usage", "--json"])
+            .arg(&saved)
+            .output()
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&inspect.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&inspect.stderr)));
+        assert_eq!((j["format"].as_str(), j["unit"].as_str()), (Some("PrometheusJson"), Some("fraction")), "{j}");
+        let ids: Vec<&str> = j["series"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 2, "{j}");
+        assert!(j["series"].as_array().unwrap().iter().all(|s| s["points"] == 15), "{j}");
+    } else {
+        greenfill_core::testing::cannot_run("prometheus import (saved answer)", "curl is not installed");
+    }
+
     // Bad input: one line naming the cause, exit 2, nothing written.
     let bad = dir.path().join("bad.csv");
     let cases: [(&str, Vec<&str>, bool, &str); 5] = [

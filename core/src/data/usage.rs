@@ -26,7 +26,7 @@ pub enum UsageFormat {
     Long,
     /// Prometheus's own JSON answer to a range query (`/api/v1/query_range`,
     /// saved as it came): one series per `instance` (else `node`, `pod`, or the
-    /// whole label set). Values are a share when all lie in 0–1, percent when all
+    /// whole label set: the first that tells every series apart). Values are a share when all lie in 0–1, percent when all
     /// lie in 0–100, else of unknown unit (the simulator then refuses them).
     PrometheusJson,
 }
@@ -254,10 +254,18 @@ fn prometheus_json(path: &str, bytes: &[u8], opts: &UsageOptions) -> Result<Usag
     if answer.data.result_type != "matrix" {
         return Err(bad(format!("a {} answer, not a range query's (matrix)", answer.data.result_type)));
     }
+    // Named by the first of these labels that every series has and no two
+    // share (one exporter serves several nodes under one `instance`), else by
+    // the whole label set: two series are never merged.
+    let result = answer.data.result;
+    let naming = ["instance", "node", "pod"].into_iter().find(|l| {
+        let names: std::collections::BTreeSet<Option<&String>> = result.iter().map(|s| s.metric.get(*l)).collect();
+        names.len() == result.len() && !names.contains(&None)
+    });
     let mut per_id: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
     let mut rows = 0;
-    for s in answer.data.result {
-        let id = ["instance", "node", "pod"].iter().find_map(|l| s.metric.get(*l).cloned()).unwrap_or_else(|| {
+    for s in result {
+        let id = naming.and_then(|l| s.metric.get(l).cloned()).unwrap_or_else(|| {
             let labels: Vec<String> = s.metric.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
             format!("{{{}}}", labels.join(","))
         });
@@ -459,12 +467,21 @@ mod tests {
         // `curl …/api/v1/query_range?… > answer.json`, as Prometheus answers.
         let json = r#"{"status":"success","data":{"resultType":"matrix","result":[
             {"metric":{"instance":"web-1:9100"},"values":[[1700000040,"0.25"],[1700000100,"0.5"],[1700000160,"NaN"],[1700000220,"0.75"]]},
-            {"metric":{"job":"x"},"values":[[1700000040,"0.1"],[1700000100,"0.2"]]}]}}"#;
+            {"metric":{"instance":"web-2:9100"},"values":[[1700000040,"0.1"],[1700000100,"0.2"]]}]}}"#;
         let t = read("answer.json", json).unwrap();
         assert_eq!(t.format, UsageFormat::PrometheusJson);
         assert_eq!((t.unit.as_str(), t.rows), ("fraction", 6));
         let ids: Vec<&str> = t.series.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["web-1:9100", "{job=\"x\"}"]);
+        assert_eq!(ids, ["web-1:9100", "web-2:9100"]);
+        // One exporter for two nodes: `instance` does not tell them apart, `node` does.
+        let two = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"instance":"e:1","node":"a"},"values":[[1700000040,"0.25"]]},
+            {"metric":{"instance":"e:1","node":"b"},"values":[[1700000040,"0.75"]]}]}}"#;
+        let ids: Vec<String> = read("a.json", two).unwrap().series.into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let odd = two.replace("\"node\":\"b\"", "\"job\":\"b\"");
+        let ids: Vec<String> = read("a.json", &odd).unwrap().series.into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["{instance=\"e:1\",job=\"b\"}", "{instance=\"e:1\",node=\"a\"}"], "the label sets");
         assert_eq!((t.series[0].start, t.series[0].step), (1_700_000_040, 60));
         assert_eq!(t.series[0].values, vec![0.25, 0.5, 0.625, 0.75], "NaN is a gap, filled");
         let pct = json.replace("\"0.75\"", "\"75\"");
