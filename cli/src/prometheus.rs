@@ -156,6 +156,7 @@ pub(crate) fn import(a: &ImportArgs) -> Result<()> {
     let value_name =
         a.value_name.clone().unwrap_or_else(|| if a.preset.is_some() { "cpu_fraction" } else { "value" }.into());
     let client = client(a)?;
+    let token = token(a)?;
     let chunks = chunks(start, end, a.step, i64::from(a.max_points));
     let bar =
         if std::io::stderr().is_terminal() { ProgressBar::new(chunks.len() as u64) } else { ProgressBar::hidden() };
@@ -163,7 +164,7 @@ pub(crate) fn import(a: &ImportArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     let mut points = Points::new();
     for &(from, to) in &chunks {
-        let answer = rt.block_on(ask(&client, a, &query, from, to))?;
+        let answer = rt.block_on(ask(&client, a, token.as_deref(), &query, from, to))?;
         add(&mut points, answer, &a.label, &query)?;
         bar.inc(1);
     }
@@ -225,7 +226,14 @@ fn token(a: &ImportArgs) -> Result<Option<String>, ImportError> {
 }
 
 /// One chunk, asked again after 0.5, 1 and 2 s when the failure may pass.
-async fn ask(client: &reqwest::Client, a: &ImportArgs, query: &str, from: i64, to: i64) -> Result<Answer> {
+async fn ask(
+    client: &reqwest::Client,
+    a: &ImportArgs,
+    token: Option<&str>,
+    query: &str,
+    from: i64,
+    to: i64,
+) -> Result<Answer> {
     let url = format!("{}/api/v1/query_range", a.url.trim_end_matches('/'));
     let form = [
         ("query", query.to_owned()),
@@ -233,12 +241,11 @@ async fn ask(client: &reqwest::Client, a: &ImportArgs, query: &str, from: i64, t
         ("end", to.to_string()),
         ("step", a.step.to_string()),
     ];
-    let token = token(a)?;
     let mut wait = Duration::from_millis(500);
     let mut attempt = 1;
     loop {
         let mut req = client.post(&url).form(&form);
-        if let Some(t) = &token {
+        if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(user) = &a.basic_auth_user {

@@ -2,22 +2,16 @@
 //! `prometheus`, loopback, a temporary storage dir, 1 s scrapes, basic auth by
 //! its own web config) scraping an exporter this test serves with known values.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::Proc;
 
 const PASSWORD: &str = "s3cret-pw";
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -46,7 +40,7 @@ fn exporter() -> u16 {
     port
 }
 
-fn prometheus(dir: &Path, exporter: u16) -> (Kill, String) {
+fn prometheus(dir: &Path, exporter: u16) -> (Proc, String) {
     let hash = Command::new("htpasswd").args(["-nbBC", "4", "gf", PASSWORD]).output().unwrap();
     let hash = String::from_utf8(hash.stdout).unwrap();
     let hash = hash.trim().strip_prefix("gf:").unwrap().to_owned();
@@ -69,7 +63,7 @@ fn prometheus(dir: &Path, exporter: u16) -> (Kill, String) {
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
         .spawn()
         .unwrap();
-    (Kill(child), format!("http://127.0.0.1:{port}"))
+    (Proc(child), format!("http://127.0.0.1:{port}"))
 }
 
 fn import(url: &str, out: &Path, extra: &[&str], password: bool) -> Output {

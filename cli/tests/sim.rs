@@ -167,16 +167,20 @@ fn sim_init_writes_a_scenario_for_a_long_usage_file_that_sim_run_runs_at_once() 
     let usage = dir.path().join("fleet.csv");
     std::fs::write(&usage, long).unwrap();
     let scenario = dir.path().join("mine.toml");
-    let init = Command::cargo_bin("greenfill")
-        .unwrap()
-        .args(["sim", "init", "--usage"])
-        .arg(&usage)
-        .arg("--jobs")
-        .arg(repo.join("data/jobs/azure-100k.csv"))
-        .args(["--zone", "ciso", "--out"])
-        .arg(&scenario)
-        .output()
-        .unwrap();
+    let sim_init = |extra: &[&str], out: &std::path::Path| {
+        Command::cargo_bin("greenfill")
+            .unwrap()
+            .args(["sim", "init", "--usage"])
+            .arg(&usage)
+            .arg("--jobs")
+            .arg(repo.join("data/jobs/azure-100k.csv"))
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let init = sim_init(&["--zone", "ciso"], &scenario);
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let text = std::fs::read_to_string(&scenario).unwrap();
     assert!(text.contains("start = \"2022-06-01T00:00:00Z\""), "{text}");
@@ -197,28 +201,10 @@ fn sim_init_writes_a_scenario_for_a_long_usage_file_that_sim_run_runs_at_once() 
     }
     // Machines too small for the largest job, and a zone with no bundled
     // carbon: refused, naming the flag, the value and what would do.
-    let small = Command::cargo_bin("greenfill")
-        .unwrap()
-        .args(["sim", "init", "--usage"])
-        .arg(&usage)
-        .arg("--jobs")
-        .arg(repo.join("data/jobs/azure-100k.csv"))
-        .args(["--zone", "CISO", "--cores", "16", "--out"])
-        .arg(dir.path().join("no.toml"))
-        .output()
-        .unwrap();
+    let small = sim_init(&["--zone", "CISO", "--cores", "16"], &dir.path().join("no.toml"));
     let err = String::from_utf8_lossy(&small.stderr);
     assert!(!small.status.success() && err.contains("--cores 16: job `gaia-99981` needs 30 cores"), "{err}");
-    let bad = Command::cargo_bin("greenfill")
-        .unwrap()
-        .args(["sim", "init", "--usage"])
-        .arg(&usage)
-        .arg("--jobs")
-        .arg(repo.join("data/jobs/azure-100k.csv"))
-        .args(["--zone", "XX", "--out"])
-        .arg(dir.path().join("no.toml"))
-        .output()
-        .unwrap();
+    let bad = sim_init(&["--zone", "XX"], &dir.path().join("no.toml"));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("--zone XX") && err.contains("CISO"), "{err}");
 }
