@@ -5,7 +5,8 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const FILES: [&str; 3] = ["greenfill/v1/jobs.proto", "greenfill/v1/agent.proto", "greenfill/v1/plan.proto"];
+const FILES: [&str; 4] =
+    ["greenfill/v1/jobs.proto", "greenfill/v1/agent.proto", "greenfill/v1/plan.proto", "greenfill/v1/clock.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

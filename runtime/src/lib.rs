@@ -11,6 +11,7 @@
 //!   text); JSON lines when asked.
 //! - [`metrics::serve`]: `/metrics`, every series described.
 
+pub mod clock;
 pub mod metrics;
 
 use std::io::IsTerminal;

@@ -50,6 +50,11 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Run on a virtual clock starting at this time (RFC 3339 or unix seconds),
+    /// moved only by ClockService.Advance, which also runs the planning rounds:
+    /// what `greenfill sim replay` starts. Never in a deployment.
+    #[arg(long, value_name = "TIME")]
+    virtual_clock: Option<String>,
 }
 
 fn main() {
@@ -88,6 +93,11 @@ fn run(args: Args) -> Result<(), Failure<anyhow::Error>> {
 
 /// The config from the file, the flags and the environment, validated; and the runtime.
 fn configure(args: Args) -> anyhow::Result<(Config, tokio::runtime::Runtime)> {
+    if let Some(t) = &args.virtual_clock {
+        let start = greenfill_core::time::parse_timestamp(t)
+            .ok_or_else(|| anyhow::anyhow!("--virtual-clock {t}: not a time (RFC 3339, e.g. 2022-06-01T00:00:00Z)"))?;
+        greenfill_runtime::clock::use_virtual(start).map_err(anyhow::Error::msg)?;
+    }
     let mut config = match &args.config {
         Some(p) => Config::read(p)?,
         None => Config::default(),

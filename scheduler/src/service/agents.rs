@@ -326,7 +326,7 @@ async fn handle(
 /// agent's event time has whole seconds), rounded up.
 fn backoff(planning: &super::config::Planning, n: u32) -> (std::time::Duration, i64) {
     let wait = planning.eviction_backoff.mul_f64(f64::from(1u32 << n.saturating_sub(1).min(5)));
-    let now_ms = chrono::Utc::now().timestamp_millis();
+    let now_ms = greenfill_runtime::clock::now_ms();
     let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
     (wait, (now_ms + wait_ms + 999).div_euclid(1000))
 }
@@ -371,7 +371,7 @@ fn evicted(
 ) -> Option<(Vec<Write>, pb::JobEvent)> {
     use super::lifecycle::Event;
     if let Some(n) = inner.nodes.get_mut(node) {
-        n.evicted_at = Some(chrono::Utc::now().timestamp());
+        n.evicted_at = Some(now());
     }
     let n = inner.jobs.get(&s.job_id).map_or(0, |e| e.job.evictions) + 1;
     if n >= planning.max_evictions {

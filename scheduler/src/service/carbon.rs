@@ -215,7 +215,7 @@ pub async fn run(st: Arc<State>, first: Vec<(String, Persisted)>) {
         st.carbon.export(super::now());
         tokio::select! {
             () = st.shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = greenfill_runtime::clock::sleep(every) => {}
         }
         fresh = st.carbon.refresh(super::now()).await;
     }

@@ -19,6 +19,7 @@
 pub mod agents;
 pub mod auth;
 pub mod carbon;
+pub mod clock;
 pub mod config;
 pub mod follower;
 pub mod jobs;
@@ -40,9 +41,10 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use config::Config;
 
-/// Unix seconds now.
+/// Unix seconds now, by the process's one clock (the wall clock, or the
+/// replay's virtual one: [`greenfill_runtime::clock`]).
 pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    greenfill_runtime::clock::now()
 }
 
 pub fn ts(t: i64) -> prost_types::Timestamp {
@@ -756,6 +758,7 @@ async fn serve(
     let l = &cfg.limits;
     let user_guard = auth::Guard::new(users, l.requests_per_second, l.burst, "user").with_users(&cfg.users);
     let plan_guard = user_guard.clone();
+    let clock_guard = user_guard.clone();
     // Agents send telemetry every second each: their limit is per node.
     let kube = match &cfg.kubernetes {
         Some(k) => Some(start_kube(k.clone(), &state).await),
@@ -789,10 +792,20 @@ async fn serve(
             AgentServiceServer::new(agents::Agents(state.clone())).max_decoding_message_size(max),
             move |r| agent_guard.check(r),
         ));
+    // On the virtual clock (`greenfill sim replay`) rounds run inside Advance.
+    let virtual_clock = greenfill_runtime::clock::is_virtual();
+    let router = router.add_optional_service(virtual_clock.then(|| {
+        tonic::service::interceptor::InterceptedService::new(
+            pb::clock_service_server::ClockServiceServer::new(clock::Clock::new(state.clone())),
+            move |r| clock_guard.check(r),
+        )
+    }));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
     state.tasks.spawn(carbon::run(state.clone(), first));
-    state.tasks.spawn(planning::run(state.clone()));
-    tracing::info!(%addr, epoch = state.epoch, insecure_local = state.config.insecure_local, "scheduler serving");
+    if !virtual_clock {
+        state.tasks.spawn(planning::run(state.clone()));
+    }
+    tracing::info!(%addr, virtual_clock, epoch = state.epoch, insecure_local = state.config.insecure_local, "scheduler serving");
     Ok(Running { addr, state, server, lease })
 }

@@ -237,8 +237,15 @@ pub async fn round(st: &Arc<State>, t: i64) -> anyhow::Result<Vec<(String, Trans
     };
     // Durable first: a restart never repeats a call it cannot tell was made.
     st.finish(pending).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // On the virtual clock a call is made before the round returns, so the
+    // replay sees it in the step that decided it.
     for d in calls {
-        spawn_call(st, d);
+        if greenfill_runtime::clock::is_virtual() {
+            call(st.clone(), d).await;
+        } else {
+            let st2 = st.clone();
+            st.tasks.spawn(call(st2, d));
+        }
     }
     Ok(made)
 }
@@ -282,7 +289,7 @@ fn powered_seconds(inner: &mut Inner, st: &State, t: i64) {
 /// Call the driver outside the lock; an error fails the node with its answer.
 /// The `agent` driver suspends through the node's own session: a `PowerDown`
 /// command, kept until acknowledged like every command.
-fn spawn_call(st: &Arc<State>, d: Decided) {
+async fn call(st: Arc<State>, d: Decided) {
     let Some((policy, driver)) = st.power.pools.get(&d.pool) else { return };
     if d.call == Call::Suspend && matches!(policy.driver, DriverSpec::Agent { .. }) {
         let pending = {
@@ -295,32 +302,25 @@ fn spawn_call(st: &Arc<State>, d: Decided) {
             let writes: Vec<Write> = inner.command(&d.node, body).into_iter().collect();
             st.queue(writes, vec![])
         };
-        let st2 = st.clone();
-        st.tasks.spawn(async move {
-            if let Err(e) = st2.finish(pending).await {
-                tracing::error!(error = %e, "could not store a power-down command");
-            }
-        });
+        if let Err(e) = st.finish(pending).await {
+            tracing::error!(error = %e, "could not store a power-down command");
+        }
         return;
     }
-    let fut = driver.clone().call(d.node.clone(), d.call);
-    let st2 = st.clone();
-    st.tasks.spawn(async move {
-        let Err(why) = fut.await else {
-            tracing::info!(node = %d.node, call = ?d.call, "driver call done");
-            return;
-        };
-        let pending = {
-            let mut inner = st2.lock();
-            let Some(p) = inner.power.get_mut(&d.node) else { return };
-            let Some(c) = p.driver_failed(0, super::now(), &why) else { return };
-            record(&d.pool, &d.node, &c);
-            let Ok(body) = serde_json::to_string(&*p) else { return };
-            st2.queue(vec![Write::NodePower { name: d.node.clone(), body }], vec![])
-        };
-        if let Err(e) = st2.finish(pending).await {
-            tracing::error!(error = %e, "could not store a failed power call");
-        }
-        st2.replan.notify_one();
-    });
+    let Err(why) = driver.clone().call(d.node.clone(), d.call).await else {
+        tracing::info!(node = %d.node, call = ?d.call, "driver call done");
+        return;
+    };
+    let pending = {
+        let mut inner = st.lock();
+        let Some(p) = inner.power.get_mut(&d.node) else { return };
+        let Some(c) = p.driver_failed(0, super::now(), &why) else { return };
+        record(&d.pool, &d.node, &c);
+        let Ok(body) = serde_json::to_string(&*p) else { return };
+        st.queue(vec![Write::NodePower { name: d.node.clone(), body }], vec![])
+    };
+    if let Err(e) = st.finish(pending).await {
+        tracing::error!(error = %e, "could not store a failed power call");
+    }
+    st.replan.notify_one();
 }
