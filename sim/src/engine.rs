@@ -157,11 +157,168 @@ pub struct PolicyResult {
     /// jobs and windows).
     #[serde(skip)]
     pub finished_at: Vec<Option<usize>>,
+    /// Per job: where and at which step it started (the last start, if any).
+    #[serde(skip)]
+    pub starts: Vec<Option<JobStart>>,
 }
 
-struct State {
-    batch_cpu: Vec<f64>,
-    batch_mem: Vec<f64>,
+/// Where and when a job started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStart {
+    pub node: usize,
+    pub step: usize,
+}
+
+impl PolicyResult {
+    pub(crate) fn empty(inp: &Inputs) -> PolicyResult {
+        PolicyResult {
+            energy_kwh: 0.0,
+            idle_kwh: 0.0,
+            dynamic_kwh: 0.0,
+            carbon_kg: 0.0,
+            embodied_kg: 0.0,
+            node_hours: 0.0,
+            mean_cpu_util_powered: 0.0,
+            mean_cpu_util_powered_with_drain: 0.0,
+            jobs_completed: 0,
+            jobs_late: 0,
+            jobs_unfinished: 0,
+            online_overload_steps: 0,
+            guard_throttled_steps: 0,
+            guard_throttled_core_hours: 0.0,
+            batch_core_hours: 0.0,
+            suspends: 0,
+            resumes: 0,
+            run_ms: 0.0,
+            steps: Vec::with_capacity(inp.steps),
+            finished_at: vec![None; inp.jobs.len()],
+            starts: Vec::new(),
+        }
+    }
+}
+
+/// The agent's local guard as `policy` runs it, if the scenario has one.
+pub(crate) fn guard_for(r: &Resolved, policy: Policy, nodes: usize, step_s: i64) -> Option<GuardModel> {
+    let s = &r.scenario;
+    let (threshold, quota_loop) = match policy {
+        Policy::Coloc => (s.coloc_threshold, true),
+        _ => {
+            (1.0 - s.safety_margin, Suppress::parse(&s.guard_suppress).unwrap_or_default().quota_loop(s.idle_priority))
+        }
+    };
+    #[allow(clippy::cast_precision_loss, reason = "a step in seconds")]
+    s.guard.then(|| {
+        let policy = CpuCapPolicy { threshold, quota_loop, ..CpuCapPolicy::default() };
+        GuardModel::new(policy, nodes, step_s as f64)
+    })
+}
+
+/// The accounting of every run, step by step, with the actual online load.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    /// Hours per step.
+    sh: f64,
+    arrival_steps: usize,
+    used_sum: f64,
+    cap_sum: f64,
+    used_arrivals: f64,
+    cap_arrivals: f64,
+}
+
+impl Meter {
+    pub(crate) fn new(r: &Resolved) -> Meter {
+        #[allow(clippy::cast_precision_loss, reason = "a step in seconds")]
+        let sh = r.step_s as f64 / 3600.0;
+        let arrival_steps = usize::try_from(r.length_s / r.step_s).unwrap_or(usize::MAX);
+        Meter { sh, arrival_steps, used_sum: 0.0, cap_sum: 0.0, used_arrivals: 0.0, cap_arrivals: 0.0 }
+    }
+
+    /// Step `t`: each powered node's guard, power and carbon; wakes cost
+    /// their pools' `wake_wh` in the step they start.
+    #[allow(clippy::too_many_arguments, reason = "one step's whole state")]
+    pub(crate) fn account(
+        &mut self,
+        inp: &Inputs,
+        st: &mut State,
+        mut guard: Option<&mut GuardModel>,
+        t: usize,
+        powered: &[bool],
+        woke: &[usize],
+        res: &mut PolicyResult,
+    ) -> StepRow {
+        let sh = self.sh;
+        let ci = inp.carbon[t];
+        let mut row = StepRow { carbon_g_per_kwh: ci, powered_by_pool: vec![0; inp.pools.len()], ..StepRow::default() };
+        #[allow(clippy::cast_possible_truncation, reason = "running jobs fit u32")]
+        {
+            row.batch_running = st.running as u32;
+        }
+        let (mut used, mut cap) = (0.0, 0.0);
+        for (node, _) in powered.iter().enumerate().filter(|&(_, &on)| on) {
+            let p = &inp.pools[inp.node_pool[node]];
+            let mut b = st.batch_cpu[node];
+            let online = inp.online_cpu(node, t);
+            if let Some(guard) = guard.as_deref_mut() {
+                let cap = guard.step(node, p.cores, online);
+                if b > cap + 1e-9 {
+                    row.throttled_nodes += 1;
+                    res.guard_throttled_core_hours += (b - cap) * sh;
+                    st.slow_down(node, cap / b);
+                    b = cap;
+                }
+            }
+            let load = online + b;
+            if load > p.cores + 1e-9 {
+                row.overloaded_nodes += 1;
+            }
+            let u = if p.cores > 0.0 { load / p.cores } else { 0.0 };
+            let w = p.power.watts(u) * p.pue;
+            let idle = p.power.idle_w() * p.pue;
+            row.powered_nodes += 1;
+            row.powered_by_pool[inp.node_pool[node]] += 1;
+            row.power_kw += w / 1000.0;
+            res.carbon_kg += w * sh / 1000.0 * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
+            row.batch_cores += b;
+            res.idle_kwh += idle * sh / 1000.0;
+            res.embodied_kg += p.embodied_g_per_hour * sh / 1000.0;
+            res.dynamic_kwh += (w - idle) * sh / 1000.0;
+            used += load.min(p.cores);
+            cap += p.cores;
+        }
+        for &node in woke {
+            let p = &inp.pools[inp.node_pool[node]];
+            let kwh = p.wake_wh * p.pue / 1000.0;
+            row.power_kw += kwh / sh;
+            res.idle_kwh += kwh;
+            res.carbon_kg += kwh * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
+        }
+        res.energy_kwh += row.power_kw * sh;
+        res.node_hours += f64::from(row.powered_nodes) * sh;
+        res.online_overload_steps += row.overloaded_nodes as usize;
+        res.guard_throttled_steps += row.throttled_nodes as usize;
+        row.cpu_util_powered = if cap > 0.0 { used / cap } else { 0.0 };
+        self.used_sum += used;
+        self.cap_sum += cap;
+        if t < self.arrival_steps {
+            self.used_arrivals += used;
+            self.cap_arrivals += cap;
+        }
+        row
+    }
+
+    /// The run's totals once every step is accounted.
+    pub(crate) fn close(&self, inp: &Inputs, st: &State, res: &mut PolicyResult) {
+        res.starts = st.started.iter().map(|s| s.map(|(node, step)| JobStart { node, step })).collect();
+        res.jobs_unfinished = inp.jobs.len() - res.jobs_completed;
+        res.mean_cpu_util_powered = if self.cap_arrivals > 0.0 { self.used_arrivals / self.cap_arrivals } else { 0.0 };
+        res.mean_cpu_util_powered_with_drain = if self.cap_sum > 0.0 { self.used_sum / self.cap_sum } else { 0.0 };
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) batch_cpu: Vec<f64>,
+    pub(crate) batch_mem: Vec<f64>,
     /// Jobs ending at each step: (job, node).
     ends: Vec<Vec<(usize, usize)>>,
     /// Arrived, not started, in arrival order.
@@ -173,11 +330,49 @@ struct State {
     end_of: Vec<usize>,
     lost: Vec<f64>,
     /// Running jobs per node.
-    on_node: Vec<Vec<usize>>,
+    pub(crate) on_node: Vec<Vec<usize>>,
 }
 
 impl State {
-    fn start(&mut self, inp: &Inputs, job: usize, node: usize, t: usize) {
+    pub(crate) fn new(inp: &Inputs) -> State {
+        let n = inp.nodes();
+        State {
+            batch_cpu: vec![0.0; n],
+            batch_mem: vec![0.0; n],
+            ends: vec![Vec::new(); inp.steps + 1],
+            queue: Vec::new(),
+            started: vec![None; inp.jobs.len()],
+            running: 0,
+            end_of: vec![0; inp.jobs.len()],
+            lost: vec![0.0; inp.jobs.len()],
+            on_node: vec![Vec::new(); n],
+        }
+    }
+
+    /// The jobs that end at step `t` leave their nodes; returns them.
+    pub(crate) fn end_step(&mut self, inp: &Inputs, t: usize, res: &mut PolicyResult, sh: f64) -> Vec<(usize, usize)> {
+        let ended = std::mem::take(&mut self.ends[t]);
+        for &(job, node) in &ended {
+            let j = &inp.jobs[job];
+            self.batch_cpu[node] = (self.batch_cpu[node] - j.cores).max(0.0);
+            self.batch_mem[node] = (self.batch_mem[node] - j.mem_gib).max(0.0);
+            if let Some(i) = self.on_node[node].iter().position(|&x| x == job) {
+                self.on_node[node].swap_remove(i);
+            }
+            self.running -= 1;
+            res.jobs_completed += 1;
+            res.finished_at[job] = Some(t);
+            #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
+            let hours = j.duration as f64 * sh;
+            res.batch_core_hours += j.cores * hours;
+            if j.deadline.is_some_and(|d| t > d) {
+                res.jobs_late += 1;
+            }
+        }
+        ended
+    }
+
+    pub(crate) fn start(&mut self, inp: &Inputs, job: usize, node: usize, t: usize) {
         let j = &inp.jobs[job];
         self.batch_cpu[node] += j.cores;
         self.batch_mem[node] += j.mem_gib;
@@ -239,28 +434,8 @@ pub(crate) fn run(
     let clock = std::time::Instant::now();
     let s = &r.scenario;
     let n = inp.nodes();
-    let mut st = State {
-        batch_cpu: vec![0.0; n],
-        batch_mem: vec![0.0; n],
-        ends: vec![Vec::new(); inp.steps + 1],
-        queue: Vec::new(),
-        started: vec![None; inp.jobs.len()],
-        running: 0,
-        end_of: vec![0; inp.jobs.len()],
-        lost: vec![0.0; inp.jobs.len()],
-        on_node: vec![Vec::new(); n],
-    };
-    let (guard_threshold, quota_loop) = match policy {
-        Policy::Coloc => (s.coloc_threshold, true),
-        _ => {
-            (1.0 - s.safety_margin, Suppress::parse(&s.guard_suppress).unwrap_or_default().quota_loop(s.idle_priority))
-        }
-    };
-    #[allow(clippy::cast_precision_loss, reason = "a step in seconds")]
-    let mut guard = s.guard.then(|| {
-        let policy = CpuCapPolicy { threshold: guard_threshold, quota_loop, ..CpuCapPolicy::default() };
-        GuardModel::new(policy, n, inp.step_s as f64)
-    });
+    let mut st = State::new(inp);
+    let mut guard = guard_for(r, policy, n, inp.step_s);
     let forecaster: Option<Box<dyn Forecaster>> = by_name(&s.forecast);
     let pinned = !parts.power_down;
     let mut power = r.power.map(|m| Power::new(m, inp, inp.start, pinned));
@@ -269,50 +444,11 @@ pub(crate) fn run(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| !inp.pools[inp.node_pool[i]].always_on);
     let sh = inp.step_s as f64 / 3600.0;
-    let mut res = PolicyResult {
-        energy_kwh: 0.0,
-        idle_kwh: 0.0,
-        dynamic_kwh: 0.0,
-        carbon_kg: 0.0,
-        embodied_kg: 0.0,
-        node_hours: 0.0,
-        mean_cpu_util_powered: 0.0,
-        mean_cpu_util_powered_with_drain: 0.0,
-        jobs_completed: 0,
-        jobs_late: 0,
-        jobs_unfinished: 0,
-        online_overload_steps: 0,
-        guard_throttled_steps: 0,
-        guard_throttled_core_hours: 0.0,
-        batch_core_hours: 0.0,
-        suspends: 0,
-        resumes: 0,
-        run_ms: 0.0,
-        steps: Vec::with_capacity(inp.steps),
-        finished_at: vec![None; inp.jobs.len()],
-    };
-    let (mut used_sum, mut cap_sum) = (0.0, 0.0);
-    let (mut used_arrivals, mut cap_arrivals) = (0.0, 0.0);
-    let arrival_steps = usize::try_from(r.length_s / r.step_s).unwrap_or(usize::MAX);
+    let mut res = PolicyResult::empty(inp);
+    let mut meter = Meter::new(r);
     let mut next = 0;
     for t in 0..inp.steps {
-        for (job, node) in std::mem::take(&mut st.ends[t]) {
-            let j = &inp.jobs[job];
-            st.batch_cpu[node] = (st.batch_cpu[node] - j.cores).max(0.0);
-            st.batch_mem[node] = (st.batch_mem[node] - j.mem_gib).max(0.0);
-            if let Some(i) = st.on_node[node].iter().position(|&x| x == job) {
-                st.on_node[node].swap_remove(i);
-            }
-            st.running -= 1;
-            res.jobs_completed += 1;
-            res.finished_at[job] = Some(t);
-            #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
-            let hours = j.duration as f64 * sh;
-            res.batch_core_hours += j.cores * hours;
-            if j.deadline.is_some_and(|d| t > d) {
-                res.jobs_late += 1;
-            }
-        }
+        st.end_step(inp, t, &mut res, sh);
         while next < inp.jobs.len() && inp.jobs[next].arrival <= t {
             st.queue.push(next);
             next += 1;
@@ -336,85 +472,24 @@ pub(crate) fn run(
             _ => first_fit(inp, r, &mut st, t, policy, &order, power.as_mut()),
         }
         // Accounting with the actual online load.
-        let ci = inp.carbon[t];
-        let mut row = StepRow { carbon_g_per_kwh: ci, powered_by_pool: vec![0; inp.pools.len()], ..StepRow::default() };
-        #[allow(clippy::cast_possible_truncation, reason = "running jobs fit u32")]
-        {
-            row.batch_running = st.running as u32;
-        }
-        let (mut used, mut cap) = (0.0, 0.0);
-        for node in 0..n {
-            let p = &inp.pools[inp.node_pool[node]];
-            let mut b = st.batch_cpu[node];
-            let powered = match &power {
+        let powered: Vec<bool> = (0..n)
+            .map(|node| match &power {
                 Some(m) => m.powered(node),
-                None => p.always_on || pinned || b > 0.0,
-            };
-            if !powered {
-                continue;
-            }
-            let online = inp.online_cpu(node, t);
-            if let Some(guard) = guard.as_mut() {
-                let cap = guard.step(node, p.cores, online);
-                if b > cap + 1e-9 {
-                    row.throttled_nodes += 1;
-                    res.guard_throttled_core_hours += (b - cap) * sh;
-                    st.slow_down(node, cap / b);
-                    b = cap;
-                }
-            }
-            let load = online + b;
-            if load > p.cores + 1e-9 {
-                row.overloaded_nodes += 1;
-            }
-            let u = if p.cores > 0.0 { load / p.cores } else { 0.0 };
-            let w = p.power.watts(u) * p.pue;
-            let idle = p.power.idle_w() * p.pue;
-            row.powered_nodes += 1;
-            row.powered_by_pool[inp.node_pool[node]] += 1;
-            row.power_kw += w / 1000.0;
-            res.carbon_kg += w * sh / 1000.0 * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
-            row.batch_cores += b;
-            res.idle_kwh += idle * sh / 1000.0;
-            res.embodied_kg += p.embodied_g_per_hour * sh / 1000.0;
-            res.dynamic_kwh += (w - idle) * sh / 1000.0;
-            used += load.min(p.cores);
-            cap += p.cores;
-        }
-        // Wakes cost their pools' `wake_wh` in the step they start.
-        if let Some(m) = &power {
-            for &node in &m.woke {
-                let p = &inp.pools[inp.node_pool[node]];
-                let kwh = p.wake_wh * p.pue / 1000.0;
-                row.power_kw += kwh / sh;
-                res.idle_kwh += kwh;
-                res.carbon_kg += kwh * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
-            }
-        }
-        let kwh = row.power_kw * sh;
-        res.energy_kwh += kwh;
-        res.node_hours += f64::from(row.powered_nodes) * sh;
-        res.online_overload_steps += row.overloaded_nodes as usize;
-        res.guard_throttled_steps += row.throttled_nodes as usize;
-        row.cpu_util_powered = if cap > 0.0 { used / cap } else { 0.0 };
-        used_sum += used;
-        cap_sum += cap;
-        if t < arrival_steps {
-            used_arrivals += used;
-            cap_arrivals += cap;
-        }
+                None => inp.pools[inp.node_pool[node]].always_on || pinned || st.batch_cpu[node] > 0.0,
+            })
+            .collect();
+        let woke = power.as_ref().map_or(&[][..], |m| m.woke.as_slice());
+        let row = meter.account(inp, &mut st, guard.as_mut(), t, &powered, woke, &mut res);
         res.steps.push(row);
         if t % 288 == 0 {
             #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
             progress(t as f64 / inp.steps as f64);
         }
     }
-    res.jobs_unfinished = inp.jobs.len() - res.jobs_completed;
     if let Some(p) = &power {
         (res.suspends, res.resumes) = (p.suspends, p.resumes);
     }
-    res.mean_cpu_util_powered = if cap_arrivals > 0.0 { used_arrivals / cap_arrivals } else { 0.0 };
-    res.mean_cpu_util_powered_with_drain = if cap_sum > 0.0 { used_sum / cap_sum } else { 0.0 };
+    meter.close(inp, &st, &mut res);
     res.run_ms = clock.elapsed().as_secs_f64() * 1000.0;
     progress(1.0);
     Ok(res)
