@@ -10,6 +10,7 @@ mod data;
 mod forecast;
 mod plan;
 mod prometheus;
+mod replay;
 mod sim;
 mod sim_init;
 

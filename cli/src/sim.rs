@@ -19,6 +19,12 @@ pub(crate) enum SimCommand {
     /// (one per series, e.g. from `data import prometheus`), batch machines
     /// sized to a job trace, a grid zone's carbon; every key commented.
     Init(crate::sim_init::InitArgs),
+    /// Replay a scenario through the real greenfill-scheduler (started here, its
+    /// own store, on a virtual clock), with one simulated agent per node driven
+    /// by the trace, and compare the service's energy, carbon, core-hours and
+    /// powered node-hours with the simulator's greenfill run on the same
+    /// machines. Writes replay.json; exits 0 when it ran, whatever the diff.
+    Replay(crate::replay::ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +82,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<()> {
         SimCommand::Run(a) => run_one(&a),
         SimCommand::Sweep(a) => run_sweep(&a),
         SimCommand::Init(a) => crate::sim_init::init(&a),
+        SimCommand::Replay(a) => crate::replay::replay(&a),
     }
 }
 
