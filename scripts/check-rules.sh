@@ -40,4 +40,12 @@ if paths=$(grep -rnE '"/proc|"/sys/fs/cgroup|"/sys/class/powercap' --include=*.r
   echo "$paths" >&2
   fail=1
 fi
+# The scheduler reads time only through greenfill_runtime::clock (the replay's
+# virtual clock moves it); timers of the replayed loops (planning, carbon) too.
+if clocks=$(grep -rnE 'Utc::now|SystemTime::now' --include=*.rs scheduler/src;
+  grep -nE 'tokio::time::sleep' scheduler/src/service/planning.rs scheduler/src/service/carbon.rs); then
+  echo "rule broken: the scheduler reads time through greenfill_runtime::clock:" >&2
+  echo "$clocks" >&2
+  fail=1
+fi
 exit $fail

@@ -204,6 +204,29 @@ async fn commit(st: &State, fresh: Vec<(String, Persisted)>) -> anyhow::Result<(
     Ok(())
 }
 
+/// On the virtual clock: the refresh `run` would make by `now`, made inside
+/// the advance (so a replay's rounds see the same signal every time).
+/// `last` is when the last refresh ran.
+pub async fn refresh_due(st: &State, last: &mut i64, now: i64) {
+    let every = i64::try_from(st.config.carbon.check_every.as_secs()).unwrap_or(60).max(1);
+    if now < *last + every {
+        return;
+    }
+    *last = now;
+    let fresh = st.carbon.refresh(now).await;
+    if let Err(e) = commit(st, fresh).await {
+        tracing::warn!(error = %e, "carbon forecast not persisted");
+    }
+    st.carbon.export(now);
+}
+
+/// Commit the probe's answers (the virtual clock's start: no loop runs).
+pub async fn commit_first(st: &State, first: Vec<(String, Persisted)>) {
+    if let Err(e) = commit(st, first).await {
+        tracing::warn!(error = %e, "carbon forecast not persisted");
+    }
+}
+
 /// Probe once, then refresh every `carbon.check_every` until shutdown.
 pub async fn run(st: Arc<State>, first: Vec<(String, Persisted)>) {
     let every = st.config.carbon.check_every.max(Duration::from_secs(1));

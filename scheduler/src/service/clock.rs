@@ -17,13 +17,14 @@ const TELEMETRY_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Clock {
     st: Arc<State>,
-    /// When the next round is due; also serialises advances.
-    next_round: tokio::sync::Mutex<i64>,
+    /// When the next round is due, and when the carbon signal was last
+    /// refreshed; also serialises advances.
+    next_round: tokio::sync::Mutex<(i64, i64)>,
 }
 
 impl Clock {
     pub fn new(st: Arc<State>) -> Clock {
-        Clock { st, next_round: tokio::sync::Mutex::new(i64::MIN) }
+        Clock { st, next_round: tokio::sync::Mutex::new((i64::MIN, clock::now())) }
     }
 
     /// Until every node with an open session has a sample stamped `at` or later.
@@ -74,11 +75,13 @@ impl pb::clock_service_server::ClockService for Clock {
         }
         let req = req.into_inner();
         let to = req.to.ok_or_else(|| Status::invalid_argument("advance.to: missing"))?.seconds;
-        let mut next = self.next_round.lock().await;
+        let mut guard = self.next_round.lock().await;
+        let (next, carbon_at) = &mut *guard;
         let now = clock::advance(to).map_err(Status::failed_precondition)?;
         if let Some(at) = req.telemetry_at {
             self.wait_for_telemetry(at.seconds).await?;
         }
+        super::carbon::refresh_due(&self.st, carbon_at, now).await;
         let mut out = pb::AdvanceResponse { now: Some(ts(now)), ..pb::AdvanceResponse::default() };
         // An event (a registration, a job's exit) asks for a round soon, as
         // in `planning::run`: at this advance.

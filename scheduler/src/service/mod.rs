@@ -802,8 +802,10 @@ async fn serve(
     }));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
-    state.tasks.spawn(carbon::run(state.clone(), first));
-    if !virtual_clock {
+    if virtual_clock {
+        carbon::commit_first(&state, first).await;
+    } else {
+        state.tasks.spawn(carbon::run(state.clone(), first));
         state.tasks.spawn(planning::run(state.clone()));
     }
     tracing::info!(%addr, virtual_clock, epoch = state.epoch, insecure_local = state.config.insecure_local, "scheduler serving");

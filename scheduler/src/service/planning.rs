@@ -26,7 +26,7 @@ pub async fn run(st: Arc<State>) {
     let stop = st.shutdown.clone();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(cfg.interval) => {}
+            () = greenfill_runtime::clock::sleep(cfg.interval) => {}
             () = st.replan.notified() => {}
             () = stop.cancelled() => break,
         }
@@ -38,7 +38,7 @@ pub async fn run(st: Arc<State>) {
             () = stop.cancelled() => break,
         }
         tokio::select! {
-            () = tokio::time::sleep(cfg.min_gap) => {}
+            () = greenfill_runtime::clock::sleep(cfg.min_gap) => {}
             () = stop.cancelled() => break,
         }
     }
