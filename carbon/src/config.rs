@@ -46,9 +46,11 @@ pub enum SourceConfig {
         password_env: Option<String>,
         base_url: Option<String>,
     },
-    /// A carbon CSV, replayed by position in its span.
+    /// A carbon CSV, replayed by position in its span; a forecast reaches
+    /// `horizon` ahead (default 2 days, as the providers' do).
     File {
         path: PathBuf,
+        horizon: Option<String>,
     },
     Constant {
         value: f64,
@@ -209,8 +211,15 @@ impl SourceConfig {
                     token: tokio::sync::Mutex::new(None),
                 })
             }
-            SourceConfig::File { path } => {
-                Arc::new(File::load(path).map_err(|e| bad(key, "path", path.display().to_string(), &e.to_string()))?)
+            SourceConfig::File { path, horizon } => {
+                let file =
+                    File::load(path).map_err(|e| bad(key, "path", path.display().to_string(), &e.to_string()))?;
+                let Some(h) = horizon else { return Ok(Arc::new(file)) };
+                match greenfill_core::time::parse_duration(h) {
+                    #[allow(clippy::cast_possible_truncation, reason = "a horizon in seconds")]
+                    Some(secs) if secs >= 3600.0 => Arc::new(file.reaching(secs as i64)),
+                    _ => return Err(bad(key, "horizon", h, "need a duration of 1h or more (e.g. 48h, 7d)")),
+                }
             }
             SourceConfig::Constant { value } => {
                 if !(value.is_finite() && *value >= 0.0) {
@@ -283,6 +292,31 @@ mod tests {
         assert!(text[2].starts_with("carbon.zones.GB.sources[2].password_env = \"GREENFILL_NO_SUCH_VAR\": is not set"));
         assert!(text[3].starts_with("carbon.zones.GB.sources[3].country = \"atlantis\": Energy-Charts knows: al,"));
         assert!(text[4].starts_with("carbon.zones.GB.sources[4].value = -3.0"));
+    }
+
+    #[tokio::test]
+    async fn a_file_forecast_reaches_two_days_or_its_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ci.csv");
+        let rows: String = (0..24 * 30).map(|h| format!("{},{}\n", 1_640_995_200 + h * 3600, 100 + h % 24)).collect();
+        std::fs::write(&path, format!("timestamp,carbon_intensity\n{rows}")).unwrap();
+        let p = path.display();
+        let now = 1_640_995_200 + 86_400;
+        for (horizon, reach) in [("", 2 * 86_400), (", horizon = \"7d\"", 7 * 86_400)] {
+            let sources = build(&format!("sources = [{{ kind = \"file\", path = \"{p}\"{horizon} }}]")).unwrap();
+            let f = sources[0].fetch(now).await.unwrap();
+            assert!(f.covers_until() >= now + reach, "{horizon:?}: {} < {}", f.covers_until(), now + reach);
+            assert!(f.covers_until() <= now + reach + 3600, "{horizon:?}");
+        }
+        let text: Vec<String> = build(&format!("sources = [{{ kind = \"file\", path = \"{p}\", horizon = \"5m\" }}]"))
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            text[0].starts_with("carbon.zones.GB.sources[0].horizon = \"5m\": need a duration of 1h or more"),
+            "{text:?}"
+        );
     }
 
     #[test]

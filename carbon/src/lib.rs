@@ -257,22 +257,29 @@ impl Source for Constant {
 pub struct File {
     pub path: std::path::PathBuf,
     series: greenfill_core::Series,
+    /// How far ahead a forecast reaches, seconds.
+    horizon_s: i64,
 }
 
 impl File {
     pub fn load(path: &std::path::Path) -> Result<File, SourceError> {
         let trace = greenfill_core::data::load_carbon(path, &greenfill_core::data::CarbonOptions::default())
             .map_err(|e| SourceError::Local { provider: "file".into(), detail: e.to_string() })?;
-        Ok(File { path: path.to_owned(), series: trace.series })
+        Ok(File { path: path.to_owned(), series: trace.series, horizon_s: 2 * 86_400 })
     }
 
-    /// Two days from the hour before `now`, at the file's step.
+    /// Forecasts that reach `horizon_s` ahead instead of two days.
+    pub fn reaching(self, horizon_s: i64) -> File {
+        File { horizon_s, ..self }
+    }
+
+    /// `horizon_s` (two days unless set) from the hour before `now`, at the file's step.
     fn forecast(&self, now: i64) -> Result<Forecast, SourceError> {
         let s = &self.series;
         let n = i64::try_from(s.values.len()).unwrap_or(1).max(1);
         let span = s.step * n;
         let from = now - now.rem_euclid(s.step.max(1)) - 3600;
-        let points = (0..(2 * 86_400 + 3600) / s.step.max(1))
+        let points = (0..(self.horizon_s + 3600) / s.step.max(1))
             .map(|k| {
                 let at = from + k * s.step;
                 let i = usize::try_from((at - s.start).rem_euclid(span.max(1)) / s.step.max(1)).unwrap_or(0);

@@ -82,7 +82,9 @@ fn config(a: &FetchArgs) -> Result<SourceConfig> {
             password_env: None,
             base_url: a.base_url.clone(),
         },
-        "file" => SourceConfig::File { path: zone.ok_or_else(|| need("zone (the file's path)"))?.into() },
+        "file" => {
+            SourceConfig::File { path: zone.ok_or_else(|| need("zone (the file's path)"))?.into(), horizon: None }
+        }
         "constant" => SourceConfig::Constant {
             value: zone.ok_or_else(|| need("zone (the value)"))?.parse().map_err(|e| anyhow!("--zone: {e}"))?,
         },

@@ -57,14 +57,18 @@ pub(crate) fn service_forecast(r: &Resolved) -> &str {
 
 /// Each carbon zone's forecast as the scenario tells the planner, one CSV each:
 /// `default` (the scenario's own signal) and one per `[carbon.zones]` key.
-fn write_carbon(inp: &Inputs, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// Past the run the last value holds, as the simulator's plans see it.
+fn write_carbon(inp: &Inputs, dir: &Path, horizon_s: i64) -> Result<Vec<(String, PathBuf)>> {
+    let beyond = usize::try_from(horizon_s / inp.step_s.max(1)).unwrap_or(0) + 1;
     let mut zones = vec![("default".to_owned(), inp.carbon_forecast.as_slice())];
     zones.extend(inp.zones.iter().map(|z| (z.name.clone(), z.forecast.as_slice())));
     let mut out = Vec::new();
     for (name, values) in zones {
         let path = dir.join(format!("carbon-{name}.csv"));
         let mut text = String::from("timestamp,carbon_intensity\n");
-        for (k, v) in values.iter().enumerate() {
+        let last = values.last().copied().unwrap_or(0.0);
+        let held = values.iter().copied().chain(std::iter::repeat_n(last, beyond));
+        for (k, v) in held.enumerate() {
             let t = inp.start + i64::try_from(k).unwrap_or(0) * inp.step_s;
             text.push_str(&format!("{},{v}\n", greenfill_core::time::format_timestamp(t)));
         }
@@ -89,8 +93,11 @@ pub(crate) fn config(r: &Resolved, inp: &Inputs, dir: &Path, port: u16, wol: u16
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut zones = serde_json::Map::new();
-    for (name, path) in write_carbon(inp, dir)? {
-        zones.insert(name, json!({ "sources": [{ "kind": "file", "path": path }] }));
+    // The signal reaches as far as the scenario's planner sees it.
+    let reach = (r.horizon_s + r.slot_s).max(2 * 86_400);
+    for (name, path) in write_carbon(inp, dir, reach)? {
+        let horizon = secs(reach);
+        zones.insert(name, json!({ "sources": [{ "kind": "file", "path": path, "horizon": horizon }] }));
     }
     let pools: Vec<Value> = inp.pools.iter().enumerate().map(|(i, p)| pool(r, inp, i, p, wol)).collect();
     let retention = (inp.history as i64 + inp.steps as i64 + 1) * inp.step_s;
