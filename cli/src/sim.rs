@@ -77,6 +77,12 @@ pub(crate) struct RunArgs {
     gap: bool,
 }
 
+/// `out/<scenario file name><suffix>`: where a command writes when not told.
+pub(crate) fn default_out(scenario: &std::path::Path, suffix: &str) -> PathBuf {
+    let stem = scenario.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from("out").join(format!("{stem}{suffix}"))
+}
+
 pub(crate) fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Run(a) => run_one(&a),
@@ -97,12 +103,7 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
     let base = a.scenario.parent().unwrap_or(std::path::Path::new("."));
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let rows = greenfill_sim::sweep(&a.scenario.display().to_string(), &text, base, &sets, threads)?;
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("out").join(format!(
-            "{}-sweep",
-            a.scenario.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned())
-        ))
-    });
+    let out = a.out.clone().unwrap_or_else(|| default_out(&a.scenario, "-sweep"));
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
     let mut w = csv::Writer::from_path(out.join("sweep.csv"))?;
@@ -203,10 +204,7 @@ fn run_one(a: &RunArgs) -> Result<()> {
             summary.gap.insert(p.name().to_owned(), b);
         }
     }
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("out")
-            .join(a.scenario.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned()))
-    });
+    let out = a.out.clone().unwrap_or_else(|| default_out(&a.scenario, ""));
     write_outputs(&out, &summary, &inputs, &results).with_context(|| format!("writing {}", out.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -154,10 +154,7 @@ pub(crate) fn replay(a: &ReplayArgs) -> Result<()> {
     r.scenario.policies = vec!["greenfill".to_owned()];
     let started = std::time::Instant::now();
     let sim = greenfill_sim::run(&r, &inputs, |_, _| {})?.remove(0).1;
-    let out = a.out.clone().unwrap_or_else(|| {
-        let stem = a.scenario.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned());
-        PathBuf::from("out").join(format!("{stem}-replay"))
-    });
+    let out = a.out.clone().unwrap_or_else(|| crate::sim::default_out(&a.scenario, "-replay"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let bin = a.scheduler.clone().unwrap_or_else(scheduler_bin);
     let rt = tokio::runtime::Runtime::new()?;
@@ -169,10 +166,10 @@ pub(crate) fn replay(a: &ReplayArgs) -> Result<()> {
     })?;
     let report = compare(&r, &inputs, &sim, run, notes, started.elapsed().as_secs_f64());
     let path = out.join("replay.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{text}");
     } else {
         print_table(&report);
         println!("wrote {}", path.display());
