@@ -117,6 +117,8 @@ pub struct StoredJob {
     pub seq: u64,
     pub request_id: String,
     pub body: Vec<u8>,
+    /// The state before the job's latest change (from `job_events`; 0 when none).
+    pub previous_state: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,13 @@ pub trait Store: Send + 'static {
     /// Apply `batch` atomically and durably: all of it or none.
     fn commit(&mut self, batch: &[Write]) -> Result<(), StoreError>;
 }
+
+/// Every job in submission order with the state before its latest change, for a
+/// watcher's compacted replay after a restart. The same text serves SQLite and PostgreSQL.
+pub(crate) const LOAD_JOBS: &str = "SELECT seq, request_id, body,
+    COALESCE((SELECT e.previous_state FROM job_events e WHERE e.job_id = jobs.id
+              ORDER BY e.revision DESC LIMIT 1), 0)
+    FROM jobs ORDER BY seq";
 
 /// Versioned migrations; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -262,10 +271,15 @@ impl Store for Sqlite {
         let e = self.err();
         let c = &self.conn;
         let mut snap = Snapshot::default();
-        let mut q = c.prepare("SELECT seq, request_id, body FROM jobs ORDER BY seq").map_err(&e)?;
+        let mut q = c.prepare(LOAD_JOBS).map_err(&e)?;
         snap.jobs = q
             .query_map([], |r| {
-                Ok(StoredJob { seq: r.get::<_, i64>(0)? as u64, request_id: r.get(1)?, body: r.get(2)? })
+                Ok(StoredJob {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    request_id: r.get(1)?,
+                    body: r.get(2)?,
+                    previous_state: r.get(3)?,
+                })
             })
             .map_err(&e)?
             .collect::<Result<_, _>>()

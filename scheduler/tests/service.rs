@@ -238,6 +238,36 @@ async fn submit_is_idempotent_and_durable_across_a_restart() {
     assert_eq!(sorted, seen, "uuid v7 ids in submission order");
 }
 
+/// A watch that starts after a change (the compacted replay) carries the state the
+/// job left, as a live one does, before and after a restart: a client that reads,
+/// then watches, then cancels cannot tell which of its calls the server ran first.
+#[tokio::test]
+async fn a_replayed_watch_event_carries_the_previous_state_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let mut jobs = JobServiceClient::new(channel(srv.addr).await);
+    let req = pb::SubmitJobRequest { request_id: "w".into(), spec: Some(spec()) };
+    let job = jobs.submit_job(authed(USER, req)).await.unwrap().into_inner().job.unwrap();
+    let cancel = pb::CancelJobRequest { id: job.id.clone(), reason: "replayed".into() };
+    jobs.cancel_job(authed(USER, cancel)).await.unwrap();
+    let replayed = |mut jobs: JobServiceClient<Channel>, since: u64| async move {
+        let watch = pb::WatchJobsRequest { ids: vec![], since_revision: since, ..Default::default() };
+        let mut events = jobs.watch_jobs(authed(USER, watch)).await.unwrap().into_inner();
+        tokio::time::timeout(Duration::from_secs(5), events.message()).await.unwrap().unwrap().unwrap()
+    };
+    let before = replayed(jobs.clone(), job.revision).await;
+    assert_eq!(before.job.as_ref().unwrap().state, pb::JobState::Cancelled as i32);
+    assert_eq!(before.previous_state, pb::JobState::Queued as i32, "{before:?}");
+    srv.stop().await.unwrap();
+    drop(jobs);
+
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let jobs = JobServiceClient::new(channel(srv.addr).await);
+    let after = replayed(jobs, job.revision).await;
+    assert_eq!((after.revision, after.previous_state), (before.revision, before.previous_state), "{after:?}");
+    srv.stop().await.unwrap();
+}
+
 /// A scripted agent: register, get a RunJob, report events; reconnect and replay.
 #[tokio::test]
 async fn agent_protocol_commands_and_events_are_applied_once() {

@@ -255,6 +255,7 @@ impl JobService for Jobs {
                     job: job.clone(),
                     attempt_id: String::new(),
                     explanation: None,
+                    previous_state: 0,
                 };
                 inner.jobs.insert(id, entry);
                 let event = pb::JobEvent { revision: job.revision, job: Some(job.clone()), previous_state: 0 };
@@ -376,7 +377,11 @@ impl JobService for Jobs {
                 .jobs
                 .values()
                 .filter(|e| e.job.revision > req.since_revision && keep(&e.job))
-                .map(|e| pb::JobEvent { revision: e.job.revision, job: Some(e.job.clone()), previous_state: 0 })
+                .map(|e| pb::JobEvent {
+                    revision: e.job.revision,
+                    job: Some(e.job.clone()),
+                    previous_state: e.previous_state,
+                })
                 .collect()
         } else {
             Vec::new()

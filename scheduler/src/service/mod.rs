@@ -81,6 +81,8 @@ pub struct JobEntry {
     pub attempt_id: String,
     /// From the latest plan; not persisted (recomputed every plan).
     pub explanation: Option<pb::JobExplanation>,
+    /// The state before the latest change: a watcher's compacted replay carries it.
+    pub previous_state: i32,
 }
 
 #[derive(Debug)]
@@ -198,7 +200,14 @@ impl Inner {
             inner.revision = inner.revision.max(job.revision);
             inner.jobs.insert(
                 job.id.clone(),
-                JobEntry { seq: j.seq, request_id: j.request_id, job, attempt_id, explanation: None },
+                JobEntry {
+                    seq: j.seq,
+                    request_id: j.request_id,
+                    job,
+                    attempt_id,
+                    explanation: None,
+                    previous_state: j.previous_state,
+                },
             );
         }
         for n in snap.nodes {
@@ -257,6 +266,7 @@ impl Inner {
         e.job.revision = revision;
         let t = now();
         e.job.updated_at = Some(ts(t));
+        e.previous_state = previous_state;
         edit(e);
         let writes = vec![
             Write::Job {

@@ -297,8 +297,13 @@ impl Postgres {
         let c = &self.client;
         let mut snap = Snapshot::default();
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
-        for r in c.query("SELECT seq, request_id, body FROM jobs ORDER BY seq", &[]).await? {
-            snap.jobs.push(StoredJob { seq: u(r.try_get(0)?), request_id: r.try_get(1)?, body: r.try_get(2)? });
+        for r in c.query(super::LOAD_JOBS, &[]).await? {
+            snap.jobs.push(StoredJob {
+                seq: u(r.try_get(0)?),
+                request_id: r.try_get(1)?,
+                body: r.try_get(2)?,
+                previous_state: r.try_get(3)?,
+            });
         }
         let r = c
             .query_one(
