@@ -42,6 +42,8 @@ command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # curl: the Prometheus import test saves the server's own answer with it (issue 28).
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# node_exporter: the import test's real exporter behind Prometheus (--preset node-cpu).
+command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
 # PostgreSQL (initdb, pg_ctl): the replicated scheduler's store in the failover test (issue 17).
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 # Headless Chromium: CI renders the simulator's report in a browser (issue 16).

@@ -1,9 +1,11 @@
 //! `greenfill data import prometheus` against a real Prometheus (Debian's
 //! `prometheus`, loopback, a temporary storage dir, 1 s scrapes, basic auth by
-//! its own web config) scraping an exporter this test serves with known values.
+//! its own web config) scraping an exporter this test serves with known values,
+//! and one scraping a real node_exporter (Debian's `prometheus-node-exporter`).
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -78,10 +80,26 @@ fn import(url: &str, out: &Path, extra: &[&str], password: bool) -> Output {
     c.output().unwrap()
 }
 
+/// Whether every tool is installed; if not, says which (and fails under CI).
+fn have(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| !o.status.success()) {
+            greenfill_core::testing::cannot_run(test, &format!("`{tool}` is not installed (scripts/setup.sh)"));
+            return false;
+        }
+    }
+    true
+}
+
 fn rows(path: &Path) -> Vec<(i64, String, f64)> {
+    rows_under(path, "time,node,cpu_fraction")
+}
+
+/// The long CSV's rows, after checking its header.
+fn rows_under(path: &Path, header: &str) -> Vec<(i64, String, f64)> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("time,node,cpu_fraction"));
+    assert_eq!(lines.next(), Some(header));
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
@@ -92,14 +110,8 @@ fn rows(path: &Path) -> Vec<(i64, String, f64)> {
 
 #[test]
 fn a_prometheus_range_imports_every_point_once_in_chunks_and_bad_input_exits_2_writing_nothing() {
-    for tool in ["prometheus", "htpasswd"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| !o.status.success()) {
-            greenfill_core::testing::cannot_run(
-                "prometheus import",
-                &format!("`{tool}` is not installed (scripts/setup.sh)"),
-            );
-            return;
-        }
+    if !have("prometheus import", &["prometheus", "htpasswd"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (_prom, url) = prometheus(dir.path(), exporter());
@@ -204,4 +216,129 @@ fn a_prometheus_range_imports_every_point_once_in_chunks_and_bad_input_exits_2_w
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.code() == Some(2) && err.contains("matched no series"), "{preset}: {err}");
     }
+}
+
+/// node_exporter with only its CPU collector, on loopback.
+fn node_exporter(dir: &Path) -> (Proc, u16) {
+    let port = port();
+    let child = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(["--collector.disable-defaults", "--collector.cpu"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("node_exporter.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (Proc(child), port)
+}
+
+/// The exporter's idle seconds per CPU, read from it directly.
+fn idle_now(port: u16) -> BTreeMap<String, f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("node_cpu_seconds_total{cpu=\""))
+        .filter_map(|l| l.split_once("\",mode=\"idle\"} "))
+        .map(|(cpu, v)| (cpu.to_owned(), v.trim().parse().unwrap()))
+        .collect()
+}
+
+/// Issue 28's real-exporter check. The raw form imports node_exporter's idle
+/// counters per CPU; the preset's busy share must equal what the test computes
+/// from them as Prometheus's `rate()` does (the slope between the first and last
+/// sample in the 60 s window: with 1 s scrapes, the grid points 59 s apart)
+/// within 1 % of a core. Then the imported file is a scenario `sim run` runs.
+#[test]
+fn a_real_node_exporter_imports_alike_by_preset_and_raw_query_and_sim_init_runs_it() {
+    if !have("prometheus import (node_exporter)", &["prometheus", "htpasswd", "prometheus-node-exporter"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_exporter, ne) = node_exporter(dir.path());
+    let (_prom, url) = prometheus(dir.path(), ne);
+    let raw = dir.path().join("idle.csv");
+    let idle = ["--query", r#"node_cpu_seconds_total{mode="idle"}"#, "--label", "cpu", "--step", "1s"];
+    let idle = [&idle[..], &["--value-name", "idle_seconds"]].concat();
+    let header = "time,cpu,idle_seconds";
+    // 75 s of scrapes: the preset's rate looks 60 s back, then 15 points to compare.
+    let t0 = Instant::now();
+    let first = loop {
+        let o = import(&url, &raw, &[&idle[..], &["--start", "now-300s"]].concat(), true);
+        if o.status.success() {
+            let times: Vec<i64> = rows_under(&raw, header).iter().filter(|r| r.1 == "0").map(|r| r.0).collect();
+            if times.len() >= 76 {
+                break times[0];
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(200), "no data after 200 s: {}", String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let (from, end) = (first + 60, first + 74);
+    let o = import(
+        &url,
+        &raw,
+        &[&idle[..], &["--start", &(first + 1).to_string(), "--end", &end.to_string()]].concat(),
+        true,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = idle_now(ne);
+    let counters = rows_under(&raw, header);
+    let cpus: Vec<&String> = after.keys().collect();
+    assert!(!cpus.is_empty(), "node_exporter reported no idle CPU time");
+    let mut idle_at = BTreeMap::new();
+    for cpu in &cpus {
+        let series: Vec<&(i64, String, f64)> = counters.iter().filter(|r| &&r.1 == cpu).collect();
+        // Every second of the grid once, counters that only grow, and no faster
+        // than the wall clock; the exporter's own reading now is past the last.
+        let times: Vec<i64> = series.iter().map(|r| r.0).collect();
+        assert_eq!(times, (first + 1..=end).collect::<Vec<_>>(), "cpu {cpu}");
+        assert!(series.windows(2).all(|w| w[1].2 >= w[0].2 && w[1].2 - w[0].2 <= 1.1), "cpu {cpu}: {series:?}");
+        let last = series.last().unwrap().2;
+        assert!(after[*cpu] >= last, "cpu {cpu}: the exporter says {} now, the import {last}", after[*cpu]);
+        for r in series {
+            idle_at.insert((cpu.as_str(), r.0), r.2);
+        }
+    }
+    assert_eq!(counters.len(), cpus.len() * 74, "a series that is not one of the exporter's CPUs");
+
+    let preset = dir.path().join("busy.csv");
+    let window = ["--start", &from.to_string(), "--end", &end.to_string()];
+    let o = import(&url, &preset, &[&["--preset", "node-cpu", "--step", "1s"][..], &window[..]].concat(), true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let busy = rows_under(&preset, "time,instance,cpu_fraction");
+    let instance = format!("127.0.0.1:{ne}");
+    assert_eq!(busy.iter().map(|r| r.0).collect::<Vec<_>>(), (from..=end).collect::<Vec<_>>(), "{busy:?}");
+    for (t, name, value) in &busy {
+        assert_eq!(name, &instance);
+        let idle_share: f64 =
+            cpus.iter().map(|c| (idle_at[&(c.as_str(), *t)] - idle_at[&(c.as_str(), t - 59)]) / 59.0).sum::<f64>()
+                / cpus.len() as f64;
+        let want = 1.0 - idle_share;
+        assert!((value - want).abs() <= 0.01, "at {t}: the preset says {value}, the counters {want}");
+    }
+
+    // From "my cluster" to a scenario, run at once.
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let scenario = dir.path().join("mine.toml");
+    let init = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["sim", "init", "--zone", "CISO", "--usage"])
+        .arg(&preset)
+        .arg("--jobs")
+        .arg(repo.join("data/jobs/azure-100k.csv"))
+        .arg("--out")
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let run = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["sim", "run", "--json", "--scenario"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(v["policies"]["greenfill"]["jobs_completed"].as_u64().is_some_and(|n| n > 0), "{v}");
 }
