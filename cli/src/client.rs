@@ -17,16 +17,16 @@ use tonic::transport::Channel;
 pub(crate) struct Conn {
     /// Scheduler address; replicas comma-separated (the leader is found by
     /// asking each one's health) [env: GREENFILL_SERVER; default http://127.0.0.1:7070].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Scheduler")]
     server: Option<String>,
     /// User bearer token [env: GREENFILL_TOKEN].
-    #[arg(long, global = true, hide_env_values = true)]
+    #[arg(long, global = true, hide_env_values = true, help_heading = "Scheduler")]
     token: Option<String>,
     /// Client config with `server`, `token` and `ca_cert` [default ~/.config/greenfill/client.toml].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Scheduler")]
     client_config: Option<PathBuf>,
     /// PEM CA certificate to trust for an `https://` server [env: GREENFILL_CA_CERT].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Scheduler")]
     ca_cert: Option<PathBuf>,
 }
 
@@ -103,7 +103,21 @@ async fn channel(server: &str, ca: Option<&std::path::Path>) -> Result<Channel> 
         let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
         endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("--ca-cert {}: {e}", ca.display()))?;
     }
-    endpoint.connect().await.map_err(|e| anyhow!("cannot reach the scheduler at {server}: {e}"))
+    endpoint.connect().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !why.contains(&text) {
+                why = format!("{why}: {text}");
+            }
+            cause = c.source();
+        }
+        anyhow!(
+            "cannot reach the scheduler at {server} ({why}); start one with `greenfill-scheduler --config FILE`, or \
+             name another with --server or GREENFILL_SERVER"
+        )
+    })
 }
 
 /// How long to look for a leader among replicas (a failover takes seconds).
@@ -168,6 +182,8 @@ struct SpecFile {
 
 #[derive(Debug, Args)]
 pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    pub(crate) conn: Conn,
     /// A spec file (TOML, or JSON by extension) with the same keys as the flags;
     /// flags override it.
     #[arg(long)]
@@ -333,7 +349,19 @@ fn image_from(args: &SubmitArgs, f: &mut SpecFile) -> Result<Option<pb::ImageSpe
 }
 
 fn status_err(e: tonic::Status) -> anyhow::Error {
-    anyhow!("{}: {}", format!("{:?}", e.code()).to_uppercase(), e.message())
+    anyhow!("{}: {}", grpc_name(e.code()), e.message())
+}
+
+/// A status code as gRPC spells it (`INVALID_ARGUMENT`), from tonic's variant name.
+fn grpc_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
@@ -444,6 +472,8 @@ fn ledger_text(l: &pb::JobLedger) -> String {
 
 #[derive(Debug, Args)]
 pub(crate) struct JobsArgs {
+    #[command(flatten)]
+    pub(crate) conn: Conn,
     /// Only these states (queued, planned, dispatched, running, succeeded, failed,
     /// cancelled, evicted, late); repeatable.
     #[arg(long = "state")]

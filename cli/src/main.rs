@@ -20,8 +20,6 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "greenfill", version, about = "Co-locate batch work into online fleets' valleys, timed by carbon", long_about = None)]
 struct Cli {
-    #[command(flatten)]
-    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,12 +52,16 @@ enum Command {
         id: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
     },
     /// Cancel a job (a running one is stopped on its node).
     Cancel {
         id: String,
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        conn: client::Conn,
     },
     /// Follow job state changes as they happen.
     Watch {
@@ -71,18 +73,41 @@ enum Command {
         since: u64,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
     },
     /// Why a job is where it is: planned start, the constraint holding it, carbon.
     Explain {
         id: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
     },
     /// Nodes the scheduler knows, with their latest telemetry.
     Nodes {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
     },
+    /// Shell completions for bash, zsh or fish, on stdout, e.g.
+    /// `greenfill completions bash > /etc/bash_completion.d/greenfill`.
+    Completions { shell: Shell },
+    /// The manual page (roff) on stdout; with --out DIR, one page per command
+    /// (greenfill.1, greenfill-sim-run.1, ...) for `man -l` or a MANPATH.
+    Man {
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// The shells `greenfill completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn main() -> ExitCode {
@@ -91,21 +116,26 @@ fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Carbon(cmd) => carbon::run(cmd),
         Command::Plan(args) => match args.live() {
-            Some((jobs, json)) => client::live_plan(&cli.conn, jobs, json),
+            Some((jobs, json)) => client::live_plan(&args.conn, jobs, json),
             None => plan::run(&args),
         },
-        Command::Submit(args) => client::submit(&cli.conn, &args),
+        Command::Submit(args) => client::submit(&args.conn, &args),
         Command::Jobs(args) => match &args.command {
-            Some(client::JobsCommand::Export(e)) => client::export(&cli.conn, e),
-            None => client::jobs(&cli.conn, &args),
+            Some(client::JobsCommand::Export(e)) => client::export(&args.conn, e),
+            None => client::jobs(&args.conn, &args),
         },
-        Command::Job { id, json } => client::job(&cli.conn, &id, json),
-        Command::Cancel { id, reason } => client::cancel(&cli.conn, &id, &reason),
-        Command::Watch { ids, since, json } => client::watch(&cli.conn, ids, since, json),
-        Command::Explain { id, json } => client::explain(&cli.conn, &id, json),
-        Command::Nodes { json } => client::nodes(&cli.conn, json),
+        Command::Job { id, json, conn } => client::job(&conn, &id, json),
+        Command::Cancel { id, reason, conn } => client::cancel(&conn, &id, &reason),
+        Command::Watch { ids, since, json, conn } => client::watch(&conn, ids, since, json),
+        Command::Explain { id, json, conn } => client::explain(&conn, &id, json),
+        Command::Nodes { json, conn } => client::nodes(&conn, json),
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Completions { shell } => {
+            completions(shell);
+            Ok(())
+        }
+        Command::Man { out } => man(out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +144,30 @@ fn main() -> ExitCode {
             // Bad input to an import: as clap's usage errors.
             if e.downcast_ref::<prometheus::ImportError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
+    }
+}
+
+fn completions(shell: Shell) {
+    use clap_complete::{Shell as S, generate};
+    let shell = match shell {
+        Shell::Bash => S::Bash,
+        Shell::Zsh => S::Zsh,
+        Shell::Fish => S::Fish,
+    };
+    generate(shell, &mut <Cli as clap::CommandFactory>::command(), "greenfill", &mut std::io::stdout());
+}
+
+fn man(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir).with_context(|| format!("--out {}", dir.display()))?;
+            eprintln!("wrote the manual pages to {}", dir.display());
+            Ok(())
+        }
+        None => Ok(clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?),
     }
 }
 

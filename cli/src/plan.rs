@@ -14,6 +14,9 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct PlanArgs {
+    /// How to reach the scheduler, for its current plan (without --cluster).
+    #[command(flatten)]
+    pub(crate) conn: crate::client::Conn,
     /// Cluster TOML: pools (nodes, cores, memory_gib, power, pue, always_on) and
     /// margins. Without it, the scheduler's current plan is shown.
     #[arg(long, requires = "jobs")]

@@ -106,8 +106,9 @@ impl Site {
 
     fn greenfill(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(&args[..1])
             .args(["--server", &format!("http://127.0.0.1:{}", self.port)])
-            .args(args)
+            .args(&args[1..])
             .output()
             .unwrap();
         if out.status.success() {

@@ -218,8 +218,9 @@ impl Daemons {
 
     fn greenfill(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(sibling("greenfill")?)
+            .args(&args[..1])
             .args(["--server", &format!("http://127.0.0.1:{}", self.port)])
-            .args(args)
+            .args(&args[1..])
             .output()?;
         if !out.status.success() {
             bail!("greenfill {args:?}: {}", String::from_utf8_lossy(&out.stderr));

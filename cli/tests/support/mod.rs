@@ -147,8 +147,9 @@ impl Cluster {
 
     pub fn greenfill(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(&args[..1])
             .args(["--server", &format!("http://127.0.0.1:{}", self.port), "--token", USER_TOKEN])
-            .args(args)
+            .args(&args[1..])
             .output()
             .unwrap();
         if out.status.success() {

@@ -4,6 +4,7 @@
 use super::auth::Caller;
 use super::{JobEntry, State, is_queued, is_terminal, now, state_name, ts};
 use crate::store::Write;
+use greenfill_core::time::format_timestamp as rfc3339;
 use greenfill_proto::v1 as pb;
 use pb::job_service_server::JobService;
 use pb::plan_service_server::PlanService;
@@ -127,14 +128,14 @@ pub fn validate(state: &State, req: &pb::SubmitJobRequest, now: i64) -> Result<(
     let release = s.not_before.as_ref().map_or(now, |t| t.seconds.max(now));
     if let Some(dl) = &s.deadline {
         if dl.seconds <= now {
-            return Err(invalid("spec.deadline", dl.seconds, &format!("is not after now ({now})")));
+            return Err(invalid("spec.deadline", rfc3339(dl.seconds), &format!("is not after now ({})", rfc3339(now))));
         }
         #[allow(clippy::cast_precision_loss, reason = "unix seconds fit an f64")]
         if (dl.seconds as f64) < release as f64 + duration {
             return Err(invalid(
                 "spec.deadline",
-                dl.seconds,
-                &format!("before earliest start {release} + expected_duration {duration}s"),
+                rfc3339(dl.seconds),
+                &format!("before earliest start {} + expected_duration {duration}s", rfc3339(release)),
             ));
         }
     }
