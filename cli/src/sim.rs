@@ -263,6 +263,19 @@ fn print_table(s: &Summary) {
     for (what, why) in &s.saved.not_compared {
         println!("  greenfill vs {what}: no comparison: {why}");
     }
+    let unfinished: Vec<String> = s
+        .policies
+        .iter()
+        .filter(|(_, p)| p.jobs_unfinished > 0)
+        .map(|(name, p)| format!("{name} {}", p.jobs_unfinished))
+        .collect();
+    if !unfinished.is_empty() {
+        println!(
+            "  note: jobs unfinished at the end ({}): ones the policy never started (too large for its placement \
+             rule) or that need a longer `drain` in the scenario",
+            unfinished.join(", ")
+        );
+    }
     if let Some(a) = &s.attribution {
         print_attribution(a);
     }

@@ -64,7 +64,7 @@ impl Serving {
         let listener = Arc::new(listener);
         let l = listener.clone();
         let incoming = futures_util::stream::unfold(l, |l| async move {
-            let accepted = l.accept().await.map(|(s, _)| s);
+            let accepted = l.accept().await.inspect(|(s, _)| drop(s.set_nodelay(true))).map(|(s, _)| s);
             Some((accepted, l))
         })
         .boxed();

@@ -810,7 +810,9 @@ async fn serve(
             move |r| clock_guard.check(r),
         )
     }));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY, as tonic's own `serve` sets it: without it a small answer (an
+    // Advance, a command to an agent) waits out Nagle against a delayed ACK, ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
     if virtual_clock {
         carbon::commit_first(&state, first).await;
