@@ -52,6 +52,10 @@ fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
     let dup = Write::Job { seq: 3, id: "j3".into(), request_id: "r1".into(), state: 1, revision: 3, body: vec![] };
     assert!(db.commit(&[job(2, 1), dup]).is_err());
     assert_eq!(open(&pg).load().unwrap().jobs.len(), 1);
+    // A commit is one pipeline (BEGIN … COMMIT): after a failed one the session
+    // is out of its transaction, and the next commit on it is stored.
+    db.commit(&[job(3, 1)]).unwrap();
+    assert_eq!(open(&pg).load().unwrap().jobs.len(), 2);
 
     // Fencing: a store opened for epoch 1 commits while the lease says 1, and
     // not once another replica has taken epoch 2.
@@ -65,7 +69,12 @@ fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
     let e = leader.commit(&[job(5, 1)]).unwrap_err();
     assert!(matches!(e, StoreError::Deposed { ours: 1, now: 2 }), "{e}");
     let ids: Vec<u64> = open(&pg).load().unwrap().jobs.iter().map(|j| j.seq).collect();
-    assert_eq!(ids, vec![1, 4], "the deposed leader's batch is not stored");
+    assert_eq!(ids, vec![1, 3, 4], "the deposed leader's batch is not stored");
+    // Without a lease row nothing is fenced in: the commit fails.
+    rt.block_on(c.execute("DELETE FROM greenfill_lease", &[])).unwrap();
+    assert!(leader.commit(&[job(6, 1)]).is_err());
+    let ids: Vec<u64> = open(&pg).load().unwrap().jobs.iter().map(|j| j.seq).collect();
+    assert_eq!(ids, vec![1, 3, 4]);
 }
 
 fn postgres_client(

@@ -13,7 +13,6 @@
 //! without waiting for each answer, executed in order).
 
 use super::{Snapshot, StoreError, StoredJob, StoredNode, Write};
-use futures_util::future::try_join_all;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -179,6 +178,9 @@ struct Statements {
     carbon: Statement,
     prune_telemetry: Statement,
     prune_plans: Statement,
+    /// Fails (division by zero) unless the lease's epoch is `$1`, which aborts
+    /// the transaction it runs in; a missing lease row fails too.
+    fence: Statement,
 }
 
 impl Statements {
@@ -225,6 +227,12 @@ impl Statements {
                 .prepare("INSERT INTO carbon_zones VALUES ($1, $2) ON CONFLICT (zone) DO UPDATE SET body = $2")
                 .await?,
             prune_telemetry: c.prepare("DELETE FROM telemetry WHERE bucket < $1").await?,
+            fence: c
+                .prepare(
+                    "SELECT 1 / COALESCE((SELECT CASE WHEN epoch = $1 THEN 1 ELSE 0 END
+                                          FROM greenfill_lease WHERE id = 1 FOR SHARE), 0)",
+                )
+                .await?,
             prune_plans: c
                 .prepare("DELETE FROM plans WHERE revision <= (SELECT COALESCE(MAX(revision), 0) FROM plans) - $1")
                 .await?,
@@ -345,26 +353,45 @@ impl Postgres {
         Ok(snap)
     }
 
+    /// One transaction in one round trip: BEGIN, the fence, every statement
+    /// and COMMIT are sent before the first answer is read, and run in order.
+    /// An error in any of them aborts the transaction, and the COMMIT that
+    /// follows it in the same pipeline then rolls it back, so nothing is
+    /// written and the session is out of the transaction either way.
     async fn apply(&mut self, batch: &[Write]) -> Result<(), StoreError> {
         let target = self.target.clone();
         let e = |source| StoreError::Postgres { target: target.clone(), source };
-        let tx = self.client.transaction().await.map_err(e)?;
-        if let Some(ours) = self.epoch {
-            let row = tx.query_one("SELECT epoch FROM greenfill_lease WHERE id = 1 FOR SHARE", &[]).await.map_err(e)?;
-            let now: i64 = row.try_get(0).map_err(e)?;
-            if now != ours {
-                return Err(StoreError::Deposed { ours, now });
-            }
-        }
-        let s = &self.statements;
+        let (c, s) = (&self.client, &self.statements);
         let ints: Vec<[i64; 2]> = batch.iter().map(ints).collect();
         let calls: Vec<Call<'_>> = batch.iter().zip(&ints).flat_map(|(w, n)| bind(w, n, s)).collect();
-        // Pipelined: every statement is sent before the first answer is read,
-        // and they run in order.
-        try_join_all(calls.iter().map(|(stmt, params)| tx.execute(*stmt, params))).await.map_err(e)?;
-        tx.commit().await.map_err(e)
+        let ours = self.epoch;
+        let fence: Vec<Param<'_>> = ours.as_ref().map(|epoch| epoch as Param<'_>).into_iter().collect();
+        let mut steps: Vec<Step<'_>> = vec![Box::pin(async { c.batch_execute("BEGIN").await.map(|()| 0) })];
+        if ours.is_some() {
+            steps.push(Box::pin(c.execute(&s.fence, &fence)));
+        }
+        steps.extend(calls.iter().map(|(stmt, params)| -> Step<'_> { Box::pin(c.execute(*stmt, params)) }));
+        steps.push(Box::pin(async { c.batch_execute("COMMIT").await.map(|()| 0) }));
+        // join_all polls every future once, in order, before any answer: that
+        // first poll is what sends each request (tokio-postgres pipelines them).
+        let answers = futures_util::future::join_all(steps).await;
+        let Some((step, err)) = answers.into_iter().enumerate().find_map(|(i, r)| r.err().map(|err| (i, err))) else {
+            return Ok(());
+        };
+        let deposed = step == 1 && err.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO);
+        match ours {
+            Some(ours) if deposed => {
+                let row = c.query_opt("SELECT epoch FROM greenfill_lease WHERE id = 1", &[]).await.map_err(e)?;
+                let now = row.map(|r| r.try_get(0)).transpose().map_err(e)?.unwrap_or(-1);
+                Err(StoreError::Deposed { ours, now })
+            }
+            _ => Err(e(err)),
+        }
     }
 }
+
+/// One request of a commit's pipeline, answering the rows it touched.
+type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 type Call<'a> = (&'a Statement, Vec<Param<'a>>);
