@@ -27,6 +27,7 @@
 //! [`exact_lp`] is the per-node time-indexed LP (one column per job × node × slot):
 //! the reference optimum for small instances.
 
+mod blockmax;
 mod energy;
 mod exact;
 pub mod input;

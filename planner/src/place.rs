@@ -1,5 +1,6 @@
 //! Binding jobs to nodes and slots, exactly, per node and per slot.
 
+use crate::blockmax::BlockMax;
 use crate::lp::Quotas;
 use crate::problem::{Placement, PlanJob, Problem, Strategy, WaitReason};
 use greenfill_core::cluster::PowerModel;
@@ -154,6 +155,10 @@ struct State<'a> {
     full_below: Vec<u32>,
     /// The same for memory, with thresholds `MEM_BUCKETS` (GiB).
     mem_full_below: Vec<u32>,
+    /// Per slot, the most free CPU and memory in each block of nodes: a scan
+    /// jumps over blocks where no node has room.
+    cpu_max: BlockMax,
+    mem_max: BlockMax,
     /// Carbon spread of the horizon plus one: a quota shortage of one slot costs
     /// more than any difference in carbon.
     spread: f64,
@@ -253,15 +258,21 @@ impl State<'_> {
         let first_only = self.p.options.strategy == Strategy::EarliestFit;
         let mut best: Option<(usize, f64)> = None;
         let mut fitting = 0;
-        for node in listed.iter().copied().chain(base + skip..end) {
+        let (mut listed_at, mut scan_from) = (0, base + skip);
+        loop {
+            // The pool's awake list first, then the scan of its nodes in order.
+            let node = if let Some(&node) = listed.get(listed_at) {
+                listed_at += 1;
+                if !self.fits_on(node, j, slots) {
+                    continue;
+                }
+                node
+            } else {
+                let Some(node) = self.next_fit(j, slots, scan_from, end) else { break };
+                scan_from = node + 1;
+                node
+            };
             let row = node * len;
-            let fits = slots.iter().all(|&t| {
-                let i = row + t as usize;
-                self.free_cpu[i] + EPS >= j.cores && self.free_mem[i] + EPS >= j.mem_gib
-            });
-            if !fits {
-                continue;
-            }
             if !sleeps && !curved {
                 best = Some((node, 0.0));
                 break;
@@ -305,12 +316,51 @@ impl State<'_> {
         best
     }
 
+    /// Whether `node` has room for `j` in every one of `slots`.
+    fn fits_on(&self, node: usize, j: &PlanJob, slots: &[u32]) -> bool {
+        let row = node * self.ctx.len;
+        slots.iter().all(|&t| {
+            let i = row + t as usize;
+            self.free_cpu[i] + EPS >= j.cores && self.free_mem[i] + EPS >= j.mem_gib
+        })
+    }
+
+    /// The first node in `from..end` with room for `j` in every one of `slots`:
+    /// a node's own row is read until a slot without room, and the blocks of
+    /// nodes with no room in that slot are skipped.
+    fn next_fit(&self, j: &PlanJob, slots: &[u32], from: usize, end: usize) -> Option<usize> {
+        let len = self.ctx.len;
+        let mut n = from;
+        while n < end {
+            let row = n * len;
+            let full = slots
+                .iter()
+                .map(|&t| t as usize)
+                .find(|&t| self.free_cpu[row + t] + EPS < j.cores || self.free_mem[row + t] + EPS < j.mem_gib);
+            let Some(t) = full else { return Some(n) };
+            // The next node with room for both in slot `t`.
+            let mut m = n + 1;
+            n = loop {
+                let cpu = self.cpu_max.next(&self.free_cpu, t, m, end, j.cores)?;
+                let mem = self.mem_max.next(&self.free_mem, t, cpu, end, j.mem_gib)?;
+                if mem == cpu {
+                    break cpu;
+                }
+                m = mem;
+            };
+        }
+        None
+    }
+
     fn commit(&mut self, pool: usize, node: usize, job: usize, j: &PlanJob, slots: &[u32]) {
         let len = self.ctx.len;
         for &t in slots {
             let i = node * len + t as usize;
-            self.free_cpu[i] = (self.free_cpu[i] - j.cores).max(0.0);
-            self.free_mem[i] = (self.free_mem[i] - j.mem_gib).max(0.0);
+            let (cpu_was, mem_was) = (self.free_cpu[i], self.free_mem[i]);
+            self.free_cpu[i] = (cpu_was - j.cores).max(0.0);
+            self.free_mem[i] = (mem_was - j.mem_gib).max(0.0);
+            self.cpu_max.lowered(&self.free_cpu, node, t as usize, cpu_was);
+            self.mem_max.lowered(&self.free_mem, node, t as usize, mem_was);
             self.pool_free[pool * len + t as usize] -= j.cores;
             let base = self.ctx.node_base[pool];
             let nodes = self.p.pools[pool].pool.nodes as usize;
@@ -531,6 +581,8 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
         quotas: quotas.cloned(),
         full_below: vec![0; p.pools.len() * len * BUCKETS.len()],
         mem_full_below: vec![0; p.pools.len() * len * MEM_BUCKETS.len()],
+        cpu_max: BlockMax::new(&ctx.free_cpu, ctx.free_cpu.len() / len.max(1), len),
+        mem_max: BlockMax::new(&ctx.free_mem, ctx.free_mem.len() / len.max(1), len),
         zoned: p.pools.iter().any(|q| !q.carbon.is_empty() && q.carbon != p.carbon),
         least_carbon: (0..len)
             .map(|t| (0..p.pools.len()).map(|q| p.weighed_carbon_at(q, t)).fold(f64::INFINITY, f64::min))
