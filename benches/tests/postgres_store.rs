@@ -4,7 +4,7 @@
 //! refused at start with a clear error and a non-zero exit.
 
 use greenfill_benches::pg::{PgServer, installed};
-use greenfill_scheduler::store::{Postgres, Store, StoreError, Write};
+use greenfill_scheduler::store::{AuditEntry, Postgres, Store, StoreError, Write};
 use std::time::{Duration, Instant};
 
 fn server(test: &str) -> Option<PgServer> {
@@ -32,7 +32,16 @@ fn scheduler() -> std::path::PathBuf {
 fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
     let Some(pg) = server("postgres store") else { return };
     let mut db = open(&pg);
-    assert_eq!(db.schema_version().unwrap(), 4);
+    assert_eq!(db.schema_version().unwrap(), 5);
+    let audit = AuditEntry {
+        time: 1_800_000_000,
+        kind: "register".into(),
+        subject: "n".into(),
+        actor: "agent instance i".into(),
+        address: "127.0.0.1:1".into(),
+        accepted: false,
+        reason: "a reason".into(),
+    };
     db.commit(&[
         job(1, 1),
         job(1, 2), // the same job again in one batch: the later write wins
@@ -41,6 +50,7 @@ fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
         Write::CommandsAcked { node: "n".into(), upto: 1 },
         Write::Telemetry { node: "n".into(), bucket: 300, online_cpu: 1.5, online_memory: 2.0, samples: 3 },
         Write::NodePower { name: "n".into(), body: "{}".into() },
+        Write::Audit(audit.clone()),
     ])
     .unwrap();
     let snap = open(&pg).load().unwrap();
@@ -48,6 +58,7 @@ fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
     assert_eq!(snap.revision, 1);
     assert_eq!(snap.commands, vec![("n".to_owned(), 2, vec![8])]);
     assert_eq!(snap.telemetry, vec![("n".to_owned(), 300, 1.5, 2.0)]);
+    assert_eq!(snap.audit, vec![audit]);
     // All or nothing: a duplicate request id fails the whole batch.
     let dup = Write::Job { seq: 3, id: "j3".into(), request_id: "r1".into(), state: 1, revision: 3, body: vec![] };
     assert!(db.commit(&[job(2, 1), dup]).is_err());

@@ -713,6 +713,71 @@ pub(crate) fn explain(conn: &Conn, id: &str, json: bool) -> Result<()> {
     })
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// Only entries about this node (registrations).
+    #[arg(long, conflicts_with = "job")]
+    node: Option<String>,
+    /// Only entries about this job (cancels).
+    #[arg(long)]
+    job: Option<String>,
+    /// Only entries at or after this time (RFC 3339, or e.g. `now-24h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many, the newest.
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    pub(crate) conn: Conn,
+}
+
+pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> Result<()> {
+    let since = match args.since.as_deref() {
+        Some(s) if s.starts_with("now-") => {
+            let d = parse_duration(&s[4..]).ok_or_else(|| anyhow!("--since {s:?}: not a time nor now-DURATION"))?;
+            #[allow(clippy::cast_possible_truncation, reason = "durations are small")]
+            Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() - d as i64, nanos: 0 })
+        }
+        Some(s) => Some(parse_time("--since", s)?),
+        None => None,
+    };
+    let subject = args.node.clone().or_else(|| args.job.clone()).unwrap_or_default();
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let req = pb::ListAuditRequest { subject, since, limit: args.limit };
+        let r = c.plans.list_audit(req).await.map_err(status_err)?.into_inner();
+        if args.json {
+            let rows: Vec<serde_json::Value> = r
+                .entries
+                .iter()
+                .map(|a| {
+                    serde_json::json!({"time": t(a.time.as_ref()), "kind": a.kind, "subject": a.subject,
+                        "actor": a.actor, "address": a.address, "accepted": a.accepted, "reason": a.reason})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(());
+        }
+        println!("{:<20}  {:<8}  {:<36}  {:<8}  WHO, FROM: WHY", "TIME", "KIND", "SUBJECT", "OUTCOME");
+        for a in &r.entries {
+            let outcome = if a.accepted { "accepted" } else { "refused" };
+            println!(
+                "{:<20}  {:<8}  {:<36}  {:<8}  {}, {}: {}",
+                t(a.time.as_ref()),
+                a.kind,
+                a.subject,
+                outcome,
+                a.actor,
+                a.address,
+                a.reason
+            );
+        }
+        Ok(())
+    })
+}
+
 pub(crate) fn nodes(conn: &Conn, json: bool) -> Result<()> {
     rt()?.block_on(async {
         let mut c = conn.connect().await?;

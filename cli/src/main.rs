@@ -91,6 +91,9 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// The audit log: agent registrations (accepted or refused, and why) and
+    /// cancels (who and why), oldest first. Admins and viewers only.
+    Audit(client::AuditArgs),
     /// Shell completions for bash, zsh or fish, on stdout, e.g.
     /// `greenfill completions bash > /etc/bash_completion.d/greenfill`.
     Completions { shell: Shell },
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Watch { ids, since, json, conn } => client::watch(&conn, ids, since, json),
         Command::Explain { id, json, conn } => client::explain(&conn, &id, json),
         Command::Nodes { json, conn } => client::nodes(&conn, json),
+        Command::Audit(args) => client::audit(&args.conn, &args),
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Completions { shell } => {

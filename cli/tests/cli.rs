@@ -36,13 +36,14 @@ fn connection_flags_are_on_the_commands_that_talk_to_a_scheduler_and_no_others()
             assert!(!listed, "`greenfill {}` lists {flag}:\n{help}", args.join(" "));
         }
     }
-    let online: [&[&str]; 6] = [
+    let online: [&[&str]; 7] = [
         &["submit", "--help"],
         &["jobs", "--help"],
         &["jobs", "export", "--help"],
         &["cancel", "--help"],
         &["plan", "--help"],
         &["nodes", "--help"],
+        &["audit", "--help"],
     ];
     for args in online {
         let help = stdout(&greenfill(args));
@@ -99,6 +100,21 @@ fn a_refused_submit_names_the_grpc_code_and_times_in_rfc_3339() {
     let o = greenfill(&["job", "no-such-job", "--server", &server, "--token", "u"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
+    // A cancel is in the audit log, with who and why, and times in RFC 3339.
+    let id = stdout(&greenfill(&[&submit[..], &["--", "true"]].concat())).trim().to_owned();
+    stdout(&greenfill(&["cancel", &id, "--reason", "not today", "--server", &server, "--token", "u"]));
+    let audit = stdout(&greenfill(&["audit", "--job", &id, "--json", "--server", &server, "--token", "u"]));
+    let rows: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let row = &rows[0];
+    assert_eq!(
+        (row["kind"].as_str(), row["actor"].as_str(), row["accepted"].as_bool()),
+        (Some("cancel"), Some("admin"), Some(true)),
+        "{audit}"
+    );
+    assert!(row["reason"].as_str().unwrap().contains("not today"), "{audit}");
+    assert!(greenfill_core::time::parse_timestamp(row["time"].as_str().unwrap()).is_some(), "{audit}");
+    let table = stdout(&greenfill(&["audit", "--since", "now-1h", "--server", &server, "--token", "u"]));
+    assert!(table.starts_with("TIME") && table.contains("cancel") && table.contains("not today"), "{table}");
 }
 
 #[test]

@@ -104,6 +104,9 @@ pub enum Write {
         zone: String,
         body: String,
     },
+    /// An entry of the audit log: an agent registration (accepted or refused)
+    /// or a cancel.
+    Audit(AuditEntry),
     /// Retention: drop telemetry buckets before `telemetry_before` and plans
     /// older than the newest `keep_plans`.
     Prune {
@@ -111,6 +114,30 @@ pub enum Write {
         keep_plans: u32,
     },
 }
+
+/// Who did what to which node or job, when, from where, and whether it was let.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub time: i64,
+    /// `register` or `cancel`.
+    pub kind: String,
+    /// The node or the job.
+    pub subject: String,
+    /// The user, or the agent's credential and instance.
+    pub actor: String,
+    /// The caller's address.
+    pub address: String,
+    pub accepted: bool,
+    pub reason: String,
+}
+
+/// How many of the newest audit entries a start loads (and the service keeps).
+pub const AUDIT_KEPT: usize = 10_000;
+
+/// The newest [`AUDIT_KEPT`] audit entries, oldest first; the same text serves
+/// SQLite and PostgreSQL.
+pub(crate) const LOAD_AUDIT: &str = "SELECT time, kind, subject, actor, address, accepted, reason FROM
+    (SELECT * FROM audit ORDER BY id DESC LIMIT 10000) AS newest ORDER BY id";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredJob {
@@ -146,6 +173,8 @@ pub struct Snapshot {
     pub power: Vec<(String, String)>,
     /// `(zone, JSON of greenfill_carbon::Persisted)`.
     pub carbon: Vec<(String, String)>,
+    /// The newest audit entries, oldest first.
+    pub audit: Vec<AuditEntry>,
 }
 
 pub trait Store: Send + 'static {
@@ -216,6 +245,17 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE carbon_zones (
         zone TEXT PRIMARY KEY,
         body TEXT NOT NULL
+    );",
+    // 4: the audit log: registrations and cancels (#30).
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        address TEXT NOT NULL,
+        accepted BOOLEAN NOT NULL,
+        reason TEXT NOT NULL
     );",
 ];
 
@@ -330,6 +370,22 @@ impl Store for Sqlite {
         let mut q = c.prepare("SELECT zone, body FROM carbon_zones ORDER BY zone").map_err(&e)?;
         snap.carbon =
             q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(&e)?.collect::<Result<_, _>>().map_err(&e)?;
+        let mut q = c.prepare(LOAD_AUDIT).map_err(&e)?;
+        snap.audit = q
+            .query_map([], |r| {
+                Ok(AuditEntry {
+                    time: r.get(0)?,
+                    kind: r.get(1)?,
+                    subject: r.get(2)?,
+                    actor: r.get(3)?,
+                    address: r.get(4)?,
+                    accepted: r.get(5)?,
+                    reason: r.get(6)?,
+                })
+            })
+            .map_err(&e)?
+            .collect::<Result<_, _>>()
+            .map_err(&e)?;
         Ok(snap)
     }
 
@@ -375,6 +431,14 @@ impl Store for Sqlite {
                 Write::CarbonZone { zone, body } => tx
                     .prepare_cached("INSERT OR REPLACE INTO carbon_zones VALUES (?1, ?2)")
                     .and_then(|mut s| s.execute(params![zone, body])),
+                Write::Audit(a) => tx
+                    .prepare_cached(
+                        "INSERT INTO audit (time, kind, subject, actor, address, accepted, reason)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![a.time, a.kind, a.subject, a.actor, a.address, a.accepted, a.reason])
+                    }),
                 Write::Prune { telemetry_before, keep_plans } => {
                     tx.execute("DELETE FROM telemetry WHERE bucket < ?1", params![telemetry_before]).and_then(|_| {
                         tx.execute(

@@ -906,6 +906,73 @@ async fn a_second_instance_for_a_live_node_is_refused_and_a_reconnect_closes_the
     assert!(closed.message().contains("replaced by a newer session of node n1"), "{}", closed.message());
 }
 
+/// The audit log (issue 30): a refused duplicate agent and an admin's cancel
+/// appear with who, when, from where and why; a viewer reads them and no one
+/// else's jobs; they survive a restart.
+#[tokio::test]
+async fn the_audit_log_names_who_when_and_why_and_survives_a_restart() {
+    use greenfill_scheduler::service::config::UserDecl;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = config(dir.path());
+        let user = |name: &str, admin: bool, viewer: bool| UserDecl {
+            name: name.into(),
+            token: format!("{name}-secret"),
+            uids: vec![],
+            gids: vec![],
+            admin,
+            viewer,
+        };
+        c.users = vec![user("alice", false, false), user("ops", true, false), user("eve", false, true)];
+        c.validate("test").unwrap();
+        c
+    };
+    let before = now();
+    let srv = service::start(cfg()).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let _n1 = connect_agent(&ch, register("n1", "instance-a", vec![], 0)).await.unwrap();
+    let e = connect_agent(&ch, register("n1", "instance-b", vec![], 0)).await.err().expect("refused");
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let submit = pb::SubmitJobRequest { request_id: "a1".into(), spec: Some(spec()) };
+    let job = jobs.submit_job(authed("alice-secret", submit)).await.unwrap().into_inner().job.unwrap();
+    let cancel = pb::CancelJobRequest { id: job.id.clone(), reason: "maintenance window".into() };
+    jobs.cancel_job(authed("ops-secret", cancel)).await.unwrap();
+    let audit = |ch: Channel, token: &'static str, subject: &str| {
+        let mut plans = pb::plan_service_client::PlanServiceClient::new(ch);
+        let r = pb::ListAuditRequest { subject: subject.into(), ..Default::default() };
+        async move { plans.list_audit(authed(token, r)).await.map(|r| r.into_inner().entries) }
+    };
+    let check = |entries: &[pb::AuditEntry]| {
+        let kinds: Vec<(&str, &str, bool)> =
+            entries.iter().map(|a| (a.kind.as_str(), a.subject.as_str(), a.accepted)).collect();
+        assert_eq!(kinds, vec![("register", "n1", true), ("register", "n1", false), ("cancel", job.id.as_str(), true)]);
+        let refused = &entries[1];
+        assert!(refused.actor.contains("instance-b") && refused.address.starts_with("127.0.0.1:"), "{refused:?}");
+        assert!(refused.reason.contains("already served by agent instance instance-a"), "{refused:?}");
+        let cancel = &entries[2];
+        assert_eq!(cancel.actor, "ops");
+        assert!(cancel.reason.contains("maintenance window") && cancel.reason.contains("alice"), "{cancel:?}");
+        assert!(entries.iter().all(|a| a.time.as_ref().is_some_and(|t| t.seconds >= before && t.seconds <= now())));
+    };
+    check(&audit(ch.clone(), "eve-secret", "").await.unwrap());
+    // By subject; and a plain user may not read it.
+    assert_eq!(audit(ch.clone(), "ops-secret", "n1").await.unwrap().len(), 2);
+    let e = audit(ch.clone(), "alice-secret", "").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("user alice is neither"), "{}", e.message());
+    // The viewer sees no one's jobs.
+    let got = jobs.get_job(authed("eve-secret", pb::GetJobRequest { id: job.id.clone() })).await.unwrap_err();
+    assert_eq!(got.code(), Code::NotFound);
+    srv.stop().await.unwrap();
+    drop((jobs, ch));
+
+    let srv = service::start(cfg()).await.unwrap();
+    let ch = channel(srv.addr).await;
+    check(&audit(ch, "ops-secret", "").await.unwrap());
+    srv.stop().await.unwrap();
+}
+
 /// Register reconciles: an attempt the agent runs that the scheduler does not
 /// run there is stopped; an attempt the scheduler runs there that an agent
 /// (restarted with a wiped state dir) does not report is requeued as lost after
@@ -1088,6 +1155,7 @@ async fn users_see_and_touch_only_their_own_jobs_and_run_only_as_their_uids() {
         gids: uids.clone(),
         uids,
         admin,
+        viewer: false,
     };
     c.users = vec![user("alice", vec![1000], false), user("bob", vec![2000], false), user("ops", vec![], true)];
     c.validate("test").unwrap();
@@ -1253,6 +1321,7 @@ async fn every_rpc_by_every_kind_of_caller() {
         gids: vec![],
         uids,
         admin,
+        viewer: false,
     };
     c.users = vec![user("alice", vec![1000], false), user("bob", vec![2000], false), user("ops", vec![], true)];
     c.validate("test").unwrap();
@@ -1289,9 +1358,18 @@ async fn every_rpc_by_every_kind_of_caller() {
         Err(e) => format!("{:?}", e.code()),
     };
     let mut got: Vec<(String, Vec<String>)> = Vec::new();
-    for rpc in
-        ["SubmitJob", "GetJob", "ListJobs", "ExplainJob", "WatchJobs", "CancelJob", "GetPlan", "ListNodes", "Session"]
-    {
+    for rpc in [
+        "SubmitJob",
+        "GetJob",
+        "ListJobs",
+        "ExplainJob",
+        "WatchJobs",
+        "CancelJob",
+        "GetPlan",
+        "ListNodes",
+        "ListAudit",
+        "Session",
+    ] {
         let mut row = Vec::new();
         for (k, (role, token)) in roles.iter().enumerate() {
             let t = *token;
@@ -1316,6 +1394,7 @@ async fn every_rpc_by_every_kind_of_caller() {
                 }
                 "GetPlan" => plans.get_plan(req(t, pb::GetPlanRequest::default())).await.map(|_| ()),
                 "ListNodes" => plans.list_nodes(req(t, pb::ListNodesRequest::default())).await.map(|_| ()),
+                "ListAudit" => plans.list_audit(req(t, pb::ListAuditRequest::default())).await.map(|_| ()),
                 _ => {
                     let first = register(&format!("node-{role}"), role, vec![], 0);
                     match t {
@@ -1345,9 +1424,10 @@ async fn every_rpc_by_every_kind_of_caller() {
         ("ExplainJob", ["ok", "NotFound", "ok", u, u]),
         ("WatchJobs", ["ok", "ok", "ok", u, u]),
         ("CancelJob", ["ok", "NotFound", "ok", u, u]),
-        // Any user may read plans; there is none yet (no node), so the answer is NotFound.
-        ("GetPlan", ["NotFound", "NotFound", "NotFound", u, u]),
-        ("ListNodes", ["ok", "ok", "ok", u, u]),
+        // PlanService answers admins (and viewers); there is no plan yet (no node).
+        ("GetPlan", ["PermissionDenied", "PermissionDenied", "NotFound", u, u]),
+        ("ListNodes", ["PermissionDenied", "PermissionDenied", "ok", u, u]),
+        ("ListAudit", ["PermissionDenied", "PermissionDenied", "ok", u, u]),
         ("Session", [u, u, u, "ok", u]),
     ];
     for ((rpc, row), (want_rpc, want)) in got.iter().zip(&expected) {

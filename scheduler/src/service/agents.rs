@@ -7,7 +7,7 @@
 //! recognised and dropped.
 
 use super::{Node, State, now, ts};
-use crate::store::Write;
+use crate::store::{AuditEntry, Write};
 use greenfill_proto::v1 as pb;
 use pb::agent_message::Body as In;
 use pb::agent_service_server::AgentService;
@@ -44,9 +44,24 @@ impl AgentService for Agents {
                 reg.node_name
             )));
         }
+        let entry = |accepted: bool, reason: &str| AuditEntry {
+            time: now(),
+            kind: "register".into(),
+            subject: reg.node_name.clone(),
+            actor: actor(identity.as_ref(), &reg),
+            address: peer.clone(),
+            accepted,
+            reason: reason.to_owned(),
+        };
         // A node-bound credential registers only as its own nodes.
-        if let Some(id) = &identity {
-            id.check(&reg.node_name)?;
+        if let Some(Err(refused)) = identity.as_ref().map(|id| id.check(&reg.node_name)) {
+            let pending = {
+                let mut inner = self.0.lock();
+                let w = inner.audit(entry(false, refused.message()));
+                self.0.queue(vec![w], vec![])
+            };
+            self.0.finish(pending).await?;
+            return Err(refused);
         }
         if !(reg.cpu_cores.is_finite() && reg.cpu_cores > 0.0) {
             return Err(Status::invalid_argument(format!("register.cpu_cores = {}: must be > 0", reg.cpu_cores)));
@@ -54,46 +69,60 @@ impl AgentService for Agents {
         let st = self.0.clone();
         let name = reg.node_name.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let (session, pending) = {
+        let admitted = {
             let mut inner = st.lock();
             inner.next_session += 1;
             let session = inner.next_session;
             let t = now();
             let node = inner.nodes.entry(name.clone()).or_insert_with(|| Node::new(reg.clone(), t));
-            admit(node, &name, &reg, &peer, t)?;
-            node.peer = peer.clone();
-            node.register = pb::Register { running_jobs: Vec::new(), ..reg.clone() };
-            node.last_seen = t;
-            node.registered_at = t;
-            // The agent applied everything up to last_command_seq.
-            let mut writes = Vec::new();
-            if reg.last_command_seq > node.command_acked {
-                node.command_acked = reg.last_command_seq.min(node.command_seq);
-                node.pending.retain(|m| m.seq > reg.last_command_seq);
-                writes.push(Write::CommandsAcked { node: name.clone(), upto: node.command_acked });
+            if let Err(refused) = admit(node, &name, &reg, &peer, t) {
+                let w = inner.audit(entry(false, refused.message()));
+                Err((refused, st.queue(vec![w], vec![])))
+            } else {
+                node.peer = peer.clone();
+                node.register = pb::Register { running_jobs: Vec::new(), ..reg.clone() };
+                node.last_seen = t;
+                node.registered_at = t;
+                // The agent applied everything up to last_command_seq.
+                let mut writes = Vec::new();
+                if reg.last_command_seq > node.command_acked {
+                    node.command_acked = reg.last_command_seq.min(node.command_seq);
+                    node.pending.retain(|m| m.seq > reg.last_command_seq);
+                    writes.push(Write::CommandsAcked { node: name.clone(), upto: node.command_acked });
+                }
+                let epoch = st.epoch;
+                let ack = pb::SchedulerMessage {
+                    seq: 0,
+                    ack: node.event_seq,
+                    epoch,
+                    body: Some(Out::RegisterAck(pb::RegisterAck {
+                        last_event_seq: node.event_seq,
+                        telemetry_interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                    })),
+                };
+                let _ = tx.try_send(Ok(ack));
+                // Only durable commands: later ones go out when their commit is.
+                for m in node.pending.iter().filter(|m| m.seq > reg.last_command_seq && m.seq <= node.durable_seq) {
+                    let _ = tx.try_send(Ok(pb::SchedulerMessage { epoch, ..m.clone() }));
+                }
+                node.session = Some((session, tx.clone()));
+                writes.push(node.row(&name));
+                let grace = i64::try_from(st.config.planning.reconcile_grace.as_secs()).unwrap_or(15);
+                writes.extend(reconcile(&mut inner, &name, &reg, grace, t));
+                writes.push(inner.audit(entry(true, "registered")));
+                Ok((session, st.queue(writes, vec![])))
             }
-            let epoch = st.epoch;
-            let ack = pb::SchedulerMessage {
-                seq: 0,
-                ack: node.event_seq,
-                epoch,
-                body: Some(Out::RegisterAck(pb::RegisterAck {
-                    last_event_seq: node.event_seq,
-                    telemetry_interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                })),
-            };
-            let _ = tx.try_send(Ok(ack));
-            // Only durable commands: later ones go out when their commit is.
-            for m in node.pending.iter().filter(|m| m.seq > reg.last_command_seq && m.seq <= node.durable_seq) {
-                let _ = tx.try_send(Ok(pb::SchedulerMessage { epoch, ..m.clone() }));
-            }
-            node.session = Some((session, tx.clone()));
-            writes.push(node.row(&name));
-            let grace = i64::try_from(st.config.planning.reconcile_grace.as_secs()).unwrap_or(15);
-            writes.extend(reconcile(&mut inner, &name, &reg, grace, t));
-            (session, st.queue(writes, vec![]))
         };
-        st.finish(pending).await?;
+        let session = match admitted {
+            Ok((session, pending)) => {
+                st.finish(pending).await?;
+                session
+            }
+            Err((refused, pending)) => {
+                st.finish(pending).await?;
+                return Err(refused);
+            }
+        };
         tracing::info!(node = %name, session, running = reg.running_jobs.len(), last_command_seq = reg.last_command_seq, "agent registered");
         metrics::gauge!("greenfill_agents_connected").increment(1.0);
         st.replan.notify_one();
@@ -139,6 +168,15 @@ impl AgentService for Agents {
             st.replan.notify_one();
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Who registers, for the audit log: the agent instance and its credential.
+fn actor(identity: Option<&super::auth::AgentIdentity>, reg: &pb::Register) -> String {
+    let instance = if reg.instance_id.is_empty() { "(no instance id)" } else { reg.instance_id.as_str() };
+    match identity.and_then(|i| i.nodes.as_ref()) {
+        Some(t) => format!("agent instance {instance}, a credential for {:?}", t.nodes),
+        None => format!("agent instance {instance}, a fleet agent token"),
     }
 }
 

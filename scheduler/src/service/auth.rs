@@ -40,13 +40,27 @@ impl AgentIdentity {
 pub struct Caller {
     pub name: String,
     pub admin: bool,
+    /// May read PlanService (as admins may) without admin rights over jobs.
+    pub viewer: bool,
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,
 }
 
 impl Caller {
     fn admin(name: &str) -> Caller {
-        Caller { name: name.to_owned(), admin: true, uids: vec![], gids: vec![] }
+        Caller { name: name.to_owned(), admin: true, viewer: false, uids: vec![], gids: vec![] }
+    }
+
+    /// PlanService (the plan holds every job's node and start; the audit log
+    /// every registration and cancel) answers admins and viewers only.
+    pub fn may_read_plans(&self) -> Result<(), Status> {
+        if self.admin || self.viewer {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "PlanService answers admins and viewers; user {} is neither (`admin` or `viewer` in its [[users]] entry)",
+            self.name
+        )))
     }
 
     /// Admins see every job; a user only its own.
@@ -139,7 +153,13 @@ impl Guard {
             users
                 .iter()
                 .map(|u| {
-                    let c = Caller { name: u.name.clone(), admin: u.admin, uids: u.uids.clone(), gids: u.gids.clone() };
+                    let c = Caller {
+                        name: u.name.clone(),
+                        admin: u.admin,
+                        viewer: u.viewer,
+                        uids: u.uids.clone(),
+                        gids: u.gids.clone(),
+                    };
                     (u.token.clone(), c)
                 })
                 .collect(),

@@ -173,6 +173,10 @@ pub struct UserDecl {
     pub gids: Vec<u32>,
     #[serde(default)]
     pub admin: bool,
+    /// Reads PlanService (the plan, the nodes, the audit log) without seeing
+    /// or touching others' jobs.
+    #[serde(default)]
+    pub viewer: bool,
 }
 
 /// An agent credential that names the nodes it may be: a registration for

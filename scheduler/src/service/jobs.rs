@@ -3,7 +3,7 @@
 
 use super::auth::Caller;
 use super::{JobEntry, State, is_queued, is_terminal, now, state_name, ts};
-use crate::store::Write;
+use crate::store::{AuditEntry, Write};
 use greenfill_core::time::format_timestamp as rfc3339;
 use greenfill_proto::v1 as pb;
 use pb::job_service_server::JobService;
@@ -314,6 +314,7 @@ impl JobService for Jobs {
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let caller = Caller::of(&req)?;
+        let address = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let req = req.into_inner();
         let st = &self.0;
         let (job, pending) = {
@@ -353,6 +354,17 @@ impl JobService for Jobs {
                 };
                 writes.extend(inner.command(&node, pb::scheduler_message::Body::Stop(stop)));
             }
+            let owner = event.job.as_ref().map_or("", |j| j.owner.as_str());
+            let entry = AuditEntry {
+                time: now(),
+                kind: "cancel".into(),
+                subject: req.id.clone(),
+                actor: caller.name.clone(),
+                address,
+                accepted: true,
+                reason: format!("{shown} (the job of {owner})"),
+            };
+            writes.push(inner.audit(entry));
             (event.job.clone().expect("set"), st.queue(writes, vec![event]))
         };
         st.finish(pending).await?;
@@ -451,6 +463,7 @@ pub struct Plans(pub Arc<State>);
 #[tonic::async_trait]
 impl PlanService for Plans {
     async fn get_plan(&self, req: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        Caller::of(&req)?.may_read_plans()?;
         let include = req.into_inner().include_jobs;
         let inner = self.0.lock();
         let Some(plan) = &inner.plan else { return Err(Status::not_found("no plan yet")) };
@@ -461,7 +474,8 @@ impl PlanService for Plans {
         Ok(Response::new(plan))
     }
 
-    async fn list_nodes(&self, _req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Caller::of(&req)?.may_read_plans()?;
         let inner = self.0.lock();
         let stale = i64::try_from(self.0.config.planning.stale_after.as_secs()).unwrap_or(900);
         let t = now();
@@ -500,5 +514,31 @@ impl PlanService for Plans {
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        Caller::of(&req)?.may_read_plans()?;
+        let req = req.into_inner();
+        let since = req.since.map_or(i64::MIN, |t| t.seconds);
+        let limit = if req.limit == 0 { 1_000 } else { req.limit as usize };
+        let inner = self.0.lock();
+        let mut entries: Vec<pb::AuditEntry> = inner
+            .audit
+            .iter()
+            .rev()
+            .filter(|a| a.time >= since && (req.subject.is_empty() || a.subject == req.subject))
+            .take(limit)
+            .map(|a| pb::AuditEntry {
+                time: Some(ts(a.time)),
+                kind: a.kind.clone(),
+                subject: a.subject.clone(),
+                actor: a.actor.clone(),
+                address: a.address.clone(),
+                accepted: a.accepted,
+                reason: a.reason.clone(),
+            })
+            .collect();
+        entries.reverse();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 }

@@ -172,9 +172,21 @@ pub struct Inner {
     /// The last measured pull of each image (seconds), from agents' STARTED
     /// events; in memory only (a restart falls back to the estimate).
     pub image_pulls: HashMap<String, f64>,
+    /// The newest [`crate::store::AUDIT_KEPT`] audit entries, oldest first (all
+    /// of them are in the store).
+    pub audit: std::collections::VecDeque<crate::store::AuditEntry>,
 }
 
 impl Inner {
+    /// Keep `entry` in the audit log: in memory, and the write that stores it.
+    pub fn audit(&mut self, entry: crate::store::AuditEntry) -> Write {
+        if self.audit.len() >= crate::store::AUDIT_KEPT {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(entry.clone());
+        Write::Audit(entry)
+    }
+
     /// Seconds a node that lacks `image` is expected to spend pulling it.
     pub fn pull_seconds(&self, image: &str, estimate: std::time::Duration) -> f64 {
         self.image_pulls.get(image).copied().unwrap_or(estimate.as_secs_f64())
@@ -235,6 +247,7 @@ impl Inner {
         for (name, body) in snap.power {
             inner.power.insert(name, serde_json::from_str(&body)?);
         }
+        inner.audit = snap.audit.into();
         if let Some((_, body)) = snap.plan {
             inner.plan = Some(pb::Plan::decode(body.as_slice())?);
         }

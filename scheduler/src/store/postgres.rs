@@ -76,6 +76,17 @@ const MIGRATIONS: &[&str] = &[
         expires_at TIMESTAMPTZ NOT NULL
     );
     INSERT INTO greenfill_lease VALUES (1, 0, '', '', '-infinity');",
+    // 5: the audit log (SQLite's 4).
+    "CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        time BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        address TEXT NOT NULL,
+        accepted BOOLEAN NOT NULL,
+        reason TEXT NOT NULL
+    );",
 ];
 
 /// Serialises migrations of replicas starting at once (only for that).
@@ -178,6 +189,7 @@ struct Statements {
     carbon: Statement,
     prune_telemetry: Statement,
     prune_plans: Statement,
+    audit: Statement,
     /// Fails (division by zero) unless the lease's epoch is `$1`, which aborts
     /// the transaction it runs in; a missing lease row fails too.
     fence: Statement,
@@ -227,6 +239,12 @@ impl Statements {
                 .prepare("INSERT INTO carbon_zones VALUES ($1, $2) ON CONFLICT (zone) DO UPDATE SET body = $2")
                 .await?,
             prune_telemetry: c.prepare("DELETE FROM telemetry WHERE bucket < $1").await?,
+            audit: c
+                .prepare(
+                    "INSERT INTO audit (time, kind, subject, actor, address, accepted, reason)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .await?,
             fence: c
                 .prepare(
                     "SELECT 1 / COALESCE((SELECT CASE WHEN epoch = $1 THEN 1 ELSE 0 END
@@ -350,6 +368,17 @@ impl Postgres {
         for r in c.query("SELECT zone, body FROM carbon_zones ORDER BY zone", &[]).await? {
             snap.carbon.push((r.try_get(0)?, r.try_get(1)?));
         }
+        for r in c.query(super::LOAD_AUDIT, &[]).await? {
+            snap.audit.push(super::AuditEntry {
+                time: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                subject: r.try_get(2)?,
+                actor: r.try_get(3)?,
+                address: r.try_get(4)?,
+                accepted: r.try_get(5)?,
+                reason: r.try_get(6)?,
+            });
+        }
         Ok(snap)
     }
 
@@ -407,7 +436,7 @@ fn ints(w: &Write) -> [i64; 2] {
         Write::CommandsAcked { upto, .. } => [*upto as i64, 0],
         Write::Telemetry { samples, .. } => [i64::from(*samples), 0],
         Write::Prune { keep_plans, .. } => [i64::from(*keep_plans), 0],
-        Write::NodePower { .. } | Write::CarbonZone { .. } => [0, 0],
+        Write::NodePower { .. } | Write::CarbonZone { .. } | Write::Audit(_) => [0, 0],
     }
 }
 
@@ -431,6 +460,9 @@ fn bind<'a>(w: &'a Write, n: &'a [i64; 2], s: &'a Statements) -> Vec<Call<'a>> {
         Write::Plan { created_at, body, .. } => vec![(&s.plan, vec![&n[0], created_at, body])],
         Write::NodePower { name, body } => vec![(&s.power, vec![name, body])],
         Write::CarbonZone { zone, body } => vec![(&s.carbon, vec![zone, body])],
+        Write::Audit(a) => {
+            vec![(&s.audit, vec![&a.time, &a.kind, &a.subject, &a.actor, &a.address, &a.accepted, &a.reason])]
+        }
         Write::Prune { telemetry_before, .. } => {
             vec![(&s.prune_telemetry, vec![telemetry_before]), (&s.prune_plans, vec![&n[0]])]
         }
