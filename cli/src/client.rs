@@ -734,15 +734,7 @@ pub(crate) struct AuditArgs {
 }
 
 pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> Result<()> {
-    let since = match args.since.as_deref() {
-        Some(s) if s.starts_with("now-") => {
-            let d = parse_duration(&s[4..]).ok_or_else(|| anyhow!("--since {s:?}: not a time nor now-DURATION"))?;
-            #[allow(clippy::cast_possible_truncation, reason = "durations are small")]
-            Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() - d as i64, nanos: 0 })
-        }
-        Some(s) => Some(parse_time("--since", s)?),
-        None => None,
-    };
+    let since = since_arg(args.since.as_deref())?;
     let subject = args.node.clone().or_else(|| args.job.clone()).unwrap_or_default();
     rt()?.block_on(async {
         let mut c = conn.connect().await?;
@@ -772,6 +764,112 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> Result<()> {
                 a.actor,
                 a.address,
                 a.reason
+            );
+        }
+        Ok(())
+    })
+}
+
+/// What `greenfill ledger` sums by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub(crate) enum LedgerKey {
+    Pool,
+    User,
+    Zone,
+    Day,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LedgerArgs {
+    /// Sum by these, comma-separated (default: all four).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pool,user,zone,day")]
+    by: Vec<LedgerKey>,
+    /// Only jobs that finished at or after this time (RFC 3339, or e.g. `now-7d`).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    pub(crate) conn: Conn,
+}
+
+/// `--since` for the log commands: RFC 3339, unix seconds or `now-DURATION`.
+fn since_arg(s: Option<&str>) -> Result<Option<prost_types::Timestamp>> {
+    match s {
+        Some(s) if s.starts_with("now-") => {
+            let d = parse_duration(&s[4..]).ok_or_else(|| anyhow!("--since {s:?}: not a time nor now-DURATION"))?;
+            #[allow(clippy::cast_possible_truncation, reason = "durations are small")]
+            Ok(Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() - d as i64, nanos: 0 }))
+        }
+        Some(s) => Ok(Some(parse_time("--since", s)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn ledger(conn: &Conn, args: &LedgerArgs) -> Result<()> {
+    let since = since_arg(args.since.as_deref())?;
+    let mut by = args.by.clone();
+    by.sort_unstable();
+    by.dedup();
+    rt()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let r = c.plans.get_ledger(pb::GetLedgerRequest { since }).await.map_err(status_err)?.into_inner();
+        let mut sums: std::collections::BTreeMap<Vec<String>, pb::LedgerRow> = std::collections::BTreeMap::new();
+        for row in r.rows {
+            let key: Vec<String> = by
+                .iter()
+                .map(|k| match k {
+                    LedgerKey::Pool => row.pool.clone(),
+                    LedgerKey::User => row.user.clone(),
+                    LedgerKey::Zone => row.zone.clone(),
+                    LedgerKey::Day => row.day.clone(),
+                })
+                .collect();
+            let s = sums.entry(key).or_default();
+            s.jobs += row.jobs;
+            s.energy_kwh += row.energy_kwh;
+            s.carbon_g += row.carbon_g;
+            s.counterfactual_carbon_g += row.counterfactual_carbon_g;
+            s.saved_g += row.saved_g;
+            s.embodied_g += row.embodied_g;
+        }
+        let names: Vec<&str> = by
+            .iter()
+            .map(|k| match k {
+                LedgerKey::Pool => "pool",
+                LedgerKey::User => "user",
+                LedgerKey::Zone => "zone",
+                LedgerKey::Day => "day",
+            })
+            .collect();
+        if args.json {
+            let rows: Vec<serde_json::Value> = sums
+                .iter()
+                .map(|(key, s)| {
+                    let mut v = serde_json::json!({"jobs": s.jobs, "energy_kwh": s.energy_kwh, "carbon_g": s.carbon_g,
+                        "counterfactual_carbon_g": s.counterfactual_carbon_g, "saved_g": s.saved_g,
+                        "embodied_g": s.embodied_g});
+                    for (name, value) in names.iter().zip(key) {
+                        v[*name] = value.clone().into();
+                    }
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(());
+        }
+        let head: Vec<String> = names.iter().map(|n| format!("{:<14}", n.to_uppercase())).collect();
+        println!("{}{:>7} {:>12} {:>12} {:>12}", head.concat(), "JOBS", "KWH", "KG CO2", "SAVED KG");
+        for (key, s) in &sums {
+            let cells: Vec<String> =
+                key.iter().map(|k| format!("{:<14}", if k.is_empty() { "-" } else { k })).collect();
+            println!(
+                "{}{:>7} {:>12.3} {:>12.4} {:>12.4}",
+                cells.concat(),
+                s.jobs,
+                s.energy_kwh,
+                s.carbon_g / 1000.0,
+                s.saved_g / 1000.0
             );
         }
         Ok(())

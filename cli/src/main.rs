@@ -94,6 +94,10 @@ enum Command {
     /// The audit log: agent registrations (accepted or refused, and why) and
     /// cancels (who and why), oldest first. Admins and viewers only.
     Audit(client::AuditArgs),
+    /// Finished jobs' energy and carbon summed per pool, user, zone and day
+    /// (UTC), from the store: a scheduler restart does not reset it. Admins and
+    /// viewers only.
+    Ledger(client::LedgerArgs),
     /// Shell completions for bash, zsh or fish, on stdout, e.g.
     /// `greenfill completions bash > /etc/bash_completion.d/greenfill`.
     Completions { shell: Shell },
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Explain { id, json, conn } => client::explain(&conn, &id, json),
         Command::Nodes { json, conn } => client::nodes(&conn, json),
         Command::Audit(args) => client::audit(&args.conn, &args),
+        Command::Ledger(args) => client::ledger(&args.conn, &args),
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Completions { shell } => {

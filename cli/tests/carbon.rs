@@ -164,6 +164,20 @@ fn jobs_planned_on_a_live_signal_get_ledgers_that_sum_to_the_metrics_and_plannin
         let m = scrape(metrics);
         m.contains(kept).then_some(m)
     });
+    // The ledger's totals come from the store: the restart kept them (issue 30).
+    let totals: Value =
+        serde_json::from_str(&c.greenfill(&["ledger", "--by", "zone,user", "--json"]).unwrap()).unwrap();
+    let row = &totals[0];
+    assert_eq!(
+        (row["zone"].as_str(), row["user"].as_str(), row["jobs"].as_u64()),
+        (Some("grid"), Some("admin"), Some(2)),
+        "{totals}"
+    );
+    for field in ["carbon_g", "counterfactual_carbon_g", "saved_g", "energy_kwh"] {
+        let want: f64 = [la, lb].iter().map(|l| l[field].as_f64().unwrap()).sum();
+        let got = row[field].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-9), "{field}: {got} vs {want}");
+    }
     let age = sum(&m, "greenfill_carbon_signal_age_seconds");
     assert!(age >= 1.0, "the kept forecast's age: {age}\n{m}");
     assert!(sum(&m, "greenfill_carbon_intensity_grams_per_kwh") >= 40.0, "{m}");

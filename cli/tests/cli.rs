@@ -36,7 +36,7 @@ fn connection_flags_are_on_the_commands_that_talk_to_a_scheduler_and_no_others()
             assert!(!listed, "`greenfill {}` lists {flag}:\n{help}", args.join(" "));
         }
     }
-    let online: [&[&str]; 7] = [
+    let online: [&[&str]; 8] = [
         &["submit", "--help"],
         &["jobs", "--help"],
         &["jobs", "export", "--help"],
@@ -44,6 +44,7 @@ fn connection_flags_are_on_the_commands_that_talk_to_a_scheduler_and_no_others()
         &["plan", "--help"],
         &["nodes", "--help"],
         &["audit", "--help"],
+        &["ledger", "--help"],
     ];
     for args in online {
         let help = stdout(&greenfill(args));

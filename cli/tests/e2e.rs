@@ -93,17 +93,16 @@ fn exported_jobs_replay_with_the_same_count_and_core_hours(c: &Cluster, jobs: &[
         pool("batch", false)
     );
     std::fs::write(dir.join("history.toml"), scenario).unwrap();
-    let run = c
-        .greenfill(&[
-            "sim",
-            "run",
-            "--json",
-            "--scenario",
-            dir.join("history.toml").to_str().unwrap(),
-            "--out",
-            dir.join("sim").to_str().unwrap(),
-        ])
+    // The simulator is offline: it takes no scheduler flags.
+    let sim = std::process::Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["sim", "run", "--json", "--scenario"])
+        .arg(dir.join("history.toml"))
+        .arg("--out")
+        .arg(dir.join("sim"))
+        .output()
         .unwrap();
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let run = String::from_utf8(sim.stdout).unwrap();
     let v: Value = serde_json::from_str(&run).unwrap();
     for p in ["dedicated", "asap"] {
         assert_eq!(v["policies"][p]["jobs_completed"], 16, "{p}");

@@ -1368,6 +1368,7 @@ async fn every_rpc_by_every_kind_of_caller() {
         "GetPlan",
         "ListNodes",
         "ListAudit",
+        "GetLedger",
         "Session",
     ] {
         let mut row = Vec::new();
@@ -1395,6 +1396,7 @@ async fn every_rpc_by_every_kind_of_caller() {
                 "GetPlan" => plans.get_plan(req(t, pb::GetPlanRequest::default())).await.map(|_| ()),
                 "ListNodes" => plans.list_nodes(req(t, pb::ListNodesRequest::default())).await.map(|_| ()),
                 "ListAudit" => plans.list_audit(req(t, pb::ListAuditRequest::default())).await.map(|_| ()),
+                "GetLedger" => plans.get_ledger(req(t, pb::GetLedgerRequest::default())).await.map(|_| ()),
                 _ => {
                     let first = register(&format!("node-{role}"), role, vec![], 0);
                     match t {
@@ -1428,8 +1430,10 @@ async fn every_rpc_by_every_kind_of_caller() {
         ("GetPlan", ["PermissionDenied", "PermissionDenied", "NotFound", u, u]),
         ("ListNodes", ["PermissionDenied", "PermissionDenied", "ok", u, u]),
         ("ListAudit", ["PermissionDenied", "PermissionDenied", "ok", u, u]),
+        ("GetLedger", ["PermissionDenied", "PermissionDenied", "ok", u, u]),
         ("Session", [u, u, u, "ok", u]),
     ];
+    assert_eq!(got.len(), expected.len(), "an RPC without its expected row");
     for ((rpc, row), (want_rpc, want)) in got.iter().zip(&expected) {
         assert_eq!(rpc, want_rpc);
         assert_eq!(row, &want.to_vec(), "{rpc} by (owner, other, admin, agent, none)");

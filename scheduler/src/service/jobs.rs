@@ -516,6 +516,13 @@ impl PlanService for Plans {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn get_ledger(&self, req: Request<pb::GetLedgerRequest>) -> Result<Response<pb::LedgerTotals>, Status> {
+        Caller::of(&req)?.may_read_plans()?;
+        let since = req.into_inner().since.map_or(i64::MIN, |t| t.seconds);
+        let rows = super::ledger::totals(&self.0.lock(), since);
+        Ok(Response::new(pb::LedgerTotals { rows }))
+    }
+
     async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
         Caller::of(&req)?.may_read_plans()?;
         let req = req.into_inner();

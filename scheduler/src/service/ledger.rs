@@ -53,7 +53,46 @@ pub fn make(st: &State, job: &pb::Job, pool: &str, cores: f64, status: &pb::JobS
         signal_kind: signal.forecast.provenance.signal.as_str().into(),
         run_seconds: run_s as f64,
         cpu_seconds,
+        pool: pool.to_owned(),
     }
+}
+
+/// Every finished job's ledger that ended at or after `since`, summed per
+/// (pool, user, zone, UTC day), in that order. From the jobs themselves (each
+/// ledger is stored with its job), so a restart loses nothing.
+pub fn totals(inner: &super::Inner, since: i64) -> Vec<pb::LedgerRow> {
+    let mut rows: BTreeMap<(String, String, String, String), pb::LedgerRow> = BTreeMap::new();
+    for e in inner.jobs.values() {
+        let Some(l) = &e.job.ledger else { continue };
+        let end = e.job.finished_at.as_ref().or(e.job.updated_at.as_ref()).map_or(0, |t| t.seconds);
+        if end < since {
+            continue;
+        }
+        // Ledgers from before they named their pool: the node's.
+        let pool = if l.pool.is_empty() {
+            inner.nodes.get(&e.job.node).map_or_else(String::new, |n| n.register.pool.clone())
+        } else {
+            l.pool.clone()
+        };
+        let user = if e.job.owner.is_empty() { "admin".to_owned() } else { e.job.owner.clone() };
+        let day =
+            chrono::DateTime::from_timestamp(end, 0).map_or_else(String::new, |d| d.format("%Y-%m-%d").to_string());
+        let key = (pool, user, l.zone.clone(), day);
+        let row = rows.entry(key.clone()).or_insert_with(|| pb::LedgerRow {
+            pool: key.0,
+            user: key.1,
+            zone: key.2,
+            day: key.3,
+            ..pb::LedgerRow::default()
+        });
+        row.jobs += 1;
+        row.energy_kwh += l.energy_kwh;
+        row.carbon_g += l.carbon_g;
+        row.counterfactual_carbon_g += l.counterfactual_carbon_g;
+        row.saved_g += l.saved_g;
+        row.embodied_g += l.embodied_g;
+    }
+    rows.into_values().collect()
 }
 
 /// The ledgers summed per (pool, user), since this process started.
