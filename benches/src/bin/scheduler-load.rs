@@ -111,6 +111,27 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// SIGKILL the scheduler, then count the jobs its store holds: every
+    /// acknowledged submission must be there.
+    fn kill_and_count(&mut self) -> Result<usize> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let (db, pg) =
+            (self._dir.path().join("greenfill.db"), self._pg.as_ref().map(greenfill_benches::pg::PgServer::url));
+        // The PostgreSQL store runs its own runtime: open it off this one.
+        let stored = std::thread::spawn(move || -> Result<usize> {
+            use greenfill_scheduler::store::{Postgres, Sqlite, Store};
+            let snap = match pg {
+                Some(url) => Postgres::open(&url, Duration::from_secs(10), Duration::from_secs(10))?.load()?,
+                None => Sqlite::open(&db)?.load()?,
+            };
+            Ok(snap.jobs.len())
+        });
+        stored.join().map_err(|_| anyhow::anyhow!("the store reader panicked"))?
+    }
+}
+
 fn port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0)).unwrap_or(0)
 }
@@ -390,13 +411,19 @@ fn main() -> Result<()> {
                 let (secs, n) = submit(srv.port, clients, in_flight, jobs, None).await?;
                 let cpu = cpu_seconds(srv.child.id())? - cpu0;
                 let commits = prom(srv.metrics, "greenfill_store_commit_batch");
+                let rss = rss_mib(srv.child.id());
+                let mut srv = srv;
+                let stored = srv.kill_and_count()?;
+                let lost = usize::try_from(n).unwrap_or(usize::MAX).saturating_sub(stored);
+                anyhow::ensure!(lost == 0, "{lost} of {n} acknowledged submissions are not in the store");
                 #[allow(clippy::cast_precision_loss, reason = "counts")]
                 runs.push(serde_json::json!({
                     "mode": "submit", "store": if postgres { "postgres" } else { "sqlite" },
                     "clients": clients, "in_flight_per_client": in_flight, "jobs": n,
+                    "stored_after_sigkill": stored, "lost": lost,
                     "seconds": secs, "per_second": n as f64 / secs, "scheduler_cpu_s": cpu,
                     "mean_commit_batch": commits.map(|(s, c)| s / c.max(1.0)),
-                    "scheduler_rss_mib": rss_mib(srv.child.id()),
+                    "scheduler_rss_mib": rss,
                 }));
             }
             let rate = |i: usize| runs.get(i).and_then(|r| r["per_second"].as_f64());
