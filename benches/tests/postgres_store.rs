@@ -4,7 +4,7 @@
 //! refused at start with a clear error and a non-zero exit.
 
 use greenfill_benches::pg::{PgServer, installed};
-use greenfill_scheduler::store::{AuditEntry, Postgres, Store, StoreError, Write};
+use greenfill_scheduler::store::{AuditEntry, Bucket, NodeHistory, Postgres, Store, StoreError, Write};
 use std::time::{Duration, Instant};
 
 fn server(test: &str) -> Option<PgServer> {
@@ -48,7 +48,9 @@ fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
         Write::Command { node: "n".into(), seq: 1, body: vec![9] },
         Write::Command { node: "n".into(), seq: 2, body: vec![8] },
         Write::CommandsAcked { node: "n".into(), upto: 1 },
+        Write::Telemetry { node: "n".into(), bucket: 600, online_cpu: 2.5, online_memory: 3.0, samples: 3 },
         Write::Telemetry { node: "n".into(), bucket: 300, online_cpu: 1.5, online_memory: 2.0, samples: 3 },
+        Write::Telemetry { node: "m".into(), bucket: 300, online_cpu: 0.5, online_memory: 1.0, samples: 3 },
         Write::NodePower { name: "n".into(), body: "{}".into() },
         Write::Audit(audit.clone()),
     ])
@@ -57,7 +59,15 @@ fn batches_round_trip_and_a_deposed_leader_cannot_commit() {
     assert_eq!(snap.jobs.len(), 1);
     assert_eq!(snap.revision, 1);
     assert_eq!(snap.commands, vec![("n".to_owned(), 2, vec![8])]);
-    assert_eq!(snap.telemetry, vec![("n".to_owned(), 300, 1.5, 2.0)]);
+    // Streamed back grouped by node, each in time order.
+    let b = |at, online_cpu, online_memory| Bucket { at, online_cpu, online_memory };
+    assert_eq!(
+        snap.telemetry,
+        vec![
+            NodeHistory { node: "m".into(), buckets: vec![b(300, 0.5, 1.0)] },
+            NodeHistory { node: "n".into(), buckets: vec![b(300, 1.5, 2.0), b(600, 2.5, 3.0)] },
+        ]
+    );
     assert_eq!(snap.audit, vec![audit]);
     // All or nothing: a duplicate request id fails the whole batch.
     let dup = Write::Job { seq: 3, id: "j3".into(), request_id: "r1".into(), state: 1, revision: 3, body: vec![] };

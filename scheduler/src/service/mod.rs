@@ -239,9 +239,11 @@ impl Inner {
                 }
             }
         }
-        for (name, bucket, cpu, mem) in snap.telemetry {
-            if let Some(node) = inner.nodes.get_mut(&name) {
-                node.history.push_back((bucket - bucket.rem_euclid(bucket_s), cpu, mem));
+        for h in snap.telemetry {
+            if let Some(node) = inner.nodes.get_mut(&h.node) {
+                node.history.extend(
+                    h.buckets.iter().map(|b| (b.at - b.at.rem_euclid(bucket_s), b.online_cpu, b.online_memory)),
+                );
             }
         }
         for (name, body) in snap.power {
