@@ -189,6 +189,7 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
         delay_cost: 0.0,
         // Its wakes are the wakes it plans; no power cycle follows a one-shot plan.
         wake_overhead_s: 0.0,
+        objective: greenfill_planner::Objective::Carbon,
     };
     // No guard slack: a one-shot plan is not redone as the guard slows jobs.
     let mut builder = ProblemBuilder::new(SlotClock { start, slot_s, slots }, pools, carbon, options, 0.0);

@@ -112,6 +112,7 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
     let fields = [
         "energy_kwh",
         "carbon_kg",
+        "cost",
         "mean_cpu_util_powered",
         "mean_cpu_util_powered_with_drain",
         "jobs_late",
@@ -217,8 +218,10 @@ fn run_one(a: &RunArgs) -> Result<()> {
 
 fn print_table(s: &Summary) {
     println!("{}: {} nodes, {} jobs, {} steps of {} s", s.scenario, s.nodes, s.jobs, s.steps, s.step_s);
+    // The energy bill, when the scenario has prices, is the last column.
+    let bill_head = s.currency.as_ref().map(|c| format!(" {c:>10}")).unwrap_or_default();
     println!(
-        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>8}",
+        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>8}{bill_head}",
         "policy",
         "MWh",
         "t CO2",
@@ -233,8 +236,9 @@ fn print_table(s: &Summary) {
         "run s"
     );
     for (name, p) in &s.policies {
+        let bill = s.currency.as_ref().map(|_| format!(" {:>10.0}", p.cost)).unwrap_or_default();
         println!(
-            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>8.1}",
+            "  {:<10} {:>10.2} {:>10.3} {:>9.1} {:>9.1} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6} {:>8.1}{bill}",
             name,
             p.energy_kwh / 1000.0,
             p.carbon_kg / 1000.0,
@@ -254,6 +258,10 @@ fn print_table(s: &Summary) {
             println!("  greenfill vs {what}: {}", x.in_words);
             if x.embodied_kg != 0.0 {
                 println!("    and {:.3} t CO2e of embodied carbon (powered node-hours)", x.embodied_kg / 1000.0);
+            }
+            if let Some(c) = &s.currency {
+                let (verb, amount) = if x.cost >= 0.0 { ("saves", x.cost) } else { ("adds", -x.cost) };
+                println!("    and {verb} {amount:.0} {c} ({:.1} %) of the energy bill", x.cost_pct.abs());
             }
         }
     };
@@ -277,7 +285,7 @@ fn print_table(s: &Summary) {
         );
     }
     if let Some(a) = &s.attribution {
-        print_attribution(a);
+        print_attribution(a, s.currency.as_deref());
     }
     for (policy, b) in s.gap.iter().rev() {
         println!(
@@ -288,22 +296,34 @@ fn print_table(s: &Summary) {
     }
 }
 
-fn print_attribution(a: &greenfill_sim::Attribution) {
+/// The attribution table; with prices, the bill each step saves is a last column.
+fn print_attribution(a: &greenfill_sim::Attribution, currency: Option<&str>) {
     println!("  where the saving against dedicated comes from (each step a run of its own):");
-    println!("    {:<32} {:>11} {:>10} {:>14} {:>10}", "step", "kWh saved", "% energy", "kg CO2 saved", "% carbon");
+    let head = currency.map(|c| format!(" {:>12}", format!("{c} saved"))).unwrap_or_default();
+    println!(
+        "    {:<32} {:>11} {:>10} {:>14} {:>10}{head}",
+        "step", "kWh saved", "% energy", "kg CO2 saved", "% carbon"
+    );
+    let bill = |x: f64| currency.map(|_| format!(" {x:>12.1}")).unwrap_or_default();
     for s in &a.steps {
         println!(
-            "    {:<32} {:>11.1} {:>10.1} {:>14.1} {:>10.1}{}",
+            "    {:<32} {:>11.1} {:>10.1} {:>14.1} {:>10.1}{}{}",
             s.step,
             s.saved_kwh,
             s.share_of_energy_pct,
             s.saved_kg,
             s.share_of_carbon_pct,
+            bill(s.saved_cost),
             if s.like_work { "" } else { "  (not like work: batch core-hours more than 2 % from dedicated's)" }
         );
     }
     println!(
-        "    {:<32} {:>11.1} {:>10.1} {:>14.1} {:>10.1}",
-        "total", a.total_saved_kwh, 100.0, a.total_saved_kg, 100.0
+        "    {:<32} {:>11.1} {:>10.1} {:>14.1} {:>10.1}{}",
+        "total",
+        a.total_saved_kwh,
+        100.0,
+        a.total_saved_kg,
+        100.0,
+        bill(a.total_saved_cost)
     );
 }

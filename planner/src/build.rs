@@ -89,6 +89,7 @@ pub struct ProblemBuilder {
     clock: SlotClock,
     pools: Vec<PoolInput>,
     carbon: Vec<f64>,
+    price: Vec<f64>,
     options: PlanOptions,
     guard_slack: f64,
     jobs: Vec<PlanJob>,
@@ -129,7 +130,23 @@ impl ProblemBuilder {
         options: PlanOptions,
         guard_slack: f64,
     ) -> ProblemBuilder {
-        ProblemBuilder { clock, pools, carbon, options, guard_slack, jobs: Vec::new(), missed_deadline: Vec::new() }
+        ProblemBuilder {
+            clock,
+            pools,
+            carbon,
+            price: Vec::new(),
+            options,
+            guard_slack,
+            jobs: Vec::new(),
+            missed_deadline: Vec::new(),
+        }
+    }
+
+    /// The day-ahead price per slot (currency/MWh) for pools without their own.
+    #[must_use]
+    pub fn price(mut self, price: Vec<f64>) -> ProblemBuilder {
+        self.price = price;
+        self
     }
 
     pub fn clock(&self) -> SlotClock {
@@ -270,6 +287,7 @@ impl ProblemBuilder {
             slots: self.clock.slots,
             pools: self.pools,
             carbon: self.carbon,
+            price: self.price,
             jobs: self.jobs,
             options: self.options,
         };

@@ -14,6 +14,8 @@ pub struct Energy {
     /// Drawn above idle by online and batch load.
     pub dynamic_kwh: f64,
     pub carbon_kg: f64,
+    /// The energy bill at the problem's prices (0 when none was given).
+    pub cost: f64,
     /// Slots accounted.
     pub slots: usize,
 }
@@ -65,6 +67,7 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
                     e.energy_kwh += wake_kwh;
                     e.idle_kwh += wake_kwh;
                     e.carbon_kg += wake_kwh * p.carbon_at(pool, t) / 1000.0;
+                    e.cost += wake_kwh * p.price_at(pool, t) / 1000.0;
                 }
                 *count += 1;
                 let load = pi.online_cpu_at(p.slots, n, t.min(p.slots - 1)) + b;
@@ -75,6 +78,7 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
                 e.idle_kwh += idle_w * pi.pool.pue * sh / 1000.0;
                 e.dynamic_kwh += (w - idle_w) * pi.pool.pue * sh / 1000.0;
                 e.carbon_kg += kwh * p.carbon_at(pool, t) / 1000.0;
+                e.cost += kwh * p.price_at(pool, t) / 1000.0;
             }
         }
         powered.push(on);

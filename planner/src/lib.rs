@@ -44,8 +44,8 @@ pub use build::{Built, ProblemBuilder, QueuedJob, RunningJob, SlotClock};
 pub use energy::Energy;
 pub use exact::{ExactResult, exact_lp};
 pub use problem::{
-    GUARD_SLACK, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, ValidProblem,
-    WaitReason, intensity_error,
+    GUARD_SLACK, Objective, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy,
+    ValidProblem, WaitReason, intensity_error,
 };
 pub use verify::{Violations, verify};
 

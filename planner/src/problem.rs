@@ -16,6 +16,10 @@ pub struct PoolInput {
     /// empty = the problem's [`Problem::carbon`]. Pools in different zones
     /// let a job run where, as well as when, it is cleanest.
     pub carbon: Vec<f64>,
+    /// Day-ahead electricity price of this pool's bidding zone per slot
+    /// (currency per MWh, may be negative); empty = the problem's
+    /// [`Problem::price`].
+    pub price: Vec<f64>,
     /// Per node of a pool that sleeps: the slots from now in which it is powered
     /// whatever the plan does (awake, or waking, and not yet past its
     /// `suspend_after`), so work placed there adds no idle power and no wake.
@@ -25,7 +29,14 @@ pub struct PoolInput {
 
 impl PoolInput {
     pub fn new(pool: Pool) -> PoolInput {
-        PoolInput { pool, online_cpu: Vec::new(), online_mem: Vec::new(), carbon: Vec::new(), powered: Vec::new() }
+        PoolInput {
+            pool,
+            online_cpu: Vec::new(),
+            online_mem: Vec::new(),
+            carbon: Vec::new(),
+            price: Vec::new(),
+            powered: Vec::new(),
+        }
     }
 
     /// Slots from now in which `node` is powered anyway.
@@ -114,6 +125,19 @@ pub enum Strategy {
     EarliestFit,
 }
 
+/// What a plan minimises per kWh a slot draws.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Objective {
+    /// Grams of CO2 (the grid's intensity).
+    #[default]
+    Carbon,
+    /// The energy bill (the day-ahead price).
+    Cost,
+    /// The bill plus carbon at `carbon_price` currency per tonne:
+    /// price + carbon_price × intensity / 1000, per MWh.
+    Both { carbon_price: f64 },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlanOptions {
     /// Share of each node's CPU kept free on top of the online upper bound.
@@ -142,6 +166,9 @@ pub struct PlanOptions {
     /// machines (issue 32: 164 wakes against first-fit's 14 on Double-11). The
     /// scheduler and the simulator set it from their power settings.
     pub wake_overhead_s: f64,
+    /// What the plan weighs: carbon (the default), the energy bill, or both.
+    /// Any but carbon needs a price (`Problem::price` or each pool's).
+    pub objective: Objective,
 }
 
 impl Default for PlanOptions {
@@ -154,6 +181,7 @@ impl Default for PlanOptions {
             lazy_wake: true,
             delay_cost: 0.001,
             wake_overhead_s: 0.0,
+            objective: Objective::Carbon,
         }
     }
 }
@@ -171,6 +199,10 @@ pub struct Problem {
     /// Forecast carbon intensity per slot, gCO2/kWh (`slots` values). Past the
     /// horizon (a job that runs on) the forecast repeats from slot 0: a daily cycle.
     pub carbon: Vec<f64>,
+    /// Day-ahead price per slot, currency per MWh (`slots` values, or empty
+    /// when the objective is carbon and no cost is accounted); repeats past
+    /// the horizon like `carbon`.
+    pub price: Vec<f64>,
     pub jobs: Vec<PlanJob>,
     pub options: PlanOptions,
 }
@@ -185,6 +217,12 @@ pub enum ProblemError {
     CarbonLength { got: usize, slots: usize },
     #[error("carbon[{index}] = {value}: intensities must be finite and >= 0")]
     CarbonValue { index: usize, value: f64 },
+    #[error("price has {got} values for {slots} slots")]
+    PriceLength { got: usize, slots: usize },
+    #[error("price[{index}] = {value}: prices must be finite")]
+    PriceValue { index: usize, value: f64 },
+    #[error("objective = {0}: needs a price per slot (the problem's or every pool's), and none was given")]
+    NoPrice(&'static str),
     #[error("pool `{pool}`: {field} = {value}: {why}")]
     Pool { pool: String, field: &'static str, value: String, why: &'static str },
     #[error("pool `{pool}`: power: {source}")]
@@ -220,6 +258,11 @@ impl PlanOptions {
         }
         if !(self.wake_overhead_s.is_finite() && self.wake_overhead_s >= 0.0) {
             bad("wake_overhead_s", self.wake_overhead_s, "must be finite and >= 0 (seconds of idle power)");
+        }
+        if let Objective::Both { carbon_price } = self.objective
+            && !(carbon_price.is_finite() && carbon_price >= 0.0)
+        {
+            bad("objective.carbon_price", carbon_price, "must be finite and >= 0 (currency per tonne CO2)");
         }
         out
     }
@@ -276,6 +319,7 @@ impl Problem {
         if let Some(e) = self.options.errors().into_iter().next() {
             return Err(e);
         }
+        self.check_price()?;
         for p in &self.pools {
             self.validate_pool(p)?;
         }
@@ -344,19 +388,70 @@ impl Problem {
         self.slots + longest.min(self.slots * 4)
     }
 
+    fn check_price(&self) -> Result<(), ProblemError> {
+        if !(self.price.is_empty() || self.price.len() == self.slots) {
+            return Err(ProblemError::PriceLength { got: self.price.len(), slots: self.slots });
+        }
+        let all = self.price.iter().chain(self.pools.iter().flat_map(|p| &p.price));
+        if let Some((index, &value)) = all.enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(ProblemError::PriceValue { index, value });
+        }
+        if let Some(p) = self.pools.iter().find(|p| !(p.price.is_empty() || p.price.len() == self.slots)) {
+            return Err(ProblemError::Pool {
+                pool: p.pool.name.clone(),
+                field: "price",
+                value: format!("{} values", p.price.len()),
+                why: "needs one per slot, or none for the problem's",
+            });
+        }
+        match self.options.objective {
+            Objective::Carbon => Ok(()),
+            _ if self.priced() => Ok(()),
+            Objective::Cost => Err(ProblemError::NoPrice("cost")),
+            Objective::Both { .. } => Err(ProblemError::NoPrice("both")),
+        }
+    }
+
+    /// Whether a price is known for every pool (so the plan's cost is accounted).
+    pub fn priced(&self) -> bool {
+        !self.price.is_empty() || (!self.pools.is_empty() && self.pools.iter().all(|p| !p.price.is_empty()))
+    }
+
+    /// Price of `pool`'s bidding zone at any slot (currency/MWh); past the
+    /// horizon it repeats; 0 where none is known.
+    pub(crate) fn price_at(&self, pool: usize, t: usize) -> f64 {
+        let own = &self.pools[pool].price;
+        if !own.is_empty() {
+            own[t % self.slots]
+        } else if self.price.is_empty() {
+            0.0
+        } else {
+            self.price[t % self.slots]
+        }
+    }
+
     /// Carbon intensity of `pool`'s zone at any slot; past the horizon it repeats.
     pub(crate) fn carbon_at(&self, pool: usize, t: usize) -> f64 {
         let own = &self.pools[pool].carbon;
         if own.is_empty() { self.carbon[t % self.slots] } else { own[t % self.slots] }
     }
 
-    /// The carbon the plan *weighs* in `pool` at slot `t`: the forecast plus the
-    /// delay cost (`options.delay_cost` of it per hour from now). Accounting
-    /// uses `carbon_at`.
+    /// What the plan *weighs* per kWh in `pool` at slot `t`: the objective's
+    /// value (g CO2, or currency per MWh) plus the delay cost
+    /// (`options.delay_cost` of its size per hour from now, so a negative
+    /// price also grows less attractive with waiting). Accounting uses
+    /// `carbon_at` and `price_at`.
     pub(crate) fn weighed_carbon_at(&self, pool: usize, t: usize) -> f64 {
         #[allow(clippy::cast_precision_loss, reason = "slot indices are small")]
         let hours = t as f64 * self.slot_hours();
-        self.carbon_at(pool, t) * (1.0 + self.options.delay_cost * hours)
+        let w = match self.options.objective {
+            Objective::Carbon => self.carbon_at(pool, t),
+            Objective::Cost => self.price_at(pool, t),
+            Objective::Both { carbon_price } => {
+                self.price_at(pool, t) + carbon_price * self.carbon_at(pool, t) / 1000.0
+            }
+        };
+        if w >= 0.0 { w * (1.0 + self.options.delay_cost * hours) } else { w * (1.0 - self.options.delay_cost * hours) }
     }
 
     pub(crate) fn slot_hours(&self) -> f64 {

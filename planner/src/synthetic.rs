@@ -128,6 +128,7 @@ pub fn generate(spec: &Spec) -> Problem {
         slots: t,
         pools,
         carbon,
+        price: Vec::new(),
         jobs,
         options: PlanOptions::default(),
     }

@@ -4,7 +4,8 @@
 use greenfill_core::cluster::{Pool, PowerModel};
 use greenfill_planner::synthetic::{Spec, generate};
 use greenfill_planner::{
-    Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp, verify,
+    Objective, Placement, Plan, PlanJob, PlanOptions, PoolInput, Problem, ProblemError, Strategy, WaitReason, exact_lp,
+    verify,
 };
 use proptest::prelude::*;
 use std::time::Duration;
@@ -130,7 +131,16 @@ fn aiming_early_keeps_a_share_of_the_duration_before_the_deadline_when_it_can() 
 }
 
 fn problem(pools: Vec<PoolInput>, jobs: Vec<PlanJob>, carbon: Vec<f64>) -> Problem {
-    Problem { start: 0, slot_s: 3600, slots: carbon.len(), pools, carbon, jobs, options: Default::default() }
+    Problem {
+        start: 0,
+        slot_s: 3600,
+        slots: carbon.len(),
+        pools,
+        carbon,
+        price: Vec::new(),
+        jobs,
+        options: Default::default(),
+    }
 }
 
 #[test]
@@ -193,6 +203,72 @@ fn carbon_aware_timing_moves_work_to_the_clean_slot() {
     }
     p.options.strategy = Strategy::EarliestFit;
     assert_eq!(plan_of(&p).placements[0].start(), Some(0));
+}
+
+/// Carbon is lowest in slot 1, the price in slot 3 (and negative there):
+/// each objective takes its own slot, and a carbon price moves `both` from
+/// the cheap slot to the clean one once a tonne costs more than the price gap.
+#[test]
+fn the_objective_chooses_between_the_clean_slot_and_the_cheap_one() {
+    let mut p = problem(
+        vec![pool("a", 1, 16.0, 64.0, true)],
+        vec![job("j", 2.0, 0, 1, Some(4))],
+        vec![400.0, 100.0, 400.0, 400.0],
+    );
+    p.price = vec![80.0, 80.0, 80.0, -10.0];
+    let start = |p: &Problem, objective, s| {
+        let mut p = p.clone();
+        (p.options.objective, p.options.strategy) = (objective, s);
+        plan_of(&p).placements[0].start()
+    };
+    for s in [Strategy::Lp, Strategy::CarbonGreedy] {
+        assert_eq!(start(&p, Objective::Carbon, s), Some(1), "{s:?}");
+        assert_eq!(start(&p, Objective::Cost, s), Some(3), "{s:?}");
+        // 90 /MWh apart, 300 g/kWh apart: the break-even is 300 /t.
+        assert_eq!(start(&p, Objective::Both { carbon_price: 200.0 }, s), Some(3), "{s:?}");
+        assert_eq!(start(&p, Objective::Both { carbon_price: 400.0 }, s), Some(1), "{s:?}");
+    }
+    // The bill is accounted: the node draws 100 W idle plus 2 cores' share of
+    // 200 W, × PUE 1.2, for an hour in each slot; the plan covers the horizon
+    // and one slot of tail room, where the price repeats from slot 0.
+    let mut q = p.clone();
+    q.options.objective = Objective::Cost;
+    let plan = plan_of(&q);
+    let idle = 0.1 * 1.2;
+    let busy = (100.0 + 200.0 * 2.0 / 16.0) * 1.2 / 1000.0;
+    let bill = idle * 80.0 / 1000.0 * 4.0 + busy * -10.0 / 1000.0;
+    assert!((plan.energy.cost - bill).abs() < 1e-9, "{} != {bill}", plan.energy.cost);
+}
+
+#[test]
+fn an_objective_on_price_needs_a_price_and_a_sane_carbon_price() {
+    let p = problem(vec![pool("a", 1, 16.0, 64.0, true)], vec![job("j", 1.0, 0, 1, None)], vec![400.0; 4]);
+    let err = |f: &dyn Fn(&mut Problem)| {
+        let mut q = p.clone();
+        f(&mut q);
+        q.validate().map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        err(&|q| q.options.objective = Objective::Cost),
+        Err("objective = cost: needs a price per slot (the problem's or every pool's), and none was given".into())
+    );
+    assert_eq!(
+        err(&|q| {
+            q.price = vec![50.0; 4];
+            q.options.objective = Objective::Both { carbon_price: -1.0 };
+        }),
+        Err("options: objective.carbon_price = -1: must be finite and >= 0 (currency per tonne CO2)".into())
+    );
+    assert_eq!(err(&|q| q.price = vec![50.0; 3]), Err("price has 3 values for 4 slots".into()));
+    assert_eq!(err(&|q| q.price = vec![50.0, f64::NAN, 1.0, 1.0]), Err("price[1] = NaN: prices must be finite".into()));
+    // Every pool priced is enough; negative prices are real and kept.
+    assert_eq!(
+        err(&|q| {
+            q.pools[0].price = vec![-5.0; 4];
+            q.options.objective = Objective::Cost;
+        }),
+        Ok(())
+    );
 }
 
 #[test]
@@ -318,9 +394,11 @@ fn equal_costs_start_at_release() {
                 online_cpu: vec![0.1; slots],
                 online_mem: vec![1.0; slots],
                 carbon: vec![],
+                price: vec![],
                 powered: vec![],
             }],
             carbon: vec![400.0; slots],
+            price: vec![],
             jobs: (0..3)
                 .map(|i| PlanJob {
                     id: format!("j{i}"),

@@ -20,10 +20,13 @@ pub struct Step {
     pub parts: Parts,
     pub energy_kwh: f64,
     pub carbon_kg: f64,
+    /// The energy bill at `[price]`'s prices (0 without one).
+    pub cost: f64,
     pub batch_core_hours: f64,
     /// Against the step before (the first: against dedicated).
     pub saved_kwh: f64,
     pub saved_kg: f64,
+    pub saved_cost: f64,
     /// Of greenfill's whole carbon and energy saving against dedicated.
     pub share_of_carbon_pct: f64,
     pub share_of_energy_pct: f64,
@@ -36,6 +39,7 @@ pub struct Attribution {
     /// Dedicated − greenfill: what the steps sum to.
     pub total_saved_kwh: f64,
     pub total_saved_kg: f64,
+    pub total_saved_cost: f64,
     pub steps: Vec<Step>,
 }
 
@@ -112,6 +116,7 @@ pub fn attribute(
     Ok(Some(Attribution {
         total_saved_kwh: dedicated.energy_kwh - greenfill.energy_kwh,
         total_saved_kg: dedicated.carbon_kg - greenfill.carbon_kg,
+        total_saved_cost: dedicated.cost - greenfill.cost,
         steps,
     }))
 }
@@ -134,9 +139,11 @@ fn row(
         parts,
         energy_kwh: this.energy_kwh,
         carbon_kg: this.carbon_kg,
+        cost: this.cost,
         batch_core_hours: this.batch_core_hours,
         saved_kwh,
         saved_kg,
+        saved_cost: before.cost - this.cost,
         share_of_carbon_pct: share(saved_kg, dedicated.carbon_kg - greenfill.carbon_kg),
         share_of_energy_pct: share(saved_kwh, dedicated.energy_kwh - greenfill.energy_kwh),
         like_work: most <= 0.0 || (dedicated.batch_core_hours - this.batch_core_hours).abs() <= LIKE_WORK * most,

@@ -125,6 +125,8 @@ pub struct PolicyResult {
     pub dynamic_kwh: f64,
     /// Operational carbon: energy × grid intensity.
     pub carbon_kg: f64,
+    /// The energy bill at `[price]`'s day-ahead prices (0 without one).
+    pub cost: f64,
     /// Embodied carbon of the powered node-hours (pools' `embodied_g_per_hour`),
     /// apart from `carbon_kg`.
     pub embodied_kg: f64,
@@ -176,6 +178,7 @@ impl PolicyResult {
             idle_kwh: 0.0,
             dynamic_kwh: 0.0,
             carbon_kg: 0.0,
+            cost: 0.0,
             embodied_kg: 0.0,
             node_hours: 0.0,
             mean_cpu_util_powered: 0.0,
@@ -278,6 +281,7 @@ impl Meter {
             row.powered_by_pool[inp.node_pool[node]] += 1;
             row.power_kw += w / 1000.0;
             res.carbon_kg += w * sh / 1000.0 * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
+            res.cost += w * sh / 1000.0 * inp.price_at(t) / 1000.0;
             row.batch_cores += b;
             res.idle_kwh += idle * sh / 1000.0;
             res.embodied_kg += p.embodied_g_per_hour * sh / 1000.0;
@@ -291,6 +295,7 @@ impl Meter {
             row.power_kw += kwh / sh;
             res.idle_kwh += kwh;
             res.carbon_kg += kwh * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
+            res.cost += kwh * inp.price_at(t) / 1000.0;
         }
         res.energy_kwh += row.power_kw * sh;
         res.node_hours += f64::from(row.powered_nodes) * sh;
@@ -677,9 +682,18 @@ fn plan_and_start(
         strategy: Strategy::Lp,
         delay_cost: s.delay_cost,
         wake_overhead_s: power.as_deref().map_or(0.0, Power::cycle_s),
+        objective: r.objective,
         ..PlanOptions::default()
     };
-    let mut builder = ProblemBuilder::new(clock, pools, carbon, options, s.guard_slack);
+    // Day-ahead prices are known: the planner sees the actual ones (flat
+    // without carbon timing, like the intensity).
+    #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
+    let price = match (inp.price.is_empty(), parts.timing) {
+        (true, _) => Vec::new(),
+        (false, true) => slot_means(&|k| inp.price[k]),
+        (false, false) => vec![inp.price.iter().sum::<f64>() / inp.price.len() as f64; slots],
+    };
+    let mut builder = ProblemBuilder::new(clock, pools, carbon, options, s.guard_slack).price(price);
     let now = clock.start;
     if let Some(p) = power.as_deref() {
         // Sleeping nodes are capacity from their expected ready time.

@@ -4,7 +4,10 @@
 
 use crate::scenario::{DeadlineRule, Generate, Resolved, ScenarioError};
 use greenfill_core::cluster::Pool;
-use greenfill_core::data::{CarbonOptions, JobFormat, JobMemory, UsageOptions, load_carbon, load_jobs, load_usage};
+use greenfill_core::data::{
+    CarbonOptions, CarbonTrace, DataError, JobFormat, JobMemory, UsageOptions, load_carbon, load_jobs, load_price,
+    load_usage,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Poisson};
@@ -60,6 +63,8 @@ pub struct Inputs {
     /// `[carbon.zones]`, and each pool's zone among them (`None`: `carbon`).
     pub zones: Vec<ZoneCarbon>,
     pub pool_zone: Vec<Option<usize>>,
+    /// Day-ahead price per step, currency per MWh (empty without `[price]`).
+    pub price: Vec<f64>,
     /// Sorted by arrival.
     pub jobs: Vec<SimJob>,
 }
@@ -72,6 +77,11 @@ impl Inputs {
     /// Actual intensity at step `t` in `pool`'s zone.
     pub fn carbon_at(&self, pool: usize, t: usize) -> f64 {
         self.pool_zone[pool].map_or(self.carbon[t], |z| self.zones[z].actual[t])
+    }
+
+    /// The price at step `t` (0 without `[price]`).
+    pub fn price_at(&self, t: usize) -> f64 {
+        self.price.get(t).copied().unwrap_or(0.0)
     }
 
     /// The forecast the planner sees for `pool`'s zone at step `t`.
@@ -153,8 +163,9 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         .collect();
 
     // Carbon: a file replayed from `start` (or its first row), or a constant.
-    let replay = |path: &std::path::Path| -> Result<Vec<f64>, ScenarioError> {
-        let c = load_carbon(path, &CarbonOptions::default()).map_err(ScenarioError::Data)?.series;
+    type Loader = fn(&std::path::Path, &CarbonOptions) -> Result<CarbonTrace, DataError>;
+    let replay_with = |path: &std::path::Path, load: Loader| -> Result<Vec<f64>, ScenarioError> {
+        let c = load(path, &CarbonOptions::default()).map_err(ScenarioError::Data)?.series;
         let origin = if (c.start..=c.end()).contains(&r.start) { r.start } else { c.start };
         Ok((0..steps)
             .map(|t| {
@@ -164,6 +175,12 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                 c.value_at(c.start + (at - c.start).rem_euclid(span))
             })
             .collect())
+    };
+    let replay = |path: &std::path::Path| replay_with(path, load_carbon);
+    let price = match (&r.price_file, s.price.as_ref().and_then(|p| p.constant)) {
+        (Some(path), _) => replay_with(path, load_price)?,
+        (None, Some(k)) => vec![k; steps],
+        (None, None) => Vec::new(),
     };
     let carbon: Vec<f64> = match (&r.carbon_file, s.carbon.constant) {
         (Some(path), _) => replay(path)?,
@@ -336,6 +353,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         carbon_forecast,
         zones,
         pool_zone,
+        price,
         jobs,
     })
 }

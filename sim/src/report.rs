@@ -22,6 +22,9 @@ pub struct Savings {
     pub embodied_kg: f64,
     /// Powered node-hours saved.
     pub node_hours: f64,
+    /// The energy bill saved at `[price]`'s prices (0 without one), and its share.
+    pub cost: f64,
+    pub cost_pct: f64,
     /// The saving in words, with the reason when energy and carbon part ways.
     pub in_words: String,
 }
@@ -71,6 +74,9 @@ pub struct Summary {
     pub nodes: usize,
     pub jobs: usize,
     pub forecast: String,
+    /// `[price]`'s currency, when the scenario has prices (each policy's `cost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     pub policies: BTreeMap<String, PolicyResult>,
     pub saved: Saved,
     /// Where the saving against dedicated comes from (`sim run --attribution`).
@@ -90,6 +96,8 @@ fn savings(base: &PolicyResult, ours: &PolicyResult) -> Savings {
         carbon_pct: pct(base.carbon_kg, ours.carbon_kg),
         embodied_kg: base.embodied_kg - ours.embodied_kg,
         node_hours: base.node_hours - ours.node_hours,
+        cost: base.cost - ours.cost,
+        cost_pct: if base.cost.abs() > 0.0 { (base.cost - ours.cost) / base.cost.abs() * 100.0 } else { 0.0 },
         in_words: String::new(),
     };
     x.in_words = in_words(&x);
@@ -186,6 +194,7 @@ pub fn summarize(r: &Resolved, inputs: &Inputs, results: &[(Policy, PolicyResult
         nodes: inputs.nodes(),
         jobs: inputs.jobs.len(),
         forecast: r.scenario.forecast.clone(),
+        currency: r.scenario.price.as_ref().map(|p| p.currency.clone()),
         policies: results.iter().map(|(p, x)| (p.name().to_owned(), x.clone())).collect(),
         saved,
         attribution: None,
@@ -549,6 +558,8 @@ mod tests {
                 carbon_pct: carbon_kg / 1.3,
                 embodied_kg: 0.0,
                 node_hours,
+                cost: 0.0,
+                cost_pct: 0.0,
                 in_words: String::new(),
             };
             s.in_words = in_words(&s);

@@ -5,7 +5,7 @@ use crate::power::SimPower;
 use greenfill_core::cluster::{ClusterConfig, Pool};
 use greenfill_core::time::{parse_duration, parse_step, parse_timestamp};
 use greenfill_planner::power::PowerSettings;
-use greenfill_planner::{PlanOptions, ProblemError};
+use greenfill_planner::{Objective, PlanOptions, ProblemError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -86,6 +86,79 @@ pub struct Scenario {
     /// How the batch machines that co-location leaves idle are powered off and on.
     #[serde(default)]
     pub power: PowerSpec,
+    /// Day-ahead electricity price: the bill of every policy, and what
+    /// `[objective]` weighs when its mode is `cost` or `both`. Optional.
+    pub price: Option<PriceSpec>,
+    /// What greenfill's plans minimise (default: carbon).
+    #[serde(default)]
+    pub objective: ObjectiveSpec,
+}
+
+/// `[price]`: the day-ahead price the fleet pays, per MWh. The planner is
+/// told the actual price: day-ahead prices are known before the day starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    /// CSV of `time,price` (or Energy-Charts' and ENTSO-E's column names);
+    /// replayed from the row at `start` like the carbon file. Negative prices
+    /// are kept.
+    pub file: Option<PathBuf>,
+    /// One price for every hour instead of a file.
+    pub constant: Option<f64>,
+    /// The currency the prices are in, for the output (default EUR).
+    #[serde(default = "d_currency")]
+    pub currency: String,
+}
+
+/// `[objective]`: per kWh, greenfill weighs grams of CO2 (`carbon`), the
+/// bill (`cost`), or the bill plus carbon at `carbon_price` per tonne
+/// (`both`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSpec {
+    #[serde(default = "d_objective_mode")]
+    pub mode: String,
+    /// Currency per tonne CO2 (e.g. the EU ETS's ~80 EUR); only with `both`.
+    #[serde(default)]
+    pub carbon_price: f64,
+}
+
+impl Default for ObjectiveSpec {
+    fn default() -> Self {
+        ObjectiveSpec { mode: d_objective_mode(), carbon_price: 0.0 }
+    }
+}
+
+fn d_currency() -> String {
+    "EUR".into()
+}
+
+fn d_objective_mode() -> String {
+    "carbon".into()
+}
+
+/// The planner's objective from `[objective]`, with `[price]` present or not;
+/// errors name the key.
+fn resolve_objective(o: &ObjectiveSpec, priced: bool) -> Result<Objective, String> {
+    if !(o.carbon_price.is_finite() && o.carbon_price >= 0.0) {
+        return Err(format!("objective.carbon_price = {}: must be >= 0 (currency per tonne CO2)", o.carbon_price));
+    }
+    let objective = match o.mode.as_str() {
+        "carbon" => Objective::Carbon,
+        "cost" => Objective::Cost,
+        "both" => Objective::Both { carbon_price: o.carbon_price },
+        other => return Err(format!("objective.mode = {other:?}: must be one of carbon, cost, both")),
+    };
+    if objective != Objective::Carbon && !priced {
+        return Err(format!("objective.mode = {:?}: needs a [price] section (file or constant)", o.mode));
+    }
+    if o.carbon_price > 0.0 && o.mode != "both" {
+        return Err(format!(
+            "objective.carbon_price = {}: only weighed with objective.mode = \"both\" (mode is {:?})",
+            o.carbon_price, o.mode
+        ));
+    }
+    Ok(objective)
 }
 
 /// The power-state model: the scheduler's own machine
@@ -431,6 +504,9 @@ pub struct Resolved {
     pub carbon_forecast_file: Option<PathBuf>,
     /// Each zone's carbon file, by name.
     pub zone_files: Vec<(String, PathBuf)>,
+    /// `[price]`'s file, if it has one.
+    pub price_file: Option<PathBuf>,
+    pub objective: Objective,
     /// The power-state model; `None` = `instant`.
     pub power: Option<SimPower>,
 }
@@ -610,6 +686,16 @@ impl Scenario {
             )));
         }
         let power = resolve_power(&s.power, plan_every_s + slot_s).map_err(bad)?;
+        let price_file = match s.price.as_ref().map(|p| (&p.file, p.constant)) {
+            None => None,
+            Some((Some(f), None)) => Some(base.join(f)),
+            Some((None, Some(c))) if c.is_finite() => None,
+            Some((None, Some(c))) => {
+                return Err(bad(format!("price.constant = {c}: must be finite (currency per MWh)")));
+            }
+            Some(_) => return Err(bad("price: give exactly one of file or constant".into())),
+        };
+        let objective = resolve_objective(&s.objective, s.price.is_some()).map_err(bad)?;
         for (i, p) in s.cluster.pools.iter().enumerate() {
             if let Some(z) = p.zone.as_deref().filter(|z| !s.carbon.zones.contains_key(*z)) {
                 let known: Vec<&str> = s.carbon.zones.keys().map(String::as_str).collect();
@@ -621,6 +707,8 @@ impl Scenario {
         }
         Ok(Resolved {
             zone_files: s.carbon.zones.iter().map(|(n, z)| (n.clone(), base.join(&z.file))).collect(),
+            price_file,
+            objective,
             power,
             carbon_forecast_file: s.carbon.forecast_file.as_ref().map(|f| base.join(f)),
             online_file: base.join(&s.online.file),

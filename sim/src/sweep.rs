@@ -13,7 +13,7 @@ use std::path::Path;
 pub struct SweepRow {
     /// The values set at this point, by key.
     pub point: BTreeMap<String, String>,
-    /// Per policy: energy_kwh, carbon_kg, mean_cpu_util_powered (and _with_drain), jobs_late,
+    /// Per policy: energy_kwh, carbon_kg, cost, mean_cpu_util_powered (and _with_drain), jobs_late,
     /// online_overload_steps, guard_throttled_steps.
     pub policies: BTreeMap<String, BTreeMap<&'static str, f64>>,
     pub saved: report::Saved,
@@ -40,6 +40,10 @@ fn set(doc: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
         return Ok(());
     }
     let parts: Vec<&str> = key.split('.').collect();
+    // A section the scenario may leave out (`objective.mode`) is made here.
+    if parts.len() == 2 && ["objective", "power", "price"].contains(&parts[0]) && !doc.contains_key(parts[0]) {
+        doc.insert(parts[0].to_owned(), toml::Value::Table(toml::Table::new()));
+    }
     let mut cur: &mut toml::Value =
         doc.get_mut(parts[0]).ok_or_else(|| format!("{key}: no `{}` in the scenario", parts[0]))?;
     if parts.len() == 1 {
@@ -139,6 +143,7 @@ fn row(point: &[(String, String)], results: &[(Policy, crate::PolicyResult)], sa
                 let m = BTreeMap::from([
                     ("energy_kwh", x.energy_kwh),
                     ("carbon_kg", x.carbon_kg),
+                    ("cost", x.cost),
                     ("mean_cpu_util_powered", x.mean_cpu_util_powered),
                     ("mean_cpu_util_powered_with_drain", x.mean_cpu_util_powered_with_drain),
                     ("jobs_late", x.jobs_late as f64),

@@ -552,3 +552,83 @@ fn the_best_possible_lies_between_a_closed_form_floor_and_every_run() {
         assert!(b.gap_pct >= 0.0 && b.batch_ratio >= 1.0, "{}: {b:?}", p.name());
     }
 }
+
+#[test]
+fn bad_objectives_and_prices_are_refused_naming_the_key() {
+    let cases = [
+        ("[objective]\nmode = \"cheap\"", r#"objective.mode = "cheap": must be one of carbon, cost, both"#),
+        ("[objective]\nmode = \"cost\"", r#"objective.mode = "cost": needs a [price] section (file or constant)"#),
+        (
+            "[price]\nconstant = 60\n[objective]\nmode = \"both\"\ncarbon_price = -5",
+            "objective.carbon_price = -5: must be >= 0 (currency per tonne CO2)",
+        ),
+        (
+            "[price]\nconstant = 60\n[objective]\ncarbon_price = 80",
+            r#"objective.carbon_price = 80: only weighed with objective.mode = "both" (mode is "carbon")"#,
+        ),
+        ("[price]\nfile = \"p.csv\"\nconstant = 60", "price: give exactly one of file or constant"),
+        ("[price]\ncurrency = \"EUR\"", "price: give exactly one of file or constant"),
+        ("[price]\nconstant = 60\nzone = \"DE-LU\"", "unknown field `zone`"),
+    ];
+    for (extra, want) in cases {
+        let e = Scenario::parse("t.toml", &scenario(extra), repo()).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: got `{e}`, want `{want}`");
+    }
+}
+
+/// A week of hourly prices from 2022-06-01 (UTC): cheap from 02:00 to 06:00,
+/// when CISO's grid is dirty, and dear at midday, when it is cleanest; one
+/// night hour is negative, as surplus hours are.
+fn opposed_prices(dir: &Path) -> std::path::PathBuf {
+    let mut csv = String::from("time,price\n");
+    let start = 1_654_041_600i64;
+    for h in 0..24 * 8 {
+        let hour = h % 24;
+        let price = match hour {
+            3 => -5.0,
+            2..=6 => 20.0,
+            16..=23 => 180.0,
+            _ => 90.0,
+        };
+        let t = start + h * 3600;
+        csv.push_str(&format!("{},{price}\n", greenfill_core::time::format_timestamp(t)));
+    }
+    let path = dir.join("prices.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+#[test]
+fn the_bill_is_energy_times_price_and_the_objective_trades_carbon_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = opposed_prices(dir.path());
+    let run_with = |objective: &str| {
+        let extra = format!(
+            "policies = [\"asap\", \"greenfill\"]\n[price]\nfile = {:?}\n[objective]\n{objective}",
+            prices.display().to_string()
+        );
+        let r = Scenario::parse("t.toml", &scenario(&extra), repo()).unwrap();
+        let inputs = load(&r).unwrap();
+        let results = run(&r, &inputs, |_, _| {}).unwrap();
+        // The bill, from the steps: power × price, for every policy.
+        for (p, x) in &results {
+            let sh = inputs.step_s as f64 / 3600.0;
+            let bill: f64 = x.steps.iter().enumerate().map(|(t, s)| s.power_kw * sh * inputs.price[t] / 1000.0).sum();
+            assert!((x.cost - bill).abs() < 1e-6 * bill.abs().max(1.0), "{p:?}: {} != {bill}", x.cost);
+            assert!(x.cost > 0.0);
+        }
+        let g = results.into_iter().find(|(p, _)| p.name() == "greenfill").unwrap().1;
+        assert_eq!(g.jobs_unfinished, 0, "{objective}");
+        (g.carbon_kg, g.cost)
+    };
+    let carbon = run_with("mode = \"carbon\"");
+    let cost = run_with("mode = \"cost\"");
+    let both = run_with("mode = \"both\"\ncarbon_price = 1000");
+    // Each objective wins on its own term; `both` lies between them. The
+    // prices here span 185 /MWh and CISO's intensity about 0.15 t/MWh, so a
+    // tonne must cost ~1,000 before carbon outweighs the bill (at 300 `both`
+    // plans as `cost` does).
+    assert!(cost.1 < carbon.1, "cost mode's bill {} vs carbon mode's {}", cost.1, carbon.1);
+    assert!(carbon.0 < cost.0, "carbon mode's carbon {} vs cost mode's {}", carbon.0, cost.0);
+    assert!(both.0 < cost.0 && both.1 < carbon.1, "both {both:?}, carbon {carbon:?}, cost {cost:?}");
+}

@@ -33,6 +33,12 @@ pub(crate) fn unexpressible(r: &Resolved, inp: &Inputs) -> Vec<String> {
             r.scenario.power.model
         ));
     }
+    if r.objective != greenfill_planner::Objective::Carbon {
+        bad.push(format!(
+            "objective.mode = {:?}: the replay runs the carbon objective only (the service's [price] feed is not on the virtual clock yet)",
+            r.scenario.objective.mode
+        ));
+    }
     let first = &inp.pools[0];
     for (i, p) in inp.pools.iter().enumerate() {
         if !matches!(p.power, PowerModel::Linear { .. }) {

@@ -43,19 +43,53 @@ pub fn load_carbon(path: &Path, opts: &CarbonOptions) -> Result<CarbonTrace, Dat
 }
 
 pub fn read_carbon(path: &str, input: impl Read, opts: &CarbonOptions) -> Result<CarbonTrace, DataError> {
+    read_signal(path, input, opts, Signal::Carbon)
+}
+
+/// Which signal a time series file holds: its column names and its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// gCO2/kWh, never negative.
+    Carbon,
+    /// Currency per MWh; negative prices are real (surplus renewables).
+    Price,
+}
+
+impl Signal {
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Signal::Carbon => VALUE_NAMES,
+            Signal::Price => crate::data::price::PRICE_NAMES,
+        }
+    }
+}
+
+/// A (time, value) series of `signal`: the column by name or by the signal's
+/// usual names, rows in increasing time, gaps filled by the line between.
+pub(crate) fn read_signal(
+    path: &str,
+    input: impl Read,
+    opts: &CarbonOptions,
+    signal: Signal,
+) -> Result<CarbonTrace, DataError> {
     let table = Table::read(path, input, true)?;
     let time_col = match &opts.time_column {
         Some(c) => table.require(c)?,
         None => table.find(TIME_NAMES).unwrap_or(0),
     };
+    let names = signal.names();
     let value_col = match &opts.value_column {
         Some(c) => table.require(c)?,
         None => table
-            .find(VALUE_NAMES)
-            .or_else(|| table.header.iter().position(|h| h.to_ascii_lowercase().contains("carbon intensity")))
+            .find(names)
+            .or_else(|| {
+                (signal == Signal::Carbon)
+                    .then(|| table.header.iter().position(|h| h.to_ascii_lowercase().contains("carbon intensity")))
+                    .flatten()
+            })
             .ok_or_else(|| DataError::MissingColumn {
                 path: path.to_owned(),
-                column: format!("{} (or name one with --value-column)", VALUE_NAMES[0]),
+                column: format!("{} (or name one with --value-column)", names[0]),
                 found: table.header.join(", "),
             })?,
     };
@@ -66,6 +100,7 @@ pub fn read_carbon(path: &str, input: impl Read, opts: &CarbonOptions) -> Result
         let v = table.number(*line, rec, value_col)?;
         if let Some(v) = v
             && v < 0.0
+            && signal == Signal::Carbon
         {
             return Err(table.field_error(*line, value_col, format!("carbon intensity {v} is negative")));
         }

@@ -13,6 +13,7 @@
 mod carbon;
 mod error;
 mod jobs;
+mod price;
 mod table;
 mod usage;
 mod wide;
@@ -20,6 +21,7 @@ mod wide;
 pub use carbon::{CarbonOptions, CarbonTrace, load_carbon, read_carbon};
 pub use error::DataError;
 pub use jobs::{JobFormat, JobMemory, JobRecord, JobTrace, load_jobs, read_jobs};
+pub use price::{load_price, read_price};
 pub use usage::{UsageFormat, UsageMetric, UsageOptions, UsageTrace, load_usage, read_usage};
 pub use wide::{load_wide, read_wide};
 

@@ -166,6 +166,7 @@ fn pool_input(
         online_cpu: cpu,
         online_mem: mem,
         carbon: st.carbon.slots(name, clock.start, clock.slot_s, slots),
+        price: Vec::new(),
         powered: Vec::new(),
     }
 }
