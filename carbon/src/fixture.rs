@@ -216,6 +216,59 @@ pub mod bodies {
         )
     }
 
+    /// Energy-Charts `/price?bzn=…`: parallel arrays, as the service answers.
+    pub fn energy_charts_price(times: &[i64], price: &[Option<f64>], unit: &str) -> String {
+        let p: Vec<String> = price.iter().map(|x| x.map_or("null".into(), |x| x.to_string())).collect();
+        let t: Vec<String> = times.iter().map(ToString::to_string).collect();
+        format!(
+            r#"{{"license_info":"CC BY 4.0 (creativecommons.org/licenses/by/4.0) from Bundesnetzagentur | SMARD.de","unix_seconds":[{}],"price":[{}],"unit":"{unit}","deprecated":false}}"#,
+            t.join(","),
+            p.join(",")
+        )
+    }
+
+    /// ENTSO-E A44: one `TimeSeries` with one `Period` from `start` at
+    /// `resolution` (`PT60M`, `PT15M`), `positions` long, and the points
+    /// given as (position, price): left-out positions repeat (curve A03).
+    pub fn entsoe_a44(eic: &str, start: i64, resolution: &str, positions: i64, points: &[(i64, f64)]) -> String {
+        let step = if resolution == "PT15M" { 900 } else { 3600 };
+        let end = start + positions * step;
+        let pts: String = points
+            .iter()
+            .map(|(pos, p)| format!("<Point><position>{pos}</position><price.amount>{p}</price.amount></Point>"))
+            .collect();
+        let interval =
+            format!("<start>{}</start><end>{}</end>", iso(start, "%Y-%m-%dT%H:%MZ"), iso(end, "%Y-%m-%dT%H:%MZ"));
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<Publication_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-3:publicationdocument:7:3">
+  <mRID>1f5b8a</mRID><revisionNumber>1</revisionNumber><type>A44</type>
+  <sender_MarketParticipant.mRID codingScheme="A01">10X1001A1001A450</sender_MarketParticipant.mRID>
+  <period.timeInterval>{interval}</period.timeInterval>
+  <TimeSeries>
+    <mRID>1</mRID><auction.type>A01</auction.type><businessType>A62</businessType>
+    <in_Domain.mRID codingScheme="A01">{eic}</in_Domain.mRID>
+    <out_Domain.mRID codingScheme="A01">{eic}</out_Domain.mRID>
+    <contract_MarketAgreement.type>A01</contract_MarketAgreement.type>
+    <currency_Unit.name>EUR</currency_Unit.name>
+    <price_Measure_Unit.name>MWH</price_Measure_Unit.name>
+    <curveType>A03</curveType>
+    <Period><timeInterval>{interval}</timeInterval><resolution>{resolution}</resolution>{pts}</Period>
+  </TimeSeries>
+</Publication_MarketDocument>"#
+        )
+    }
+
+    /// ENTSO-E's answer when nothing matches (HTTP 200, an acknowledgement).
+    pub fn entsoe_no_data() -> String {
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Acknowledgement_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-1:acknowledgementdocument:7:0">
+  <mRID>5c1e</mRID><createdDateTime>2026-12-07T10:00:00Z</createdDateTime>
+  <Reason><code>999</code><text>No matching data found for Data item Day-ahead Prices [12.1.D] (10YFR-RTE------C, 10YFR-RTE------C) and interval 2026-12-07T00:00:00.000Z/2026-12-08T00:00:00.000Z.</text></Reason>
+</Acknowledgement_MarketDocument>"#
+            .into()
+    }
+
     fn em_value(zone: &str, t: i64, v: f64) -> String {
         format!(
             r#"{{"zone":"{zone}","carbonIntensity":{v},"datetime":"{}","updatedAt":"{}","emissionFactorType":"lifecycle","isEstimated":false}}"#,

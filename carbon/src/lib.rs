@@ -9,6 +9,9 @@
 //! keeps away from a provider that asked it to (`Retry-After`), and degrades
 //! from a failed source to its last good forecast, then to the next source.
 //!
+//! Day-ahead electricity prices come the same way ([`price`]): Energy-Charts,
+//! ENTSO-E, a file or a constant, in currency per MWh.
+//!
 //! Nothing here knows the scheduler: [`Zone::refresh`] is called by whoever
 //! owns the clock, and the last good forecast is handed out for persisting.
 
@@ -20,6 +23,7 @@ mod energy_charts;
 pub mod fixture;
 mod http;
 mod neso;
+pub mod price;
 mod watttime;
 
 pub use chain::{Fallback, Past, Persisted, Signal, Zone};
@@ -174,6 +178,8 @@ pub enum SourceError {
     Empty { provider: String, zone: String },
     #[error("{provider}: {detail}")]
     Local { provider: String, detail: String },
+    #[error("{provider}: no day-ahead price for zone {zone:?}: {message}")]
+    NoPrices { provider: String, zone: String, message: String },
 }
 
 impl SourceError {
@@ -190,6 +196,7 @@ impl SourceError {
             SourceError::Malformed { .. } => "malformed",
             SourceError::Empty { .. } => "empty",
             SourceError::Local { .. } => "local",
+            SourceError::NoPrices { .. } => "no_prices",
         }
     }
 

@@ -933,6 +933,7 @@ pub(crate) fn live_plan(conn: &Conn, include_jobs: bool, json: bool) -> Result<(
             "revision": p.revision, "created_at": t(p.created_at.as_ref()), "slots": p.slots,
             "slot_s": p.slot.map(|d| d.seconds), "energy_kwh": p.energy_kwh, "carbon_kg": p.carbon_kg,
             "jobs_planned": p.jobs_planned, "jobs_waiting": p.jobs_waiting, "solve_ms": p.solve_ms,
+            "objective": p.objective, "cost": p.cost, "currency": p.currency, "price_per_mwh": p.price_per_mwh,
             "pools": p.pools.iter().map(|x| serde_json::json!({"pool": x.pool, "nodes": x.nodes,
                 "batch_cpu_planned": x.batch_cpu_planned, "batch_cpu_capacity": x.batch_cpu_capacity,
                 "online_cpu_upper": x.online_cpu_upper, "powered_nodes_planned": x.powered_nodes,
@@ -954,6 +955,13 @@ pub(crate) fn live_plan(conn: &Conn, include_jobs: bool, json: bool) -> Result<(
                 p.slots,
                 p.solve_ms
             );
+            if !p.currency.is_empty() {
+                let now = p.price_per_mwh.first().copied().unwrap_or_default();
+                println!(
+                    "  objective {}: the plan's energy bill {:.2} {}; {:.2} {} / MWh in its first slot",
+                    p.objective, p.cost, p.currency, now, p.currency
+                );
+            }
             for x in &p.pools {
                 println!(
                     "  pool {}: {} nodes, {} powered now, plan powers {} in its first slot",

@@ -9,6 +9,7 @@ mod client;
 mod data;
 mod forecast;
 mod plan;
+mod price;
 mod prometheus;
 mod replay;
 mod sim;
@@ -30,6 +31,10 @@ enum Command {
     /// Maps, WattTime, a file, a constant) gives, or why it does not.
     #[command(subcommand)]
     Carbon(carbon::CarbonCommand),
+    /// Day-ahead electricity prices: what a source (Energy-Charts, ENTSO-E, a
+    /// file, a constant) gives per MWh, or why it does not.
+    #[command(subcommand)]
+    Price(price::PriceCommand),
     /// Read trace files (carbon intensity, machine usage, job arrivals) and summarise them.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Carbon(cmd) => carbon::run(cmd),
+        Command::Price(cmd) => price::run(cmd),
         Command::Plan(args) => match args.live() {
             Some((jobs, json)) => client::live_plan(&args.conn, jobs, json),
             None => plan::run(&args),

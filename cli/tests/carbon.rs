@@ -262,3 +262,106 @@ fn carbon_fetch_shows_what_a_source_gives_or_why_not() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --token-file"));
 }
+
+/// A scheduler told to weigh the bill (`[objective] mode = "cost"`, prices
+/// from a local server in Energy-Charts' format, carbon flat): a job that may
+/// wait runs in the cheap window, and the plan says what it weighed.
+#[test]
+fn a_cost_objective_runs_a_job_that_may_wait_in_the_cheap_hours() {
+    if !support::root_or_skip("price_e2e") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fx = rt.block_on(Fixture::start()).unwrap();
+    // 10-second prices: 150 /MWh, cheap (-5, a negative price) from 30 s to 70 s.
+    let t0 = chrono::Utc::now().timestamp();
+    let times: Vec<i64> = (-6..120).map(|k| t0 + 10 * k).collect();
+    let prices: Vec<Option<f64>> =
+        times.iter().map(|&t| Some(if (t0 + 30..t0 + 70).contains(&t) { -5.0 } else { 150.0 })).collect();
+    fx.reply("/price", Reply::json(200, bodies::energy_charts_price(&times, &prices, "EUR / MWh")));
+    let setup = Setup {
+        top: String::new(),
+        slot: Some("10s".into()),
+        tables: format!(
+            "[objective]\nmode = \"cost\"\n[price]\nrefresh = \"5s\"\n\
+             [price.source]\nkind = \"energy-charts\"\nzone = \"DE-LU\"\nbase_url = \"{}\"\n",
+            fx.url()
+        ),
+        agent_args: Vec::new(),
+    };
+    let c = Cluster::configured("price", &setup);
+    let job = c.submit(&["--cpu", "1", "--duration", "10s", "--deadline", "+3m", "--shell", "--", BURN]);
+    // The first plan with the job in it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let plan: Value = loop {
+        let p = c.greenfill(&["plan", "--json"]).ok().and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        match p {
+            Some(p) if p["jobs_planned"].as_u64() == Some(1) => break p,
+            _ if Instant::now() > deadline => panic!("no plan with the job: {p:?}"),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert_eq!((plan["objective"].as_str(), plan["currency"].as_str()), (Some("cost"), Some("EUR")), "{plan}");
+    assert_eq!(plan["price_per_mwh"][0].as_f64(), Some(150.0), "{plan}");
+    let jobs = c.wait_until("the job to succeed", Duration::from_secs(150), |jobs| {
+        jobs.iter().any(|j| j["id"] == job.as_str() && (j["state"] == "succeeded" || j["state"] == "failed"))
+    });
+    let j = jobs.iter().find(|j| j["id"] == job.as_str()).unwrap();
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let started = chrono::DateTime::parse_from_rfc3339(j["started_at"].as_str().unwrap()).unwrap().timestamp();
+    assert!((t0 + 25..t0 + 70).contains(&started), "started {} s after the prices' start: {j}", started - t0);
+    assert!(fx.seen().iter().all(|s| s.path == "/price" && s.query.contains("bzn=DE-LU")));
+}
+
+#[test]
+fn price_fetch_shows_what_a_source_gives_or_why_not() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fx = rt.block_on(Fixture::start()).unwrap();
+    let from = 1_711_839_600; // 2024-03-30T23:00Z: a 23-hour day in Berlin
+    let times: Vec<i64> = (0..23).map(|h| from + 3600 * h).collect();
+    let prices: Vec<Option<f64>> = (0..23).map(|h| Some(if h == 13 { -12.5 } else { 70.0 })).collect();
+    fx.reply("/price", Reply::json(200, bodies::energy_charts_price(&times, &prices, "EUR / MWh")));
+    let fetch = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+            .args(["price", "fetch", "--source", "energy-charts", "--zone", "DE-LU", "--base-url", &fx.url()])
+            .args(["--from", "2024-03-30T23:00:00Z", "--hours", "23"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = fetch(&["--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["source"].as_str(), v["unit"].as_str()), (Some("energy-charts:DE-LU"), Some("EUR / MWh")));
+    assert_eq!(v["points"].as_u64(), Some(23));
+    assert_eq!(v["hourly"][13]["per_mwh"].as_f64(), Some(-12.5), "negative prices are shown as they are");
+    let (code, out, _) = fetch(&[]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("energy-charts:DE-LU: 23 prices every 3600 s from 2024-03-30T23:00Z"), "{out}");
+    assert!(out.contains("2024-03-31T12:00Z     -12.50"), "{out}");
+    fx.reply("/price", Reply::json(404, r#"{"detail":"Bidding zone XX not found"}"#));
+    let (code, _, err) = fetch(&[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("energy-charts: zone \"DE-LU\" is unknown") && err.contains("Bidding zone XX not found"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["price", "fetch", "--source", "entsoe", "--zone", "FR"])
+        .env_remove("GREENFILL_ENTSOE_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--source entsoe: needs --token-file or GREENFILL_ENTSOE_TOKEN"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_greenfill"))
+        .args(["price", "fetch", "--source", "nordpool", "--zone", "SE3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--source \"nordpool\": unknown; known: energy-charts, entsoe, file, constant"), "{err}");
+}

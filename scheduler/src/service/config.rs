@@ -39,6 +39,10 @@ pub struct Config {
     pub limits: Limits,
     pub power: Power,
     pub carbon: CarbonDecl,
+    /// What the plan weighs per kWh: carbon (the default), the energy bill, or both.
+    pub objective: ObjectiveDecl,
+    /// The fleet's day-ahead electricity price (for `objective.mode` cost or both).
+    pub price: Option<PriceDecl>,
     /// Where state lives: unset = SQLite in `data_dir` (one replica); a
     /// `postgres://user:password@host:port/db` URL = PostgreSQL, shared by
     /// several replicas of which one leads (`[replication]`). Usually given by
@@ -102,6 +106,76 @@ pub struct CarbonDecl {
     pub default_zone: Option<String>,
     /// Zones by name, each with its sources, first preferred.
     pub zones: std::collections::BTreeMap<String, greenfill_carbon::ZoneConfig>,
+}
+
+/// `[objective]`: `mode = "carbon"` (grams of CO2, the default), `"cost"`
+/// (the energy bill at `[price]`), or `"both"` (the bill plus carbon at
+/// `carbon_price` currency per tonne).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectiveDecl {
+    pub mode: String,
+    pub carbon_price: f64,
+}
+
+impl Default for ObjectiveDecl {
+    fn default() -> ObjectiveDecl {
+        ObjectiveDecl { mode: "carbon".into(), carbon_price: 0.0 }
+    }
+}
+
+impl ObjectiveDecl {
+    /// The planner's objective (checked by [`Config::validate`]).
+    pub fn objective(&self) -> greenfill_planner::Objective {
+        match self.mode.as_str() {
+            "cost" => greenfill_planner::Objective::Cost,
+            "both" => greenfill_planner::Objective::Both { carbon_price: self.carbon_price },
+            _ => greenfill_planner::Objective::Carbon,
+        }
+    }
+}
+
+/// `[price]`: one day-ahead price source for the fleet's bidding zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceDecl {
+    pub source: PriceSourceDecl,
+    /// How often the source is asked (day-ahead prices change once a day).
+    #[serde(default = "hourly", with = "dur")]
+    pub refresh: Duration,
+    /// Per request.
+    #[serde(default = "ten_seconds", with = "dur")]
+    pub timeout: Duration,
+    /// The currency of a file's or a constant's prices (providers name theirs).
+    #[serde(default = "euro")]
+    pub currency: String,
+}
+
+fn hourly() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn euro() -> String {
+    "EUR".into()
+}
+
+/// `[price.source]`, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PriceSourceDecl {
+    /// Fraunhofer ISE's Energy-Charts, keyless: `zone` a bidding zone (DE-LU).
+    EnergyCharts { zone: String, base_url: Option<String> },
+    /// ENTSO-E Transparency: `zone` a bidding zone or EIC code, the token
+    /// from a file or an environment variable.
+    Entsoe { zone: String, token_file: Option<PathBuf>, token_env: Option<String>, base_url: Option<String> },
+    /// A CSV of `time,price`, replayed by position in its span.
+    File { path: PathBuf },
+    /// One price per MWh for every hour.
+    Constant { value: f64 },
 }
 
 impl Default for CarbonDecl {
@@ -593,6 +667,8 @@ impl Default for Config {
             limits: Limits::default(),
             power: Power::default(),
             carbon: CarbonDecl::default(),
+            objective: ObjectiveDecl::default(),
+            price: None,
             store: None,
             replication: Replication::default(),
         }
@@ -837,6 +913,7 @@ impl Config {
             }
         }
         self.validate_carbon(&mut bad);
+        self.validate_objective(&mut bad);
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { path: path.to_owned(), errors }) }
     }
 }
@@ -844,6 +921,36 @@ impl Config {
 impl Config {
     /// `[carbon]` and the pools' zones: every source built (secrets read), every
     /// zone named exists.
+    fn validate_objective(&self, bad: &mut impl FnMut(&str, String, &str)) {
+        let o = &self.objective;
+        if !["carbon", "cost", "both"].contains(&o.mode.as_str()) {
+            bad("objective.mode", format!("{:?}", o.mode), "must be one of carbon, cost, both");
+        } else if o.mode != "carbon" && self.price.is_none() {
+            bad("objective.mode", format!("{:?}", o.mode), "needs a [price] section with a source");
+        }
+        if !(o.carbon_price.is_finite() && o.carbon_price >= 0.0) {
+            bad("objective.carbon_price", o.carbon_price.to_string(), "must be >= 0 (currency per tonne CO2)");
+        } else if o.carbon_price > 0.0 && o.mode != "both" {
+            bad("objective.carbon_price", o.carbon_price.to_string(), "only weighed with objective.mode = \"both\"");
+        }
+        let Some(p) = &self.price else { return };
+        if p.refresh.is_zero() || p.timeout.is_zero() {
+            bad("price", format!("refresh {:?}, timeout {:?}", p.refresh, p.timeout), "must be positive");
+        }
+        match &p.source {
+            PriceSourceDecl::Constant { value } if !value.is_finite() => {
+                bad("price.source.value", value.to_string(), "must be a finite price per MWh");
+            }
+            PriceSourceDecl::Entsoe { token_file: None, token_env: None, .. } => {
+                bad("price.source", "entsoe".into(), "needs token_file or token_env (the ENTSO-E security token)");
+            }
+            PriceSourceDecl::File { path } if !path.exists() => {
+                bad("price.source.path", path.display().to_string(), "no such file");
+            }
+            _ => {}
+        }
+    }
+
     fn validate_carbon(&self, bad: &mut impl FnMut(&str, String, &str)) {
         let c = &self.carbon;
         if let Err(errors) = super::carbon::build_zones(self) {
@@ -922,6 +1029,44 @@ mod tests {
         );
         let text = c.validate("x.toml").unwrap_err().to_string();
         assert!(text.starts_with("x.toml: planning.mem_margin = 1.5: must be in [0, 1)"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_objective_or_price_is_refused_naming_the_key() {
+        let keys = |text: &str| -> Vec<String> {
+            let c: Config = toml::from_str(&format!("insecure_local = true\n{text}")).unwrap();
+            match c.validate("x.toml") {
+                Ok(()) => Vec::new(),
+                Err(ConfigError::Invalid { errors, .. }) => {
+                    errors.iter().map(|e| format!("{} = {}: {}", e.key, e.value, e.why)).collect()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(
+            keys("[objective]\nmode = \"cheap\""),
+            ["objective.mode = \"cheap\": must be one of carbon, cost, both"]
+        );
+        assert_eq!(
+            keys("[objective]\nmode = \"cost\""),
+            ["objective.mode = \"cost\": needs a [price] section with a source"]
+        );
+        let priced = "[price.source]\nkind = \"constant\"\nvalue = 60\n";
+        assert_eq!(
+            keys(&format!("[objective]\nmode = \"both\"\ncarbon_price = -80\n{priced}")),
+            ["objective.carbon_price = -80: must be >= 0 (currency per tonne CO2)"]
+        );
+        assert_eq!(
+            keys(&format!("[objective]\ncarbon_price = 80\n{priced}")),
+            ["objective.carbon_price = 80: only weighed with objective.mode = \"both\""]
+        );
+        assert_eq!(
+            keys("[objective]\nmode = \"cost\"\n[price.source]\nkind = \"entsoe\"\nzone = \"FR\""),
+            ["price.source = entsoe: needs token_file or token_env (the ENTSO-E security token)"]
+        );
+        assert_eq!(keys(&format!("[objective]\nmode = \"both\"\ncarbon_price = 80\n{priced}")), Vec::<String>::new());
+        let e = toml::from_str::<Config>("[price.source]\nkind = \"nordpool\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `nordpool`"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod ledger;
 pub mod lifecycle;
 pub mod planning;
 pub mod power;
+pub mod price;
 pub mod redfish;
 
 use crate::store::{Snapshot, Write, Writer};
@@ -417,6 +418,8 @@ pub struct State {
     pub config: Config,
     /// Each grid zone's carbon signal.
     pub carbon: carbon::Carbon,
+    /// The day-ahead price, when `[price]` is set.
+    pub price: Option<price::PriceFeed>,
     /// Per node: the online upper bound forecast from its closed telemetry
     /// buckets, keyed by (buckets, last bucket start); recomputed only when a
     /// bucket closes, and outside the state lock.
@@ -461,7 +464,9 @@ impl State {
         let inner = Inner::restore(snap, bucket_s)?;
         let (events, _) = broadcast::channel(4096);
         let power = power::PowerCtl::new(config.pool_power())?;
+        let price = config.price.as_ref().map(price::PriceFeed::new).transpose()?;
         Ok(Arc::new(State {
+            price,
             power,
             started_at: now(),
             inner: Mutex::new(inner),
@@ -829,9 +834,13 @@ async fn serve(
     // Advance, a command to an agent) waits out Nagle against a delayed ACK, ~40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, state.shutdown.clone().cancelled_owned()));
+    if let Some(p) = &state.price {
+        p.refresh(now()).await;
+    }
     if virtual_clock {
         carbon::commit_first(&state, first).await;
     } else {
+        state.tasks.spawn(price::run(state.clone()));
         state.tasks.spawn(carbon::run(state.clone(), first));
         state.tasks.spawn(planning::run(state.clone()));
     }

@@ -7,7 +7,7 @@ use super::{Inner, State, is_queued, now, ts};
 use crate::store::Write;
 use greenfill_core::cluster::{Pool, PowerModel};
 use greenfill_planner::{
-    Built, Placement, Plan, PoolInput, Problem, ProblemBuilder, QueuedJob, RunningJob, SlotClock, WaitReason,
+    Built, Objective, Placement, Plan, PoolInput, Problem, ProblemBuilder, QueuedJob, RunningJob, SlotClock, WaitReason,
 };
 use greenfill_proto::v1 as pb;
 use prost::Message;
@@ -272,7 +272,14 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
     #[allow(clippy::cast_precision_loss, reason = "seconds")]
     let cycle = pools.keys().filter_map(|p| st.power.settings(p)).map(|s| (s.wake_s + s.suspend_after_s) as f64);
     options.wake_overhead_s = cycle.fold(0.0, f64::max);
-    let mut builder = ProblemBuilder::new(clock, pool_inputs, carbon, options, cfg.guard_slack);
+    let price = st.price.as_ref().and_then(|p| p.slots(clock.start, clock.slot_s, clock.slots));
+    options.objective = st.config.objective.objective();
+    if options.objective != Objective::Carbon && price.is_none() {
+        tracing::warn!(mode = %st.config.objective.mode, "no day-ahead price yet: this round weighs carbon alone");
+        options.objective = Objective::Carbon;
+    }
+    let mut builder =
+        ProblemBuilder::new(clock, pool_inputs, carbon, options, cfg.guard_slack).price(price.unwrap_or_default());
     for (pname, nodes) in &pools {
         let Some(settings) = st.power.settings(pname) else { continue };
         for (name, _) in nodes {
@@ -831,6 +838,15 @@ fn record_plan(
         idle_energy_kwh: plan.energy.idle_kwh,
         dynamic_energy_kwh: plan.energy.dynamic_kwh,
         carbon_kg: plan.energy.carbon_kg,
+        objective: match problem.options.objective {
+            Objective::Carbon => "carbon",
+            Objective::Cost => "cost",
+            Objective::Both { .. } => "both",
+        }
+        .into(),
+        price_per_mwh: problem.price.clone(),
+        cost: plan.energy.cost,
+        currency: st.price.as_ref().and_then(|p| p.at(t)).map(|(_, c)| c).unwrap_or_default(),
         jobs_planned: u32::try_from(plan.jobs_planned()).unwrap_or(u32::MAX),
         jobs_waiting: u32::try_from(plan.placements.len() - plan.jobs_planned()).unwrap_or(u32::MAX),
         solve_ms: plan.solve_ms,
