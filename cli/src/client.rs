@@ -444,6 +444,11 @@ fn ledger_json(l: &pb::JobLedger) -> serde_json::Value {
         "sci_g_per_job": l.sci_g,
         "signal_source": l.signal_source,
         "signal_kind": l.signal_kind,
+        "price_per_mwh": l.price_per_mwh,
+        "cost": l.cost,
+        "counterfactual_cost": l.counterfactual_cost,
+        "saved_cost": l.saved_cost,
+        "currency": l.currency,
     })
 }
 
@@ -467,6 +472,22 @@ fn ledger_text(l: &pb::JobLedger) -> String {
         l.embodied_g,
         l.signal_source,
         l.signal_kind
+    ) + &bill_text(l)
+}
+
+/// The bill's sentence, when the scheduler has a day-ahead price.
+fn bill_text(l: &pb::JobLedger) -> String {
+    if l.currency.is_empty() {
+        return String::new();
+    }
+    let verdict = if l.saved_cost >= 0.0 { "saved" } else { "cost" };
+    format!(
+        " Energy bill {:.6} {c} at {:.2} {c}/MWh; from submission {:.6} {c}, so waiting {verdict} {:.6} {c}.",
+        l.cost,
+        l.price_per_mwh,
+        l.counterfactual_cost,
+        l.saved_cost.abs(),
+        c = l.currency
     )
 }
 
@@ -832,6 +853,11 @@ pub(crate) fn ledger(conn: &Conn, args: &LedgerArgs) -> Result<()> {
             s.counterfactual_carbon_g += row.counterfactual_carbon_g;
             s.saved_g += row.saved_g;
             s.embodied_g += row.embodied_g;
+            s.cost += row.cost;
+            s.saved_cost += row.saved_cost;
+            if s.currency.is_empty() {
+                s.currency = row.currency;
+            }
         }
         let names: Vec<&str> = by
             .iter()
@@ -848,7 +874,8 @@ pub(crate) fn ledger(conn: &Conn, args: &LedgerArgs) -> Result<()> {
                 .map(|(key, s)| {
                     let mut v = serde_json::json!({"jobs": s.jobs, "energy_kwh": s.energy_kwh, "carbon_g": s.carbon_g,
                         "counterfactual_carbon_g": s.counterfactual_carbon_g, "saved_g": s.saved_g,
-                        "embodied_g": s.embodied_g});
+                        "embodied_g": s.embodied_g, "cost": s.cost, "saved_cost": s.saved_cost,
+                        "currency": s.currency});
                     for (name, value) in names.iter().zip(key) {
                         v[*name] = value.clone().into();
                     }
@@ -859,12 +886,18 @@ pub(crate) fn ledger(conn: &Conn, args: &LedgerArgs) -> Result<()> {
             return Ok(());
         }
         let head: Vec<String> = names.iter().map(|n| format!("{:<14}", n.to_uppercase())).collect();
-        println!("{}{:>7} {:>12} {:>12} {:>12}", head.concat(), "JOBS", "KWH", "KG CO2", "SAVED KG");
+        // With a day-ahead price, the bill and what waiting saved of it.
+        let currency = sums.values().find(|s| !s.currency.is_empty()).map(|s| s.currency.clone());
+        let bill_head =
+            currency.as_ref().map(|c| format!(" {:>12} {:>12}", c, format!("SAVED {c}"))).unwrap_or_default();
+        println!("{}{:>7} {:>12} {:>12} {:>12}{bill_head}", head.concat(), "JOBS", "KWH", "KG CO2", "SAVED KG");
         for (key, s) in &sums {
             let cells: Vec<String> =
                 key.iter().map(|k| format!("{:<14}", if k.is_empty() { "-" } else { k })).collect();
+            let bill =
+                currency.as_ref().map(|_| format!(" {:>12.4} {:>12.4}", s.cost, s.saved_cost)).unwrap_or_default();
             println!(
-                "{}{:>7} {:>12.3} {:>12.4} {:>12.4}",
+                "{}{:>7} {:>12.3} {:>12.4} {:>12.4}{bill}",
                 cells.concat(),
                 s.jobs,
                 s.energy_kwh,

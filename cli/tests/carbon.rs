@@ -310,6 +310,22 @@ fn a_cost_objective_runs_a_job_that_may_wait_in_the_cheap_hours() {
     assert_eq!(j["state"], "succeeded", "{j}");
     let started = chrono::DateTime::parse_from_rfc3339(j["started_at"].as_str().unwrap()).unwrap().timestamp();
     assert!((t0 + 25..t0 + 70).contains(&started), "started {} s after the prices' start: {j}", started - t0);
+    // Its ledger: the bill at the price while it ran, against the bill at submission.
+    let l = &j["ledger"];
+    let (e, p, cost) =
+        (l["energy_kwh"].as_f64().unwrap(), l["price_per_mwh"].as_f64().unwrap(), l["cost"].as_f64().unwrap());
+    assert!(e > 0.0 && p < 150.0, "it ran while the price was down: {l}");
+    assert!((e * p / 1000.0 - cost).abs() < 1e-12, "cost = energy × price: {l}");
+    assert_eq!(
+        (l["counterfactual_cost"].as_f64(), l["currency"].as_str()),
+        (Some(e * 150.0 / 1000.0), Some("EUR")),
+        "{l}"
+    );
+    assert!(l["saved_cost"].as_f64().unwrap() > 0.0, "{l}");
+    let totals: Value = serde_json::from_str(&c.greenfill(&["ledger", "--json"]).unwrap()).unwrap();
+    assert!((totals[0]["cost"].as_f64().unwrap() - cost).abs() < 1e-12, "{totals}");
+    let shown = c.greenfill(&["job", &job]).unwrap();
+    assert!(shown.contains("Energy bill") && shown.contains("so waiting saved"), "{shown}");
     assert!(fx.seen().iter().all(|s| s.path == "/price" && s.query.contains("bzn=DE-LU")));
 }
 

@@ -37,6 +37,14 @@ pub fn make(st: &State, job: &pb::Job, pool: &str, cores: f64, status: &pb::JobS
     let signal = zone.signal();
     let carbon_g = energy_kwh * intensity;
     let counterfactual_g = energy_kwh * counterfactual;
+    // The bill at the day-ahead price while it ran, and from its submission.
+    let price = st.price.as_ref().and_then(|p| {
+        let (now, currency) = p.mean(start, end.max(start + 1))?;
+        let (then, _) = p.mean(submitted, (submitted + run_s).max(submitted + 1))?;
+        Some((now, then, currency))
+    });
+    let (price_per_mwh, counterfactual_price, currency) = price.unwrap_or_default();
+    let (cost, counterfactual_cost) = (energy_kwh * price_per_mwh / 1000.0, energy_kwh * counterfactual_price / 1000.0);
     #[allow(clippy::cast_precision_loss, reason = "seconds")]
     pb::JobLedger {
         energy_kwh,
@@ -54,6 +62,11 @@ pub fn make(st: &State, job: &pb::Job, pool: &str, cores: f64, status: &pb::JobS
         run_seconds: run_s as f64,
         cpu_seconds,
         pool: pool.to_owned(),
+        price_per_mwh,
+        cost,
+        counterfactual_cost,
+        saved_cost: counterfactual_cost - cost,
+        currency,
     }
 }
 
@@ -91,6 +104,11 @@ pub fn totals(inner: &super::Inner, since: i64) -> Vec<pb::LedgerRow> {
         row.counterfactual_carbon_g += l.counterfactual_carbon_g;
         row.saved_g += l.saved_g;
         row.embodied_g += l.embodied_g;
+        row.cost += l.cost;
+        row.saved_cost += l.saved_cost;
+        if row.currency.is_empty() {
+            row.currency.clone_from(&l.currency);
+        }
     }
     rows.into_values().collect()
 }
@@ -102,6 +120,8 @@ struct Sums {
     grams: f64,
     counterfactual_grams: f64,
     embodied_grams: f64,
+    cost: f64,
+    counterfactual_cost: f64,
     jobs: f64,
 }
 
@@ -117,6 +137,8 @@ pub fn count(job: &pb::Job, pool: &str, l: &pb::JobLedger) {
     s.grams += l.carbon_g;
     s.counterfactual_grams += l.counterfactual_carbon_g;
     s.embodied_grams += l.embodied_g;
+    s.cost += l.cost;
+    s.counterfactual_cost += l.counterfactual_cost;
     s.jobs += 1.0;
 }
 
@@ -128,7 +150,7 @@ struct Counter {
 }
 
 /// The ledger's counters (a test checks the dashboard's queries against these names).
-const COUNTERS: [Counter; 5] = [
+const COUNTERS: [Counter; 7] = [
     Counter {
         name: "greenfill_job_energy_joules_total",
         help: "Energy of finished jobs (CPU time × the power model × PUE).",
@@ -148,6 +170,16 @@ const COUNTERS: [Counter; 5] = [
         name: "greenfill_job_embodied_carbon_grams_total",
         help: "Embodied carbon of finished jobs' share of their nodes, g CO2e.",
         get: |s| s.embodied_grams,
+    },
+    Counter {
+        name: "greenfill_job_energy_cost_total",
+        help: "Energy bill of finished jobs at the day-ahead price while they ran, in [price]'s currency (0 without).",
+        get: |s| s.cost,
+    },
+    Counter {
+        name: "greenfill_job_counterfactual_energy_cost_total",
+        help: "Energy bill the same jobs would have had started at submission, in [price]'s currency (0 without).",
+        get: |s| s.counterfactual_cost,
     },
     Counter { name: "greenfill_jobs_accounted_total", help: "Finished jobs with a carbon ledger.", get: |s| s.jobs },
 ];

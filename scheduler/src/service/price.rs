@@ -75,6 +75,12 @@ impl PriceFeed {
         last.as_ref().map(|p| p.slot_means(start, slot_s, slots))
     }
 
+    /// The mean price over `[from, to)` and its currency (a job's run).
+    pub fn mean(&self, from: i64, to: i64) -> Option<(f64, String)> {
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.as_ref().map(|p| (p.slot_means(from, (to - from).max(1), 1)[0], p.currency.clone()))
+    }
+
     /// The price in force at `t` and its currency, for the plan's record.
     pub fn at(&self, t: i64) -> Option<(f64, String)> {
         let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
