@@ -303,6 +303,8 @@ fn a_cost_objective_runs_a_job_that_may_wait_in_the_cheap_hours() {
     };
     assert_eq!((plan["objective"].as_str(), plan["currency"].as_str()), (Some("cost"), Some("EUR")), "{plan}");
     assert_eq!(plan["price_per_mwh"][0].as_f64(), Some(150.0), "{plan}");
+    let why = c.greenfill(&["explain", &job]).unwrap();
+    assert!(why.contains("for a cheaper window (objective cost)") && why.contains("150.00 EUR/MWh"), "{why}");
     let jobs = c.wait_until("the job to succeed", Duration::from_secs(150), |jobs| {
         jobs.iter().any(|j| j["id"] == job.as_str() && (j["state"] == "succeeded" || j["state"] == "failed"))
     });

@@ -665,6 +665,18 @@ fn run_explanation(st: &State, job: &Decided<'_>, run: &Run<'_>) -> pb::JobExpla
         wait_reason: delayed_by.map_or(0, |r| wait_reason(r) as i32),
         detail: match (run.start, delayed_by) {
             (0, _) => format!("starts now on {node}"),
+            (_, Some(WaitReason::CarbonWindow)) if problem.options.objective != Objective::Carbon => {
+                let price = |t: usize| problem.price.get(t % problem.slots.max(1)).copied().unwrap_or_default();
+                let currency = st.price.as_ref().and_then(|p| p.at(job.t)).map(|(_, c)| c).unwrap_or_default();
+                format!(
+                    "waits {minutes} min for a cheaper window (objective {}): {:.2} {currency}/MWh and \
+                     {intensity:.0} g/kWh then vs {:.2} {currency}/MWh and {:.0} g/kWh now",
+                    st.config.objective.mode,
+                    price(run.start),
+                    price(planned.release),
+                    job.run_carbon(run.pool, planned.release)
+                )
+            }
             (_, Some(WaitReason::CarbonWindow)) => format!(
                 "waits {minutes} min for a cleaner window: {intensity:.0} g/kWh then vs {:.0} g/kWh now",
                 job.run_carbon(run.pool, planned.release)
