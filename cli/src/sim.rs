@@ -148,8 +148,14 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
             let pct = |s: &Option<greenfill_sim::Savings>| {
                 s.as_ref().map_or_else(|| "—".to_owned(), |x| format!("{:+.1} %", x.carbon_pct))
             };
+            // With prices, greenfill's carbon and bill: the sweep's trade-off.
+            let ours = r.policies.get("greenfill");
+            let bill = ours
+                .filter(|g| g.get("cost").is_some_and(|c| *c != 0.0))
+                .map(|g| format!("; greenfill {:.1} kg CO2, bill {:.1}", g["carbon_kg"], g["cost"]))
+                .unwrap_or_default();
             println!(
-                "{:<60} carbon saved by greenfill: vs dedicated {}, vs asap {}, vs coloc {}",
+                "{:<60} carbon saved by greenfill: vs dedicated {}, vs asap {}, vs coloc {}{bill}",
                 point.join(" "),
                 pct(&r.saved.vs_dedicated),
                 pct(&r.saved.vs_asap),

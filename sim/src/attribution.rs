@@ -108,10 +108,15 @@ pub fn attribute(
     for (&&(_, policy, parts), own) in ladder.iter().zip(&runs) {
         chain.push(own.as_ref().or_else(|| ran(policy, parts)).expect("run above or by the scenario"));
     }
+    // Timing weighs what the objective says: carbon, or the bill.
+    let label = |step: &'static str| match step {
+        "+ carbon timing" if r.objective != greenfill_planner::Objective::Carbon => "+ timing (by the objective)",
+        s => s,
+    };
     let steps = ladder
         .iter()
         .zip(chain.windows(2))
-        .map(|(&&(step, policy, parts), w)| row(step, policy, parts, w[0], w[1], dedicated, greenfill))
+        .map(|(&&(step, policy, parts), w)| row(label(step), policy, parts, w[0], w[1], dedicated, greenfill))
         .collect();
     Ok(Some(Attribution {
         total_saved_kwh: dedicated.energy_kwh - greenfill.energy_kwh,
