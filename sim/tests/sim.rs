@@ -346,7 +346,10 @@ fn every_bundled_scenario_parses() {
         Scenario::parse(&path.display().to_string(), &text, &dir).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         n += 1;
     }
-    assert_eq!(n, 6, "double11, speed-1000-nodes, timing-gaia-slack, timing-only, two-zones, underused-fleet");
+    assert_eq!(
+        n, 7,
+        "double11, price-tradeoff, speed-1000-nodes, timing-gaia-slack, timing-only, two-zones, underused-fleet"
+    );
 }
 
 #[test]
