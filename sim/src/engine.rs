@@ -281,7 +281,7 @@ impl Meter {
             row.powered_by_pool[inp.node_pool[node]] += 1;
             row.power_kw += w / 1000.0;
             res.carbon_kg += w * sh / 1000.0 * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
-            res.cost += w * sh / 1000.0 * inp.price_at(t) / 1000.0;
+            res.cost += w * sh / 1000.0 * inp.price_at(inp.node_pool[node], t) / 1000.0;
             row.batch_cores += b;
             res.idle_kwh += idle * sh / 1000.0;
             res.embodied_kg += p.embodied_g_per_hour * sh / 1000.0;
@@ -295,7 +295,7 @@ impl Meter {
             row.power_kw += kwh / sh;
             res.idle_kwh += kwh;
             res.carbon_kg += kwh * inp.carbon_at(inp.node_pool[node], t) / 1000.0;
-            res.cost += kwh * inp.price_at(t) / 1000.0;
+            res.cost += kwh * inp.price_at(inp.node_pool[node], t) / 1000.0;
         }
         res.energy_kwh += row.power_kw * sh;
         res.node_hours += f64::from(row.powered_nodes) * sh;
@@ -653,6 +653,9 @@ fn plan_and_start(
     for (pi, pool) in pools.iter_mut().enumerate() {
         if inp.pool_zone[pi].is_some() && parts.timing && parts.zones {
             pool.carbon = slot_means(&|k| inp.forecast_at(pi, k));
+            if inp.pool_zone[pi].is_some_and(|z| !inp.zones[z].price.is_empty()) {
+                pool.price = slot_means(&|k| inp.price_at(pi, k));
+            }
         }
         let first = inp.pool_first[pi];
         let nodes = pool.pool.nodes as usize;

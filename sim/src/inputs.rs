@@ -32,6 +32,8 @@ pub struct ZoneCarbon {
     pub name: String,
     pub actual: Vec<f64>,
     pub forecast: Vec<f64>,
+    /// The zone's day-ahead price per step (`[price.zones]`; empty: `price`).
+    pub price: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,9 +81,10 @@ impl Inputs {
         self.pool_zone[pool].map_or(self.carbon[t], |z| self.zones[z].actual[t])
     }
 
-    /// The price at step `t` (0 without `[price]`).
-    pub fn price_at(&self, t: usize) -> f64 {
-        self.price.get(t).copied().unwrap_or(0.0)
+    /// The price `pool` pays at step `t`: its zone's, else `[price]`'s (0 without).
+    pub fn price_at(&self, pool: usize, t: usize) -> f64 {
+        let own = self.pool_zone[pool].map(|z| &self.zones[z].price).filter(|p| !p.is_empty());
+        own.unwrap_or(&self.price).get(t).copied().unwrap_or(0.0)
     }
 
     /// The forecast the planner sees for `pool`'s zone at step `t`.
@@ -202,7 +205,11 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
     for (name, path) in &r.zone_files {
         let actual = replay(path)?;
         let forecast = noisy(&actual);
-        zones.push(ZoneCarbon { name: name.clone(), actual, forecast });
+        let price = match r.price_zone_files.iter().find(|(n, _)| n == name) {
+            Some((_, p)) => replay_with(p, load_price)?,
+            None => Vec::new(),
+        };
+        zones.push(ZoneCarbon { name: name.clone(), actual, forecast, price });
     }
     let pool_zone: Vec<Option<usize>> =
         s.cluster.pools.iter().map(|p| p.zone.as_ref().and_then(|z| zones.iter().position(|c| &c.name == z))).collect();

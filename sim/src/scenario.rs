@@ -108,6 +108,11 @@ pub struct PriceSpec {
     /// The currency the prices are in, for the output (default EUR).
     #[serde(default = "d_currency")]
     pub currency: String,
+    /// Bidding zones by the names of `[carbon.zones]`: a pool in such a zone
+    /// pays this zone's price (pools without one, or in a zone with no price
+    /// here, pay `file` / `constant`).
+    #[serde(default)]
+    pub zones: std::collections::BTreeMap<String, ZoneSpec>,
 }
 
 /// `[objective]`: per kWh, greenfill weighs grams of CO2 (`carbon`), the
@@ -506,6 +511,8 @@ pub struct Resolved {
     pub zone_files: Vec<(String, PathBuf)>,
     /// `[price]`'s file, if it has one.
     pub price_file: Option<PathBuf>,
+    /// Each `[price.zones]` zone's price file, by name.
+    pub price_zone_files: Vec<(String, PathBuf)>,
     pub objective: Objective,
     /// The power-state model; `None` = `instant`.
     pub power: Option<SimPower>,
@@ -696,6 +703,14 @@ impl Scenario {
             Some(_) => return Err(bad("price: give exactly one of file or constant".into())),
         };
         let objective = resolve_objective(&s.objective, s.price.is_some()).map_err(bad)?;
+        let price_zones = s.price.as_ref().map(|p| &p.zones);
+        if let Some(z) = price_zones.into_iter().flat_map(|z| z.keys()).find(|z| !s.carbon.zones.contains_key(*z)) {
+            let known: Vec<&str> = s.carbon.zones.keys().map(String::as_str).collect();
+            return Err(bad(format!(
+                "price.zones.{z}: no such zone; a price zone is one of [carbon.zones] ({})",
+                known.join(", ")
+            )));
+        }
         for (i, p) in s.cluster.pools.iter().enumerate() {
             if let Some(z) = p.zone.as_deref().filter(|z| !s.carbon.zones.contains_key(*z)) {
                 let known: Vec<&str> = s.carbon.zones.keys().map(String::as_str).collect();
@@ -708,6 +723,10 @@ impl Scenario {
         Ok(Resolved {
             zone_files: s.carbon.zones.iter().map(|(n, z)| (n.clone(), base.join(&z.file))).collect(),
             price_file,
+            price_zone_files: price_zones
+                .into_iter()
+                .flat_map(|z| z.iter().map(|(n, f)| (n.clone(), base.join(&f.file))))
+                .collect(),
             objective,
             power,
             carbon_forecast_file: s.carbon.forecast_file.as_ref().map(|f| base.join(f)),

@@ -635,3 +635,67 @@ fn the_bill_is_energy_times_price_and_the_objective_trades_carbon_for_it() {
     assert!(carbon.0 < cost.0, "carbon mode's carbon {} vs cost mode's {}", carbon.0, cost.0);
     assert!(both.0 < cost.0 && both.1 < carbon.1, "both {both:?}, carbon {carbon:?}, cost {cost:?}");
 }
+
+/// A flat price per zone, a week of it from 2022-06-01 hourly.
+fn flat_prices(dir: &Path, name: &str, per_mwh: f64) -> String {
+    let start = 1_654_041_600i64;
+    let mut csv = String::from("time,price\n");
+    for h in 0..24 * 40 {
+        csv.push_str(&format!("{},{per_mwh}\n", greenfill_core::time::format_timestamp(start + h * 3600)));
+    }
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, csv).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn each_pool_pays_its_zones_price_and_the_cost_objective_moves_free_work_to_the_cheap_zone() {
+    let path = repo().join("examples/two-zones.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("length = \"28d\"", "length = \"7d\"");
+    let tmp = tempfile::tempdir().unwrap();
+    let (cheap, dear) = (flat_prices(tmp.path(), "cheap", 10.0), flat_prices(tmp.path(), "dear", 200.0));
+    let run_with = |prices: &str, mode: &str| {
+        let text = format!("{text}\n[objective]\nmode = \"{mode}\"\n{prices}");
+        let r = Scenario::parse("two-zones.toml", &text, path.parent().unwrap()).unwrap();
+        let inputs = load(&r).unwrap();
+        let results = run(&r, &inputs, |_, _| {}).unwrap();
+        results.into_iter().find(|(p, _)| p.name() == "greenfill").unwrap().1
+    };
+    // One price everywhere: the bill is the energy at that price.
+    let flat = run_with("[price]\nconstant = 50\n", "carbon");
+    assert!(
+        (flat.cost - flat.energy_kwh * 50.0 / 1000.0).abs() < 1e-9 * flat.cost,
+        "{} vs {}",
+        flat.cost,
+        flat.energy_kwh
+    );
+    // PJM's pool pays 10, CISO's 200: under `cost` the free jobs go to PJM.
+    let zoned =
+        format!("[price]\nconstant = 50\n[price.zones.CISO]\nfile = {dear:?}\n[price.zones.PJM]\nfile = {cheap:?}\n");
+    let by_carbon = run_with(&zoned, "carbon");
+    let by_cost = run_with(&zoned, "cost");
+    for x in [&flat, &by_carbon, &by_cost] {
+        assert_eq!(x.jobs_unfinished, 0);
+    }
+    assert!(
+        by_cost.cost < by_carbon.cost && by_carbon.carbon_kg <= by_cost.carbon_kg,
+        "cost: {} EUR {} kg; carbon: {} EUR {} kg",
+        by_cost.cost,
+        by_cost.carbon_kg,
+        by_carbon.cost,
+        by_carbon.carbon_kg
+    );
+    // Under `cost` every kWh is drawn in PJM (CISO's pool sleeps the week);
+    // under `carbon` some work runs in CISO, at its price.
+    let at = |x: &greenfill_sim::PolicyResult, p: f64| x.energy_kwh * p / 1000.0;
+    assert!((by_cost.cost - at(&by_cost, 10.0)).abs() < 1e-9 * by_cost.cost, "{}", by_cost.cost);
+    assert!(by_carbon.cost > 1.5 * at(&by_carbon, 10.0), "{}", by_carbon.cost);
+    let e = Scenario::parse(
+        "t.toml",
+        &format!("{text}\n[price]\nconstant = 50\n[price.zones.ERCO]\nfile = {cheap:?}\n"),
+        path.parent().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("price.zones.ERCO: no such zone; a price zone is one of [carbon.zones] (CISO, PJM)"), "{e}");
+}
