@@ -140,6 +140,10 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
         w.write_record(&rec)?;
     }
     w.flush()?;
+    let frontier = greenfill_sim::frontier_html(&a.scenario.display().to_string(), &rows);
+    if let Some(page) = &frontier {
+        std::fs::write(out.join("sweep.html"), page)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -162,7 +166,8 @@ fn run_sweep(a: &SweepArgs) -> Result<()> {
                 pct(&r.saved.vs_coloc)
             );
         }
-        println!("wrote {}/sweep.csv and sweep.json", out.display());
+        let html = if frontier.is_some() { ", sweep.html (carbon against cost)" } else { "" };
+        println!("wrote {}/sweep.csv and sweep.json{html}", out.display());
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub use power::SimPower;
 pub use replay::{Ended, Fleet};
 pub use report::{LIKE_WORK, Saved, Savings, Summary, summarize, write_outputs};
 pub use scenario::{POLICIES, PowerSpec, Resolved, Scenario, ScenarioError, forecasts};
-pub use sweep::{SweepRow, sweep};
+pub use sweep::{SweepRow, frontier_html, sweep};
 
 /// Run every policy the scenario names; `progress(policy, share done)`.
 pub fn run(

@@ -32,7 +32,7 @@ pub struct Savings {
 /// What `greenfill` saves against the other policies. A saving is given only
 /// between policies that did the same batch work: batch core-hours within
 /// [`LIKE_WORK`] of each other; otherwise `not_compared` says why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Saved {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_dedicated: Option<Savings>,

@@ -6,6 +6,7 @@ use crate::scenario::{Scenario, ScenarioError};
 use crate::{inputs, report, run};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 
 /// One point of the grid and what each policy did there.
@@ -184,5 +185,96 @@ mod tests {
             grid(&[("a".into(), vec!["1".into(), "2".into()]), ("b".into(), vec!["x".into(), "y".into(), "z".into()])]);
         assert_eq!(g.len(), 6);
         assert_eq!(g[5], vec![("a".to_owned(), "2".to_owned()), ("b".to_owned(), "z".to_owned())]);
+    }
+}
+
+/// The sweep's trade-off as a page: each point's greenfill run by carbon (x)
+/// and energy bill (y), labelled with what the point set, asap's runs beside
+/// them; `None` when the scenario has no prices (every bill 0).
+pub fn frontier_html(title: &str, rows: &[SweepRow]) -> Option<String> {
+    let point = |r: &SweepRow, policy: &str| {
+        let p = r.policies.get(policy)?;
+        Some((p.get("carbon_kg").copied()?, p.get("cost").copied()?))
+    };
+    let ours: Vec<(f64, f64, String)> = rows
+        .iter()
+        .filter_map(|r| {
+            let (c, b) = point(r, "greenfill")?;
+            Some((c, b, r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")))
+        })
+        .collect();
+    if ours.iter().all(|(_, b, _)| *b == 0.0) {
+        return None;
+    }
+    let theirs: Vec<(f64, f64)> = rows.iter().filter_map(|r| point(r, "asap")).collect();
+    let all = ours.iter().map(|(c, b, _)| (*c, *b)).chain(theirs.iter().copied());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for (c, b) in all {
+        (x0, x1, y0, y1) = (x0.min(c), x1.max(c), y0.min(b), y1.max(b));
+    }
+    let pad = |lo: f64, hi: f64| {
+        let d = ((hi - lo) * 0.1).max(hi.abs() * 1e-3).max(1e-9);
+        (lo - d, hi + d)
+    };
+    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+    let (w, h, m) = (900.0, 520.0, 70.0);
+    let sx = |c: f64| m + (c - x0) / (x1 - x0) * (w - 2.0 * m);
+    let sy = |b: f64| h - m - (b - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut svg = format!(r#"<svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="carbon against cost">"#);
+    let _ = write!(
+        svg,
+        r##"<line x1="{m}" y1="{y}" x2="{x}" y2="{y}" stroke="#999"/><line x1="{m}" y1="{m}" x2="{m}" y2="{y}" stroke="#999"/><text x="{cx}" y="{ty}" font-size="13" text-anchor="middle">kg CO2 (greenfill: green; asap: red)</text><text x="16" y="{cy}" font-size="13" transform="rotate(-90 16 {cy})" text-anchor="middle">energy bill</text><text x="{m}" y="{ly}" font-size="11">{x0:.1}</text><text x="{x}" y="{ly}" font-size="11" text-anchor="end">{x1:.1}</text><text x="{lx}" y="{y}" font-size="11" text-anchor="end">{y0:.1}</text><text x="{lx}" y="{m}" font-size="11" text-anchor="end">{y1:.1}</text>"##,
+        y = h - m,
+        x = w - m,
+        cx = w / 2.0,
+        ty = h - 20.0,
+        cy = h / 2.0,
+        ly = h - m + 16.0,
+        lx = m - 6.0
+    );
+    for (c, b) in &theirs {
+        let _ = write!(svg, r##"<circle cx="{:.1}" cy="{:.1}" r="5" fill="#d62728"/>"##, sx(*c), sy(*b));
+    }
+    for (c, b, label) in &ours {
+        // Labels right of the middle read leftwards, so none runs off the page.
+        let (dx, anchor) = if sx(*c) > w / 2.0 { (-9.0, "end") } else { (9.0, "start") };
+        let _ = write!(
+            svg,
+            r##"<circle class="point" cx="{:.1}" cy="{:.1}" r="6" fill="#2ca02c"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="{anchor}">{label}</text>"##,
+            sx(*c),
+            sy(*b),
+            sx(*c) + dx,
+            sy(*b) - 8.0
+        );
+    }
+    svg.push_str("</svg>");
+    let table: String =
+        ours.iter().map(|(c, b, label)| format!("<tr><td>{label}</td><td>{c:.2}</td><td>{b:.2}</td></tr>")).collect();
+    Some(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}: carbon against cost</title></head>\
+         <body style=\"font-family:sans-serif;max-width:960px;margin:auto\"><h2>{title}: carbon against cost</h2>{svg}\
+         <table border=\"1\" cellpadding=\"4\"><tr><th>point</th><th>kg CO2</th><th>bill</th></tr>{table}</table></body></html>\n"
+    ))
+}
+
+#[cfg(test)]
+mod frontier_tests {
+    use super::*;
+
+    fn row(point: &str, carbon: f64, cost: f64) -> SweepRow {
+        let m = |c, b| BTreeMap::from([("carbon_kg", c), ("cost", b)]);
+        SweepRow {
+            point: BTreeMap::from([("objective.carbon_price".to_owned(), point.to_owned())]),
+            policies: BTreeMap::from([("greenfill".to_owned(), m(carbon, cost)), ("asap".to_owned(), m(152.8, 88.1))]),
+            saved: report::Saved::default(),
+        }
+    }
+
+    #[test]
+    fn the_frontier_draws_each_point_and_only_with_prices() {
+        let page = frontier_html("t", &[row("0", 158.9, 83.1), row("3000", 150.2, 93.7)]).unwrap();
+        assert_eq!(page.matches(r#"class="point""#).count(), 2);
+        assert!(page.contains("objective.carbon_price=3000") && page.contains("<td>150.20</td><td>93.70</td>"));
+        assert!(frontier_html("t", &[row("0", 158.9, 0.0)]).is_none());
     }
 }
