@@ -135,11 +135,12 @@ impl ObjectiveDecl {
     }
 }
 
-/// `[price]`: one day-ahead price source for the fleet's bidding zone.
+/// `[price]`: the day-ahead price of the fleet's bidding zone, from the
+/// first of `[[price.sources]]` that answers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceDecl {
-    pub source: PriceSourceDecl,
+    pub sources: Vec<PriceSourceDecl>,
     /// How often the source is asked (day-ahead prices change once a day).
     #[serde(default = "hourly", with = "dur")]
     pub refresh: Duration,
@@ -163,7 +164,7 @@ fn euro() -> String {
     "EUR".into()
 }
 
-/// `[price.source]`, by `kind`.
+/// One of `[[price.sources]]`, by `kind`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PriceSourceDecl {
@@ -926,7 +927,7 @@ impl Config {
         if !["carbon", "cost", "both"].contains(&o.mode.as_str()) {
             bad("objective.mode", format!("{:?}", o.mode), "must be one of carbon, cost, both");
         } else if o.mode != "carbon" && self.price.is_none() {
-            bad("objective.mode", format!("{:?}", o.mode), "needs a [price] section with a source");
+            bad("objective.mode", format!("{:?}", o.mode), "needs a [price] section with sources");
         }
         if !(o.carbon_price.is_finite() && o.carbon_price >= 0.0) {
             bad("objective.carbon_price", o.carbon_price.to_string(), "must be >= 0 (currency per tonne CO2)");
@@ -937,17 +938,23 @@ impl Config {
         if p.refresh.is_zero() || p.timeout.is_zero() {
             bad("price", format!("refresh {:?}, timeout {:?}", p.refresh, p.timeout), "must be positive");
         }
-        match &p.source {
-            PriceSourceDecl::Constant { value } if !value.is_finite() => {
-                bad("price.source.value", value.to_string(), "must be a finite price per MWh");
+        if p.sources.is_empty() {
+            bad("price.sources", "[]".into(), "needs at least one source");
+        }
+        for (i, s) in p.sources.iter().enumerate() {
+            let key = |field: &str| format!("price.sources[{i}]{field}");
+            match s {
+                PriceSourceDecl::Constant { value } if !value.is_finite() => {
+                    bad(&key(".value"), value.to_string(), "must be a finite price per MWh");
+                }
+                PriceSourceDecl::Entsoe { token_file: None, token_env: None, .. } => {
+                    bad(&key(""), "entsoe".into(), "needs token_file or token_env (the ENTSO-E security token)");
+                }
+                PriceSourceDecl::File { path } if !path.exists() => {
+                    bad(&key(".path"), path.display().to_string(), "no such file");
+                }
+                _ => {}
             }
-            PriceSourceDecl::Entsoe { token_file: None, token_env: None, .. } => {
-                bad("price.source", "entsoe".into(), "needs token_file or token_env (the ENTSO-E security token)");
-            }
-            PriceSourceDecl::File { path } if !path.exists() => {
-                bad("price.source.path", path.display().to_string(), "no such file");
-            }
-            _ => {}
         }
     }
 
@@ -1049,9 +1056,9 @@ mod tests {
         );
         assert_eq!(
             keys("[objective]\nmode = \"cost\""),
-            ["objective.mode = \"cost\": needs a [price] section with a source"]
+            ["objective.mode = \"cost\": needs a [price] section with sources"]
         );
-        let priced = "[price.source]\nkind = \"constant\"\nvalue = 60\n";
+        let priced = "[[price.sources]]\nkind = \"constant\"\nvalue = 60\n";
         assert_eq!(
             keys(&format!("[objective]\nmode = \"both\"\ncarbon_price = -80\n{priced}")),
             ["objective.carbon_price = -80: must be >= 0 (currency per tonne CO2)"]
@@ -1061,11 +1068,14 @@ mod tests {
             ["objective.carbon_price = 80: only weighed with objective.mode = \"both\""]
         );
         assert_eq!(
-            keys("[objective]\nmode = \"cost\"\n[price.source]\nkind = \"entsoe\"\nzone = \"FR\""),
-            ["price.source = entsoe: needs token_file or token_env (the ENTSO-E security token)"]
+            keys(
+                "[objective]\nmode = \"cost\"\n[[price.sources]]\nkind = \"constant\"\nvalue = 1\n[[price.sources]]\nkind = \"entsoe\"\nzone = \"FR\""
+            ),
+            ["price.sources[1] = entsoe: needs token_file or token_env (the ENTSO-E security token)"]
         );
         assert_eq!(keys(&format!("[objective]\nmode = \"both\"\ncarbon_price = 80\n{priced}")), Vec::<String>::new());
-        let e = toml::from_str::<Config>("[price.source]\nkind = \"nordpool\"").unwrap_err().to_string();
+        assert_eq!(keys("[price]\nsources = []"), ["price.sources = []: needs at least one source"]);
+        let e = toml::from_str::<Config>("[[price.sources]]\nkind = \"nordpool\"").unwrap_err().to_string();
         assert!(e.contains("unknown variant `nordpool`"), "{e}");
     }
 
