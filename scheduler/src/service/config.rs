@@ -150,6 +150,17 @@ pub struct PriceDecl {
     /// The currency of a file's or a constant's prices (providers name theirs).
     #[serde(default = "euro")]
     pub currency: String,
+    /// Bidding zones by the names of `[carbon.zones]`: the pools in such a
+    /// zone pay its price (the others `sources`'). One currency for all.
+    #[serde(default)]
+    pub zones: std::collections::BTreeMap<String, PriceZoneDecl>,
+}
+
+/// `[price.zones.NAME]`: that zone's own sources, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceZoneDecl {
+    pub sources: Vec<PriceSourceDecl>,
 }
 
 fn hourly() -> Duration {
@@ -938,11 +949,26 @@ impl Config {
         if p.refresh.is_zero() || p.timeout.is_zero() {
             bad("price", format!("refresh {:?}, timeout {:?}", p.refresh, p.timeout), "must be positive");
         }
-        if p.sources.is_empty() {
-            bad("price.sources", "[]".into(), "needs at least one source");
+        for (name, z) in &p.zones {
+            if !self.carbon.zones.contains_key(name) {
+                let known: Vec<&str> = self.carbon.zones.keys().map(String::as_str).collect();
+                bad(
+                    &format!("price.zones.{name}"),
+                    format!("{name:?}"),
+                    &format!("no such zone; [carbon.zones] has: {}", known.join(", ")),
+                );
+            }
+            Self::validate_price_sources(&format!("price.zones.{name}"), &z.sources, bad);
         }
-        for (i, s) in p.sources.iter().enumerate() {
-            let key = |field: &str| format!("price.sources[{i}]{field}");
+        Self::validate_price_sources("price", &p.sources, bad);
+    }
+
+    fn validate_price_sources(prefix: &str, sources: &[PriceSourceDecl], bad: &mut impl FnMut(&str, String, &str)) {
+        if sources.is_empty() {
+            bad(&format!("{prefix}.sources"), "[]".into(), "needs at least one source");
+        }
+        for (i, s) in sources.iter().enumerate() {
+            let key = |field: &str| format!("{prefix}.sources[{i}]{field}");
             match s {
                 PriceSourceDecl::Constant { value } if !value.is_finite() => {
                     bad(&key(".value"), value.to_string(), "must be a finite price per MWh");
@@ -1075,6 +1101,15 @@ mod tests {
         );
         assert_eq!(keys(&format!("[objective]\nmode = \"both\"\ncarbon_price = 80\n{priced}")), Vec::<String>::new());
         assert_eq!(keys("[price]\nsources = []"), ["price.sources = []: needs at least one source"]);
+        assert_eq!(
+            keys(&format!("{priced}[price.zones.PJM]\nsources = [{{ kind = \"constant\", value = 10 }}]\n")),
+            ["price.zones.PJM = \"PJM\": no such zone; [carbon.zones] has: "]
+        );
+        let zoned = "[carbon.zones.PJM]\nsources = [{ kind = \"constant\", value = 400 }]\n";
+        assert_eq!(
+            keys(&format!("{priced}[price.zones.PJM]\nsources = []\n{zoned}")),
+            ["price.zones.PJM.sources = []: needs at least one source"]
+        );
         let e = toml::from_str::<Config>("[[price.sources]]\nkind = \"nordpool\"").unwrap_err().to_string();
         assert!(e.contains("unknown variant `nordpool`"), "{e}");
     }

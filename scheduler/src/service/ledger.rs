@@ -38,7 +38,7 @@ pub fn make(st: &State, job: &pb::Job, pool: &str, cores: f64, status: &pb::JobS
     let carbon_g = energy_kwh * intensity;
     let counterfactual_g = energy_kwh * counterfactual;
     // The bill at the day-ahead price while it ran, and from its submission.
-    let price = st.price.as_ref().and_then(|p| {
+    let price = st.price.as_ref().map(|m| m.of_zone(&zone.name)).and_then(|p| {
         let (now, currency) = p.mean(start, end.max(start + 1))?;
         let (then, _) = p.mean(submitted, (submitted + run_s).max(submitted + 1))?;
         Some((now, then, currency))

@@ -419,7 +419,7 @@ pub struct State {
     /// Each grid zone's carbon signal.
     pub carbon: carbon::Carbon,
     /// The day-ahead price, when `[price]` is set.
-    pub price: Option<price::PriceFeed>,
+    pub price: Option<price::Market>,
     /// Per node: the online upper bound forecast from its closed telemetry
     /// buckets, keyed by (buckets, last bucket start); recomputed only when a
     /// bucket closes, and outside the state lock.
@@ -464,7 +464,7 @@ impl State {
         let inner = Inner::restore(snap, bucket_s)?;
         let (events, _) = broadcast::channel(4096);
         let power = power::PowerCtl::new(config.pool_power())?;
-        let price = config.price.as_ref().map(price::PriceFeed::new).transpose()?;
+        let price = config.price.as_ref().map(price::Market::new).transpose()?;
         Ok(Arc::new(State {
             price,
             power,

@@ -166,7 +166,13 @@ fn pool_input(
         online_cpu: cpu,
         online_mem: mem,
         carbon: st.carbon.slots(name, clock.start, clock.slot_s, slots),
-        price: Vec::new(),
+        // A pool in a zone with its own bidding-zone price pays that.
+        price: st
+            .price
+            .as_ref()
+            .and_then(|m| m.own(st.carbon.zone_name_of(name)))
+            .and_then(|f| f.slots(clock.start, clock.slot_s, slots))
+            .unwrap_or_default(),
         powered: Vec::new(),
     }
 }
@@ -272,7 +278,7 @@ fn gather(inner: &Inner, st: &State, t: i64, forecasts: &HashMap<String, super::
     #[allow(clippy::cast_precision_loss, reason = "seconds")]
     let cycle = pools.keys().filter_map(|p| st.power.settings(p)).map(|s| (s.wake_s + s.suspend_after_s) as f64);
     options.wake_overhead_s = cycle.fold(0.0, f64::max);
-    let price = st.price.as_ref().and_then(|p| p.slots(clock.start, clock.slot_s, clock.slots));
+    let price = st.price.as_ref().and_then(|m| m.default.slots(clock.start, clock.slot_s, clock.slots));
     options.objective = st.config.objective.objective();
     if options.objective != Objective::Carbon && price.is_none() {
         tracing::warn!(mode = %st.config.objective.mode, "no day-ahead price yet: this round weighs carbon alone");
@@ -667,7 +673,7 @@ fn run_explanation(st: &State, job: &Decided<'_>, run: &Run<'_>) -> pb::JobExpla
             (0, _) => format!("starts now on {node}"),
             (_, Some(WaitReason::CarbonWindow)) if problem.options.objective != Objective::Carbon => {
                 let price = |t: usize| problem.price.get(t % problem.slots.max(1)).copied().unwrap_or_default();
-                let currency = st.price.as_ref().and_then(|p| p.at(job.t)).map(|(_, c)| c).unwrap_or_default();
+                let currency = st.price.as_ref().and_then(|m| m.default.at(job.t)).map(|(_, c)| c).unwrap_or_default();
                 format!(
                     "waits {minutes} min for a cheaper window (objective {}): {:.2} {currency}/MWh and \
                      {intensity:.0} g/kWh then vs {:.2} {currency}/MWh and {:.0} g/kWh now",
@@ -858,7 +864,7 @@ fn record_plan(
         .into(),
         price_per_mwh: problem.price.clone(),
         cost: plan.energy.cost,
-        currency: st.price.as_ref().and_then(|p| p.at(t)).map(|(_, c)| c).unwrap_or_default(),
+        currency: st.price.as_ref().and_then(|m| m.default.at(t)).map(|(_, c)| c).unwrap_or_default(),
         jobs_planned: u32::try_from(plan.jobs_planned()).unwrap_or(u32::MAX),
         jobs_waiting: u32::try_from(plan.placements.len() - plan.jobs_planned()).unwrap_or(u32::MAX),
         solve_ms: plan.solve_ms,

@@ -21,8 +21,9 @@ pub struct PriceFeed {
     refresh: std::time::Duration,
 }
 
-fn build(cfg: &PriceDecl, i: usize, decl: &PriceSourceDecl) -> anyhow::Result<Box<dyn PriceSource>> {
-    let e = |e: greenfill_carbon::SourceError| anyhow::anyhow!("price.sources[{i}]: {e}");
+/// Source `key` (`price.sources[0]`, `price.zones.PJM.sources[1]`).
+fn build(cfg: &PriceDecl, key: &str, decl: &PriceSourceDecl) -> anyhow::Result<Box<dyn PriceSource>> {
+    let e = |e: greenfill_carbon::SourceError| anyhow::anyhow!("{key}: {e}");
     Ok(match decl {
         PriceSourceDecl::EnergyCharts { zone, base_url } => Box::new(
             EnergyChartsPrice::new(base_url.as_deref().unwrap_or("https://api.energy-charts.info"), zone, cfg.timeout)
@@ -31,10 +32,11 @@ fn build(cfg: &PriceDecl, i: usize, decl: &PriceSourceDecl) -> anyhow::Result<Bo
         PriceSourceDecl::Entsoe { zone, token_file, token_env, base_url } => {
             let token = match (token_file, token_env) {
                 (Some(f), _) => std::fs::read_to_string(f)
-                    .map_err(|err| anyhow::anyhow!("price.sources[{i}].token_file = {}: {err}", f.display()))?,
-                (None, Some(v)) => std::env::var(v)
-                    .map_err(|_| anyhow::anyhow!("price.sources[{i}].token_env = {v:?}: the variable is not set"))?,
-                (None, None) => anyhow::bail!("price.sources[{i}]: entsoe needs token_file or token_env"),
+                    .map_err(|err| anyhow::anyhow!("{key}.token_file = {}: {err}", f.display()))?,
+                (None, Some(v)) => {
+                    std::env::var(v).map_err(|_| anyhow::anyhow!("{key}.token_env = {v:?}: the variable is not set"))?
+                }
+                (None, None) => anyhow::bail!("{key}: entsoe needs token_file or token_env"),
             };
             Box::new(
                 EntsoePrice::new(
@@ -54,9 +56,18 @@ fn build(cfg: &PriceDecl, i: usize, decl: &PriceSourceDecl) -> anyhow::Result<Bo
 }
 
 impl PriceFeed {
+    /// The feed of `[price]`'s own sources.
     pub fn new(cfg: &PriceDecl) -> anyhow::Result<PriceFeed> {
-        let sources =
-            cfg.sources.iter().enumerate().map(|(i, d)| build(cfg, i, d)).collect::<anyhow::Result<Vec<_>>>()?;
+        Self::of(cfg, "price", &cfg.sources)
+    }
+
+    /// The feed of `decls`, named `key` in errors (`price.zones.PJM`).
+    fn of(cfg: &PriceDecl, key: &str, decls: &[PriceSourceDecl]) -> anyhow::Result<PriceFeed> {
+        let sources = decls
+            .iter()
+            .enumerate()
+            .map(|(i, d)| build(cfg, &format!("{key}.sources[{i}]"), d))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(PriceFeed {
             not_before: Mutex::new(vec![i64::MIN; sources.len()]),
             sources,
@@ -113,17 +124,54 @@ impl PriceFeed {
     }
 }
 
+/// The fleet's prices: `[price]`'s feed, and one per `[price.zones]` zone
+/// for the pools in that (carbon) zone.
+#[derive(Debug)]
+pub struct Market {
+    pub default: PriceFeed,
+    zones: std::collections::BTreeMap<String, PriceFeed>,
+}
+
+impl Market {
+    pub fn new(cfg: &PriceDecl) -> anyhow::Result<Market> {
+        let zones = cfg
+            .zones
+            .iter()
+            .map(|(name, z)| Ok((name.clone(), PriceFeed::of(cfg, &format!("price.zones.{name}"), &z.sources)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Market { default: PriceFeed::new(cfg)?, zones })
+    }
+
+    /// The feed of carbon zone `zone`'s pools: its own, else `[price]`'s.
+    pub fn of_zone(&self, zone: &str) -> &PriceFeed {
+        self.zones.get(zone).unwrap_or(&self.default)
+    }
+
+    /// A zone's own feed, if it has one.
+    pub fn own(&self, zone: &str) -> Option<&PriceFeed> {
+        self.zones.get(zone)
+    }
+
+    /// Refresh every feed.
+    pub async fn refresh(&self, now: i64) {
+        self.default.refresh(now).await;
+        for feed in self.zones.values() {
+            feed.refresh(now).await;
+        }
+    }
+}
+
 /// Refresh every `price.refresh` until shutdown (the first ask is made
 /// before the service serves).
 pub async fn run(st: Arc<super::State>) {
-    let Some(feed) = st.price.as_ref() else { return };
-    let every = feed.refresh.max(std::time::Duration::from_secs(1));
+    let Some(market) = st.price.as_ref() else { return };
+    let every = market.default.refresh.max(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             () = st.shutdown.cancelled() => return,
             () = greenfill_runtime::clock::sleep(every) => {}
         }
-        feed.refresh(super::now()).await;
+        market.refresh(super::now()).await;
     }
 }
 
@@ -160,5 +208,17 @@ mod tests {
         assert_eq!(lone.refresh(now).await, None);
         assert_eq!(lone.slots(now, 3600, 1), None);
         assert_eq!(feed.refresh(now + 200).await.as_deref(), Some("constant:42"));
+    }
+
+    #[tokio::test]
+    async fn a_pool_in_a_priced_zone_pays_its_zones_price_and_the_others_the_default() {
+        let text = "sources = [{ kind = \"constant\", value = 50 }]\n\
+                    [zones.PJM]\nsources = [{ kind = \"constant\", value = 10 }]\n";
+        let market = Market::new(&toml::from_str::<PriceDecl>(text).unwrap()).unwrap();
+        let now = 1_796_198_400;
+        market.refresh(now).await;
+        assert_eq!(market.of_zone("PJM").slots(now, 3600, 1), Some(vec![10.0]));
+        assert_eq!(market.of_zone("CISO").slots(now, 3600, 1), Some(vec![50.0]));
+        assert!(market.own("CISO").is_none() && market.own("PJM").is_some());
     }
 }
