@@ -99,6 +99,10 @@ pub struct Pool {
     /// carbon series of the scenario or cluster.
     #[serde(default)]
     pub zone: Option<String>,
+    /// GPUs per node (default 0). A job asking for GPUs runs only on a node
+    /// with that many free in every slot it runs.
+    #[serde(default)]
+    pub gpus: u32,
 }
 
 fn default_pue() -> f64 {

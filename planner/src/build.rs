@@ -68,6 +68,8 @@ pub struct QueuedJob {
     /// Only this pool (index into the builder's pools).
     pub pool: Option<usize>,
     pub priority: i32,
+    /// Whole GPUs on its node while it runs.
+    pub gpus: u32,
 }
 
 /// A job already running: load on its node until it ends.
@@ -81,6 +83,8 @@ pub struct RunningJob {
     /// Unix seconds at which it is expected to end; a job past its expected end
     /// still holds its node for one more slot.
     pub ends_at: i64,
+    /// The GPUs it holds on its node.
+    pub gpus: u32,
 }
 
 /// Gathers pools, carbon and jobs, then validates them into a [`Built`] problem.
@@ -180,6 +184,12 @@ impl ProblemBuilder {
         add_load(&mut cpu[job.node * slots..job.node * slots + held], job.cores, cores);
         let memory = per_node(&mut input.online_mem, nodes, slots);
         add_load(&mut memory[job.node * slots..job.node * slots + held], job.mem_gib, mem);
+        if job.gpus > 0 {
+            input.gpus_used.resize(nodes * slots, 0);
+            for g in &mut input.gpus_used[job.node * slots..job.node * slots + held] {
+                *g = g.saturating_add(job.gpus);
+            }
+        }
         Ok(())
     }
 
@@ -269,6 +279,7 @@ impl ProblemBuilder {
                 pausable: job.pausable,
                 pool: job.pool,
                 priority: job.priority,
+                gpus: job.gpus,
             }
             .aim_early(self.guard_slack),
         );
@@ -344,6 +355,7 @@ mod tests {
 
     fn pool(nodes: u32) -> PoolInput {
         PoolInput::new(Pool {
+            gpus: 0,
             name: "p".into(),
             nodes,
             cores: 8.0,
@@ -359,6 +371,7 @@ mod tests {
 
     fn queued(id: &str, deadline: Option<i64>) -> QueuedJob {
         QueuedJob {
+            gpus: 0,
             id: id.into(),
             cores: 1.0,
             mem_gib: 0.0,
@@ -377,16 +390,18 @@ mod tests {
         shared.online_cpu = vec![1.0; 8];
         let mut b = ProblemBuilder::new(CLOCK, vec![shared], vec![100.0; 8], PlanOptions::default(), 0.0);
         // Ends 1.5 slots from now: holds slots 0 and 1 of node 1.
-        b.running(&RunningJob { pool: 0, node: 1, cores: 2.0, mem_gib: 4.0, ends_at: 1000 + 1350 }).unwrap();
+        b.running(&RunningJob { gpus: 0, pool: 0, node: 1, cores: 2.0, mem_gib: 4.0, ends_at: 1000 + 1350 }).unwrap();
         // Past its expected end: still holds the first slot.
-        b.running(&RunningJob { pool: 0, node: 0, cores: 3.0, mem_gib: 0.0, ends_at: 0 }).unwrap();
+        b.running(&RunningJob { gpus: 0, pool: 0, node: 0, cores: 3.0, mem_gib: 0.0, ends_at: 0 }).unwrap();
         let built = b.build().unwrap();
         let p = &built.problem.pools[0];
         assert_eq!(&p.online_cpu[..8], &[4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
         assert_eq!(&p.online_cpu[8..], &[3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
         assert_eq!(&p.online_mem[8..10], &[4.0, 4.0]);
         let mut bad = ProblemBuilder::new(CLOCK, vec![pool(1)], vec![100.0; 8], PlanOptions::default(), 0.0);
-        let e = bad.running(&RunningJob { pool: 0, node: 1, cores: 1.0, mem_gib: 0.0, ends_at: 5000 }).unwrap_err();
+        let e = bad
+            .running(&RunningJob { gpus: 0, pool: 0, node: 1, cores: 1.0, mem_gib: 0.0, ends_at: 5000 })
+            .unwrap_err();
         assert!(e.to_string().contains("node = 1"), "{e}");
     }
 

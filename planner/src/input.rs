@@ -49,6 +49,7 @@ pub fn queued_jobs(
                 pausable: r.pausable,
                 pool: None,
                 priority: 0,
+                gpus: 0,
             });
         }
     }

@@ -16,6 +16,9 @@ pub(crate) struct Context {
     /// `cores × (1 − cpu_margin) − online`, never below 0.
     pub(crate) free_cpu: Vec<f64>,
     pub(crate) free_mem: Vec<f64>,
+    /// GPUs free per node and slot, laid out like `free_cpu` (whole numbers,
+    /// as f64 for the block maxima); empty when no job asks for one.
+    pub(crate) free_gpu: Vec<f64>,
     /// Per pool: the most a single node can give a batch job (an empty node).
     pub(crate) node_cpu: Vec<f64>,
     pub(crate) node_mem: Vec<f64>,
@@ -40,6 +43,10 @@ pub(crate) struct Context {
     /// running work; a job may take one before any node is woken for it.
     pub(crate) awake: Vec<Vec<usize>>,
     pub(crate) dyn_g_per_core_slot: Vec<f64>,
+    /// What the plan weighs per kWh in each pool and slot (pool-major,
+    /// [`Problem::weighed_carbon_at`]), computed once: placement asks for it
+    /// per candidate slot.
+    weights: Vec<f64>,
 }
 
 impl Context {
@@ -94,7 +101,10 @@ impl Context {
         }
         let mut pool_order: Vec<usize> = (0..p.pools.len()).collect();
         pool_order.sort_by(|a, b| wpc[*a].total_cmp(&wpc[*b]));
+        let weights = (0..p.pools.len()).flat_map(|q| (0..len).map(move |t| p.weighed_carbon_at(q, t))).collect();
         Context {
+            weights,
+            free_gpu: free_gpus(p, len),
             len,
             node_base,
             free_cpu,
@@ -113,6 +123,32 @@ impl Context {
     }
 }
 
+impl Context {
+    /// [`Problem::weighed_carbon_at`] of `pool` at `t < len`, from the table.
+    #[inline]
+    pub(crate) fn weight(&self, pool: usize, t: usize) -> f64 {
+        self.weights[pool * self.len + t]
+    }
+}
+
+/// GPUs free per node and slot (the pool's less what running work holds; past
+/// the horizon the last slot's), or nothing when no job asks for a GPU.
+fn free_gpus(p: &Problem, len: usize) -> Vec<f64> {
+    if p.jobs.iter().all(|j| j.gpus == 0) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for pi in &p.pools {
+        for n in 0..pi.pool.nodes as usize {
+            out.extend(
+                (0..len)
+                    .map(|t| f64::from(pi.pool.gpus.saturating_sub(pi.gpus_used_at(p.slots, n, t.min(p.slots - 1))))),
+            );
+        }
+    }
+    out
+}
+
 /// A job's window of start slots, or why it has none.
 pub(crate) fn window(p: &Problem, ctx: &Context, j: &PlanJob) -> Result<(usize, usize), WaitReason> {
     if j.release >= p.slots {
@@ -123,7 +159,9 @@ pub(crate) fn window(p: &Problem, ctx: &Context, j: &PlanJob) -> Result<(usize, 
     {
         return Err(WaitReason::DeadlineImpossible);
     }
-    let fits = |pool: usize| ctx.node_cpu[pool] >= j.cores && ctx.node_mem[pool] >= j.mem_gib;
+    let fits = |pool: usize| {
+        ctx.node_cpu[pool] >= j.cores && ctx.node_mem[pool] >= j.mem_gib && p.pools[pool].pool.gpus >= j.gpus
+    };
     let any = match j.pool {
         Some(pool) => fits(pool),
         None => (0..p.pools.len()).any(|q| p.pools[q].pool.nodes > 0 && fits(q)),
@@ -143,6 +181,9 @@ struct State<'a> {
     ctx: &'a Context,
     free_cpu: Vec<f64>,
     free_mem: Vec<f64>,
+    free_gpu: Vec<f64>,
+    /// Block maxima of `free_gpu` (when a job asks for GPUs).
+    gpu_max: Option<BlockMax>,
     /// Per pool and slot: the sum of free CPU over its nodes (a quick "cannot fit").
     pool_free: Vec<f64>,
     /// Per pool and start: the smallest (cores, mem, slots) that found no node, so a
@@ -186,7 +227,14 @@ fn bucket(thresholds: &[f64], x: f64) -> Option<usize> {
 impl State<'_> {
     fn fits_pool(&self, pool: usize, j: &PlanJob, slots: &[u32]) -> bool {
         let len = self.ctx.len;
-        slots.iter().all(|&t| self.pool_free[pool * len + t as usize] + EPS >= j.cores)
+        self.p.pools[pool].pool.gpus >= j.gpus
+            && slots.iter().all(|&t| self.pool_free[pool * len + t as usize] + EPS >= j.cores)
+    }
+
+    /// Whether `node` has `j`'s GPUs free in every one of `slots`.
+    fn gpus_fit(&self, node: usize, j: &PlanJob, slots: &[u32]) -> bool {
+        let row = node * self.ctx.len;
+        j.gpus == 0 || slots.iter().all(|&t| self.free_gpu[row + t as usize] + EPS >= f64::from(j.gpus))
     }
 
     /// What `j`'s dynamic power on `node` over `slots` costs beyond the pool's
@@ -204,7 +252,7 @@ impl State<'_> {
                 // Online and planned batch: the room the margin leaves, less what is free.
                 let used = (self.ctx.node_cpu[pool] - self.free_cpu[row + t as usize]).max(0.0);
                 let delta = pi.power.watts((used + j.cores) / pi.cores) - pi.power.watts(used / pi.cores);
-                (delta * g_per_w - line) * self.p.weighed_carbon_at(pool, t as usize)
+                (delta * g_per_w - line) * self.ctx.weight(pool, t as usize)
             })
             .sum()
     }
@@ -222,7 +270,10 @@ impl State<'_> {
         let key = pool * len + start;
         // The memo describes contiguous runs from `start`; a pausable job's scattered
         // slots neither use nor feed it.
-        let contiguous = slots.len() == 1 || (slots[slots.len() - 1] - slots[0]) as usize + 1 == slots.len();
+        // A GPU job's failure says nothing of jobs without GPUs: it neither uses
+        // nor feeds the memo either.
+        let contiguous =
+            j.gpus == 0 && (slots.len() == 1 || (slots[slots.len() - 1] - slots[0]) as usize + 1 == slots.len());
         if contiguous
             && let Some((c, m, n)) = self.failed[key]
             && j.cores + EPS >= c
@@ -272,6 +323,9 @@ impl State<'_> {
                 scan_from = node + 1;
                 node
             };
+            if !self.gpus_fit(node, j, slots) {
+                continue;
+            }
             let row = node * len;
             if !sleeps && !curved {
                 best = Some((node, 0.0));
@@ -286,14 +340,14 @@ impl State<'_> {
             let mut added: f64 = slots
                 .iter()
                 .filter(|&&t| sleeps && asleep(t as usize))
-                .map(|&t| idle * self.p.weighed_carbon_at(pool, t as usize))
+                .map(|&t| idle * self.ctx.weight(pool, t as usize))
                 .sum();
             if curved {
                 added += self.curve_g(pool, node, j, slots);
             }
             // Waking it from sleep costs its wake energy once.
             if sleeps && woken {
-                added += self.ctx.wake_g[pool] * self.p.weighed_carbon_at(pool, start);
+                added += self.ctx.wake_g[pool] * self.ctx.weight(pool, start);
             }
             if best.is_none_or(|(_, w)| added < w) {
                 best = Some((node, added));
@@ -330,23 +384,32 @@ impl State<'_> {
     /// nodes with no room in that slot are skipped.
     fn next_fit(&self, j: &PlanJob, slots: &[u32], from: usize, end: usize) -> Option<usize> {
         let len = self.ctx.len;
+        let gpus = f64::from(j.gpus);
+        let gpu_max = self.gpu_max.as_ref().filter(|_| j.gpus > 0);
         let mut n = from;
         while n < end {
             let row = n * len;
-            let full = slots
-                .iter()
-                .map(|&t| t as usize)
-                .find(|&t| self.free_cpu[row + t] + EPS < j.cores || self.free_mem[row + t] + EPS < j.mem_gib);
+            let full = slots.iter().map(|&t| t as usize).find(|&t| {
+                self.free_cpu[row + t] + EPS < j.cores
+                    || self.free_mem[row + t] + EPS < j.mem_gib
+                    || (gpu_max.is_some() && self.free_gpu[row + t] + EPS < gpus)
+            });
             let Some(t) = full else { return Some(n) };
-            // The next node with room for both in slot `t`.
+            // The next node with room for all it asks in slot `t`: each search
+            // starts where the one before stopped, so they agree only on a node
+            // with room for every resource.
             let mut m = n + 1;
             n = loop {
                 let cpu = self.cpu_max.next(&self.free_cpu, t, m, end, j.cores)?;
                 let mem = self.mem_max.next(&self.free_mem, t, cpu, end, j.mem_gib)?;
-                if mem == cpu {
+                let last = match gpu_max {
+                    Some(g) => g.next(&self.free_gpu, t, mem, end, gpus)?,
+                    None => mem,
+                };
+                if last == cpu {
                     break cpu;
                 }
-                m = mem;
+                m = last;
             };
         }
         None
@@ -354,11 +417,19 @@ impl State<'_> {
 
     fn commit(&mut self, pool: usize, node: usize, job: usize, j: &PlanJob, slots: &[u32]) {
         let len = self.ctx.len;
+        let gpus = f64::from(j.gpus);
         for &t in slots {
             let i = node * len + t as usize;
             let (cpu_was, mem_was) = (self.free_cpu[i], self.free_mem[i]);
             self.free_cpu[i] = (cpu_was - j.cores).max(0.0);
             self.free_mem[i] = (mem_was - j.mem_gib).max(0.0);
+            if j.gpus > 0 {
+                let was = self.free_gpu[i];
+                self.free_gpu[i] = (was - gpus).max(0.0);
+                if let Some(g) = &mut self.gpu_max {
+                    g.lowered(&self.free_gpu, node, t as usize, was);
+                }
+            }
             self.cpu_max.lowered(&self.free_cpu, node, t as usize, cpu_was);
             self.mem_max.lowered(&self.free_mem, node, t as usize, mem_was);
             self.pool_free[pool * len + t as usize] -= j.cores;
@@ -392,7 +463,7 @@ impl State<'_> {
     /// Per-slot cost of running `j` in slot `t` under the strategy.
     fn slot_cost(&self, job: usize, j: &PlanJob, t: usize, spread: f64) -> f64 {
         let carbon = match j.pool {
-            Some(q) => self.p.weighed_carbon_at(q, t),
+            Some(q) => self.ctx.weight(q, t),
             None => self.least_carbon[t],
         };
         match &self.quotas {
@@ -448,7 +519,7 @@ impl State<'_> {
             let mut here: Option<(f64, usize, usize)> = None;
             for &pool in &pools {
                 if let Some((node, added)) = self.find_node(pool, j, &slots, wake) {
-                    let dynamic: f64 = slots.iter().map(|&t| self.p.weighed_carbon_at(pool, t as usize)).sum::<f64>()
+                    let dynamic: f64 = slots.iter().map(|&t| self.ctx.weight(pool, t as usize)).sum::<f64>()
                         * self.ctx.dyn_g_per_core_slot[pool]
                         * j.cores;
                     let cost = dynamic + added;
@@ -575,6 +646,8 @@ pub(crate) fn place(p: &Problem, ctx: &Context, quotas: Option<&Quotas>) -> Vec<
         p,
         ctx,
         free_cpu: ctx.free_cpu.clone(),
+        free_gpu: ctx.free_gpu.clone(),
+        gpu_max: (!ctx.free_gpu.is_empty()).then(|| BlockMax::new(&ctx.free_gpu, ctx.free_gpu.len() / len.max(1), len)),
         free_mem: ctx.free_mem.clone(),
         pool_free,
         failed: vec![None; p.pools.len() * len],

@@ -20,6 +20,9 @@ pub struct PoolInput {
     /// (currency per MWh, may be negative); empty = the problem's
     /// [`Problem::price`].
     pub price: Vec<f64>,
+    /// GPUs in use per node and slot (`nodes × slots`, node-major) by work the
+    /// plan does not place (running jobs); empty = none.
+    pub gpus_used: Vec<u32>,
     /// Per node of a pool that sleeps: the slots from now in which it is powered
     /// whatever the plan does (awake, or waking, and not yet past its
     /// `suspend_after`), so work placed there adds no idle power and no wake.
@@ -35,6 +38,7 @@ impl PoolInput {
             online_mem: Vec::new(),
             carbon: Vec::new(),
             price: Vec::new(),
+            gpus_used: Vec::new(),
             powered: Vec::new(),
         }
     }
@@ -60,6 +64,11 @@ impl PoolInput {
     pub fn online_mem_at(&self, slots: usize, node: usize, t: usize) -> f64 {
         Self::at(&self.online_mem, slots, node, t)
     }
+
+    /// GPUs of `node` in use at horizon slot `t < slots` by work the plan does not place.
+    pub fn gpus_used_at(&self, slots: usize, node: usize, t: usize) -> u32 {
+        self.gpus_used.get(node * slots + t).copied().unwrap_or(0)
+    }
 }
 
 /// One batch job as the planner sees it, in slots of the horizon.
@@ -82,6 +91,8 @@ pub struct PlanJob {
     /// Only this pool (by index into [`Problem::pools`]).
     pub pool: Option<usize>,
     pub priority: i32,
+    /// Whole GPUs on its node for every slot it runs (0 = none).
+    pub gpus: u32,
 }
 
 /// The share of a job's duration its planned end keeps before the deadline by

@@ -21,11 +21,25 @@ pub struct Spec {
     pub pausable: f64,
     /// Batch demand as a share of the cluster's batch capacity over the horizon.
     pub load: f64,
+    /// Share of the pools (the last ones) whose nodes have 8 GPUs each.
+    pub gpu_pools: f64,
+    /// Share of the jobs that ask for 1, 2 or 4 GPUs.
+    pub gpu_jobs: f64,
 }
 
 impl Default for Spec {
     fn default() -> Self {
-        Spec { nodes: 50, jobs: 200, slots: 24, slot_s: 3600, seed: 1, pausable: 0.3, load: 0.5 }
+        Spec {
+            nodes: 50,
+            jobs: 200,
+            slots: 24,
+            slot_s: 3600,
+            seed: 1,
+            pausable: 0.3,
+            load: 0.5,
+            gpu_pools: 0.0,
+            gpu_jobs: 0.0,
+        }
     }
 }
 
@@ -61,6 +75,9 @@ pub fn generate(spec: &Spec) -> Problem {
             embodied_g_per_hour: 0.0,
             wake_wh: 0.0,
             zone: None,
+            // The last share of the pools are GPU pools (no draw: the same seed
+            // gives the same instance with or without them).
+            gpus: if (pools_n - i) as f64 <= spec.gpu_pools * pools_n as f64 { 8 } else { 0 },
         };
         let mut input = PoolInput::new(pool);
         if always_on {
@@ -120,6 +137,11 @@ pub fn generate(spec: &Spec) -> Problem {
             pausable: rng.random_bool(spec.pausable),
             pool: None,
             priority: 0,
+            gpus: if spec.gpu_jobs > 0.0 && rng.random_bool(spec.gpu_jobs) {
+                [1, 2, 4][rng.random_range(0..3)]
+            } else {
+                0
+            },
         });
     }
     Problem {

@@ -21,11 +21,14 @@ pub struct Violations {
     pub duration: usize,
     /// Jobs placed on a pool they may not use, or on a node that does not exist.
     pub pool: usize,
+    /// (node, slot) cells where running work and planned jobs hold more GPUs
+    /// than the node has.
+    pub gpus: usize,
 }
 
 impl Violations {
     pub fn total(&self) -> usize {
-        self.capacity + self.release + self.deadline + self.pieces + self.duration + self.pool
+        self.capacity + self.release + self.deadline + self.pieces + self.duration + self.pool + self.gpus
     }
 }
 
@@ -62,6 +65,7 @@ pub fn verify(p: &Problem, placements: &[Placement], len: usize) -> Violations {
             v.duration += 1;
         }
     }
+    v.gpus = gpu_overuse(p, &base, len, placements);
     let (cpu, mem) = batch_use(p, &base, len, placements);
     for (pool, pi) in p.pools.iter().enumerate() {
         let cpu_cap = pi.pool.cores * (1.0 - p.options.cpu_margin);
@@ -82,4 +86,30 @@ pub fn verify(p: &Problem, placements: &[Placement], len: usize) -> Violations {
         }
     }
     v
+}
+
+/// Cells where GPUs held (running work, from the raw input) plus GPUs planned
+/// exceed the node's.
+fn gpu_overuse(p: &Problem, base: &[usize], len: usize, placements: &[Placement]) -> usize {
+    let total = base.last().map_or(0, |b| b + p.pools.last().map_or(0, |x| x.pool.nodes as usize));
+    let mut held = vec![0u32; total * len];
+    for (j, pl) in p.jobs.iter().zip(placements) {
+        if let (Placement::Run { pool, node, slots, .. }, true) = (pl, j.gpus > 0) {
+            for &t in slots {
+                held[(base[*pool] + *node as usize) * len + t as usize] += j.gpus;
+            }
+        }
+    }
+    let mut over = 0;
+    for (pool, pi) in p.pools.iter().enumerate() {
+        for n in 0..pi.pool.nodes as usize {
+            for t in 0..len {
+                let planned = held[(base[pool] + n) * len + t];
+                if planned > 0 && planned + pi.gpus_used_at(p.slots, n, t.min(p.slots - 1)) > pi.pool.gpus {
+                    over += 1;
+                }
+            }
+        }
+    }
+    over
 }

@@ -32,7 +32,7 @@ proptest! {
         pausable in 0.0f64..1.0,
         load in 0.1f64..2.5,
     ) {
-        let mut p = generate(&Spec { nodes, jobs, slots, slot_s: 900, seed, pausable, load });
+        let mut p = generate(&Spec { nodes, jobs, slots, slot_s: 900, seed, pausable, load, ..Spec::default() });
         prop_assert!(p.clone().validate().is_ok());
         for s in STRATEGIES {
             p.options.strategy = s;
@@ -44,6 +44,34 @@ proptest! {
             for (j, pl) in p.jobs.iter().zip(&plan.placements) {
                 if let Placement::Run { slots, late, .. } = pl {
                     prop_assert!(*late == j.deadline.is_some_and(|d| *slots.last().unwrap() as usize >= d));
+                }
+            }
+        }
+    }
+
+    /// With GPU pools and jobs that ask for GPUs, the same rules hold, no node
+    /// holds more GPUs than it has in any slot, and a GPU job runs only in a
+    /// pool with GPUs.
+    #[test]
+    fn plans_with_gpus_keep_every_rule(
+        seed in 0u64..10_000,
+        nodes in 5u32..40,
+        jobs in 0usize..80,
+        slots in 4usize..30,
+        gpu_pools in 0.1f64..0.6,
+        gpu_jobs in 0.0f64..0.5,
+        load in 0.1f64..2.0,
+    ) {
+        let spec = Spec { nodes, jobs, slots, slot_s: 900, seed, load, gpu_pools, gpu_jobs, ..Spec::default() };
+        let mut p = generate(&spec);
+        for s in STRATEGIES {
+            p.options.strategy = s;
+            let plan = plan_of(&p);
+            let v = verify(&p, &plan.placements, plan.energy.slots);
+            prop_assert_eq!(v.total(), 0, "{:?}: {:?}", s, v);
+            for (j, pl) in p.jobs.iter().zip(&plan.placements) {
+                if let (Placement::Run { pool, .. }, true) = (pl, j.gpus > 0) {
+                    prop_assert!(p.pools[*pool].pool.gpus >= j.gpus);
                 }
             }
         }
@@ -88,6 +116,7 @@ fn carbon_within_two_percent_of_the_exact_optimum_and_below_earliest_fit() {
 
 fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolInput {
     PoolInput::new(Pool {
+        gpus: 0,
         name: name.into(),
         nodes,
         cores,
@@ -103,6 +132,7 @@ fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolIn
 
 fn job(id: &str, cores: f64, release: usize, duration: usize, deadline: Option<usize>) -> PlanJob {
     PlanJob {
+        gpus: 0,
         id: id.into(),
         cores,
         mem_gib: 1.0,
@@ -208,6 +238,32 @@ fn carbon_aware_timing_moves_work_to_the_clean_slot() {
 /// Carbon is lowest in slot 1, the price in slot 3 (and negative there):
 /// each objective takes its own slot, and a carbon price moves `both` from
 /// the cheap slot to the clean one once a tonne costs more than the price gap.
+/// One node with 2 GPUs (and CPU for all): three 1-GPU jobs that could all
+/// start now run two at a time, and a running job that holds a GPU leaves one.
+#[test]
+fn a_node_runs_no_more_gpu_jobs_at_once_than_it_has_gpus() {
+    let mut a = pool("gpu", 1, 64.0, 512.0, true);
+    a.pool.gpus = 2;
+    let gpu_job = |id: &str| PlanJob { gpus: 1, ..job(id, 1.0, 0, 2, Some(8)) };
+    let mut p = problem(vec![a], vec![gpu_job("a"), gpu_job("b"), gpu_job("c")], vec![300.0; 8]);
+    p.options.delay_cost = 0.5;
+    let starts = |p: &Problem| {
+        let plan = plan_of(p);
+        assert_eq!(verify(p, &plan.placements, plan.energy.slots).total(), 0);
+        let mut s: Vec<usize> = plan.placements.iter().map(|x| x.start().unwrap()).collect();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(starts(&p), [0, 0, 2], "two at once, the third after them");
+    // A running job holds one GPU for the first 4 slots: one at a time then.
+    p.pools[0].gpus_used = vec![1, 1, 1, 1, 0, 0, 0, 0];
+    assert_eq!(starts(&p), [0, 2, 4]);
+    // More GPUs than any node has: a reason, never a placement.
+    p.jobs.push(PlanJob { gpus: 4, ..job("big", 1.0, 0, 1, None) });
+    let plan = plan_of(&p);
+    assert_eq!(plan.placements[3], Placement::Wait { reason: WaitReason::LargerThanAnyNode });
+}
+
 #[test]
 fn the_objective_chooses_between_the_clean_slot_and_the_cheap_one() {
     let mut p = problem(
@@ -374,6 +430,7 @@ fn validation_names_the_field_and_value() {
 fn equal_costs_start_at_release() {
     for slots in [12usize, 96, 288] {
         let pool = Pool {
+            gpus: 0,
             name: "d".into(),
             nodes: 1,
             cores: 2.0,
@@ -395,12 +452,14 @@ fn equal_costs_start_at_release() {
                 online_mem: vec![1.0; slots],
                 carbon: vec![],
                 price: vec![],
+                gpus_used: vec![],
                 powered: vec![],
             }],
             carbon: vec![400.0; slots],
             price: vec![],
             jobs: (0..3)
                 .map(|i| PlanJob {
+                    gpus: 0,
                     id: format!("j{i}"),
                     cores: 0.5,
                     mem_gib: 0.06,

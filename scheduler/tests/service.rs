@@ -1439,3 +1439,66 @@ async fn every_rpc_by_every_kind_of_caller() {
         assert_eq!(row, &want.to_vec(), "{rpc} by (owner, other, admin, agent, none)");
     }
 }
+
+/// Issue 31, the plan: a node with 2 GPUs is sent two 1-GPU jobs at once and
+/// not a third, though its CPU and memory have room for it; when one ends, the
+/// third is sent.
+#[tokio::test]
+async fn a_node_is_sent_no_more_gpu_jobs_than_it_has_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut first = register("g1", "g1", vec![], 0);
+    if let Some(pb::agent_message::Body::Register(r)) = &mut first.body {
+        r.gpus = 2;
+    }
+    let mut agent = connect_agent(&ch, first).await.unwrap();
+    let mut ids = Vec::new();
+    for k in 0..3 {
+        ids.push(submit_web(&mut jobs, &format!("gpu-{k}"), |s| s.gpus = 1).await);
+    }
+    let run = |b: pb::scheduler_message::Body| match b {
+        pb::scheduler_message::Body::Run(r) => Some(r),
+        _ => None,
+    };
+    let mut sent = Vec::new();
+    let mut seq = 0;
+    while let Some((ack, r)) = agent.next(Duration::from_secs(3), run).await {
+        seq += 1;
+        let status = pb::JobStatus {
+            job_id: r.job_id.clone(),
+            attempt_id: r.attempt_id.clone(),
+            phase: pb::JobPhase::Started as i32,
+            ..Default::default()
+        };
+        agent
+            .tx
+            .send(pb::AgentMessage { seq, ack, body: Some(pb::agent_message::Body::JobStatus(status)) })
+            .await
+            .unwrap();
+        sent.push(r);
+    }
+    assert_eq!(
+        sent.len(),
+        2,
+        "two GPUs, two GPU jobs at once: {:?}",
+        sent.iter().map(|r| &r.job_id).collect::<Vec<_>>()
+    );
+    // One ends: the third is sent.
+    seq += 1;
+    let done = pb::JobStatus {
+        job_id: sent[0].job_id.clone(),
+        attempt_id: sent[0].attempt_id.clone(),
+        phase: pb::JobPhase::Exited as i32,
+        exit_code: Some(0),
+        ..Default::default()
+    };
+    agent
+        .tx
+        .send(pb::AgentMessage { seq, ack: 0, body: Some(pb::agent_message::Body::JobStatus(done)) })
+        .await
+        .unwrap();
+    let (_, third) = agent.next(Duration::from_secs(10), run).await.expect("the third GPU job once a GPU is free");
+    assert!(ids.contains(&third.job_id) && sent.iter().all(|r| r.job_id != third.job_id), "{third:?}");
+}

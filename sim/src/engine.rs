@@ -716,6 +716,7 @@ fn plan_and_start(
             let pool = inp.node_pool[node];
             let j = &inp.jobs[job];
             let running = RunningJob {
+                gpus: 0,
                 pool,
                 node: node - inp.pool_first[pool],
                 cores: j.cores,
@@ -729,6 +730,7 @@ fn plan_and_start(
         let j = &inp.jobs[i];
         #[allow(clippy::cast_precision_loss, reason = "seconds")]
         builder.queue(QueuedJob {
+            gpus: 0,
             id: j.id.clone(),
             cores: j.cores,
             mem_gib: j.mem_gib,

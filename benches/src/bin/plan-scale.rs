@@ -25,6 +25,12 @@ struct Args {
     /// Batch demand as a share of batch capacity.
     #[arg(long, default_value_t = 0.5)]
     load: f64,
+    /// Share of the pools whose nodes have 8 GPUs (issue 31's bar: 0.25).
+    #[arg(long, default_value_t = 0.0)]
+    gpu_pools: f64,
+    /// Share of the jobs that ask for 1, 2 or 4 GPUs.
+    #[arg(long, default_value_t = 0.0)]
+    gpu_jobs: f64,
     /// Also solve the exact per-node LP on the same instance (slow past ~10^6 columns).
     #[arg(long)]
     exact: bool,
@@ -85,6 +91,8 @@ fn main() -> anyhow::Result<()> {
         slot_s: a.slot_s,
         seed: a.seed,
         load: a.load,
+        gpu_pools: a.gpu_pools,
+        gpu_jobs: a.gpu_jobs,
         ..Spec::default()
     });
     let generate_ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -152,6 +152,8 @@ fn pool_input(
     }
     PoolInput {
         pool: Pool {
+            // The fewest any node has: a plan never gives a node more GPUs than it reports.
+            gpus: nodes.iter().map(|(_, n)| n.register.gpus).min().unwrap_or(0),
             name: name.to_owned(),
             nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
             cores: max_cores,
@@ -167,6 +169,7 @@ fn pool_input(
         online_mem: mem,
         carbon: st.carbon.slots(name, clock.start, clock.slot_s, slots),
         // A pool in a zone with its own bidding-zone price pays that.
+        gpus_used: Vec::new(),
         price: st
             .price
             .as_ref()
@@ -206,6 +209,7 @@ fn running_jobs(inner: &Inner, t: i64, where_is: &HashMap<&str, (usize, usize)>)
             let ends_at = since + dur.ceil() as i64;
             #[allow(clippy::cast_precision_loss, reason = "bytes")]
             Some(RunningJob {
+                gpus: s.map_or(0, |s| s.gpus),
                 pool,
                 node,
                 cores: s.map_or(0.0, |s| s.cpu_cores),
@@ -241,6 +245,7 @@ fn queued_job(
     let pool = if s.pool.is_empty() { None } else { Some(*pool_index.get(&s.pool)?) };
     #[allow(clippy::cast_precision_loss, reason = "bytes")]
     Some(QueuedJob {
+        gpus: s.gpus,
         id: id.to_owned(),
         cores: s.cpu_cores,
         mem_gib: s.memory_bytes as f64 / GIB,
