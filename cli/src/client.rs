@@ -846,18 +846,7 @@ pub(crate) fn ledger(conn: &Conn, args: &LedgerArgs) -> Result<()> {
                     LedgerKey::Day => row.day.clone(),
                 })
                 .collect();
-            let s = sums.entry(key).or_default();
-            s.jobs += row.jobs;
-            s.energy_kwh += row.energy_kwh;
-            s.carbon_g += row.carbon_g;
-            s.counterfactual_carbon_g += row.counterfactual_carbon_g;
-            s.saved_g += row.saved_g;
-            s.embodied_g += row.embodied_g;
-            s.cost += row.cost;
-            s.saved_cost += row.saved_cost;
-            if s.currency.is_empty() {
-                s.currency = row.currency;
-            }
+            sums.entry(key).or_default().add(&row);
         }
         let names: Vec<&str> = by
             .iter()

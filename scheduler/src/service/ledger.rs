@@ -98,17 +98,7 @@ pub fn totals(inner: &super::Inner, since: i64) -> Vec<pb::LedgerRow> {
             day: key.3,
             ..pb::LedgerRow::default()
         });
-        row.jobs += 1;
-        row.energy_kwh += l.energy_kwh;
-        row.carbon_g += l.carbon_g;
-        row.counterfactual_carbon_g += l.counterfactual_carbon_g;
-        row.saved_g += l.saved_g;
-        row.embodied_g += l.embodied_g;
-        row.cost += l.cost;
-        row.saved_cost += l.saved_cost;
-        if row.currency.is_empty() {
-            row.currency.clone_from(&l.currency);
-        }
+        row.add(&pb::LedgerRow::of_job(l));
     }
     rows.into_values().collect()
 }
