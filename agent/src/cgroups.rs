@@ -20,10 +20,13 @@ use std::sync::Mutex;
 pub const PERIOD_US: u64 = 100_000;
 
 /// A job cgroup's limits.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobLimits {
     pub cpu_cores: f64,
     pub memory_bytes: u64,
+    /// Device cgroup (v1) rules written to the job's `devices.deny`, e.g.
+    /// `c 195:1 rwm`: the GPUs that are not the job's.
+    pub deny_devices: Vec<String>,
 }
 
 /// What a job's cgroup measured.
@@ -219,12 +222,31 @@ impl Cgroups for HostCgroups {
             let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
             write(base.join(rel).join(file), limits.memory_bytes.to_string(), "write")?;
         }
+        if !limits.deny_devices.is_empty() {
+            match &self.layout.v1_devices {
+                Some(base) => {
+                    let dir = base.join(rel);
+                    mkdir(&dir)?;
+                    for rule in &limits.deny_devices {
+                        write(dir.join("devices.deny"), rule.clone(), "write")?;
+                    }
+                }
+                None => tracing::warn!(
+                    cgroup = %rel.display(),
+                    "no cgroup v1 devices controller: other GPUs are hidden from the job by CUDA_VISIBLE_DEVICES only"
+                ),
+            }
+        }
         Ok(())
     }
 
     fn add_process(&self, rel: &Path, pid: u32) -> Result<(), CgroupError> {
         for base in self.bases() {
             write(base.join(rel).join("cgroup.procs"), pid.to_string(), "add a process to")?;
+        }
+        // The devices hierarchy holds only jobs that have device rules.
+        if let Some(dir) = self.layout.v1_devices.as_ref().map(|d| d.join(rel)).filter(|d| d.is_dir()) {
+            write(dir.join("cgroup.procs"), pid.to_string(), "add a process to")?;
         }
         Ok(())
     }
@@ -268,7 +290,8 @@ impl Cgroups for HostCgroups {
 
     fn remove(&self, rel: &Path) -> Result<(), CgroupError> {
         let mut first = None;
-        for base in self.bases() {
+        let devices = self.layout.v1_devices.as_deref().filter(|d| d.join(rel).is_dir());
+        for base in self.bases().into_iter().chain(devices) {
             let dir = base.join(rel);
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
@@ -417,7 +440,7 @@ impl Cgroups for FakeCgroups {
         self.check(rel, "cpu.max", quota_us(limits.cpu_cores).to_string())?;
         let mut g = self.groups();
         let group = g.entry(rel.to_owned()).or_default();
-        group.limits = Some(*limits);
+        group.limits = Some(limits.clone());
         group.cpu_quota = Some(limits.cpu_cores);
         Ok(())
     }

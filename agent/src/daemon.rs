@@ -14,6 +14,7 @@
 
 use crate::cgroups::{Cgroups, HostCgroups};
 use crate::containerd::{ImageRef, Pull};
+use crate::gpu::NodeGpus;
 use crate::guard::{Guard, GuardConfig, GuardJob};
 use crate::runner::{self, Runner};
 use crate::telemetry::{self, LinearPowerModel, Roots, Sampler};
@@ -63,6 +64,10 @@ pub struct Config {
     pub power_down: String,
     /// Image jobs through this containerd; `None`: image jobs fail to start.
     pub containerd: Option<ContainerdConfig>,
+    /// When online processes on a GPU batch holds need it.
+    pub gpu: crate::gpu::GpuPolicy,
+    /// Per-model power curves for `gpu_power_auto` jobs.
+    pub gpu_curves: crate::gpu::Curves,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +155,9 @@ struct LocalJob {
     /// container in containerd carries the attempt id.
     #[serde(default)]
     image: bool,
+    /// The GPUs it holds (indices).
+    #[serde(default)]
+    gpus: Vec<u32>,
 }
 
 impl LocalJob {
@@ -263,6 +271,18 @@ impl Core {
     }
 }
 
+/// Time to the deadline over the expected run time (how much slower a job may
+/// run and still end in time); `None` without a deadline or a duration.
+fn slack(spec: &pb::JobSpec) -> Option<f64> {
+    let d = spec.expected_duration.as_ref()?;
+    #[allow(clippy::cast_precision_loss, reason = "seconds")]
+    let run = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+    let deadline = spec.deadline.as_ref()?;
+    #[allow(clippy::cast_precision_loss, reason = "seconds")]
+    let left = (deadline.seconds - now_ts().seconds) as f64;
+    (run > 0.0).then(|| (left / run).max(1.0))
+}
+
 fn now_ts() -> prost_types::Timestamp {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(0), nanos: 0 }
@@ -271,7 +291,7 @@ fn now_ts() -> prost_types::Timestamp {
 /// The agent: owns the runner, the state file and the session.
 #[derive(Debug, Clone)]
 pub struct Agent {
-    gpus: usize,
+    gpus: Arc<NodeGpus>,
     power_sources: Vec<i32>,
     cfg: Arc<Config>,
     core: Arc<Mutex<Core>>,
@@ -360,14 +380,22 @@ impl Agent {
             Err(e) => tracing::warn!(error = %e, "cannot give batch the kernel's lowest CPU priority"),
         }
         // What this node can measure, probed once for Register.
-        let gpus = telemetry::Gpus::open().read().map_or(0, |g| g.len());
+        let gpus = NodeGpus::open(
+            telemetry::Gpus::open(),
+            cfg.gpu.clone(),
+            cfg.gpu_curves.clone(),
+            &cfg.state_dir,
+            &cfg.roots.proc,
+            &cfg.batch_root,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let rapl = !telemetry::Rapl::discover(&cfg.roots.powercap).zones().is_empty();
         let mut power_sources = vec![if rapl { pb::PowerSource::Rapl } else { pb::PowerSource::Model } as i32];
-        if gpus > 0 {
+        if !gpus.inventory.is_empty() {
             power_sources.push(pb::PowerSource::Nvml as i32);
         }
         let agent = Agent {
-            gpus,
+            gpus: Arc::new(gpus),
             power_sources,
             cfg: Arc::new(cfg),
             core: Arc::new(Mutex::new(core)),
@@ -439,6 +467,7 @@ impl Agent {
         let me = self.clone();
         std::thread::spawn(move || {
             let exit = me.runner.wait(running);
+            me.gpus.job_ended(&attempt);
             let mut core = me.core();
             core.p.jobs.remove(&attempt);
             let (phase, message) = match core.stopping.remove(&attempt) {
@@ -571,7 +600,21 @@ impl Agent {
             zone: self.cfg.zone.clone(),
             cpu_cores: cores.max(1) as f64,
             memory_bytes: mem,
-            gpus: u32::try_from(self.gpus).unwrap_or(0),
+            gpus: u32::try_from(self.gpus.inventory.len()).unwrap_or(0),
+            gpu_devices: self
+                .gpus
+                .inventory
+                .iter()
+                .map(|d| pb::GpuInfo {
+                    index: d.index,
+                    uuid: d.uuid.clone(),
+                    model: d.model.clone(),
+                    memory_bytes: d.memory_total_bytes,
+                    power_limit_min_w: d.power_limit_min_w,
+                    power_limit_max_w: d.power_limit_max_w,
+                    power_limit_w: d.power_limit_w,
+                })
+                .collect(),
             power_sources: self.power_sources.clone(),
             cgroup_version: match layout.version {
                 telemetry::CgroupVersion::V1 => pb::CgroupVersion::V1,
@@ -765,11 +808,22 @@ impl Agent {
             self.core().emit(fail("RunJob without a spec".into()));
             return;
         };
+        let grant = match self.grant_gpus(&run.attempt_id, &spec) {
+            Ok(g) => g,
+            Err(e) => {
+                let mut status = fail(e.message);
+                status.retryable = e.retryable;
+                self.core().emit(status);
+                return;
+            }
+        };
+        let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(grant.env.iter().cloned());
         let rs = runner::JobSpec {
             id: run.attempt_id.clone(),
             argv: spec.command.clone(),
             shell: spec.shell,
-            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env,
             cwd: (!spec.working_dir.is_empty()).then(|| PathBuf::from(&spec.working_dir)),
             cpu_cores: spec.cpu_cores,
             memory_bytes: spec.memory_bytes,
@@ -786,18 +840,21 @@ impl Agent {
                 },
                 credential: (!i.credential.is_empty()).then(|| i.credential.clone()),
             }),
+            deny_devices: grant.deny.clone(),
         };
         let runner = self.runner.clone();
         let started = tokio::task::spawn_blocking(move || runner.start(&rs)).await;
         let running = match started {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
+                self.gpus.job_ended(&run.attempt_id);
                 let mut status = fail(e.to_string());
                 status.retryable = e.transient();
                 self.core().emit(status);
                 return;
             }
             Err(e) => {
+                self.gpus.job_ended(&run.attempt_id);
                 self.core().emit(fail(format!("start task: {e}")));
                 return;
             }
@@ -813,6 +870,7 @@ impl Agent {
                     priority: spec.priority,
                     cpu_cores: spec.cpu_cores,
                     image: running.is_image(),
+                    gpus: grant.indices.clone(),
                 },
             );
             let message = match (&spec.image, running.pulled) {
@@ -821,6 +879,11 @@ impl Agent {
                 }
                 (Some(i), None) => format!("pid {} in image {} (present)", running.pid, i.reference),
                 (None, _) => format!("pid {}", running.pid),
+            };
+            let message = match (grant.indices.is_empty(), grant.limit_w) {
+                (true, _) => message,
+                (false, None) => format!("{message} on GPU {:?}", grant.indices),
+                (false, Some(w)) => format!("{message} on GPU {:?} at {w} W", grant.indices),
             };
             core.emit(pb::JobStatus {
                 job_id: run.job_id.clone(),
@@ -857,6 +920,30 @@ impl Agent {
         let Some(job) = self.core().p.jobs.get(attempt).cloned() else { return };
         self.core().stopping.insert(attempt.to_owned(), format!("evicted: {why}"));
         self.runner.kill_job(&job.cgroup, job.shim());
+    }
+
+    /// The job's GPUs (none of another running job's) and their power limit.
+    fn grant_gpus(&self, attempt: &str, spec: &pb::JobSpec) -> Result<crate::gpu::Grant, crate::gpu::GrantError> {
+        let ask =
+            crate::gpu::GpuAsk { count: spec.gpus, model: spec.gpu_model.clone(), memory_bytes: spec.gpu_memory_bytes };
+        let power = match (spec.gpu_power_limit_w, spec.gpu_power_auto) {
+            (Some(w), _) => crate::gpu::PowerAsk::Limit(w),
+            (None, true) => crate::gpu::PowerAsk::Auto { slack: slack(spec) },
+            (None, false) => crate::gpu::PowerAsk::Default,
+        };
+        let taken: std::collections::BTreeSet<u32> =
+            self.core().p.jobs.values().flat_map(|j| j.gpus.iter().copied()).collect();
+        self.gpus.grant(attempt, &ask, power, &taken)
+    }
+
+    fn gpu_jobs(&self) -> Vec<crate::gpu::GpuJob> {
+        let core = self.core();
+        core.p
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.gpus.is_empty())
+            .map(|(a, j)| crate::gpu::GpuJob { attempt: a.clone(), gpus: j.gpus.clone() })
+            .collect()
     }
 
     fn guard_jobs(&self) -> Vec<GuardJob> {
@@ -931,7 +1018,7 @@ impl Agent {
 
     fn telemetry_loop(&self) {
         let stop = self.shutdown_token();
-        let mut sampler = Sampler::new(self.cfg.roots.clone(), self.cfg.model);
+        let mut sampler = Sampler::with_gpus(self.cfg.roots.clone(), self.cfg.model, self.gpus.gpus.clone());
         sampler.watch(&self.cfg.batch_root);
         sampler.sample();
         let mut online = telemetry::OnlineRoots::new(&self.cfg.roots.cgroup, self.cfg.guard.online_cgroups.clone());
@@ -950,6 +1037,13 @@ impl Agent {
             let evict = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).step(&s, &jobs);
             for (attempt, why) in evict {
                 self.evict(&attempt, &why);
+            }
+            for (attempt, why) in self.gpus.step(&s.gpu_devices, &self.gpu_jobs()) {
+                self.evict(&attempt, &why);
+            }
+            let g = self.gpus.counts();
+            for (action, n) in [("cap", g.caps), ("restore", g.restores), ("evict", g.evictions)] {
+                metrics::counter!("greenfill_gpu_guard_actions_total", "action" => action).absolute(n);
             }
             let limit = self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).limit();
             let msg = to_proto(&s, limit, online.read());
@@ -973,6 +1067,11 @@ pub const METRICS: &[greenfill_runtime::metrics::Described] = {
         D { name: "greenfill_agent_rss_bytes", kind: G, help: "The agent's resident memory." },
         D { name: "greenfill_guard_batch_cpu_limit_cores", kind: G, help: "The guard's CPU cap on batch, cores." },
         D { name: "greenfill_guard_actions_total", kind: C, help: "Guard actions by action (psi_cut, …)." },
+        D {
+            name: "greenfill_gpu_guard_actions_total",
+            kind: C,
+            help: "GPU guard actions by action (cap, restore, evict).",
+        },
         D {
             name: "greenfill_guard_write_errors_total",
             kind: C,

@@ -11,6 +11,7 @@
 pub mod cgroups;
 pub mod containerd;
 pub mod daemon;
+pub mod gpu;
 pub mod guard;
 mod oci;
 mod pull;

@@ -48,6 +48,17 @@ enum Command {
         #[arg(long)]
         watch: Option<PathBuf>,
     },
+    /// List this node's GPUs through NVML: index, UUID, model, memory, load,
+    /// power and its limit range, and the processes on each. With
+    /// `--check-cap`, set each GPU's power limit to its minimum, read it back and
+    /// restore it (needs root; what `benches/gpu-check.sh` runs). Exits 0 with
+    /// "no GPU" where there is none.
+    Gpus {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        check_cap: bool,
+    },
 }
 
 /// Where the machine's files are (host mounts in a DaemonSet, fixtures in tests)
@@ -168,6 +179,24 @@ struct RunArgs {
     /// (repeatable; for a registry on loopback or a trusted network).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// GPU guard: online processes' SM share (%) on a GPU that batch holds at or
+    /// above which batch there is capped to the card's minimum power limit.
+    #[arg(long, default_value_t = 10)]
+    gpu_online_sm_pct: u32,
+    /// GPU guard: online processes' share of a GPU's memory that caps batch there.
+    #[arg(long, default_value_t = 0.05)]
+    gpu_online_memory: f64,
+    /// GPU guard: ticks still pressed at the minimum limit before batch on that
+    /// GPU is evicted (and requeued by the scheduler).
+    #[arg(long, default_value_t = 3)]
+    gpu_stop_after: u32,
+    /// GPU guard: calm ticks before the power limit goes back.
+    #[arg(long, default_value_t = 2)]
+    gpu_restore_after: u32,
+    /// Per-model GPU power curves (TOML) for jobs with `--gpu-power auto`:
+    /// `[[model]] model = "A100"` and `points = [{ limit_w = 200, throughput = 0.9 }, …]`.
+    #[arg(long, env = "GREENFILL_GPU_CURVES")]
+    gpu_curves: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -216,6 +245,20 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
     if !a.online_cgroups.is_empty() {
         guard.online_cgroups = a.online_cgroups;
     }
+    if !(a.gpu_online_memory > 0.0 && a.gpu_online_memory <= 1.0) {
+        anyhow::bail!("--gpu-online-memory {}: need 0 < share <= 1", a.gpu_online_memory);
+    }
+    let gpu = greenfill_agent::gpu::GpuPolicy {
+        online_sm_pct: a.gpu_online_sm_pct,
+        online_memory_share: a.gpu_online_memory,
+        stop_after: a.gpu_stop_after,
+        restore_after: a.gpu_restore_after.max(1),
+        enforce: true,
+    };
+    let gpu_curves = match &a.gpu_curves {
+        Some(p) => greenfill_agent::gpu::Curves::load(p).map_err(|e| anyhow::anyhow!(e))?,
+        None => greenfill_agent::gpu::Curves::default(),
+    };
     let cfg = daemon::Config {
         server: a.server,
         ca_cert: a.ca_cert,
@@ -239,6 +282,8 @@ fn configure(a: RunArgs) -> Result<(daemon::Config, Option<std::net::SocketAddr>
             credentials: a.registry_credentials,
             insecure_registries: a.insecure_registries,
         }),
+        gpu,
+        gpu_curves,
     };
     Ok((cfg, a.metrics_listen))
 }
@@ -267,6 +312,12 @@ fn main() {
         }
         Command::Shim => std::process::exit(greenfill_agent::runner::shim_main()),
         Command::GreenfillLog { arg } => std::process::exit(greenfill_agent::containerd::log_main(&arg)),
+        Command::Gpus { json, check_cap } => {
+            if let Err(e) = gpus(json, check_cap) {
+                eprintln!("greenfill-agent: {e:#}");
+                std::process::exit(1);
+            }
+        }
         Command::Sample { once, interval, json, machine, watch } => {
             // No logging is set up for `sample`: its error goes to stderr as is.
             if let Err(e) = sample(once, interval, json, &machine, watch) {
@@ -275,6 +326,73 @@ fn main() {
             }
         }
     }
+}
+
+/// One GPU's power-limit round trip: set to the minimum, read back, restored.
+#[derive(Debug, serde::Serialize)]
+struct CapCheck {
+    index: u32,
+    original_w: f64,
+    set_w: f64,
+    read_back_w: f64,
+    restored_w: f64,
+}
+
+fn gpus(json: bool, check_cap: bool) -> Result<()> {
+    use greenfill_agent::telemetry::Gpus;
+    let g = Gpus::open();
+    let Some(devices) = g.devices() else {
+        println!("no GPU: {}", g.absent_reason);
+        return Ok(());
+    };
+    let mut checks = Vec::new();
+    if check_cap {
+        let src = g.source().ok_or_else(|| anyhow::anyhow!("no GPU source"))?;
+        let read = |i: u32| -> Result<f64> {
+            let d = g.devices().unwrap_or_default();
+            d.iter().find(|d| d.index == i).map(|d| d.power_limit_w).ok_or_else(|| anyhow::anyhow!("GPU {i} vanished"))
+        };
+        for d in &devices {
+            src.set_power_limit(d.index, d.power_limit_min_w)?;
+            let read_back_w = read(d.index)?;
+            src.set_power_limit(d.index, d.power_limit_w)?;
+            checks.push(CapCheck {
+                index: d.index,
+                original_w: d.power_limit_w,
+                set_w: d.power_limit_min_w,
+                read_back_w,
+                restored_w: read(d.index)?,
+            });
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "gpus": devices, "cap_checks": checks }));
+        return Ok(());
+    }
+    for d in &devices {
+        println!(
+            "GPU {} {} {}: {:.0}/{:.0} MiB, {} % busy, {:.1} W (limit {:.0} W in {:.0}-{:.0}), energy {}, {} process(es)",
+            d.index,
+            d.uuid,
+            d.model,
+            d.memory_used_bytes as f64 / 1048576.0,
+            d.memory_total_bytes as f64 / 1048576.0,
+            d.utilisation_pct,
+            d.power_w,
+            d.power_limit_w,
+            d.power_limit_min_w,
+            d.power_limit_max_w,
+            d.energy_j.map_or_else(|| "n/a".into(), |j| format!("{j:.0} J")),
+            d.processes.len()
+        );
+    }
+    for c in &checks {
+        println!(
+            "GPU {} cap: {:.0} W -> set {:.0} W, read back {:.0} W, restored {:.0} W",
+            c.index, c.original_w, c.set_w, c.read_back_w, c.restored_w
+        );
+    }
+    Ok(())
 }
 
 fn sample(once: bool, interval: Duration, json: bool, machine: &MachineArgs, watch: Option<PathBuf>) -> Result<()> {

@@ -40,6 +40,9 @@ pub struct JobSpec {
     /// Run in this image through containerd; `None`: a process on the host.
     #[serde(default)]
     pub image: Option<ImageRef>,
+    /// Device cgroup rules denied to the job (the node's GPUs that are not its).
+    #[serde(default)]
+    pub deny_devices: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -410,7 +413,7 @@ impl Runner {
         // root's quota, and the guard gives it its own back when the cap rises.
         let root_quota = self.cgroups.quota_bounded_by_children().then(|| self.cgroups.cpu_quota(&self.root)).flatten();
         let cpu_cores = root_quota.map_or(spec.cpu_cores, |q| spec.cpu_cores.min(q));
-        let limits = JobLimits { cpu_cores, memory_bytes: spec.memory_bytes };
+        let limits = JobLimits { cpu_cores, memory_bytes: spec.memory_bytes, deny_devices: spec.deny_devices.clone() };
         if let Err(error) = self.cgroups.create_job(rel, &limits) {
             let _ = self.cgroups.remove(rel);
             return Err(RunError::CgroupIo { id: spec.id.clone(), error });

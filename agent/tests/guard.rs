@@ -28,11 +28,13 @@ fn sample(cpus: usize, node: f64, batch: f64, mem_used_gib: u64, psi: f64) -> Sa
             v1_cpu: None,
             v1_cpuacct: None,
             v1_memory: None,
+            v1_devices: None,
         },
         power: vec![],
         workloads: WorkloadSample { cpu_cores: Some(batch), ..WorkloadSample::default() },
         gpus: None,
         gpus_absent: None,
+        gpu_devices: Vec::new(),
     }
 }
 
@@ -328,6 +330,7 @@ fn the_real_guard_cuts_below_a_running_jobs_limit() {
         log_dir: logs.path().to_owned(),
         log_cap_bytes: 1000,
         image: None,
+        deny_devices: Vec::new(),
     };
     let a = runner.start(&spin("a")).unwrap();
     let b = runner.start(&spin("b")).unwrap();

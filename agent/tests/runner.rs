@@ -31,6 +31,7 @@ fn spec(id: &str, argv: &[&str], shell: bool, cores: f64, mem: u64, logs: &Path)
         log_dir: logs.to_owned(),
         log_cap_bytes: 1000,
         image: None,
+        deny_devices: Vec::new(),
     }
 }
 
@@ -59,7 +60,7 @@ fn on_fake_cgroups_a_job_gets_its_limits_its_process_and_is_cleaned_up() {
     (s.uid, s.gid) = (Some(uid), Some(gid));
     let job = r.start(&s).unwrap();
     let group = fake.group(Path::new("greenfill/batch/j1")).expect("the job's cgroup");
-    assert_eq!(group.limits, Some(JobLimits { cpu_cores: 0.5, memory_bytes: 64 << 20 }));
+    assert_eq!(group.limits, Some(JobLimits { cpu_cores: 0.5, memory_bytes: 64 << 20, deny_devices: Vec::new() }));
     assert_eq!(group.processes, [job.pid], "the job's process was put in its cgroup");
     let exit = r.wait(job);
     assert_eq!(exit.code, Some(3));
@@ -231,4 +232,45 @@ fn job_cgroups_the_state_does_not_know_are_stopped_and_removed() {
     assert!(orphan_left.is_empty(), "{orphan_left:?}");
     assert!(!known_left.is_empty(), "the known job kept running");
     assert_eq!(exit.signal, Some(9));
+}
+
+/// A GPU job's device cgroup (v1) denies it the other GPUs' device nodes: with
+/// `/dev/nvidia0`-like nodes (char 195:N, no driver here), opening its own GPU
+/// reaches the (absent) driver, ENXIO; opening another's is refused, EPERM.
+#[test]
+fn a_gpu_job_may_open_only_its_own_gpus_device_node() {
+    if !root_or_skip() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let devs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(devs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for minor in [0u64, 1] {
+        let node = devs.path().join(format!("nvidia{minor}"));
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(195, minor),
+        )
+        .unwrap();
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let host = HostCgroups::new(Path::new("/sys/fs/cgroup"), Path::new("/proc"));
+    if host.layout().v1_devices.is_none() {
+        println!("SKIP: no cgroup v1 devices controller here");
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let r = runner("devices");
+    let d = devs.path().display();
+    let mut s = spec("gpu0", &[&format!("cat {d}/nvidia0; cat {d}/nvidia1; true")], true, 0.5, 64 << 20, logs.path());
+    s.deny_devices = vec!["c 195:1 rwm".into()];
+    assert_eq!(r.wait(r.start(&s).unwrap()).code, Some(0));
+    let err = std::fs::read_to_string(logs.path().join("gpu0.err")).unwrap();
+    assert!(err.contains("nvidia0: No such device or address"), "its own GPU reaches the driver: {err}");
+    assert!(err.contains("nvidia1: Operation not permitted"), "another GPU is denied: {err}");
+    r.remove_root();
+    let left = Path::new("/sys/fs/cgroup/devices/greenfill-test").join(format!("devices-{}", std::process::id()));
+    assert!(!left.exists(), "{} is left behind", left.display());
 }

@@ -165,6 +165,9 @@ struct SpecFile {
     cpu_cores: Option<f64>,
     memory: Option<String>,
     gpus: Option<u32>,
+    gpu_model: Option<String>,
+    gpu_memory: Option<String>,
+    gpu_power: Option<String>,
     duration: Option<String>,
     deadline: Option<String>,
     not_before: Option<String>,
@@ -197,6 +200,22 @@ pub(crate) struct SubmitArgs {
     /// (2G = 2Gi = 2GiB = 2 × 2^30 bytes, as Slurm and Docker read them).
     #[arg(long)]
     memory: Option<String>,
+    /// Whole GPUs on one node [default 0]. The job sees only its own (by UUID in
+    /// CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES) and never one an online
+    /// process uses.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Only GPUs whose model contains this, e.g. A100 (refused if no node has one).
+    #[arg(long)]
+    gpu_model: Option<String>,
+    /// Only GPUs with at least this much memory each, e.g. 40Gi.
+    #[arg(long)]
+    gpu_memory: Option<String>,
+    /// The job's GPUs' power limit: watts (within the cards' range), or `auto`:
+    /// the limit that uses the least energy and still meets the deadline, from
+    /// the agents' per-model curves (`greenfill-agent run --gpu-curves`).
+    #[arg(long)]
+    gpu_power: Option<String>,
     /// Expected run time: seconds, or a number with ms/s/m/h/d/w, e.g. 90s, 10m,
     /// 1.5h [default 10m].
     #[arg(long)]
@@ -239,6 +258,26 @@ pub(crate) struct SubmitArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// `--gpu-power`: watts, or `auto`.
+#[derive(Debug, Clone, Copy)]
+struct GpuPower {
+    watts: Option<f64>,
+    auto: bool,
+}
+
+fn parse_gpu_power(s: &str) -> Result<GpuPower> {
+    if s == "auto" {
+        return Ok(GpuPower { watts: None, auto: true });
+    }
+    let w: f64 = s
+        .trim_end_matches('W')
+        .parse()
+        .ok()
+        .filter(|w: &f64| w.is_finite() && *w > 0.0)
+        .ok_or_else(|| anyhow!("--gpu-power {s:?}: watts (e.g. 250) or `auto`"))?;
+    Ok(GpuPower { watts: Some(w), auto: false })
 }
 
 fn parse_bytes(s: &str) -> Result<u64> {
@@ -300,6 +339,7 @@ fn spec_from(args: &SubmitArgs) -> Result<pb::JobSpec> {
     let deadline = args.deadline.as_deref().or(f.deadline.as_deref()).map(|s| parse_time("deadline", s)).transpose()?;
     let not_before =
         args.not_before.as_deref().or(f.not_before.as_deref()).map(|s| parse_time("not_before", s)).transpose()?;
+    let gpu_power = args.gpu_power.as_deref().or(f.gpu_power.as_deref()).map(parse_gpu_power).transpose()?;
     Ok(pb::JobSpec {
         name: args.name.clone().or(f.name).unwrap_or_else(|| match (&image, f.command.first()) {
             (_, Some(c)) => c.clone(),
@@ -312,7 +352,17 @@ fn spec_from(args: &SubmitArgs) -> Result<pb::JobSpec> {
         working_dir: f.working_dir.unwrap_or_default(),
         cpu_cores: args.cpu.or(f.cpu_cores).unwrap_or(1.0),
         memory_bytes: memory,
-        gpus: f.gpus.unwrap_or(0),
+        gpus: args.gpus.or(f.gpus).unwrap_or(0),
+        gpu_model: args.gpu_model.clone().or(f.gpu_model).unwrap_or_default(),
+        gpu_memory_bytes: args
+            .gpu_memory
+            .as_deref()
+            .or(f.gpu_memory.as_deref())
+            .map(parse_bytes)
+            .transpose()?
+            .unwrap_or(0),
+        gpu_power_limit_w: gpu_power.and_then(|p| p.watts),
+        gpu_power_auto: gpu_power.is_some_and(|p| p.auto),
         expected_duration: Some(duration),
         deadline,
         not_before,

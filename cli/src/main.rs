@@ -49,7 +49,7 @@ enum Command {
     /// show the scheduler's current plan.
     Plan(plan::PlanArgs),
     /// Submit a batch job to the scheduler; prints its id.
-    Submit(client::SubmitArgs),
+    Submit(Box<client::SubmitArgs>),
     /// List jobs (table, or --json).
     Jobs(client::JobsArgs),
     /// One job, whole.

@@ -103,6 +103,34 @@ pub struct Pool {
     /// with that many free in every slot it runs.
     #[serde(default)]
     pub gpus: u32,
+    /// The GPUs' model (NVML's name, e.g. "NVIDIA A100-SXM4-40GB"): a job asking
+    /// for a model runs only in a pool whose model contains it. Empty = unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu_model: String,
+    /// Watts per GPU when idle and when busy (default 0: GPUs left out of the
+    /// power model). A powered node draws `gpus × gpu_idle_w` more, and each GPU
+    /// a job holds `gpu_busy_w − gpu_idle_w` more.
+    #[serde(default)]
+    pub gpu_idle_w: f64,
+    #[serde(default)]
+    pub gpu_busy_w: f64,
+}
+
+impl Pool {
+    /// A powered node's idle watts, GPUs included.
+    pub fn node_idle_w(&self) -> f64 {
+        self.power.idle_w() + f64::from(self.gpus) * self.gpu_idle_w
+    }
+
+    /// What one busy GPU draws above its idle, watts.
+    pub fn gpu_dynamic_w(&self) -> f64 {
+        (self.gpu_busy_w - self.gpu_idle_w).max(0.0)
+    }
+
+    /// Whether a job asking for GPU model `model` (`None` = any) may run here.
+    pub fn has_gpu_model(&self, model: Option<&str>) -> bool {
+        model.is_none_or(|m| self.gpu_model.contains(m))
+    }
 }
 
 fn default_pue() -> f64 {

@@ -70,6 +70,8 @@ pub struct QueuedJob {
     pub priority: i32,
     /// Whole GPUs on its node while it runs.
     pub gpus: u32,
+    /// Only pools whose GPU model contains this.
+    pub gpu_model: Option<String>,
 }
 
 /// A job already running: load on its node until it ends.
@@ -280,6 +282,7 @@ impl ProblemBuilder {
                 pool: job.pool,
                 priority: job.priority,
                 gpus: job.gpus,
+                gpu_model: job.gpu_model,
             }
             .aim_early(self.guard_slack),
         );
@@ -366,6 +369,9 @@ mod tests {
             embodied_g_per_hour: 0.0,
             wake_wh: 0.0,
             zone: None,
+            gpu_busy_w: 0.0,
+            gpu_idle_w: 0.0,
+            gpu_model: String::new(),
         })
     }
 
@@ -381,6 +387,7 @@ mod tests {
             pausable: false,
             pool: None,
             priority: 0,
+            gpu_model: None,
         }
     }
 

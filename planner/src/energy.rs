@@ -51,6 +51,8 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
         let mut on = vec![0u32; len];
         let model = &pi.pool.power;
         let idle_w = model.idle_w();
+        // GPUs: idle while the node is powered, busy while running work holds them.
+        let gpu_idle_w = f64::from(pi.pool.gpus) * pi.pool.gpu_idle_w;
         let wake_kwh = pi.pool.wake_wh * pi.pool.pue / 1000.0;
         for n in 0..pi.pool.nodes as usize {
             let row = (ctx.node_base[pool] + n) * len;
@@ -72,16 +74,37 @@ pub(crate) fn account(p: &Problem, ctx: &Context, placements: &[Placement]) -> (
                 *count += 1;
                 let load = pi.online_cpu_at(p.slots, n, t.min(p.slots - 1)) + b;
                 let u = if pi.pool.cores > 0.0 { load / pi.pool.cores } else { 0.0 };
-                let w = model.watts(u);
+                let gpu_busy_w = f64::from(pi.gpus_used_at(p.slots, n, t.min(p.slots - 1))) * pi.pool.gpu_dynamic_w();
+                let w = model.watts(u) + gpu_idle_w + gpu_busy_w;
                 let kwh = w * pi.pool.pue * sh / 1000.0;
                 e.energy_kwh += kwh;
-                e.idle_kwh += idle_w * pi.pool.pue * sh / 1000.0;
-                e.dynamic_kwh += (w - idle_w) * pi.pool.pue * sh / 1000.0;
+                e.idle_kwh += (idle_w + gpu_idle_w) * pi.pool.pue * sh / 1000.0;
+                e.dynamic_kwh += (w - idle_w - gpu_idle_w) * pi.pool.pue * sh / 1000.0;
                 e.carbon_kg += kwh * p.carbon_at(pool, t) / 1000.0;
                 e.cost += kwh * p.price_at(pool, t) / 1000.0;
             }
         }
         powered.push(on);
     }
+    gpu_energy(p, placements, &mut e);
     (e, powered)
+}
+
+/// What planned jobs' GPUs draw above idle while they run.
+fn gpu_energy(p: &Problem, placements: &[Placement], e: &mut Energy) {
+    let sh = p.slot_hours();
+    for (j, pl) in p.jobs.iter().zip(placements) {
+        let Placement::Run { pool, slots, .. } = pl else { continue };
+        let pi = &p.pools[*pool].pool;
+        let kwh = f64::from(j.gpus) * pi.gpu_dynamic_w() * pi.pue * sh / 1000.0;
+        if kwh <= 0.0 {
+            continue;
+        }
+        for &t in slots {
+            e.energy_kwh += kwh;
+            e.dynamic_kwh += kwh;
+            e.carbon_kg += kwh * p.carbon_at(*pool, t as usize) / 1000.0;
+            e.cost += kwh * p.price_at(*pool, t as usize) / 1000.0;
+        }
+    }
 }

@@ -50,6 +50,7 @@ pub fn queued_jobs(
                 pool: None,
                 priority: 0,
                 gpus: 0,
+                gpu_model: None,
             });
         }
     }

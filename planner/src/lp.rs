@@ -52,6 +52,25 @@ struct Class {
     end_block: usize,
     work: f64,
     max_cores: f64,
+    /// GPU-slots of its jobs (their GPUs per core is `gpu_work / work`).
+    gpu_work: f64,
+}
+
+/// GPUs free per block, the mean over its slots, summed over every node.
+fn gpu_capacity(p: &Problem, ctx: &Context, blk: usize, blocks: usize) -> Vec<f64> {
+    let mut cap = vec![0.0; blocks];
+    let nodes = ctx.free_gpu.len() / ctx.len.max(1);
+    for n in 0..nodes {
+        for t in 0..p.slots {
+            cap[t / blk] += ctx.free_gpu[n * ctx.len + t];
+        }
+    }
+    for (b, c) in cap.iter_mut().enumerate() {
+        #[allow(clippy::cast_precision_loss, reason = "block lengths are small")]
+        let len = (((b + 1) * blk).min(p.slots) - b * blk) as f64;
+        *c /= len;
+    }
+    cap
 }
 
 pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), String> {
@@ -70,7 +89,7 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
         let first = j.release / blk;
         let end = j.deadline.map_or(blocks, |d| d.div_ceil(blk)).clamp(first + 1, blocks);
         let c = *index.entry((first, end)).or_insert_with(|| {
-            classes.push(Class { first_block: first, end_block: end, work: 0.0, max_cores: 0.0 });
+            classes.push(Class { first_block: first, end_block: end, work: 0.0, max_cores: 0.0, gpu_work: 0.0 });
             u32::try_from(classes.len() - 1).unwrap_or(u32::MAX)
         });
         class_of[i] = c;
@@ -78,6 +97,7 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
         #[allow(clippy::cast_precision_loss, reason = "slot counts are small")]
         let slots_in = j.duration.min(p.slots - j.release) as f64;
         k.work += j.cores * slots_in;
+        k.gpu_work += f64::from(j.gpus) * slots_in;
         k.max_cores += j.cores;
         cores_sum += j.cores;
         mem_sum += j.mem_gib;
@@ -176,6 +196,19 @@ pub(crate) fn solve(p: &Problem, ctx: &Context) -> Result<(Quotas, String), Stri
     }
     for e in per_block {
         model = model.with(constraint!(e <= 0.0));
+    }
+    // Per block: the classes' GPUs (at their GPUs per core) fit the GPUs free.
+    if classes.iter().any(|k| k.gpu_work > 0.0) {
+        let free = gpu_capacity(p, ctx, blk, blocks);
+        let mut per_block: Vec<Expression> = (0..blocks).map(|_| Expression::default()).collect();
+        for (k, ys) in classes.iter().zip(&y).filter(|(k, _)| k.gpu_work > 0.0 && k.work > 0.0) {
+            for (i, &v) in ys.iter().enumerate() {
+                per_block[k.first_block + i].add_mul(k.gpu_work / k.work, v);
+            }
+        }
+        for (e, cap) in per_block.into_iter().zip(free) {
+            model = model.with(constraint!(e <= cap));
+        }
     }
     // Per class: its work is done in its window, or counted as unplanned.
     for ((k, ys), &uv) in classes.iter().zip(&y).zip(&u) {

@@ -43,6 +43,8 @@ pub(crate) struct Context {
     /// running work; a job may take one before any node is woken for it.
     pub(crate) awake: Vec<Vec<usize>>,
     pub(crate) dyn_g_per_core_slot: Vec<f64>,
+    /// What one busy GPU adds per slot, kWh at the meter (× weight = grams).
+    pub(crate) gpu_dyn_g_slot: Vec<f64>,
     /// What the plan weighs per kWh in each pool and slot (pool-major,
     /// [`Problem::weighed_carbon_at`]), computed once: placement asks for it
     /// per candidate slot.
@@ -58,6 +60,7 @@ impl Context {
         let mut free_mem = Vec::with_capacity(total * len);
         let (mut node_cpu, mut node_mem, mut wpc) = (Vec::new(), Vec::new(), Vec::new());
         let (mut idle_g, mut dyn_g, mut wake_g) = (Vec::new(), Vec::new(), Vec::new());
+        let mut gpu_dyn_g = Vec::with_capacity(p.pools.len());
         let mut powered = Vec::with_capacity(total);
         let mut curved = Vec::new();
         let mut awake = Vec::with_capacity(p.pools.len());
@@ -92,10 +95,13 @@ impl Context {
             let pm = &pi.pool.power;
             let per_core = |x: f64| if pi.pool.cores > 0.0 { x / pi.pool.cores } else { f64::INFINITY };
             let dynamic = per_core(pm.max_w() - pm.idle_w());
-            let wake = if pi.pool.always_on { 0.0 } else { per_core(pm.idle_w()) };
+            // A node's idle draw includes its GPUs': powering down a GPU node saves them too.
+            let idle_w = pi.pool.node_idle_w();
+            let wake = if pi.pool.always_on { 0.0 } else { per_core(idle_w) };
             wpc.push(pi.pool.pue * (dynamic + wake));
-            idle_g.push(pm.idle_w() * pi.pool.pue * sh / 1000.0);
-            let cycle_wh = pi.pool.wake_wh + pm.idle_w() * p.options.wake_overhead_s / 3600.0;
+            idle_g.push(idle_w * pi.pool.pue * sh / 1000.0);
+            gpu_dyn_g.push(pi.pool.gpu_dynamic_w() * pi.pool.pue * sh / 1000.0);
+            let cycle_wh = pi.pool.wake_wh + idle_w * p.options.wake_overhead_s / 3600.0;
             wake_g.push(cycle_wh * pi.pool.pue / 1000.0);
             dyn_g.push(if dynamic.is_finite() { dynamic * pi.pool.pue * sh / 1000.0 } else { 0.0 });
         }
@@ -119,6 +125,7 @@ impl Context {
             powered,
             awake,
             dyn_g_per_core_slot: dyn_g,
+            gpu_dyn_g_slot: gpu_dyn_g,
         }
     }
 }
@@ -160,7 +167,11 @@ pub(crate) fn window(p: &Problem, ctx: &Context, j: &PlanJob) -> Result<(usize, 
         return Err(WaitReason::DeadlineImpossible);
     }
     let fits = |pool: usize| {
-        ctx.node_cpu[pool] >= j.cores && ctx.node_mem[pool] >= j.mem_gib && p.pools[pool].pool.gpus >= j.gpus
+        let pl = &p.pools[pool].pool;
+        ctx.node_cpu[pool] >= j.cores
+            && ctx.node_mem[pool] >= j.mem_gib
+            && pl.gpus >= j.gpus
+            && (j.gpus == 0 || pl.has_gpu_model(j.gpu_model.as_deref()))
     };
     let any = match j.pool {
         Some(pool) => fits(pool),
@@ -501,6 +512,10 @@ impl State<'_> {
                 .iter()
                 .copied()
                 .filter(|&q| self.ctx.node_cpu[q] + EPS >= j.cores && self.ctx.node_mem[q] + EPS >= j.mem_gib)
+                .filter(|&q| {
+                    let pl = &self.p.pools[q].pool;
+                    j.gpus == 0 || (pl.gpus >= j.gpus && pl.has_gpu_model(j.gpu_model.as_deref()))
+                })
                 .collect(),
         };
         let pools: Vec<usize> = pools
@@ -520,8 +535,8 @@ impl State<'_> {
             for &pool in &pools {
                 if let Some((node, added)) = self.find_node(pool, j, &slots, wake) {
                     let dynamic: f64 = slots.iter().map(|&t| self.ctx.weight(pool, t as usize)).sum::<f64>()
-                        * self.ctx.dyn_g_per_core_slot[pool]
-                        * j.cores;
+                        * (self.ctx.dyn_g_per_core_slot[pool] * j.cores
+                            + self.ctx.gpu_dyn_g_slot[pool] * f64::from(j.gpus));
                     let cost = dynamic + added;
                     if here.is_none_or(|(c, _, _)| cost < c) {
                         here = Some((cost, pool, node));

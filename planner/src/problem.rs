@@ -93,6 +93,8 @@ pub struct PlanJob {
     pub priority: i32,
     /// Whole GPUs on its node for every slot it runs (0 = none).
     pub gpus: u32,
+    /// Only pools whose GPU model contains this ([`Pool::has_gpu_model`]).
+    pub gpu_model: Option<String>,
 }
 
 /// The share of a job's duration its planned end keeps before the deadline by

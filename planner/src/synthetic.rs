@@ -78,6 +78,9 @@ pub fn generate(spec: &Spec) -> Problem {
             // The last share of the pools are GPU pools (no draw: the same seed
             // gives the same instance with or without them).
             gpus: if (pools_n - i) as f64 <= spec.gpu_pools * pools_n as f64 { 8 } else { 0 },
+            gpu_busy_w: 0.0,
+            gpu_idle_w: 0.0,
+            gpu_model: String::new(),
         };
         let mut input = PoolInput::new(pool);
         if always_on {
@@ -142,6 +145,7 @@ pub fn generate(spec: &Spec) -> Problem {
             } else {
                 0
             },
+            gpu_model: None,
         });
     }
     Problem {

@@ -43,7 +43,11 @@ pub fn verify(p: &Problem, placements: &[Placement], len: usize) -> Violations {
     }
     for (j, pl) in p.jobs.iter().zip(placements) {
         let Placement::Run { pool, node, slots, late, .. } = pl else { continue };
-        if *pool >= p.pools.len() || *node >= p.pools[*pool].pool.nodes || j.pool.is_some_and(|q| q != *pool) {
+        if *pool >= p.pools.len()
+            || *node >= p.pools[*pool].pool.nodes
+            || j.pool.is_some_and(|q| q != *pool)
+            || (j.gpus > 0 && !p.pools[*pool].pool.has_gpu_model(j.gpu_model.as_deref()))
+        {
             v.pool += 1;
             continue;
         }

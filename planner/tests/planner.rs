@@ -127,6 +127,9 @@ fn pool(name: &str, nodes: u32, cores: f64, mem: f64, always_on: bool) -> PoolIn
         embodied_g_per_hour: 0.0,
         wake_wh: 0.0,
         zone: None,
+        gpu_busy_w: 0.0,
+        gpu_idle_w: 0.0,
+        gpu_model: String::new(),
     })
 }
 
@@ -142,6 +145,7 @@ fn job(id: &str, cores: f64, release: usize, duration: usize, deadline: Option<u
         pausable: false,
         pool: None,
         priority: 0,
+        gpu_model: None,
     }
 }
 
@@ -262,6 +266,68 @@ fn a_node_runs_no_more_gpu_jobs_at_once_than_it_has_gpus() {
     p.jobs.push(PlanJob { gpus: 4, ..job("big", 1.0, 0, 1, None) });
     let plan = plan_of(&p);
     assert_eq!(plan.placements[3], Placement::Wait { reason: WaitReason::LargerThanAnyNode });
+}
+
+/// Two GPU pools: L4 nodes in the clean zone, A100 nodes in a dirty one. A job
+/// asking for an A100 runs only on one, a job for any GPU takes the clean L4,
+/// and a model no pool has waits with a reason; `verify` counts a wrong model.
+#[test]
+fn a_job_asking_for_a_gpu_model_runs_only_in_a_pool_of_that_model() {
+    let mut l4 = pool("l4", 1, 32.0, 256.0, true);
+    (l4.pool.gpus, l4.pool.gpu_model, l4.pool.zone) = (4, "NVIDIA L4".into(), Some("clean".into()));
+    l4.carbon = vec![50.0; 4];
+    let mut a100 = pool("a100", 1, 32.0, 256.0, true);
+    (a100.pool.gpus, a100.pool.gpu_model, a100.pool.zone) = (4, "NVIDIA A100-SXM4-40GB".into(), Some("dirty".into()));
+    a100.carbon = vec![500.0; 4];
+    let on =
+        |model: Option<&str>| PlanJob { gpus: 1, gpu_model: model.map(Into::into), ..job("j", 1.0, 0, 1, Some(4)) };
+    let p = problem(vec![l4, a100], vec![on(Some("A100")), on(None), on(Some("H100"))], vec![300.0; 4]);
+    let plan = plan_of(&p);
+    assert!(matches!(plan.placements[0], Placement::Run { pool: 1, .. }), "{:?}", plan.placements[0]);
+    assert!(matches!(plan.placements[1], Placement::Run { pool: 0, .. }), "{:?}", plan.placements[1]);
+    assert_eq!(plan.placements[2], Placement::Wait { reason: WaitReason::LargerThanAnyNode });
+    assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
+    let mut wrong = plan.placements.clone();
+    if let Placement::Run { pool, .. } = &mut wrong[0] {
+        *pool = 0;
+    }
+    assert_eq!(verify(&p, &wrong, plan.energy.slots).pool, 1);
+}
+
+/// A GPU job's weight is its GPUs': two always-on nodes, in a dirty zone and a
+/// clean one, with flat CPU power. Without busy GPU watts the job adds nothing
+/// anywhere and takes the first pool; with them it goes to the clean zone. The
+/// plan's energy counts busy and idle GPUs.
+#[test]
+fn gpu_watts_decide_where_a_gpu_job_runs_and_count_in_the_plans_energy() {
+    let gpu_pool = |name: &str, always_on: bool, zone: &str, g: f64| {
+        let mut x = pool(name, 1, 32.0, 256.0, always_on);
+        x.pool.power = PowerModel::Linear { idle_w: 100.0, max_w: 100.0 };
+        (x.pool.gpus, x.pool.gpu_idle_w, x.pool.gpu_busy_w) = (8, 50.0, 50.0);
+        x.pool.zone = Some(zone.into());
+        x.carbon = vec![g; 4];
+        x
+    };
+    let pools = vec![gpu_pool("dirty", true, "dirty", 500.0), gpu_pool("clean", true, "clean", 50.0)];
+    let mut p = problem(pools, vec![PlanJob { gpus: 4, ..job("j", 1.0, 0, 1, Some(4)) }], vec![300.0; 4]);
+    // Busy GPUs draw no more than idle ones: the job costs the same anywhere.
+    let plan = plan_of(&p);
+    assert!(matches!(plan.placements[0], Placement::Run { pool: 0, .. }), "{:?}", plan.placements[0]);
+    for q in &mut p.pools {
+        q.pool.gpu_busy_w = 300.0;
+    }
+    let plan = plan_of(&p);
+    assert!(matches!(plan.placements[0], Placement::Run { pool: 1, .. }), "{:?}", plan.placements[0]);
+    assert_eq!(verify(&p, &plan.placements, plan.energy.slots).total(), 0);
+    // Each node (100 W + 8 × 50 W idle) in every slot accounted; the clean one
+    // 1 h × 4 × 250 W busy more. × PUE 1.2.
+    #[allow(clippy::cast_precision_loss, reason = "a few slots")]
+    let hours = plan.energy.slots as f64;
+    let (dirty_wh, clean_wh) = (hours * 500.0 * 1.2, (hours * 500.0 + 1000.0) * 1.2);
+    let want_kwh = (dirty_wh + clean_wh) / 1000.0;
+    assert!((plan.energy.energy_kwh - want_kwh).abs() < 1e-9, "{} vs {want_kwh}", plan.energy.energy_kwh);
+    let want_kg = (dirty_wh * 500.0 + clean_wh * 50.0) / 1e6;
+    assert!((plan.energy.carbon_kg - want_kg).abs() < 1e-9, "{} vs {want_kg}", plan.energy.carbon_kg);
 }
 
 #[test]
@@ -441,6 +507,9 @@ fn equal_costs_start_at_release() {
             embodied_g_per_hour: 0.0,
             wake_wh: 0.0,
             zone: None,
+            gpu_busy_w: 0.0,
+            gpu_idle_w: 0.0,
+            gpu_model: String::new(),
         };
         let p = Problem {
             start: 0,
@@ -469,6 +538,7 @@ fn equal_costs_start_at_release() {
                     pausable: false,
                     pool: None,
                     priority: 0,
+                    gpu_model: None,
                 })
                 .collect(),
             options: PlanOptions::default(),

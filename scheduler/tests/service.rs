@@ -27,6 +27,8 @@ fn config(dir: &std::path::Path) -> Config {
             power: None,
             zone: None,
             embodied_g_per_hour: 0.0,
+            gpu_busy_w: None,
+            gpu_idle_w: None,
         }],
         ..Config::default()
     };

@@ -740,6 +740,7 @@ fn plan_and_start(
             pausable: false,
             pool: j.pool,
             priority: 0,
+            gpu_model: None,
         });
     }
     let built = builder.build()?;

@@ -24,6 +24,9 @@ pub struct CgroupLayout {
     pub v1_cpu: Option<PathBuf>,
     pub v1_cpuacct: Option<PathBuf>,
     pub v1_memory: Option<PathBuf>,
+    /// The v1 devices controller (GPU jobs' device rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v1_devices: Option<PathBuf>,
 }
 
 fn dir_with(root: &Path, names: &[&str], file: &str) -> Option<PathBuf> {
@@ -41,6 +44,7 @@ pub fn detect(root: &Path) -> CgroupLayout {
     let v1_cpu = dir_with(root, &["cpu", "cpu,cpuacct"], "cpu.shares");
     let v1_cpuacct = dir_with(root, &["cpuacct", "cpu,cpuacct", "cpuacct,cpu"], "cpuacct.usage");
     let v1_memory = dir_with(root, &["memory"], "memory.usage_in_bytes");
+    let v1_devices = dir_with(root, &["devices"], "devices.deny");
     let v1 = v1_cpu.is_some() || v1_cpuacct.is_some() || v1_memory.is_some();
     let version = match (v1, v2.is_some()) {
         (true, true) => CgroupVersion::Hybrid,
@@ -48,7 +52,7 @@ pub fn detect(root: &Path) -> CgroupLayout {
         (false, true) => CgroupVersion::V2,
         (false, false) => CgroupVersion::None,
     };
-    CgroupLayout { version, v2, v2_controllers, v1_cpu, v1_cpuacct, v1_memory }
+    CgroupLayout { version, v2, v2_controllers, v1_cpu, v1_cpuacct, v1_memory, v1_devices }
 }
 
 /// What greenfill reads of one cgroup. A field the kernel does not offer, or that

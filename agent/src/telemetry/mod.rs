@@ -8,7 +8,9 @@ mod rapl;
 
 mod gpu;
 pub use cgroup::{CgroupLayout, CgroupStats, CgroupVersion, cgroup_stats, detect, keyed as keyed_value};
-pub use gpu::{GpuPower, Gpus};
+#[cfg(feature = "nvml")]
+pub use gpu::Nvml;
+pub use gpu::{FakeGpus, GpuDevice, GpuError, GpuPower, GpuProcess, GpuSource, Gpus, check_limit};
 pub use power::{LinearPowerModel, PowerReading, PowerSource};
 pub use proc::{CpuTicks, cpu_ticks, meminfo};
 pub use psi::{Pressure, PsiTrigger, parse_pressure};
@@ -71,6 +73,9 @@ pub struct Sample {
     /// Why `gpus` is `None`, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus_absent: Option<String>,
+    /// Each GPU's inventory and load (empty without GPUs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpu_devices: Vec<GpuDevice>,
 }
 
 /// Keeps the previous counters so each sample reports rates over its interval.
@@ -171,12 +176,12 @@ impl Sampler {
         self.prev_ticks = ticks;
         self.prev_time = Some(now);
         let workloads = self.workloads(interval);
-        let gpu = self.gpus.read();
+        let gpu = self.gpus.devices();
         if let Some(g) = &gpu {
             power.extend(g.iter().map(|g| PowerReading {
                 component: format!("gpu-{}", g.index),
                 source: PowerSource::Nvml,
-                watts: g.watts,
+                watts: g.power_w,
             }));
         }
         Sample {
@@ -187,6 +192,7 @@ impl Sampler {
             workloads,
             gpus: gpu.as_ref().map(Vec::len),
             gpus_absent: gpu.is_none().then(|| self.gpus.absent_reason.clone()),
+            gpu_devices: gpu.unwrap_or_default(),
         }
     }
 }

@@ -101,6 +101,7 @@ fn starts(world: &World, repeats: usize) -> Result<Vec<Start>> {
         log_dir: logs.path().to_owned(),
         log_cap_bytes: 1 << 20,
         image,
+        deny_devices: Vec::new(),
     };
     let mut out = Vec::new();
     for (kind, img) in [("process", None), ("image present", Some(&image)), ("image absent", Some(&image))] {

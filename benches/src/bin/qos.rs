@@ -494,6 +494,7 @@ impl Harness {
                 log_dir: self.logs.path().to_owned(),
                 log_cap_bytes: 4096,
                 image: None,
+                deny_devices: Vec::new(),
             };
             let r = self.runner.start(&spec)?;
             jobs.push(GuardJob {

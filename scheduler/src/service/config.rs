@@ -300,6 +300,9 @@ pub struct PoolDecl {
     pub memory_gib: f64,
     #[serde(default)]
     pub gpus: u32,
+    /// Watts per GPU idle and busy [default: `power.gpu_idle_w`, `power.gpu_busy_w`].
+    pub gpu_idle_w: Option<f64>,
+    pub gpu_busy_w: Option<f64>,
     /// How this pool's idle nodes are put to sleep and woken. Without it the
     /// pool's nodes are never powered off (pools that run online services).
     pub power: Option<PoolPowerDecl>,
@@ -659,6 +662,10 @@ pub struct Power {
     pub idle_w: f64,
     pub max_w: f64,
     pub pue: f64,
+    /// Per GPU, idle and busy (an A100 SXM idles near 50 W and runs 250–400 W);
+    /// a pool's `gpu_idle_w` / `gpu_busy_w` overrides them.
+    pub gpu_idle_w: f64,
+    pub gpu_busy_w: f64,
 }
 
 impl Default for Config {
@@ -731,7 +738,7 @@ impl Default for Limits {
 
 impl Default for Power {
     fn default() -> Power {
-        Power { idle_w: 100.0, max_w: 300.0, pue: 1.2 }
+        Power { idle_w: 100.0, max_w: 300.0, pue: 1.2, gpu_idle_w: 50.0, gpu_busy_w: 300.0 }
     }
 }
 
@@ -889,6 +896,13 @@ impl Config {
         }
         if !(self.power.idle_w >= 0.0 && self.power.max_w >= self.power.idle_w && self.power.pue >= 1.0) {
             bad("power", format!("{:?}", self.power), "need 0 <= idle_w <= max_w and pue >= 1");
+        }
+        if !(self.power.gpu_idle_w >= 0.0 && self.power.gpu_busy_w >= self.power.gpu_idle_w) {
+            bad(
+                "power.gpu_busy_w",
+                format!("{} (gpu_idle_w {})", self.power.gpu_busy_w, self.power.gpu_idle_w),
+                "need 0 <= gpu_idle_w <= gpu_busy_w",
+            );
         }
         if p.max_start_attempts == 0 {
             bad("planning.max_start_attempts", "0".into(), "must be >= 1 (the attempt that fails the job)");

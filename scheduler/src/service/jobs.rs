@@ -201,8 +201,92 @@ pub fn validate(state: &State, req: &pb::SubmitJobRequest, now: i64) -> Result<(
         }
         let max_gpus = fits.iter().map(|p| p.gpus).max().unwrap_or(0);
         if s.gpus > max_gpus {
-            return Err(invalid("spec.gpus", s.gpus, &format!("more than any node has ({max_gpus})")));
+            let largest =
+                largest_gpu_node(state, &s.pool).map_or_else(String::new, |n| format!(": the largest is {n}"));
+            return Err(invalid("spec.gpus", s.gpus, &format!("more than any node has ({max_gpus}{largest})")));
         }
+    }
+    validate_gpus(state, s)
+}
+
+/// The registered node with the most GPUs (in `pool`, if given), named with its count.
+fn largest_gpu_node(state: &State, pool: &str) -> Option<String> {
+    let inner = state.lock();
+    let n =
+        inner.nodes.values().filter(|n| pool.is_empty() || n.register.pool == pool).max_by_key(|n| n.register.gpus)?;
+    Some(format!("node {} with {}", n.register.node_name, n.register.gpus))
+}
+
+/// GPU model, memory and power limit, against what registered nodes report.
+/// A model no node reports is refused; memory and a power limit are checked
+/// where nodes of that model are registered (else the agent checks at start).
+fn validate_gpus(state: &State, s: &pb::JobSpec) -> Result<(), Status> {
+    let needs_gpus = |field: &str, v: String| invalid(field, v, "needs spec.gpus > 0");
+    if s.gpus == 0 {
+        if !s.gpu_model.is_empty() {
+            return Err(needs_gpus("spec.gpu_model", format!("{:?}", s.gpu_model)));
+        }
+        if s.gpu_memory_bytes > 0 {
+            return Err(needs_gpus("spec.gpu_memory_bytes", s.gpu_memory_bytes.to_string()));
+        }
+        if let Some(w) = s.gpu_power_limit_w {
+            return Err(needs_gpus("spec.gpu_power_limit_w", w.to_string()));
+        }
+        if s.gpu_power_auto {
+            return Err(needs_gpus("spec.gpu_power_auto", "true".into()));
+        }
+        return Ok(());
+    }
+    if let Some(w) = s.gpu_power_limit_w {
+        if !(w.is_finite() && w > 0.0) {
+            return Err(invalid("spec.gpu_power_limit_w", w, "must be > 0 watts"));
+        }
+        if s.gpu_power_auto {
+            return Err(invalid("spec.gpu_power_auto", true, "not with spec.gpu_power_limit_w"));
+        }
+    }
+    let inner = state.lock();
+    let seen: Vec<&pb::GpuInfo> = inner
+        .nodes
+        .values()
+        .filter(|n| s.pool.is_empty() || n.register.pool == s.pool)
+        .flat_map(|n| n.register.gpu_devices.iter())
+        .collect();
+    let matching: Vec<&pb::GpuInfo> = seen.iter().copied().filter(|g| g.model.contains(&s.gpu_model)).collect();
+    if !s.gpu_model.is_empty() && matching.is_empty() {
+        let mut models: Vec<&str> = seen.iter().map(|g| g.model.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        return Err(invalid(
+            "spec.gpu_model",
+            format!("{:?}", s.gpu_model),
+            &format!("no node has a GPU of this model; models: {models:?}"),
+        ));
+    }
+    if let Some(most) = matching.iter().map(|g| g.memory_bytes).max()
+        && s.gpu_memory_bytes > most
+    {
+        return Err(invalid(
+            "spec.gpu_memory_bytes",
+            s.gpu_memory_bytes,
+            &format!("more than any matching GPU has ({most} bytes)"),
+        ));
+    }
+    if let Some(w) = s.gpu_power_limit_w
+        && !matching.is_empty()
+        && !matching.iter().any(|g| (g.power_limit_min_w..=g.power_limit_max_w).contains(&w))
+    {
+        let mut ranges: Vec<String> = matching
+            .iter()
+            .map(|g| format!("{}: {}–{} W", g.model, g.power_limit_min_w, g.power_limit_max_w))
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        return Err(invalid(
+            "spec.gpu_power_limit_w",
+            w,
+            &format!("outside every matching GPU's range ({})", ranges.join(", ")),
+        ));
     }
     Ok(())
 }

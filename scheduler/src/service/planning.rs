@@ -118,6 +118,7 @@ fn pool_input(
     let season = usize::try_from(86_400 / bucket_s).unwrap_or(288).max(2);
     let slots = clock.slots;
     let sleeps = st.power.settings(name).is_some();
+    let decl = st.config.pools.iter().find(|p| p.name == name);
     #[allow(clippy::cast_precision_loss, reason = "slot arithmetic")]
     let horizon_buckets = slots_ceil(slots as f64 * clock.slot_s as f64, bucket_s).max(1);
     let max_cores = nodes.iter().map(|(_, n)| n.register.cpu_cores).fold(0.0, f64::max);
@@ -161,9 +162,12 @@ fn pool_input(
             power: PowerModel::Linear { idle_w: st.config.power.idle_w, max_w: st.config.power.max_w },
             pue: st.config.power.pue,
             always_on: !sleeps,
-            embodied_g_per_hour: st.config.pools.iter().find(|p| p.name == name).map_or(0.0, |p| p.embodied_g_per_hour),
+            embodied_g_per_hour: decl.map_or(0.0, |p| p.embodied_g_per_hour),
             wake_wh: st.power.pools.get(name).map_or(0.0, |(p, _)| p.wake_wh),
             zone: None,
+            gpu_idle_w: decl.and_then(|p| p.gpu_idle_w).unwrap_or(st.config.power.gpu_idle_w),
+            gpu_busy_w: decl.and_then(|p| p.gpu_busy_w).unwrap_or(st.config.power.gpu_busy_w),
+            gpu_model: common_gpu_model(nodes),
         },
         online_cpu: cpu,
         online_mem: mem,
@@ -178,6 +182,14 @@ fn pool_input(
             .unwrap_or_default(),
         powered: Vec::new(),
     }
+}
+
+/// The GPU model every node of a pool reports (NVML's name of its first GPU);
+/// empty when they differ or report none, so no job asking for a model goes there.
+fn common_gpu_model(nodes: &[(&String, &super::Node)]) -> String {
+    let mut models = nodes.iter().map(|(_, n)| n.register.gpu_devices.first().map_or("", |g| g.model.as_str()));
+    let first = models.next().unwrap_or("");
+    if models.all(|m| m == first) { first.to_owned() } else { String::new() }
 }
 
 /// A node that evicted batch for memory within `planning.eviction_cooldown`
@@ -256,6 +268,7 @@ fn queued_job(
         pausable: false,
         pool,
         priority: s.priority,
+        gpu_model: (!s.gpu_model.is_empty()).then(|| s.gpu_model.clone()),
     })
 }
 
