@@ -638,7 +638,17 @@ impl Runner {
             let _ = l.join();
         }
         let exit = self.exit(&r, status);
-        if let Err(e) = self.cgroups.remove(&r.cgroup_path) {
+        // An adopted job's shim leaves the cgroup's list a moment after it is
+        // seen gone (a zombie not yet reaped by its new parent): retry briefly.
+        let mut removed = self.cgroups.remove(&r.cgroup_path);
+        for _ in 0..20 {
+            if removed.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            removed = self.cgroups.remove(&r.cgroup_path);
+        }
+        if let Err(e) = removed {
             tracing::warn!(job = %r.id, error = %e, "cannot remove the job's cgroup");
         }
         if let Some(f) = &r.status_file {

@@ -95,6 +95,7 @@ fn jobs_planned_on_a_live_signal_get_ledgers_that_sum_to_the_metrics_and_plannin
             fx.url()
         ),
         agent_args: vec!["--metrics-listen".into(), format!("127.0.0.1:{agent_metrics}")],
+        agent_env: Vec::new(),
     };
     let mut c = Cluster::configured("carbon", &setup);
 
@@ -288,6 +289,7 @@ fn a_cost_objective_runs_a_job_that_may_wait_in_the_cheap_hours() {
             fx.url()
         ),
         agent_args: Vec::new(),
+        agent_env: Vec::new(),
     };
     let c = Cluster::configured("price", &setup);
     let job = c.submit(&["--cpu", "1", "--duration", "10s", "--deadline", "+3m", "--shell", "--", BURN]);

@@ -307,3 +307,97 @@ fn an_agent_restarted_with_a_wiped_state_dir_stops_the_orphan_and_the_job_runs_a
     });
     assert!(pids_running(&marker).is_empty());
 }
+
+/// The fake NVML's state: GPUs 0 and 1 (A100, 100–400 W), no processes.
+fn fake_gpus(path: &Path) {
+    let gpu = |i: u32| {
+        serde_json::json!({
+            "index": i, "uuid": format!("GPU-e2e-{i}"), "model": "NVIDIA A100-SXM4-40GB", "minor": i,
+            "memory_total_bytes": 42_949_672_960u64, "memory_used_bytes": 0, "utilisation_pct": 0,
+            "power_w": 60.0, "power_limit_w": 400.0, "power_limit_min_w": 100.0, "power_limit_max_w": 400.0,
+            "energy_j": 1.0e6, "processes": []
+        })
+    };
+    std::fs::write(path, serde_json::to_vec(&vec![gpu(0), gpu(1)]).unwrap()).unwrap();
+}
+
+fn gpu_field(path: &Path, index: usize, field: &str) -> Value {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v[index][field].clone()
+}
+
+/// With the fake NVML behind the real agent: a 1-GPU job sees exactly one GPU;
+/// an online process busy on that GPU gets batch there capped to the card's
+/// minimum; the agent is SIGKILLed mid-cap, and its next start restores the limit.
+#[test]
+fn a_gpu_job_sees_its_gpu_the_guard_caps_it_and_a_restarted_agent_restores_the_limit() {
+    if !root_or_skip("gpu_guard") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gpus = tmp.path().join("gpus.json");
+    fake_gpus(&gpus);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let setup = Setup {
+        // The guard never evicts here: this test is about the cap and its restore.
+        agent_args: vec!["--gpu-stop-after".into(), "1000".into()],
+        agent_env: vec![("GREENFILL_FAKE_GPUS".into(), gpus.display().to_string())],
+        ..Setup::default()
+    };
+    let mut c = Cluster::configured("gpu", &setup);
+    let script = format!("echo \"$CUDA_VISIBLE_DEVICES\" > {}/seen; sleep 300", out.display());
+    let id =
+        c.submit(&["--gpus", "1", "--cpu", "0.1", "--memory", "32Mi", "--duration", "5m", "--shell", "--", &script]);
+    c.wait_until("the GPU job running", Duration::from_secs(60), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "running")
+    });
+    let seen = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_to_string(out.join("seen")).ok().filter(|s| !s.is_empty())
+        })
+        .expect("the job wrote what it sees");
+    assert_eq!(seen.trim(), "GPU-e2e-0", "exactly its one GPU, by UUID");
+
+    // An online process (this test, in no batch cgroup) at 80 % SM on GPU 0.
+    let mut state_v: Value = serde_json::from_slice(&std::fs::read(&gpus).unwrap()).unwrap();
+    state_v[0]["processes"] =
+        serde_json::json!([{ "pid": std::process::id(), "memory_bytes": 1_073_741_824u64, "sm_util_pct": 80 }]);
+    std::fs::write(&gpus, serde_json::to_vec(&state_v).unwrap()).unwrap();
+    let capped = Instant::now();
+    while gpu_field(&gpus, 0, "power_limit_w") != 100.0 {
+        assert!(
+            capped.elapsed() < Duration::from_secs(20),
+            "GPU 0 never capped: {}",
+            gpu_field(&gpus, 0, "power_limit_w")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(gpu_field(&gpus, 1, "power_limit_w"), 400.0, "a GPU with no batch is left alone");
+
+    // SIGKILL mid-cap: the record survives, the card stays capped.
+    c.agent.take();
+    let record = c.dir.path().join("agent/gpu-limits.json");
+    let r: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(r["GPU-e2e-0"]["original_w"], 400.0, "{r}");
+    assert_eq!(gpu_field(&gpus, 0, "power_limit_w"), 100.0);
+    // The online process is gone; the next agent restores the limit at start.
+    let mut state_v: Value = serde_json::from_slice(&std::fs::read(&gpus).unwrap()).unwrap();
+    state_v[0]["processes"] = serde_json::json!([]);
+    std::fs::write(&gpus, serde_json::to_vec(&state_v).unwrap()).unwrap();
+    c.start_agent();
+    let restarted = Instant::now();
+    while gpu_field(&gpus, 0, "power_limit_w") != 400.0 {
+        assert!(restarted.elapsed() < Duration::from_secs(20), "the limit was never restored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(c.dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("GPU power limit restored from a previous run"), "{log}");
+    let out = c.greenfill(&["cancel", &id]).unwrap();
+    assert!(out.contains("cancelling"), "{out}");
+    c.wait_until("the cancel confirmed", Duration::from_secs(30), |j| {
+        j.iter().any(|j| j["id"] == id.as_str() && state(j) == "cancelled")
+    });
+}

@@ -1504,3 +1504,80 @@ async fn a_node_is_sent_no_more_gpu_jobs_than_it_has_gpus() {
     let (_, third) = agent.next(Duration::from_secs(10), run).await.expect("the third GPU job once a GPU is free");
     assert!(ids.contains(&third.job_id) && sent.iter().all(|r| r.job_id != third.job_id), "{third:?}");
 }
+
+/// A node's registered GPUs (`n` of `model`, 40 GiB, a `min`–`max` W limit range).
+fn gpu_node(node: &str, pool: &str, n: u32, model: &str, min: f64, max: f64) -> pb::AgentMessage {
+    let mut m = register(node, node, vec![], 0);
+    if let Some(pb::agent_message::Body::Register(r)) = &mut m.body {
+        r.pool = pool.into();
+        r.gpus = n;
+        r.gpu_devices = (0..n)
+            .map(|i| pb::GpuInfo {
+                index: i,
+                uuid: format!("GPU-{node}-{i}"),
+                model: model.into(),
+                memory_bytes: 40 << 30,
+                power_limit_min_w: min,
+                power_limit_max_w: max,
+                power_limit_w: max,
+            })
+            .collect();
+    }
+    m
+}
+
+/// Submit refuses GPU asks no registered node can meet, naming the field, the
+/// value and what the nodes have; a model-bound job goes to its model's node.
+#[tokio::test]
+async fn gpu_asks_are_checked_against_the_nodes_gpus_and_a_model_picks_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut a100 = connect_agent(&ch, gpu_node("g1", "web", 2, "NVIDIA A100-SXM4-40GB", 100.0, 400.0)).await.unwrap();
+    let mut l4 = connect_agent(&ch, gpu_node("g2", "inference", 1, "NVIDIA L4", 40.0, 72.0)).await.unwrap();
+    let refused = |edit: fn(&mut pb::JobSpec)| {
+        let mut s = spec();
+        edit(&mut s);
+        let mut jobs = jobs.clone();
+        async move {
+            let r = jobs.submit_job(authed(USER, pb::SubmitJobRequest { request_id: "r".into(), spec: Some(s) })).await;
+            let e = r.expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            e.message().to_owned()
+        }
+    };
+    let m = refused(|s| s.gpus = 3).await;
+    assert!(m.contains("spec.gpus = 3: more than any node has (2: the largest is node g1 with 2)"), "{m}");
+    let m = refused(|s| (s.gpus, s.gpu_model) = (1, "H100".into())).await;
+    assert!(m.contains("spec.gpu_model = \"H100\": no node has a GPU of this model"), "{m}");
+    assert!(m.contains("NVIDIA A100-SXM4-40GB") && m.contains("NVIDIA L4"), "{m}");
+    let m = refused(|s| (s.gpus, s.gpu_model, s.gpu_power_limit_w) = (1, "L4".into(), Some(100.0))).await;
+    assert!(m.contains("spec.gpu_power_limit_w = 100: outside every matching GPU's range (NVIDIA L4: 40–72 W)"), "{m}");
+    let m = refused(|s| (s.gpus, s.gpu_memory_bytes) = (1, 80 << 30)).await;
+    assert!(m.contains("spec.gpu_memory_bytes = 85899345920: more than any matching GPU has"), "{m}");
+    let m = refused(|s| s.gpu_model = "A100".into()).await;
+    assert!(m.contains("spec.gpu_model = \"A100\": needs spec.gpus > 0"), "{m}");
+    let m = refused(|s| (s.gpus, s.gpu_power_limit_w, s.gpu_power_auto) = (1, Some(200.0), true)).await;
+    assert!(m.contains("spec.gpu_power_auto = true: not with spec.gpu_power_limit_w"), "{m}");
+
+    // Within the A100's range: accepted, and sent to the A100 node only.
+    let mut s = spec();
+    (s.gpus, s.gpu_model, s.gpu_power_limit_w) = (1, "A100".into(), Some(250.0));
+    let id = jobs
+        .submit_job(authed(USER, pb::SubmitJobRequest { request_id: "ok".into(), spec: Some(s) }))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let run = |b: pb::scheduler_message::Body| match b {
+        pb::scheduler_message::Body::Run(r) => Some(r),
+        _ => None,
+    };
+    let (_, r) = a100.next(Duration::from_secs(10), run).await.expect("the A100 job on g1");
+    assert_eq!(r.job_id, id);
+    assert_eq!(r.spec.unwrap().gpu_power_limit_w, Some(250.0));
+    assert!(l4.next(Duration::from_secs(2), run).await.is_none(), "the L4 node gets nothing");
+}

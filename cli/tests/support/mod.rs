@@ -47,6 +47,8 @@ pub struct Setup {
     /// The planning slot [default 1m].
     pub slot: Option<String>,
     pub agent_args: Vec<String>,
+    /// Environment for every agent (e.g. `GREENFILL_FAKE_GPUS`).
+    pub agent_env: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -57,6 +59,7 @@ pub struct Cluster {
     pub batch_root: String,
     /// More flags for every agent this cluster starts.
     pub agent_args: Vec<String>,
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -93,6 +96,7 @@ impl Cluster {
             scheduler: None,
             agent: None,
             agent_args,
+            agent_env: setup.agent_env.clone(),
             batch_root: format!("greenfill-test-{test}-{}/batch", std::process::id()),
         };
         // The node runs no online services: its online root cgroup is empty
@@ -133,7 +137,8 @@ impl Cluster {
             .args(["--node-name", node, "--batch-root", batch_root, "--online-cgroup", &self.online_root()])
             .arg("--state-dir")
             .arg(self.dir.path().join(state))
-            .args(&self.agent_args);
+            .args(&self.agent_args)
+            .envs(self.agent_env.iter().cloned());
         cmd
     }
 
@@ -205,7 +210,7 @@ impl Drop for Cluster {
         self.scheduler.take();
         // Leave no cgroups behind.
         let root = self.batch_root.trim_end_matches("/batch");
-        for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "unified", ""] {
+        for h in ["cpu,cpuacct", "cpu", "cpuacct", "memory", "devices", "unified", ""] {
             let base = Path::new("/sys/fs/cgroup").join(h);
             let _ = std::fs::remove_dir(base.join(&self.batch_root));
             let _ = std::fs::remove_dir(base.join(self.online_root()));
