@@ -158,6 +158,9 @@ struct LocalJob {
     /// The GPUs it holds (indices).
     #[serde(default)]
     gpus: Vec<u32>,
+    /// Their energy counters' sum at its start, joules (NVML; `None` without).
+    #[serde(default)]
+    gpu_energy_start_j: Option<f64>,
 }
 
 impl LocalJob {
@@ -469,7 +472,11 @@ impl Agent {
             let exit = me.runner.wait(running);
             me.gpus.job_ended(&attempt);
             let mut core = me.core();
-            core.p.jobs.remove(&attempt);
+            let job = core.p.jobs.remove(&attempt);
+            let gpu_energy_j = job.and_then(|j| {
+                let end = me.gpu_energy_j(&j.gpus)?;
+                Some(end - j.gpu_energy_start_j?).filter(|d| *d >= 0.0)
+            });
             let (phase, message) = match core.stopping.remove(&attempt) {
                 Some(reason) if reason.starts_with("evicted:") => (pb::JobPhase::Evicted, reason),
                 Some(reason) => (pb::JobPhase::Stopped, reason),
@@ -486,9 +493,20 @@ impl Agent {
                 cpu_seconds: exit.cpu_seconds.unwrap_or(0.0),
                 peak_memory_bytes: exit.peak_memory_bytes.unwrap_or(0),
                 message,
+                gpu_energy_j,
                 ..Default::default()
             });
         });
+    }
+
+    /// The energy counters of GPUs `indices`, summed, joules; `None` without
+    /// GPUs or where a card has no counter.
+    fn gpu_energy_j(&self, indices: &[u32]) -> Option<f64> {
+        if indices.is_empty() {
+            return None;
+        }
+        let devices = self.gpus.gpus.devices()?;
+        indices.iter().map(|i| devices.iter().find(|d| d.index == *i)?.energy_j).sum()
     }
 
     /// Cancel this to stop [`Agent::run`] (SIGTERM does, through `main`).
@@ -871,6 +889,7 @@ impl Agent {
                     cpu_cores: spec.cpu_cores,
                     image: running.is_image(),
                     gpus: grant.indices.clone(),
+                    gpu_energy_start_j: self.gpu_energy_j(&grant.indices),
                 },
             );
             let message = match (&spec.image, running.pulled) {

@@ -1581,3 +1581,73 @@ async fn gpu_asks_are_checked_against_the_nodes_gpus_and_a_model_picks_its_node(
     assert_eq!(r.spec.unwrap().gpu_power_limit_w, Some(250.0));
     assert!(l4.next(Duration::from_secs(2), run).await.is_none(), "the L4 node gets nothing");
 }
+
+/// A GPU job's ledger counts its GPUs' energy: NVML's counter delta when the
+/// agent reports one, else GPUs × `power.gpu_busy_w` × run time; × PUE.
+#[tokio::test]
+async fn a_gpu_jobs_ledger_counts_its_gpus_energy_from_nvml_or_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = service::start(config(dir.path())).await.unwrap();
+    let ch = channel(srv.addr).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut agent = connect_agent(&ch, gpu_node("g1", "web", 2, "NVIDIA A100-SXM4-40GB", 100.0, 400.0)).await.unwrap();
+    let a = submit_web(&mut jobs, "nvml", |s| s.gpus = 1).await;
+    let b = submit_web(&mut jobs, "model", |s| s.gpus = 1).await;
+    let run = |b: pb::scheduler_message::Body| match b {
+        pb::scheduler_message::Body::Run(r) => Some(r),
+        _ => None,
+    };
+    let mut seq = 0;
+    let mut send = |status: pb::JobStatus| {
+        seq += 1;
+        pb::AgentMessage { seq, ack: 0, body: Some(pb::agent_message::Body::JobStatus(status)) }
+    };
+    let mut started = Vec::new();
+    while started.len() < 2 {
+        let (_, r) = agent.next(Duration::from_secs(10), run).await.expect("both GPU jobs sent");
+        let s = pb::JobStatus {
+            job_id: r.job_id.clone(),
+            attempt_id: r.attempt_id.clone(),
+            phase: pb::JobPhase::Started as i32,
+            time: ts(now() - 100),
+            ..Default::default()
+        };
+        agent.tx.send(send(s)).await.unwrap();
+        started.push(r);
+    }
+    for r in &started {
+        let s = pb::JobStatus {
+            job_id: r.job_id.clone(),
+            attempt_id: r.attempt_id.clone(),
+            phase: pb::JobPhase::Exited as i32,
+            exit_code: Some(0),
+            time: ts(now()),
+            // 1 kWh on the counter for `a`; none for `b`.
+            gpu_energy_j: (r.job_id == a).then_some(3.6e6),
+            ..Default::default()
+        };
+        agent.tx.send(send(s)).await.unwrap();
+    }
+    let ledger = |id: String| {
+        let mut jobs = jobs.clone();
+        async move {
+            for _ in 0..100 {
+                let j = jobs.get_job(authed(USER, pb::GetJobRequest { id: id.clone() })).await.unwrap().into_inner();
+                if let Some(l) = j.ledger {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no ledger for {id}");
+        }
+    };
+    let la = ledger(a).await;
+    assert_eq!(la.gpu_energy_source, "nvml");
+    assert!((la.gpu_energy_kwh - 1.2).abs() < 1e-9, "1 kWh × PUE 1.2: {la:?}");
+    assert!(la.energy_kwh >= la.gpu_energy_kwh);
+    let lb = ledger(b).await;
+    assert_eq!(lb.gpu_energy_source, "power-model");
+    // 1 GPU × 300 W × the run time × 1.2.
+    let want = 300.0 * lb.run_seconds * 1.2 / 3.6e6;
+    assert!(lb.run_seconds >= 99.0 && (lb.gpu_energy_kwh - want).abs() < 1e-9, "{lb:?}");
+}

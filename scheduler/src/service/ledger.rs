@@ -4,7 +4,9 @@
 //!
 //! Energy is the job's CPU seconds (from its cgroup) × the node's dynamic
 //! watts per core (`[power]`: `(max_w − idle_w) / cores`) × PUE: the work the
-//! job added, not a share of the node's idle power. The intensity is the
+//! job added, not a share of the node's idle power. A GPU job adds its GPUs'
+//! energy: NVML's counter over its run where the node has one (its GPUs were
+//! its alone), else GPUs × `gpu_busy_w` × run time, × PUE. The intensity is the
 //! job's zone's, averaged over the hours it ran (what was in force then, kept
 //! by the zone); the signal the plan decided on is named beside it. SCI
 //! (ISO/IEC 21031) = (E × I + M) per job, M = the pool's embodied carbon per
@@ -22,8 +24,9 @@ pub fn make(st: &State, job: &pb::Job, pool: &str, cores: f64, status: &pb::JobS
     let power = &st.config.power;
     let cores = cores.max(1e-9);
     let cpu_seconds = status.cpu_seconds.max(0.0);
-    let energy_kwh = cpu_seconds * (power.max_w - power.idle_w).max(0.0) / cores * power.pue / 3.6e6;
     let start = job.started_at.as_ref().map_or(end, |t| t.seconds).min(end);
+    let gpu = gpu_energy(st, job, pool, status, end - start);
+    let energy_kwh = cpu_seconds * (power.max_w - power.idle_w).max(0.0) / cores * power.pue / 3.6e6 + gpu.kwh;
     let submitted = job.submitted_at.as_ref().map_or(start, |t| t.seconds).min(start);
     let run_s = end - start;
     let zone = st.carbon.zone_of(pool);
@@ -67,7 +70,32 @@ pub fn make(st: &State, job: &pb::Job, pool: &str, cores: f64, status: &pb::JobS
         counterfactual_cost,
         saved_cost: counterfactual_cost - cost,
         currency,
+        gpu_energy_kwh: gpu.kwh,
+        gpu_energy_source: gpu.source.into(),
     }
+}
+
+/// A job's GPU energy at the wall and where it came from.
+struct GpuEnergy {
+    kwh: f64,
+    source: &'static str,
+}
+
+/// NVML's counter delta the agent reported, else GPUs × busy watts × run time; × PUE.
+fn gpu_energy(st: &State, job: &pb::Job, pool: &str, status: &pb::JobStatus, run_s: i64) -> GpuEnergy {
+    let gpus = job.spec.as_ref().map_or(0, |s| s.gpus);
+    if gpus == 0 {
+        return GpuEnergy { kwh: 0.0, source: "" };
+    }
+    let pue = st.config.power.pue;
+    if let Some(j) = status.gpu_energy_j {
+        return GpuEnergy { kwh: j * pue / 3.6e6, source: "nvml" };
+    }
+    let decl = st.config.pools.iter().find(|p| p.name == pool);
+    let busy_w = decl.and_then(|p| p.gpu_busy_w).unwrap_or(st.config.power.gpu_busy_w);
+    #[allow(clippy::cast_precision_loss, reason = "seconds")]
+    let kwh = f64::from(gpus) * busy_w * run_s.max(0) as f64 * pue / 3.6e6;
+    GpuEnergy { kwh, source: "power-model" }
 }
 
 /// Every finished job's ledger that ended at or after `since`, summed per
