@@ -49,7 +49,7 @@ pub fn queued_jobs(
                 pausable: r.pausable,
                 pool: None,
                 priority: 0,
-                gpus: 0,
+                gpus: r.gpus,
                 gpu_model: None,
             });
         }
@@ -101,6 +101,7 @@ mod tests {
             memory: Some(JobMemory::Bytes(2 << 30)),
             deadline: Some(9000),
             pausable: true,
+            gpus: 1,
             instances: 2,
             line: 2,
         };

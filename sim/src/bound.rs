@@ -5,8 +5,11 @@
 //!
 //! - jobs may run in fractions, pause, and split across machines of a pool (a
 //!   pool is one machine of the pool's summed free CPU each step);
-//! - capacity is CPU only (no memory, no safety margin, no guard): per pool and
-//!   hour, the sum over its nodes and steps of `cores − online`;
+//! - capacity is CPU (no memory, no safety margin, no guard): per pool and
+//!   hour, the sum over its nodes and steps of `cores − online`; and GPUs: a
+//!   job's GPUs per core-hour within the pool's GPU-hours (powered, for a pool
+//!   that sleeps), only in pools whose nodes have as many GPUs as it asks;
+//! - a GPU job's GPUs cost their busy watts above idle per GPU-hour;
 //! - a job's window is the hours from its arrival to the later of its deadline
 //!   and the step it finished in the run (a run that was late is not forced to
 //!   be on time), its first and last hours whole;
@@ -79,6 +82,7 @@ pub fn lower_bound(inp: &Inputs, run: &PolicyResult) -> Result<Bound, String> {
     let mut vars = ProblemVariables::new();
     let mut objective = Expression::default();
     let mut used: Vec<Expression> = (0..pools * hours.count).map(|_| Expression::default()).collect();
+    let mut gpu_used: Vec<Expression> = (0..pools * hours.count).map(|_| Expression::default()).collect();
     let mut rows: Vec<(Expression, f64)> = Vec::new();
     let mut slot_rows: Vec<(Expression, f64)> = Vec::new();
     let (mut columns, mut jobs) = (0, 0);
@@ -89,14 +93,20 @@ pub fn lower_bound(inp: &Inputs, run: &PolicyResult) -> Result<Bound, String> {
         let mut row = Expression::default();
         for h in hours.of(j.arrival)..=hours.of(last) {
             let mut at_h = Expression::default();
-            for pool in (0..pools).filter(|&p| j.pool.is_none_or(|q| q == p)) {
+            // GPUs per core of this job.
+            let gpc = if j.cores > 0.0 { f64::from(j.gpus) / j.cores } else { 0.0 };
+            for pool in (0..pools).filter(|&p| j.pool.is_none_or(|q| q == p) && inp.pools[p].gpus >= j.gpus) {
                 // Core-hours of this job in this hour on this pool.
                 let x = vars.add(variable().min(0.0));
                 columns += 1;
-                objective.add_mul(kg(pool, h, least_watts_per_core(&inp.pools[pool])), x);
+                let p = &inp.pools[pool];
+                objective.add_mul(kg(pool, h, least_watts_per_core(p) + gpc * p.gpu_dynamic_w()), x);
                 row.add_mul(1.0, x);
                 at_h.add_mul(1.0, x);
                 used[pool * hours.count + h].add_mul(1.0, x);
+                if j.gpus > 0 {
+                    gpu_used[pool * hours.count + h].add_mul(gpc, x);
+                }
             }
             slot_rows.push((at_h, j.cores));
         }
@@ -108,18 +118,26 @@ pub fn lower_bound(inp: &Inputs, run: &PolicyResult) -> Result<Bound, String> {
         let p = &inp.pools[pool];
         for h in 0..hours.count {
             let mut u = std::mem::take(&mut used[pool * hours.count + h]);
+            let mut g = std::mem::take(&mut gpu_used[pool * hours.count + h]);
+            #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
+            let node_h = f64::from(p.nodes) * hours.steps(h, inp.steps).len() as f64 * step_h;
             if p.always_on {
                 capacity.push((u, free[pool * hours.count + h]));
+                if p.gpus > 0 {
+                    capacity.push((g, f64::from(p.gpus) * node_h));
+                }
                 continue;
             }
             // Powered node-hours, at most the pool's nodes for the hour.
-            #[allow(clippy::cast_precision_loss, reason = "step counts are small")]
-            let most = f64::from(p.nodes) * hours.steps(h, inp.steps).len() as f64 * step_h;
-            let y = vars.add(variable().min(0.0).max(most));
+            let y = vars.add(variable().min(0.0).max(node_h));
             columns += 1;
-            objective.add_mul(kg(pool, h, p.power.idle_w()), y);
+            objective.add_mul(kg(pool, h, p.node_idle_w()), y);
             u.add_mul(-p.cores, y);
             capacity.push((u, 0.0));
+            if p.gpus > 0 {
+                g.add_mul(-f64::from(p.gpus), y);
+                capacity.push((g, 0.0));
+            }
         }
     }
     let mut model = vars.minimise(objective.clone()).using(highs).set_threads(1);
@@ -189,7 +207,8 @@ fn baseline(inp: &Inputs, step_h: f64) -> f64 {
         }
         for t in 0..inp.steps {
             let u = if p.cores > 0.0 { inp.online_cpu(node, t) / p.cores } else { 0.0 };
-            kg += p.power.watts(u) * p.pue * step_h / 1000.0 * inp.carbon_at(pool, t) / 1000.0;
+            let w = p.power.watts(u) + f64::from(p.gpus) * p.gpu_idle_w;
+            kg += w * p.pue * step_h / 1000.0 * inp.carbon_at(pool, t) / 1000.0;
         }
     }
     kg

@@ -275,8 +275,10 @@ impl Meter {
                 row.overloaded_nodes += 1;
             }
             let u = if p.cores > 0.0 { load / p.cores } else { 0.0 };
-            let w = p.power.watts(u) * p.pue;
-            let idle = p.power.idle_w() * p.pue;
+            // GPUs: every GPU of a powered node idles, batch's are busy.
+            let gpu_w = f64::from(p.gpus) * p.gpu_idle_w + f64::from(st.batch_gpus[node]) * p.gpu_dynamic_w();
+            let w = (p.power.watts(u) + gpu_w) * p.pue;
+            let idle = p.node_idle_w() * p.pue;
             row.powered_nodes += 1;
             row.powered_by_pool[inp.node_pool[node]] += 1;
             row.power_kw += w / 1000.0;
@@ -324,6 +326,8 @@ impl Meter {
 pub(crate) struct State {
     pub(crate) batch_cpu: Vec<f64>,
     pub(crate) batch_mem: Vec<f64>,
+    /// GPUs batch holds per node.
+    pub(crate) batch_gpus: Vec<u32>,
     /// Jobs ending at each step: (job, node).
     ends: Vec<Vec<(usize, usize)>>,
     /// Arrived, not started, in arrival order.
@@ -344,6 +348,7 @@ impl State {
         State {
             batch_cpu: vec![0.0; n],
             batch_mem: vec![0.0; n],
+            batch_gpus: vec![0; n],
             ends: vec![Vec::new(); inp.steps + 1],
             queue: Vec::new(),
             started: vec![None; inp.jobs.len()],
@@ -361,6 +366,7 @@ impl State {
             let j = &inp.jobs[job];
             self.batch_cpu[node] = (self.batch_cpu[node] - j.cores).max(0.0);
             self.batch_mem[node] = (self.batch_mem[node] - j.mem_gib).max(0.0);
+            self.batch_gpus[node] = self.batch_gpus[node].saturating_sub(j.gpus);
             if let Some(i) = self.on_node[node].iter().position(|&x| x == job) {
                 self.on_node[node].swap_remove(i);
             }
@@ -381,6 +387,7 @@ impl State {
         let j = &inp.jobs[job];
         self.batch_cpu[node] += j.cores;
         self.batch_mem[node] += j.mem_gib;
+        self.batch_gpus[node] += j.gpus;
         let end = t + j.duration;
         if end >= self.ends.len() {
             self.ends.resize(end + 1, Vec::new());
@@ -549,6 +556,7 @@ fn first_fit(
             j.pool.is_none_or(|p| inp.node_pool[i] == p)
                 && free_cpu(st, i) + 1e-9 >= j.cores
                 && free_mem(st, i) + 1e-9 >= j.mem_gib
+                && st.batch_gpus[i] + j.gpus <= inp.pools[inp.node_pool[i]].gpus
         };
         match on.iter().copied().find(|&i| fits(st, i)) {
             Some(node) => {
@@ -716,7 +724,7 @@ fn plan_and_start(
             let pool = inp.node_pool[node];
             let j = &inp.jobs[job];
             let running = RunningJob {
-                gpus: 0,
+                gpus: j.gpus,
                 pool,
                 node: node - inp.pool_first[pool],
                 cores: j.cores,
@@ -730,7 +738,7 @@ fn plan_and_start(
         let j = &inp.jobs[i];
         #[allow(clippy::cast_precision_loss, reason = "seconds")]
         builder.queue(QueuedJob {
-            gpus: 0,
+            gpus: j.gpus,
             id: j.id.clone(),
             cores: j.cores,
             mem_gib: j.mem_gib,
@@ -796,6 +804,7 @@ mod tests {
         let mut st = State {
             batch_cpu: vec![4.0, 0.0],
             batch_mem: vec![0.0; 2],
+            batch_gpus: vec![0; 2],
             ends: vec![Vec::new(); 12],
             queue: Vec::new(),
             started: vec![Some((0, 0))],

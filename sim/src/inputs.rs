@@ -24,6 +24,8 @@ pub struct SimJob {
     pub deadline: Option<usize>,
     /// The only pool it may run in (`batch.pin_to_pools`).
     pub pool: Option<usize>,
+    /// Whole GPUs on its node while it runs.
+    pub gpus: u32,
 }
 
 /// One grid zone's intensity per step.
@@ -266,6 +268,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                         cores,
                         mem_gib,
                         instances: j.instances,
+                        gpus: j.gpus,
                     }
                 })
                 .collect()
@@ -283,6 +286,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                     cores,
                     mem_gib: cores * s.batch.memory_gib_per_core,
                     instances: 1,
+                    gpus: 0,
                 }
             })
             .collect(),
@@ -311,6 +315,13 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                 Some(usize::try_from(due.div_euclid(step)).unwrap_or(0).max(arrival + duration))
             }
         };
+        // Drawn only where the scenario asks, so other scenarios' seeded runs are unchanged.
+        let gpus = match &s.batch.gpus {
+            Some(d) if job.gpus == 0 && !d.per_job.is_empty() && rng.random_bool(d.share.clamp(0.0, 1.0)) => {
+                d.per_job[rng.random_range(0..d.per_job.len())]
+            }
+            _ => job.gpus,
+        };
         for k in 0..job.instances.max(1) {
             jobs.push(SimJob {
                 id: if job.instances > 1 { format!("{}#{k}", job.id) } else { job.id.clone() },
@@ -320,6 +331,7 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
                 mem_gib: job.mem_gib,
                 deadline,
                 pool: None,
+                gpus,
             });
         }
         if s.batch.max_jobs.is_some_and(|m| jobs.len() >= m) {
@@ -332,6 +344,12 @@ pub fn load(r: &Resolved) -> Result<Inputs, ScenarioError> {
         for (i, j) in jobs.iter_mut().enumerate() {
             j.pool = Some(i % s.cluster.pools.len().max(1));
         }
+    }
+    if let Some(j) = jobs.iter().max_by_key(|j| j.gpus)
+        && let Some(most) = s.cluster.pools.iter().map(|p| p.gpus).max()
+        && j.gpus > most
+    {
+        return Err(err(r, format!("batch: job `{}` needs {} GPUs; the most any node has is {most}", j.id, j.gpus)));
     }
     let largest = s.cluster.pools.iter().map(|p| p.cores * (1.0 - s.safety_margin)).fold(0.0, f64::max);
     if let Some(j) = jobs.iter().find(|j| j.cores > largest) {
@@ -376,6 +394,7 @@ struct RawJob {
     cores: f64,
     mem_gib: f64,
     instances: u32,
+    gpus: u32,
 }
 
 fn hours_to_s(h: f64) -> i64 {

@@ -315,6 +315,18 @@ pub struct BatchSpec {
     /// jobs free to run in any pool (default false).
     #[serde(default)]
     pub pin_to_pools: bool,
+    /// GPUs for jobs whose trace gives none, drawn (seeded): see [`GpuDraw`].
+    pub gpus: Option<GpuDraw>,
+}
+
+/// A generated GPU ask: each job asks for GPUs with probability `share`, its
+/// count drawn uniformly from `per_job` (repeat a value to weigh it). For traces
+/// without GPUs (GAIA's PAI arrivals, say); a trace's own `gpus` column wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuDraw {
+    pub share: f64,
+    pub per_job: Vec<u32>,
 }
 
 /// Jobs generated like Let's Wait Awhile's (Wiesner et al. 2021): on each workday
@@ -590,6 +602,22 @@ impl Scenario {
         ] {
             if !(v >= lo && v <= hi) {
                 out_of_range.push(format!("{key} = {v}: must be between {lo} and {hi}"));
+            }
+        }
+        if let Some(g) = &s.batch.gpus {
+            if !(0.0..=1.0).contains(&g.share) {
+                out_of_range.push(format!("batch.gpus.share = {}: must be between 0 and 1", g.share));
+            }
+            if g.per_job.is_empty() || g.per_job.contains(&0) {
+                out_of_range.push(format!("batch.gpus.per_job = {:?}: need one or more counts, each >= 1", g.per_job));
+            }
+        }
+        for p in &s.cluster.pools {
+            if !(p.gpu_idle_w >= 0.0 && p.gpu_busy_w >= p.gpu_idle_w) {
+                out_of_range.push(format!(
+                    "cluster.pools `{}`: gpu_idle_w = {}, gpu_busy_w = {}: need 0 <= gpu_idle_w <= gpu_busy_w",
+                    p.name, p.gpu_idle_w, p.gpu_busy_w
+                ));
             }
         }
         // safety_margin and delay_cost become planner options: the planner's

@@ -14,7 +14,7 @@ pub enum JobFormat {
     /// normalised to a machine). Tasks that did not finish (`Running`, `Waiting`,
     /// no end time) are skipped and counted.
     Alibaba2017,
-    /// greenfill's own: `arrival,duration,cpus[,memory][,deadline][,pausable][,id]`.
+    /// greenfill's own: `arrival,duration,cpus[,memory][,deadline][,pausable][,gpus][,id]`.
     /// Times and durations take units (`90`, `90s`, `15m`, `2h`), arrival and
     /// deadline also timestamps; memory takes bytes or `K`/`M`/`G`/`T` suffixes, all binary
     /// ([`crate::units`]).
@@ -42,6 +42,8 @@ pub struct JobRecord {
     pub memory: Option<JobMemory>,
     pub deadline: Option<i64>,
     pub pausable: bool,
+    /// Whole GPUs per instance (greenfill CSV's `gpus`; 0 elsewhere).
+    pub gpus: u32,
     /// Identical instances of this job (Alibaba tasks); 1 elsewhere.
     pub instances: u32,
     /// 1-based line in the file.
@@ -108,6 +110,7 @@ fn gaia(table: &Table) -> Result<JobTrace, DataError> {
             memory: None,
             deadline: None,
             pausable: false,
+            gpus: 0,
             instances: 1,
             line: *line,
         });
@@ -162,6 +165,7 @@ fn alibaba2017(table: &Table) -> Result<JobTrace, DataError> {
             memory: share.map(JobMemory::MachineShare),
             deadline: None,
             pausable: false,
+            gpus: 0,
             instances,
             line: *line,
         });
@@ -186,6 +190,7 @@ fn greenfill(table: &Table) -> Result<JobTrace, DataError> {
     let c = table.require("cpus")?;
     let (m, dl, p, idc) =
         (table.find(&["memory"]), table.find(&["deadline"]), table.find(&["pausable"]), table.find(&["id"]));
+    let g = table.find(&["gpus"]);
     let mut jobs = Vec::with_capacity(table.rows.len());
     for (i, (line, rec)) in table.rows.iter().enumerate() {
         let line = *line;
@@ -225,7 +230,13 @@ fn greenfill(table: &Table) -> Result<JobTrace, DataError> {
             s => return Err(table.field_error(line, p.unwrap_or(0), format!("`{s}` is not true/false"))),
         };
         let id = idc.map(cell).filter(|s| !s.is_empty()).map_or_else(|| format!("job-{i}"), str::to_owned);
-        jobs.push(JobRecord { id, arrival, duration, cpus, memory, deadline, pausable, instances: 1, line });
+        let gpus = match g.map(cell).filter(|s| !s.is_empty()) {
+            None => 0,
+            Some(s) => s
+                .parse::<u32>()
+                .map_err(|_| table.field_error(line, g.unwrap_or(0), format!("`{s}` is not a whole number of GPUs")))?,
+        };
+        jobs.push(JobRecord { id, arrival, duration, cpus, memory, deadline, pausable, gpus, instances: 1, line });
     }
     Ok(JobTrace { format: JobFormat::Greenfill, jobs, rows: 0, skipped: Vec::new() })
 }
