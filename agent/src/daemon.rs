@@ -221,15 +221,7 @@ impl Core {
     /// the agent stops (`main` exits non-zero; jobs keep running under their
     /// shims and are re-adopted by the next start).
     fn save(&mut self) {
-        let tmp = self.path.with_extension("json.tmp");
-        let r = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&self.p).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if let Err(e) = r {
+        if let Err(e) = crate::write_json_atomic(&self.path, &self.p) {
             tracing::error!(path = %self.path.display(), error = %e, "cannot save agent state; stopping");
             self.fatal.get_or_insert_with(|| format!("cannot save {}: {e}", self.path.display()));
             self.out = None;

@@ -138,12 +138,7 @@ impl Limits {
     }
 
     fn save(&self) -> std::io::Result<()> {
-        use std::io::Write as _;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(&self.entries).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        crate::write_json_atomic(&self.path, &self.entries)
     }
 }
 

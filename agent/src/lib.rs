@@ -19,3 +19,14 @@ pub mod runner;
 pub mod telemetry;
 
 pub use telemetry::{Roots, Sample, Sampler};
+
+/// Write `value` as JSON to `path` atomically: a temp file beside it, fsynced,
+/// renamed over it (the agent's state and its GPU limit records).
+pub(crate) fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -47,6 +47,12 @@ fn online_on(path: &Path, index: u32, pid: u32, sm: u32) {
     FakeGpus::write(path, &all).unwrap();
 }
 
+/// The node's GPUs over `src`, with `curves`, recording limits in `dir`.
+fn node_over(src: Arc<FakeGpus>, curves: Curves, dir: &Path) -> NodeGpus {
+    NodeGpus::open(Gpus::with_source(src), GpuPolicy::default(), curves, dir, Path::new("/proc"), Path::new("b"))
+        .unwrap()
+}
+
 const ONLINE_PID: u32 = 4242;
 fn batch_pids(pid: u32) -> bool {
     pid != ONLINE_PID
@@ -142,15 +148,7 @@ fn a_cap_left_by_a_crashed_agent_is_restored_by_the_next_one() {
         // Dropped without a restore: the agent died mid-cap.
     }
     assert!(dir.path().join("gpu-limits.json").exists());
-    let node = NodeGpus::open(
-        Gpus::with_source(src.clone()),
-        GpuPolicy::default(),
-        Curves::default(),
-        dir.path(),
-        Path::new("/proc"),
-        Path::new("greenfill/batch"),
-    )
-    .unwrap();
+    let node = node_over(src.clone(), Curves::default(), dir.path());
     assert_eq!(limit_of(&src, 1), 400.0);
     assert_eq!(std::fs::read_to_string(dir.path().join("gpu-limits.json")).unwrap(), "{}");
     assert_eq!(node.inventory.len(), 2);
@@ -160,15 +158,7 @@ fn a_cap_left_by_a_crashed_agent_is_restored_by_the_next_one() {
 fn a_jobs_power_limit_is_checked_set_and_restored_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let (_, src) = fake(dir.path(), 2);
-    let node = NodeGpus::open(
-        Gpus::with_source(src.clone()),
-        GpuPolicy::default(),
-        Curves::default(),
-        dir.path(),
-        Path::new("/proc"),
-        Path::new("greenfill/batch"),
-    )
-    .unwrap();
+    let node = node_over(src.clone(), Curves::default(), dir.path());
     let ask = GpuAsk { count: 1, ..GpuAsk::default() };
     let e = node.grant("a1", &ask, PowerAsk::Limit(50.0), &BTreeSet::new()).unwrap_err();
     assert!(!e.retryable);
@@ -256,29 +246,13 @@ fn an_auto_job_runs_at_its_curves_limit_and_a_model_without_a_curve_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (_, src) = fake(dir.path(), 1);
     let curves = Curves { models: vec![a100_curve()] };
-    let node = NodeGpus::open(
-        Gpus::with_source(src.clone()),
-        GpuPolicy::default(),
-        curves,
-        dir.path(),
-        Path::new("/proc"),
-        Path::new("b"),
-    )
-    .unwrap();
+    let node = node_over(src.clone(), curves, dir.path());
     let ask = GpuAsk { count: 1, ..GpuAsk::default() };
     let g = node.grant("a1", &ask, PowerAsk::Auto { slack: Some(1.2) }, &BTreeSet::new()).unwrap();
     assert_eq!(g.limit_w, Some(200.0));
     assert_eq!(limit_of(&src, 0), 200.0);
     node.job_ended("a1");
-    let bare = NodeGpus::open(
-        Gpus::with_source(src),
-        GpuPolicy::default(),
-        Curves::default(),
-        dir.path(),
-        Path::new("/proc"),
-        Path::new("b"),
-    )
-    .unwrap();
+    let bare = node_over(src, Curves::default(), dir.path());
     let e = bare.grant("a2", &ask, PowerAsk::Auto { slack: None }, &BTreeSet::new()).unwrap_err();
     assert!(e.message.contains("no curve for GPU model \"NVIDIA A100-SXM4-40GB\""), "{e:?}");
 }
